@@ -1,0 +1,37 @@
+"""Runtime configuration, read once from the Lambda environment and validated."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from avatar_pipeline.models import Mode, ProviderName
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    task_table_name: str = Field(alias="TASK_TABLE_NAME")
+    media_bucket: str = Field(alias="MEDIA_BUCKET")
+    topic_arn: str = Field(alias="TOPIC_ARN")
+    webhook_base_url: str = Field(alias="WEBHOOK_BASE_URL")
+    default_provider: ProviderName = Field(default="wavespeed", alias="DEFAULT_PROVIDER")
+    default_mode: Mode = Field(default="std", alias="DEFAULT_MODE")
+    wavespeed_base_url: str = Field(default="https://api.wavespeed.ai", alias="WAVESPEED_BASE_URL")
+    # Name or ARN of a Secrets Manager secret holding {"api_key": ..., "webhook_secret": ...}.
+    wavespeed_secret_id: str = Field(alias="WAVESPEED_SECRET_ID")
+    input_url_expiry_seconds: int = Field(default=3600, alias="INPUT_URL_EXPIRY_SECONDS", gt=0)
+    download_url_expiry_seconds: int = Field(default=86400, alias="DOWNLOAD_URL_EXPIRY_SECONDS", gt=0, le=604800)
+    max_pair_wait_seconds: int = Field(default=1800, alias="MAX_PAIR_WAIT_SECONDS", gt=0)
+    max_task_age_seconds: int = Field(default=7200, alias="MAX_TASK_AGE_SECONDS", gt=0)
+    poll_after_seconds: int = Field(default=120, alias="POLL_AFTER_SECONDS", gt=0)
+    submit_retry_after_seconds: int = Field(default=60, alias="SUBMIT_RETRY_AFTER_SECONDS", gt=0)
+    finalize_max_attempts: int = Field(default=3, alias="FINALIZE_MAX_ATTEMPTS", gt=0)
+    max_output_bytes: int = Field(default=2 * 1024**3, alias="MAX_OUTPUT_BYTES", gt=0)
+    task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        return cls.model_validate(dict(os.environ if env is None else env))

@@ -1,0 +1,45 @@
+"""Failures the domain tells apart, because each one is handled differently."""
+
+
+class PipelineError(Exception):
+    """Base class for every failure the pipeline recognises."""
+
+
+class ProviderError(PipelineError):
+    """A provider call did not give a usable answer."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProviderInputError(ProviderError):
+    """The provider refused the inputs (WaveSpeed 1xxx): fix the input; never retried."""
+
+
+class ProviderTransientError(ProviderError):
+    """Rate limit, outage or timeout (429, 5xx, WaveSpeed 5xxx): retry later, the request was not taken."""
+
+
+class ProviderConfigError(ProviderError):
+    """Our credentials or configuration are wrong (401/403): retrying cannot help."""
+
+
+class ProviderOutcomeUnknownError(ProviderError):
+    """The request may or may not have been taken (e.g. a read timeout): never re-POST a submit blindly."""
+
+
+class WebhookAuthError(PipelineError):
+    """A callback whose signature, token or timestamp does not check out."""
+
+
+class WebhookPayloadError(PipelineError):
+    """A callback whose body cannot be understood."""
+
+
+class OutputUnusableError(PipelineError):
+    """The provider's output cannot become a video in our bucket (gone, not an MP4, too large)."""
+
+
+class OutputCopyInterruptedError(PipelineError):
+    """The copy of the output broke off (truncated download, network): worth another attempt."""

@@ -1,0 +1,182 @@
+"""The pipeline's records and messages, as pydantic models: one definition per boundary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class TaskStatus(StrEnum):
+    WAITING_FOR_PAIR = "WAITING_FOR_PAIR"
+    SUBMITTING = "SUBMITTING"
+    SUBMITTED = "SUBMITTED"
+    PROCESSING = "PROCESSING"
+    OUTPUT_READY = "OUTPUT_READY"
+    FINALIZING = "FINALIZING"
+    COMPLETED = "COMPLETED"
+    REJECTED = "REJECTED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset(
+    {TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskStatus.FAILED, TaskStatus.TIMED_OUT}
+)
+
+ProviderName = Literal["wavespeed"]
+Mode = Literal["std", "pro"]
+MediaRole = Literal["image", "audio"]
+
+
+class S3Object(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str
+    key: str
+    etag: str = ""
+    size: int = 0
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def file_name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+class JobOptions(BaseModel):
+    """What a user may set in `job.json` next to the media files."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str | None = Field(default=None, max_length=2500)
+    mode: Mode | None = None
+    provider: ProviderName | None = None
+
+
+class Transition(BaseModel):
+    model_config = ConfigDict(frozen=True, populate_by_name=True)
+
+    at: datetime
+    from_status: TaskStatus | None = Field(default=None, alias="from")
+    to_status: TaskStatus = Field(alias="to")
+    reason: str
+
+
+class Task(BaseModel):
+    """One paid unit of work: one image + one audio clip → one video. Stored in the task table."""
+
+    task_id: str
+    job: str
+    status: TaskStatus
+    version: int = 0
+    provider: ProviderName
+    mode: Mode
+    prompt: str | None = None
+    image: S3Object | None = None
+    audio: S3Object | None = None
+    provider_task_id: str | None = None
+    provider_output_url: str | None = None
+    output: S3Object | None = None
+    reason: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    last_news_at: datetime | None = None
+    next_check_at: datetime | None = None
+    lease_until: datetime | None = None
+    submit_attempts: int = 0
+    finalize_attempts: int = 0
+    notify_lease_until: datetime | None = None
+    notified_at: datetime | None = None
+    history: list[Transition] = Field(default_factory=list)
+
+    @property
+    def needs_attention(self) -> bool:
+        """In flight, or finished but not yet announced: the poller must keep an eye on it."""
+        return not self.status.is_terminal or self.notified_at is None
+
+    @property
+    def inputs(self) -> list[S3Object]:
+        return [obj for obj in (self.image, self.audio) if obj is not None]
+
+
+class PairSlot(BaseModel):
+    """The latest upload of each role for one job; a task is cut from it once both are present."""
+
+    job: str
+    image: S3Object | None = None
+    audio: S3Object | None = None
+    waiting_since: datetime | None = None
+    next_check_at: datetime | None = None
+
+    def upload(self, role: MediaRole) -> S3Object | None:
+        return self.image if role == "image" else self.audio
+
+    @property
+    def is_complete(self) -> bool:
+        return self.image is not None and self.audio is not None
+
+
+class ProviderJobStatus(StrEnum):
+    QUEUED = "QUEUED"
+    PROCESSING = "PROCESSING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+
+
+class ProviderJob(BaseModel):
+    """A provider's view of one task, normalised across providers."""
+
+    provider_task_id: str
+    status: ProviderJobStatus
+    output_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+class SubmissionRequest(BaseModel):
+    task_id: str
+    image_url: str
+    audio_url: str
+    prompt: str | None
+    mode: Mode
+    webhook_url: str
+
+
+class Notification(BaseModel):
+    """The JSON body of the one SNS message each task produces when it ends."""
+
+    job: str
+    task_id: str
+    status: TaskStatus
+    reason: str | None = None
+    inputs: dict[str, str]
+    output: str | None = None
+    download_url: str | None = None
+    provider: ProviderName
+    provider_task_id: str | None = None
+    created_at: datetime
+    completed_at: datetime
+
+    @property
+    def subject(self) -> str:
+        titles = {
+            TaskStatus.COMPLETED: "Your talking-avatar video is ready",
+            TaskStatus.REJECTED: "Your upload was rejected",
+            TaskStatus.FAILED: "Your talking-avatar video failed",
+            TaskStatus.TIMED_OUT: "Your talking-avatar video timed out",
+        }
+        # SNS caps subjects at 100 characters.
+        return f"{titles[self.status]}: {self.job}"[:100]

@@ -1,0 +1,86 @@
+"""The small interfaces the domain needs from the outside world; adapters/ implements them."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Protocol
+
+from avatar_pipeline.models import (
+    Notification,
+    PairSlot,
+    ProviderJob,
+    S3Object,
+    SubmissionRequest,
+    Task,
+)
+
+
+class ConflictError(Exception):
+    """A conditional write lost: someone else changed the record since it was read."""
+
+
+class TaskRepository(Protocol):
+    def get(self, task_id: str) -> Task | None: ...
+
+    def create(self, task: Task) -> bool:
+        """Store a new task; False when a task with that id already exists."""
+        ...
+
+    def replace(self, new: Task, *, expected: Task) -> None:
+        """Write `new` only if the stored record still has `expected`'s status and version.
+
+        Raises ConflictError otherwise.
+        """
+        ...
+
+    def record_upload(self, job: str, role: str, upload: S3Object, now: datetime, wait_deadline: datetime) -> PairSlot:
+        """Atomically put `upload` in the job's slot and return the slot as it is after the write."""
+        ...
+
+    def settle_slot(self, job: str) -> None:
+        """The slot's pair was cut into a task: it no longer waits for anything."""
+        ...
+
+    def expire_slot(self, slot: PairSlot) -> bool:
+        """Stop waiting on a slot still waiting since `slot.waiting_since`; False if it changed meanwhile."""
+        ...
+
+    def due(self, now: datetime, limit: int) -> tuple[list[Task], list[PairSlot]]:
+        """Records that need attention (in flight or unannounced) whose next check is at or before `now`."""
+        ...
+
+    def list_job(self, job: str) -> tuple[PairSlot | None, list[Task]]: ...
+
+
+class MediaStore(Protocol):
+    def presigned_get(self, obj: S3Object, expires_in: int) -> str: ...
+
+    def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
+        """The whole object if it exists and is at most `max_bytes`; None if it does not exist."""
+        ...
+
+    def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
+        """Stream an HTTPS download into S3 (multipart, constant memory) and check it is an MP4.
+
+        Raises OutputUnusableError (permanent) or OutputCopyInterruptedError (worth retrying).
+        """
+        ...
+
+
+class Notifier(Protocol):
+    def publish(self, notification: Notification) -> str:
+        """Publish one notification; returns the message id."""
+        ...
+
+
+class VideoProvider(Protocol):
+    name: str
+
+    def submit(self, request: SubmissionRequest) -> ProviderJob: ...
+
+    def fetch(self, provider_task_id: str) -> ProviderJob: ...
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
+        """Authenticate and parse a callback. Raises WebhookAuthError or WebhookPayloadError."""
+        ...
