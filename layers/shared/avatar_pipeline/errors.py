@@ -37,6 +37,10 @@ class WebhookPayloadError(PipelineError):
     """A callback whose body cannot be understood."""
 
 
+class CallbackMismatchError(PipelineError):
+    """An authentic callback that does not belong to the task it was addressed to."""
+
+
 class OutputUnusableError(PipelineError):
     """The provider's output cannot become a video in our bucket (gone, not an MP4, too large)."""
 

@@ -30,9 +30,7 @@ class TaskStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset(
-    {TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskStatus.FAILED, TaskStatus.TIMED_OUT}
-)
+TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskStatus.FAILED, TaskStatus.TIMED_OUT})
 
 ProviderName = Literal["wavespeed"]
 Mode = Literal["std", "pro"]
@@ -97,6 +95,8 @@ class Task(BaseModel):
     next_check_at: datetime | None = None
     lease_until: datetime | None = None
     submit_attempts: int = 0
+    # Set only when the provider answered that it did not take the submission: then a retry is safe.
+    submit_retry_at: datetime | None = None
     finalize_attempts: int = 0
     notify_lease_until: datetime | None = None
     notified_at: datetime | None = None

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Protocol
 
 from avatar_pipeline.models import (
+    MediaRole,
     Notification,
     PairSlot,
     ProviderJob,
@@ -34,7 +35,9 @@ class TaskRepository(Protocol):
         """
         ...
 
-    def record_upload(self, job: str, role: str, upload: S3Object, now: datetime, wait_deadline: datetime) -> PairSlot:
+    def record_upload(
+        self, job: str, role: MediaRole, upload: S3Object, now: datetime, wait_deadline: datetime
+    ) -> PairSlot:
         """Atomically put `upload` in the job's slot and return the slot as it is after the write."""
         ...
 

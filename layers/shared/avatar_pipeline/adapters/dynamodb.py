@@ -1,0 +1,168 @@
+"""The task table: tasks and pair slots in one DynamoDB table.
+
+Items:
+- `TASK#<task_id>`: a Task.
+- `JOB#<job>`: the job's PairSlot (latest image and audio upload).
+Both carry `in_flight` and `next_check_at` (epoch seconds) only while they need the poller's attention, so the
+`in-flight` index is sparse: a poll reads what is due, never the table's history.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from avatar_pipeline.models import MediaRole, PairSlot, S3Object, Task
+from avatar_pipeline.ports import ConflictError
+
+IN_FLIGHT_INDEX = "in-flight"
+BY_JOB_INDEX = "by-job"
+IN_FLIGHT = "1"
+
+
+def _epoch(moment: datetime) -> int:
+    return int(moment.timestamp())
+
+
+def _is_condition_failure(error: ClientError) -> bool:
+    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+
+
+def _from_item(item: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(item)
+    if "next_check_at" in fields:
+        fields["next_check_at"] = datetime.fromtimestamp(int(fields["next_check_at"]), UTC)
+    return fields
+
+
+class DynamoTaskRepository:
+    def __init__(self, table: Any, task_ttl: timedelta) -> None:
+        self._table = table
+        self._task_ttl = task_ttl
+
+    # --- tasks -------------------------------------------------------------------------------------------------
+    def _task_item(self, task: Task) -> dict[str, Any]:
+        item = task.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"next_check_at"})
+        item["pk"] = f"TASK#{task.task_id}"
+        item["kind"] = "task"
+        if task.needs_attention:
+            item["in_flight"] = IN_FLIGHT
+            item["next_check_at"] = _epoch(task.next_check_at or task.updated_at)
+        if task.status.is_terminal:
+            item["expires_at"] = _epoch(task.updated_at + self._task_ttl)
+        return item
+
+    def get(self, task_id: str) -> Task | None:
+        item = self._table.get_item(Key={"pk": f"TASK#{task_id}"}, ConsistentRead=True).get("Item")
+        return Task.model_validate(_from_item(item)) if item else None
+
+    def create(self, task: Task) -> bool:
+        try:
+            self._table.put_item(Item=self._task_item(task), ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    def replace(self, new: Task, *, expected: Task) -> None:
+        try:
+            self._table.put_item(
+                Item=self._task_item(new),
+                ConditionExpression="#status = :status AND #version = :version",
+                ExpressionAttributeNames={"#status": "status", "#version": "version"},
+                ExpressionAttributeValues={":status": expected.status.value, ":version": expected.version},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                raise ConflictError(f"task {new.task_id} changed since version {expected.version}") from error
+            raise
+
+    # --- pair slots --------------------------------------------------------------------------------------------
+    def record_upload(
+        self, job: str, role: MediaRole, upload: S3Object, now: datetime, wait_deadline: datetime
+    ) -> PairSlot:
+        # One atomic write per upload: of two halves arriving together, exactly one sees the complete pair.
+        result = self._table.update_item(
+            Key={"pk": f"JOB#{job}"},
+            UpdateExpression=(
+                "SET #role = :upload, job = :job, kind = :kind, updated_at = :now,"
+                " created_at = if_not_exists(created_at, :now),"
+                " waiting_since = if_not_exists(waiting_since, :now),"
+                " in_flight = :in_flight, next_check_at = if_not_exists(next_check_at, :deadline)"
+            ),
+            ExpressionAttributeNames={"#role": role},
+            ExpressionAttributeValues={
+                ":upload": upload.model_dump(mode="json"),
+                ":job": job,
+                ":kind": "slot",
+                ":now": now.isoformat(),
+                ":in_flight": IN_FLIGHT,
+                ":deadline": _epoch(wait_deadline),
+            },
+            ReturnValues="ALL_NEW",
+        )
+        return PairSlot.model_validate(_from_item(result["Attributes"]))
+
+    def settle_slot(self, job: str) -> None:
+        self._table.update_item(
+            Key={"pk": f"JOB#{job}"}, UpdateExpression="REMOVE waiting_since, in_flight, next_check_at"
+        )
+
+    def expire_slot(self, slot: PairSlot) -> bool:
+        if slot.waiting_since is None:
+            return False
+        try:
+            self._table.update_item(
+                Key={"pk": f"JOB#{slot.job}"},
+                UpdateExpression="REMOVE waiting_since, in_flight, next_check_at",
+                ConditionExpression="waiting_since = :seen",
+                ExpressionAttributeValues={":seen": slot.waiting_since.isoformat()},
+            )
+        except ClientError as error:
+            if _is_condition_failure(error):
+                return False
+            raise
+        return True
+
+    # --- queries -----------------------------------------------------------------------------------------------
+    def due(self, now: datetime, limit: int) -> tuple[list[Task], list[PairSlot]]:
+        tasks: list[Task] = []
+        slots: list[PairSlot] = []
+        query: dict[str, Any] = {
+            "IndexName": IN_FLIGHT_INDEX,
+            "KeyConditionExpression": "in_flight = :in_flight AND next_check_at <= :now",
+            "ExpressionAttributeValues": {":in_flight": IN_FLIGHT, ":now": _epoch(now)},
+        }
+        while len(tasks) + len(slots) < limit:
+            page = self._table.query(**query, Limit=limit - len(tasks) - len(slots))
+            for item in page.get("Items", []):
+                if item.get("kind") == "slot":
+                    slots.append(PairSlot.model_validate(_from_item(item)))
+                else:
+                    tasks.append(Task.model_validate(_from_item(item)))
+            if "LastEvaluatedKey" not in page:
+                break
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        return tasks, slots
+
+    def list_job(self, job: str) -> tuple[PairSlot | None, list[Task]]:
+        slot: PairSlot | None = None
+        tasks: list[Task] = []
+        query: dict[str, Any] = {
+            "IndexName": BY_JOB_INDEX,
+            "KeyConditionExpression": "job = :job",
+            "ExpressionAttributeValues": {":job": job},
+        }
+        while True:
+            page = self._table.query(**query)
+            for item in page.get("Items", []):
+                if item.get("kind") == "slot":
+                    slot = PairSlot.model_validate(_from_item(item))
+                else:
+                    tasks.append(Task.model_validate(_from_item(item)))
+            if "LastEvaluatedKey" not in page:
+                return slot, tasks
+            query["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -1,0 +1,114 @@
+"""Bounded retries for provider calls: exponential backoff with full jitter, honouring Retry-After.
+
+Only `ProviderTransientError` is retried: it means the provider answered in a way that proves the request
+was not taken (429, 5xx, a connection that never opened), so sending it again is safe. Everything else,
+including `ProviderOutcomeUnknownError` (the request may have been taken), propagates at once. When the
+attempts are used up, the last `ProviderTransientError` propagates unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random as _random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from avatar_pipeline.errors import ProviderTransientError
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class TransientHttpError(ProviderTransientError):
+    """A transient HTTP answer (429 or 5xx), carrying the server's Retry-After hint in seconds, if any."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        status_code: int,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, code=code)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How many times to try (first call included) and how long to wait in between.
+
+    The wait before retry n (n = 1, 2, ...) is `random() * min(max_delay, base_delay * 2 ** (n - 1))`
+    ("full jitter"), or the server's Retry-After capped at `max_delay` when the error carries one.
+    `sleep` and `random` are injectable so tests need neither real time nor real randomness.
+    """
+
+    max_attempts: int = 3
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    sleep: Callable[[float], None] = field(default=time.sleep, repr=False, compare=False)
+    random: Callable[[], float] = field(default=_random.random, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.base_delay < 0 or self.max_delay < 0:
+            raise ValueError("delays must not be negative")
+
+    def delay_before_retry(self, retry_number: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry `retry_number` (1 for the first retry)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (retry_number - 1))
+        return self.random() * ceiling
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """A Retry-After header given in seconds; None when absent or not a non-negative number.
+
+    The HTTP-date form is not supported: the caller falls back to its own backoff.
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds
+
+
+def call_with_retry(operation: Callable[[], T], policy: RetryPolicy, *, description: str = "provider call") -> T:
+    """Run `operation`, retrying it on `ProviderTransientError` until `policy.max_attempts` are used."""
+    attempt = 1
+    while True:
+        try:
+            return operation()
+        except ProviderTransientError as exc:
+            if attempt >= policy.max_attempts:
+                logger.warning(
+                    "%s failed transiently on attempt %d/%d, giving up: %s",
+                    description,
+                    attempt,
+                    policy.max_attempts,
+                    exc,
+                )
+                raise
+            retry_after = exc.retry_after if isinstance(exc, TransientHttpError) else None
+            delay = policy.delay_before_retry(attempt, retry_after)
+            logger.info(
+                "%s failed transiently on attempt %d/%d, retrying in %.2f s: %s",
+                description,
+                attempt,
+                policy.max_attempts,
+                delay,
+                exc,
+            )
+            policy.sleep(delay)
+            attempt += 1

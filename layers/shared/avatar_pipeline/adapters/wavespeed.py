@@ -1,0 +1,361 @@
+"""WaveSpeedAI Kling v1 AI Avatar as a `VideoProvider`.
+
+Calls
+-----
+- submit: ``POST /api/v3/kwaivgi/kling-v1-ai-avatar-{standard|pro}?webhook=<url>``,
+  JSON ``{"image": url, "audio": url, "prompt"?: str}``.
+- fetch: ``GET /api/v3/predictions/{id}/result``.
+Both answer with an envelope ``{"code": 200, "message": ..., "data": {prediction}}``; callbacks carry the bare
+prediction object.
+
+Error mapping
+-------------
+=====================================================  ==============================================
+What happened                                          Raised
+=====================================================  ==============================================
+HTTP 401 / 403                                         ProviderConfigError
+HTTP 429, HTTP 5xx                                     ProviderTransientError (TransientHttpError,
+                                                       with the Retry-After hint)
+any other HTTP 4xx                                     ProviderInputError
+any other non-2xx status                               ProviderError
+HTTP 2xx, envelope ``code`` 1000-1999                  ProviderInputError
+HTTP 2xx, envelope ``code`` 5000-5999                  ProviderTransientError
+HTTP 2xx, envelope ``code`` 401 / 403                  ProviderConfigError
+HTTP 2xx, any other envelope ``code`` != 200           ProviderError
+HTTP 2xx, body not JSON / not an envelope / no data /  fetch: ProviderError;
+unknown prediction status                              submit: ProviderOutcomeUnknownError (the task
+                                                       may exist)
+ConnectError, ConnectTimeout, PoolTimeout, ProxyError  ProviderTransientError (request never sent)
+UnsupportedProtocol (bad base URL)                     ProviderConfigError
+ReadTimeout, WriteTimeout, ReadError, WriteError,      submit: ProviderOutcomeUnknownError
+RemoteProtocolError, any other transport failure       fetch: ProviderTransientError
+=====================================================  ==============================================
+
+The error's ``code`` is the envelope/body ``code`` when there is one, else the HTTP status. Its message is read
+from the body's ``message``, ``error`` or ``detail`` (or the raw text when the body is not JSON).
+
+Retries (see `http_retry`): only ProviderTransientError is retried, for fetch and submit alike, because each of
+those answers proves the request was not taken. ProviderOutcomeUnknownError is never retried: a re-POSTed
+submit could create a second, paid task.
+
+Callbacks: ``webhook-signature: v3,<hex>`` where hex = HMAC-SHA256 over ``"{id}.{timestamp}." + raw body``, keyed
+with the secret minus its ``whsec_`` prefix as literal bytes (not base64-decoded, unlike Standard Webhooks).
+Several secrets may be configured at once for rotation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final, NoReturn
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError, call_with_retry, parse_retry_after
+from avatar_pipeline.errors import (
+    ProviderConfigError,
+    ProviderError,
+    ProviderInputError,
+    ProviderOutcomeUnknownError,
+    ProviderTransientError,
+    WebhookAuthError,
+    WebhookPayloadError,
+)
+from avatar_pipeline.models import Mode, ProviderJob, ProviderJobStatus, SubmissionRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://api.wavespeed.ai"
+DEFAULT_TIMEOUT: Final = httpx.Timeout(20.0, connect=5.0)
+
+MODEL_PATHS: Final[Mapping[Mode, str]] = {
+    "std": "/api/v3/kwaivgi/kling-v1-ai-avatar-standard",
+    "pro": "/api/v3/kwaivgi/kling-v1-ai-avatar-pro",
+}
+RESULT_PATH: Final = "/api/v3/predictions/{id}/result"
+
+WEBHOOK_TOLERANCE_SECONDS: Final = 300
+SIGNATURE_SCHEME: Final = "v3"
+SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a fixed prefix, not a secret
+
+_STATUSES: Final[Mapping[str, ProviderJobStatus]] = {
+    "created": ProviderJobStatus.QUEUED,
+    "pending": ProviderJobStatus.QUEUED,
+    "processing": ProviderJobStatus.PROCESSING,
+    "completed": ProviderJobStatus.SUCCEEDED,
+    "failed": ProviderJobStatus.FAILED,
+}
+_MAX_MESSAGE_CHARS: Final = 500
+_TIMESTAMP_RE: Final = re.compile(r"[0-9]{1,12}")
+
+# Transport failures that happen before any byte of the request reaches the provider.
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
+
+
+class WaveSpeedPrediction(BaseModel):
+    """One prediction, as in the envelope's ``data`` and as the bare body of a callback."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(min_length=1)
+    status: str
+    outputs: list[str] | None = None
+    error: str | None = None
+    code: int | str | None = None
+
+
+class WaveSpeedEnvelope(BaseModel):
+    """The wrapper around submit and result answers; ``data`` is validated only once ``code`` is 200."""
+
+    model_config = ConfigDict(extra="allow")
+
+    code: int
+    message: str | None = None
+    data: Any = None
+
+
+class WaveSpeedProvider:
+    """The WaveSpeedAI Kling v1 AI Avatar API (std and pro) behind the `VideoProvider` protocol."""
+
+    name = "wavespeed"
+
+    def __init__(
+        self,
+        api_key: str,
+        webhook_secrets: Sequence[str],
+        base_url: str = DEFAULT_BASE_URL,
+        client: httpx.Client | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if not api_key:
+            raise ValueError("WaveSpeed API key is empty")
+        if isinstance(webhook_secrets, str):
+            raise TypeError("webhook_secrets must be a sequence of secrets, not one string")
+        keys = [_signing_key(secret) for secret in webhook_secrets]
+        if any(not key for key in keys):
+            # An empty HMAC key is known to everyone: accepting it would let anyone forge callbacks.
+            raise ValueError("a WaveSpeed webhook secret is empty")
+        self._signing_keys: tuple[bytes, ...] = tuple(keys)
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._base_url = base_url.rstrip("/")
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self._retry = retry if retry is not None else RetryPolicy()
+
+    def __repr__(self) -> str:
+        return f"WaveSpeedProvider(base_url={self._base_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP client if this provider created it."""
+        if self._owns_client:
+            self._client.close()
+
+    # ---------------------------------------------------------------- submit / fetch
+
+    def submit(self, request: SubmissionRequest) -> ProviderJob:
+        """Start a prediction. Retries only answers that prove the request was not taken."""
+        return call_with_retry(lambda: self._submit_once(request), self._retry, description="WaveSpeed submit")
+
+    def fetch(self, provider_task_id: str) -> ProviderJob:
+        """The prediction's current state."""
+        if not provider_task_id:
+            raise ValueError("provider_task_id is empty")
+        return call_with_retry(lambda: self._fetch_once(provider_task_id), self._retry, description="WaveSpeed fetch")
+
+    def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
+        body: dict[str, str] = {"image": request.image_url, "audio": request.audio_url}
+        if request.prompt is not None:
+            body["prompt"] = request.prompt
+        url = self._base_url + MODEL_PATHS[request.mode]
+        try:
+            response = self._client.post(url, params={"webhook": request.webhook_url}, json=body, headers=self._headers)
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, "submit", request_may_be_taken=True)
+        return _job_from_response(response, "submit", unusable=ProviderOutcomeUnknownError)
+
+    def _fetch_once(self, provider_task_id: str) -> ProviderJob:
+        url = self._base_url + RESULT_PATH.format(id=quote(provider_task_id, safe=""))
+        try:
+            response = self._client.get(url, headers=self._headers)
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, "fetch", request_may_be_taken=False)
+        return _job_from_response(response, "fetch", unusable=ProviderError)
+
+    # ---------------------------------------------------------------- callbacks
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
+        """Authenticate a callback, then parse its body (a bare prediction object)."""
+        lowered = {key.lower(): value for key, value in headers.items()}
+        webhook_id = lowered.get("webhook-id", "").strip()
+        timestamp = lowered.get("webhook-timestamp", "").strip()
+        signature = lowered.get("webhook-signature", "").strip()
+        if not (webhook_id and timestamp and signature):
+            raise WebhookAuthError("missing webhook-id, webhook-timestamp or webhook-signature header")
+        if not _TIMESTAMP_RE.fullmatch(timestamp):
+            raise WebhookAuthError("webhook-timestamp is not an integer")
+        now_ts = (now if now.tzinfo is not None else now.replace(tzinfo=UTC)).timestamp()
+        if abs(now_ts - int(timestamp)) > WEBHOOK_TOLERANCE_SECONDS:
+            raise WebhookAuthError("webhook-timestamp is outside the accepted window")
+        if not self._signing_keys:
+            raise WebhookAuthError("no webhook secret is configured")
+        signed = f"{webhook_id}.{timestamp}.".encode() + body
+        expected = [hmac.new(key, signed, hashlib.sha256).hexdigest().encode("ascii") for key in self._signing_keys]
+        offered = [
+            # A repeated header may arrive comma-joined ("v3,a, v3,b"): drop the stray separator.
+            value.strip().strip(",").lower().encode("utf-8")
+            for scheme, _, value in (entry.partition(",") for entry in signature.split())
+            if scheme == SIGNATURE_SCHEME
+        ]
+        # Check every pair rather than stopping early, so timing tells nothing about which entry matched.
+        matched = False
+        for candidate in offered:
+            for digest in expected:
+                matched |= hmac.compare_digest(candidate, digest)
+        if not matched:
+            raise WebhookAuthError("webhook signature does not match")
+
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise WebhookPayloadError("callback body is not valid JSON") from exc
+        if not isinstance(payload, dict):
+            raise WebhookPayloadError("callback body is not a JSON object")
+        try:
+            prediction = WaveSpeedPrediction.model_validate(payload)
+        except ValidationError as exc:
+            raise WebhookPayloadError(f"callback body is not a prediction: {_summarise(exc)}") from exc
+        job = prediction_to_job(prediction)
+        if job is None:
+            raise WebhookPayloadError(f"callback has an unknown status {prediction.status!r}")
+        return job
+
+
+# -------------------------------------------------------------------- mapping helpers
+
+
+def prediction_to_job(prediction: WaveSpeedPrediction) -> ProviderJob | None:
+    """The normalised view of a prediction; None when its status is not one WaveSpeed documents."""
+    status = _STATUSES.get(prediction.status.strip().lower())
+    if status is None:
+        return None
+    if status is ProviderJobStatus.SUCCEEDED:
+        outputs = [url for url in prediction.outputs or [] if url]
+        if not outputs:
+            return ProviderJob(
+                provider_task_id=prediction.id,
+                status=ProviderJobStatus.FAILED,
+                error_message="WaveSpeed reported the prediction completed but gave no output URL",
+            )
+        return ProviderJob(provider_task_id=prediction.id, status=status, output_url=outputs[0])
+    if status is ProviderJobStatus.FAILED:
+        return ProviderJob(
+            provider_task_id=prediction.id,
+            status=status,
+            error_code=None if prediction.code is None else str(prediction.code),
+            error_message=prediction.error or "WaveSpeed reported the prediction failed without a message",
+        )
+    return ProviderJob(provider_task_id=prediction.id, status=status)
+
+
+def _signing_key(secret: str) -> bytes:
+    return secret.removeprefix(SECRET_PREFIX).encode("utf-8")
+
+
+def _raise_transport_error(exc: httpx.HTTPError, operation: str, *, request_may_be_taken: bool) -> NoReturn:
+    kind = type(exc).__name__
+    if isinstance(exc, _NOT_SENT):
+        raise ProviderTransientError(f"WaveSpeed {operation}: could not connect ({kind})") from exc
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        raise ProviderConfigError(f"WaveSpeed {operation}: unsupported URL scheme ({kind})") from exc
+    if request_may_be_taken:
+        raise ProviderOutcomeUnknownError(
+            f"WaveSpeed {operation}: connection failed after the request was sent ({kind}); the task may exist"
+        ) from exc
+    raise ProviderTransientError(f"WaveSpeed {operation}: connection failed ({kind})") from exc
+
+
+def _job_from_response(response: httpx.Response, operation: str, *, unusable: type[ProviderError]) -> ProviderJob:
+    """Turn an HTTP answer into a job, or raise the mapped error. `unusable` is raised for a garbled 2xx."""
+    if not response.is_success:
+        _raise_http_error(response, operation)
+    try:
+        payload = response.json()
+    except ValueError as exc:
+        raise unusable(f"WaveSpeed {operation}: HTTP {response.status_code} body is not JSON") from exc
+    try:
+        envelope = WaveSpeedEnvelope.model_validate(payload)
+    except ValidationError as exc:
+        raise unusable(f"WaveSpeed {operation}: unexpected answer: {_summarise(exc)}") from exc
+    if envelope.code != 200:
+        _raise_envelope_error(envelope, operation)
+    if not isinstance(envelope.data, dict):
+        raise unusable(f"WaveSpeed {operation}: answer has no prediction data")
+    try:
+        prediction = WaveSpeedPrediction.model_validate(envelope.data)
+    except ValidationError as exc:
+        raise unusable(f"WaveSpeed {operation}: unexpected prediction: {_summarise(exc)}") from exc
+    job = prediction_to_job(prediction)
+    if job is None:
+        raise unusable(f"WaveSpeed {operation}: prediction {prediction.id} has an unknown status {prediction.status!r}")
+    return job
+
+
+def _raise_http_error(response: httpx.Response, operation: str) -> NoReturn:
+    status = response.status_code
+    body_code, detail = _error_details(response)
+    code = body_code or str(status)
+    message = f"WaveSpeed {operation}: HTTP {status}" + (f": {detail}" if detail else "")
+    if status in (401, 403):
+        raise ProviderConfigError(message, code=code)
+    if status == 429 or 500 <= status <= 599:
+        retry_after = parse_retry_after(response.headers.get("retry-after"))
+        raise TransientHttpError(message, code=code, status_code=status, retry_after=retry_after)
+    if 400 <= status <= 499:
+        raise ProviderInputError(message, code=code)
+    raise ProviderError(message, code=code)
+
+
+def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str) -> NoReturn:
+    code = envelope.code
+    data_error = envelope.data.get("error") if isinstance(envelope.data, dict) else None
+    detail = envelope.message or data_error or "no message"
+    message = f"WaveSpeed {operation}: error code {code}: {_truncate(str(detail))}"
+    if 1000 <= code <= 1999:
+        raise ProviderInputError(message, code=str(code))
+    if 5000 <= code <= 5999:
+        raise ProviderTransientError(message, code=str(code))
+    if code in (401, 403):
+        raise ProviderConfigError(message, code=str(code))
+    raise ProviderError(message, code=str(code))
+
+
+def _error_details(response: httpx.Response) -> tuple[str | None, str]:
+    """The body's own error code (if any) and message, from JSON `message`/`error`/`detail` or raw text."""
+    try:
+        payload = response.json()
+    except ValueError:
+        return None, _truncate(response.text.strip())
+    if not isinstance(payload, dict):
+        return None, _truncate(json.dumps(payload))
+    raw_code = payload.get("code")
+    code = str(raw_code) if isinstance(raw_code, int | str) and not isinstance(raw_code, bool) else None
+    for key in ("message", "error", "detail"):
+        value = payload.get(key)
+        if value:
+            return code, _truncate(value if isinstance(value, str) else json.dumps(value))
+    return code, ""
+
+
+def _summarise(exc: ValidationError) -> str:
+    return _truncate("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."

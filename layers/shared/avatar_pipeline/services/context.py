@@ -1,0 +1,56 @@
+"""What every use case needs: the ports, the settings, a clock, and the one way to change a task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aws_lambda_powertools import Logger
+
+from avatar_pipeline.config import Settings
+from avatar_pipeline.models import Task, utcnow
+from avatar_pipeline.ports import ConflictError, MediaStore, Notifier, TaskRepository, VideoProvider
+
+logger = Logger(child=True)
+
+MAX_WRITE_ATTEMPTS = 5
+
+
+class UnknownTaskError(LookupError):
+    pass
+
+
+@dataclass
+class PipelineContext:
+    settings: Settings
+    tasks: TaskRepository
+    media: MediaStore
+    notifier: Notifier
+    providers: Mapping[str, VideoProvider]
+    clock: Callable[[], datetime] = field(default=utcnow)
+
+    def provider_for(self, task: Task) -> VideoProvider:
+        return self.providers[task.provider]
+
+    def update_task(self, task: Task | str, decide: Callable[[Task], Task | None]) -> Task | None:
+        """Apply `decide` to the stored task with optimistic concurrency; None when it decided on no change.
+
+        `decide` gets the latest record and returns its next version (or None). When another writer got there
+        first, the record is read again and `decide` asked again, so every decision is made on fresh facts.
+        """
+        current = self.tasks.get(task) if isinstance(task, str) else task
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            if current is None:
+                raise UnknownTaskError(f"no task {task}")
+            new = decide(current)
+            if new is None:
+                return None
+            try:
+                self.tasks.replace(new, expected=current)
+            except ConflictError:
+                logger.info("task changed meanwhile; deciding again", extra={"task_id": current.task_id})
+                current = self.tasks.get(current.task_id)
+                continue
+            return new
+        raise ConflictError(f"task {current.task_id if current else task} kept changing; giving up this attempt")

@@ -1,0 +1,163 @@
+"""The end of a task: the provider's video copied into our bucket, and exactly one notification."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Literal
+
+from aws_lambda_powertools import Logger
+
+from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
+from avatar_pipeline.models import Notification, Task, TaskStatus
+from avatar_pipeline.services.context import PipelineContext
+from avatar_pipeline.state_machine import touch, transition
+
+logger = Logger(child=True)
+
+# How long an OUTPUT_READY task may wait for finalize before the poller hands it over again: longer than the
+# finalize function's 15-minute timeout.
+FINALIZE_GRACE = timedelta(seconds=960)
+# How long one notifier holds the right to publish a task's notification.
+NOTIFY_LEASE = timedelta(seconds=60)
+
+FinalizeAction = Literal["completed", "failed", "skipped"]
+AnnounceAction = Literal["published", "skipped"]
+
+
+def output_key(task: Task) -> str:
+    return f"outputs/{task.job}/{task.task_id}.mp4"
+
+
+def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta) -> FinalizeAction:
+    """Copy a ready video into outputs/ and complete the task.
+
+    Raises OutputCopyInterruptedError when the copy broke off and another attempt is worth it; the caller's
+    retry (the stream's, or the poller's hand-over) makes that attempt.
+    """
+    now = ctx.clock()
+
+    def claim(current: Task) -> Task | None:
+        lease_over = current.status is TaskStatus.FINALIZING and (current.lease_until or now) <= now
+        if current.status is not TaskStatus.OUTPUT_READY and not lease_over:
+            return None
+        attempt = current.finalize_attempts + 1
+        lease_until = now + time_left
+        return transition(
+            current,
+            TaskStatus.FINALIZING,
+            why=f"copying the video (attempt {attempt})",
+            now=now,
+            finalize_attempts=attempt,
+            lease_until=lease_until,
+            next_check_at=lease_until + timedelta(seconds=60),
+        )
+
+    claimed = ctx.update_task(task, claim)
+    if claimed is None:
+        return "skipped"
+    assert claimed.provider_output_url is not None
+    attempt = claimed.finalize_attempts
+    max_attempts = ctx.settings.finalize_max_attempts
+
+    def still_ours(current: Task) -> bool:
+        return current.status is TaskStatus.FINALIZING and current.finalize_attempts == attempt
+
+    try:
+        output = ctx.media.copy_from_url(
+            claimed.provider_output_url, ctx.settings.media_bucket, output_key(claimed), ctx.settings.max_output_bytes
+        )
+    except OutputUnusableError as error:
+        _fail_if(ctx, claimed, still_ours, f"the provider's video could not be used: {error}")
+        return "failed"
+    except OutputCopyInterruptedError as error:
+        if attempt >= max_attempts:
+            _fail_if(ctx, claimed, still_ours, f"copying the video failed {attempt} times; last error: {error}")
+            return "failed"
+
+        note = f"copy interrupted: {error}"
+
+        def release(current: Task) -> Task | None:
+            if not still_ours(current):
+                return None
+            later = ctx.clock()
+            return touch(current, now=later, lease_until=later, next_check_at=later, reason=note)
+
+        ctx.update_task(claimed, release)
+        raise
+
+    def complete(current: Task) -> Task | None:
+        if not still_ours(current):
+            return None
+        return transition(
+            current,
+            TaskStatus.COMPLETED,
+            why=f"video stored at {output.uri}",
+            now=ctx.clock(),
+            output=output,
+            lease_until=None,
+            next_check_at=ctx.clock() + NOTIFY_LEASE,
+        )
+
+    return "completed" if ctx.update_task(claimed, complete) else "skipped"
+
+
+def _fail_if(ctx: PipelineContext, task: Task, still_ours: Callable[[Task], bool], why: str) -> None:
+    def fail(current: Task) -> Task | None:
+        if not still_ours(current):
+            return None
+        now = ctx.clock()
+        return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
+
+    ctx.update_task(task, fail)
+    logger.error("finalize failed", extra={"task_id": task.task_id, "reason": why})
+
+
+def build_notification(ctx: PipelineContext, task: Task) -> Notification:
+    ended_at = task.history[-1].at if task.history else task.updated_at
+    download_url = None
+    if task.status is TaskStatus.COMPLETED and task.output is not None:
+        download_url = ctx.media.presigned_get(task.output, ctx.settings.download_url_expiry_seconds)
+    return Notification(
+        job=task.job,
+        task_id=task.task_id,
+        status=task.status,
+        reason=None if task.status is TaskStatus.COMPLETED else task.reason,
+        inputs={role: obj.uri for role, obj in (("image", task.image), ("audio", task.audio)) if obj is not None},
+        output=task.output.uri if task.output else None,
+        download_url=download_url,
+        provider=task.provider,
+        provider_task_id=task.provider_task_id,
+        created_at=task.created_at,
+        completed_at=ended_at,
+    )
+
+
+def announce(ctx: PipelineContext, task: Task | str) -> AnnounceAction:
+    """Publish the task's one notification, if it has ended and nobody has published it yet.
+
+    A short lease, claimed with a conditional write before publishing, keeps concurrent notifiers (stream
+    retries, the poller) from publishing twice; if a notifier dies holding it, the poller publishes later.
+    """
+    now = ctx.clock()
+
+    def claim(current: Task) -> Task | None:
+        leased = current.notify_lease_until is not None and current.notify_lease_until > now
+        if not current.status.is_terminal or current.notified_at is not None or leased:
+            return None
+        lease_until = now + NOTIFY_LEASE
+        return touch(current, now=now, notify_lease_until=lease_until, next_check_at=lease_until)
+
+    claimed = ctx.update_task(task, claim)
+    if claimed is None:
+        return "skipped"
+    message_id = ctx.notifier.publish(build_notification(ctx, claimed))
+
+    def confirm(current: Task) -> Task | None:
+        if current.notified_at is not None:
+            return None
+        return touch(current, now=ctx.clock(), notified_at=ctx.clock(), notify_lease_until=None, next_check_at=None)
+
+    ctx.update_task(claimed, confirm)
+    logger.info("notification published", extra={"task_id": claimed.task_id, "message_id": message_id})
+    return "published"

@@ -1,0 +1,251 @@
+"""Uploads in, paid submissions out: pairing, validation, the submission claim and the provider call."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+from aws_lambda_powertools import Logger
+from pydantic import ValidationError
+
+from avatar_pipeline.errors import (
+    ProviderError,
+    ProviderOutcomeUnknownError,
+    ProviderTransientError,
+)
+from avatar_pipeline.models import JobOptions, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus, Transition
+from avatar_pipeline.pairing import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, content_id, options_key, parse_inbox_key
+from avatar_pipeline.providers import display_name
+from avatar_pipeline.services.context import PipelineContext
+from avatar_pipeline.state_machine import touch, transition
+from avatar_pipeline.validation import problems_with_pair
+
+logger = Logger(child=True)
+
+# Longer than the submit function's timeout: once it has passed, the call that held the claim is over.
+SUBMIT_LEASE = timedelta(seconds=180)
+MAX_OPTIONS_BYTES = 64 * 1024
+
+UploadAction = Literal[
+    "ignored", "waiting", "duplicate", "rejected", "submitted", "retry-scheduled", "failed", "unknown"
+]
+
+
+@dataclass(frozen=True)
+class UploadOutcome:
+    action: UploadAction
+    job: str | None = None
+    task_id: str | None = None
+
+
+def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
+    """One object landed under inbox/: record it, and if it completes a pair, cut and submit one task."""
+    entry = parse_inbox_key(upload.key)
+    if entry is None:
+        logger.info("not an inbox upload; ignored", extra={"key": upload.key})
+        return UploadOutcome("ignored")
+    if entry.kind == "options":
+        # Read when its pair completes; upload job.json before (or with) the media files.
+        logger.info("job options noted", extra={"job": entry.job, "key": upload.key})
+        return UploadOutcome("ignored", job=entry.job)
+    now = ctx.clock()
+    if entry.kind == "unsupported":
+        reason = (
+            f"{entry.file_name} is neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f" nor an audio clip ({', '.join(sorted(AUDIO_EXTENSIONS))})"
+        )
+        return _reject_alone(ctx, entry.job, upload, reason, now)
+
+    deadline = now + timedelta(seconds=ctx.settings.max_pair_wait_seconds)
+    slot = ctx.tasks.record_upload(entry.job, entry.kind, upload, now, deadline)
+    if not slot.is_complete:
+        logger.info("waiting for the other half", extra={"job": entry.job, "key": upload.key})
+        return UploadOutcome("waiting", job=entry.job)
+    ctx.tasks.settle_slot(entry.job)
+
+    task = _task_for_pair(ctx, slot, in_folder=entry.in_folder, now=now)
+    if not ctx.tasks.create(task):
+        logger.info("pair already has its task; nothing new to submit", extra={"task_id": task.task_id})
+        return UploadOutcome("duplicate", job=task.job, task_id=task.task_id)
+    if task.status is TaskStatus.REJECTED:
+        logger.warning("pair rejected", extra={"task_id": task.task_id, "reason": task.reason})
+        return UploadOutcome("rejected", job=task.job, task_id=task.task_id)
+    return submit_claimed(ctx, task)
+
+
+def _arrival(at: datetime, what: str) -> Transition:
+    return Transition(at=at, from_status=None, to_status=TaskStatus.WAITING_FOR_PAIR, reason=f"{what} arrived")
+
+
+def _reject_alone(ctx: PipelineContext, job: str, upload: S3Object, reason: str, now: datetime) -> UploadOutcome:
+    waiting = Task(
+        task_id=content_id(job, upload),
+        job=job,
+        status=TaskStatus.WAITING_FOR_PAIR,
+        provider=ctx.settings.default_provider,
+        mode=ctx.settings.default_mode,
+        created_at=now,
+        updated_at=now,
+        history=[_arrival(now, upload.key)],
+    )
+    task = transition(waiting, TaskStatus.REJECTED, why=reason, now=now, next_check_at=now)
+    if not ctx.tasks.create(task):
+        return UploadOutcome("duplicate", job=job, task_id=task.task_id)
+    logger.warning("upload rejected", extra={"task_id": task.task_id, "reason": reason})
+    return UploadOutcome("rejected", job=job, task_id=task.task_id)
+
+
+def _read_options(ctx: PipelineContext, job: str) -> tuple[JobOptions, str | None]:
+    """The job's options and, when job.json is unusable, the reason."""
+    key = options_key(job)
+    try:
+        raw = ctx.media.read_small_object(ctx.settings.media_bucket, key, MAX_OPTIONS_BYTES)
+    except ValueError as error:
+        return JobOptions(), f"job.json: {error}"
+    if raw is None:
+        return JobOptions(), None
+    try:
+        return JobOptions.model_validate(json.loads(raw)), None
+    except (ValueError, ValidationError) as error:
+        return JobOptions(), f"job.json is not valid: {error}"
+
+
+def _task_for_pair(ctx: PipelineContext, slot: PairSlot, *, in_folder: bool, now: datetime) -> Task:
+    assert slot.image is not None
+    assert slot.audio is not None
+    image, audio = slot.image, slot.audio
+    options, options_problem = _read_options(ctx, slot.job) if in_folder else (JobOptions(), None)
+    provider = options.provider or ctx.settings.default_provider
+    waiting_since = slot.waiting_since or now
+    waiting = Task(
+        task_id=content_id(slot.job, image, audio),
+        job=slot.job,
+        status=TaskStatus.WAITING_FOR_PAIR,
+        provider=provider,
+        mode=options.mode or ctx.settings.default_mode,
+        prompt=options.prompt,
+        image=image,
+        audio=audio,
+        created_at=waiting_since,
+        updated_at=now,
+        history=[_arrival(waiting_since, "first file of the pair")],
+    )
+    problems = ([options_problem] if options_problem else []) + problems_with_pair(image, audio, provider)
+    if problems:
+        return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
+    lease_until = now + SUBMIT_LEASE
+    return transition(
+        waiting,
+        TaskStatus.SUBMITTING,
+        why=f"paired {image.key} with {audio.key}",
+        now=now,
+        lease_until=lease_until,
+        submit_attempts=1,
+        next_check_at=lease_until,
+    )
+
+
+def webhook_url(ctx: PipelineContext, task: Task) -> str:
+    return f"{ctx.settings.webhook_base_url.rstrip('/')}/webhooks/{task.provider}?task_id={task.task_id}"
+
+
+def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
+    """Send a task whose submission claim we hold to its provider, and record what came of it.
+
+    The claim (SUBMITTING with a lease) was written before this call, so a crash here can never lead to a blind
+    second POST: only an answer proving the provider did not take the task makes a retry safe.
+    """
+    assert claimed.image is not None
+    assert claimed.audio is not None
+    provider = ctx.provider_for(claimed)
+    name = display_name(claimed.provider)
+    expiry = ctx.settings.input_url_expiry_seconds
+    request = SubmissionRequest(
+        task_id=claimed.task_id,
+        image_url=ctx.media.presigned_get(claimed.image, expiry),
+        audio_url=ctx.media.presigned_get(claimed.audio, expiry),
+        prompt=claimed.prompt,
+        mode=claimed.mode,
+        webhook_url=webhook_url(ctx, claimed),
+    )
+    outcome = UploadOutcome("submitted", job=claimed.job, task_id=claimed.task_id)
+    try:
+        accepted = provider.submit(request)
+    except ProviderTransientError as error:
+        retry_at = ctx.clock() + timedelta(seconds=ctx.settings.submit_retry_after_seconds)
+        note = f"{name} is unavailable ({error}); the submission will be retried at {retry_at:%H:%M:%S} UTC"
+        _update_while_submitting(
+            ctx, claimed, lease_until=None, submit_retry_at=retry_at, next_check_at=retry_at, reason=note
+        )
+        logger.warning("provider unavailable; submission retry scheduled", extra={"task_id": claimed.task_id})
+        return UploadOutcome("retry-scheduled", job=claimed.job, task_id=claimed.task_id)
+    except ProviderOutcomeUnknownError as error:
+        # The provider may have taken it: wait for its callback (which names our task), never POST again.
+        give_up_at = claimed.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds)
+        note = f"{name} did not answer the submission ({error}); waiting for its callback, not resending"
+        _update_while_submitting(ctx, claimed, lease_until=None, next_check_at=give_up_at, reason=note)
+        logger.warning("submission outcome unknown", extra={"task_id": claimed.task_id})
+        return UploadOutcome("unknown", job=claimed.job, task_id=claimed.task_id)
+    except ProviderError as error:
+        # Refused input (1xxx), bad credentials or a broken contract: retrying cannot help.
+        code = f" (code {error.code})" if error.code else ""
+        why = f"{name} refused the submission{code}: {error}"
+
+        def fail(task: Task) -> Task | None:
+            if task.status is not TaskStatus.SUBMITTING:
+                return None
+            return transition(task, TaskStatus.FAILED, why=why, now=ctx.clock(), lease_until=None)
+
+        ctx.update_task(claimed, fail)
+        logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})
+        return UploadOutcome("failed", job=claimed.job, task_id=claimed.task_id)
+
+    def record_acceptance(task: Task) -> Task | None:
+        now = ctx.clock()
+        if task.status is TaskStatus.SUBMITTING:
+            return transition(
+                task,
+                TaskStatus.SUBMITTED,
+                why=f"{name} accepted it as {accepted.provider_task_id}",
+                now=now,
+                provider_task_id=accepted.provider_task_id,
+                lease_until=None,
+                last_news_at=now,
+                next_check_at=now + timedelta(seconds=ctx.settings.poll_after_seconds),
+            )
+        return None  # a callback already moved it on, and recorded the provider's id with it
+
+    ctx.update_task(claimed, record_acceptance)
+    logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
+    return outcome
+
+
+def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: object) -> None:
+    def update(task: Task) -> Task | None:
+        return touch(task, now=ctx.clock(), **changes) if task.status is TaskStatus.SUBMITTING else None
+
+    ctx.update_task(claimed, update)
+
+
+def retry_submission(ctx: PipelineContext, task: Task) -> UploadOutcome | None:
+    """Claim again a submission the provider turned away for now, and send it; None if it is not ours to send."""
+    now = ctx.clock()
+
+    def claim(current: Task) -> Task | None:
+        retry_at = current.submit_retry_at
+        lease_free = current.lease_until is None or current.lease_until <= now
+        if current.status is not TaskStatus.SUBMITTING or retry_at is None or retry_at > now or not lease_free:
+            return None
+        return touch(
+            current,
+            now=now,
+            lease_until=now + SUBMIT_LEASE,
+            submit_retry_at=None,
+            submit_attempts=current.submit_attempts + 1,
+            next_check_at=now + SUBMIT_LEASE,
+        )
+
+    claimed = ctx.update_task(task, claim)
+    return submit_claimed(ctx, claimed) if claimed else None

@@ -1,0 +1,248 @@
+"""What the provider tells us (callbacks) and what we ask it (the poller), recorded one way."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from aws_lambda_powertools import Logger
+
+from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError
+from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus, Transition
+from avatar_pipeline.pairing import content_id
+from avatar_pipeline.providers import describe_failure, display_name
+from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
+from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce
+from avatar_pipeline.services.intake import retry_submission
+from avatar_pipeline.state_machine import can_transition, touch, transition
+
+logger = Logger(child=True)
+
+# The poller stops picking up work when less than this is left of its invocation.
+POLL_SAFETY_MARGIN = timedelta(seconds=15)
+MAX_DUE_PER_POLL = 500
+
+NewsAction = Literal["recorded", "unchanged"]
+
+
+class UnknownProviderError(LookupError):
+    pass
+
+
+_NEXT_STATUS = {
+    ProviderJobStatus.QUEUED: TaskStatus.SUBMITTED,
+    ProviderJobStatus.PROCESSING: TaskStatus.PROCESSING,
+    ProviderJobStatus.SUCCEEDED: TaskStatus.OUTPUT_READY,
+    ProviderJobStatus.FAILED: TaskStatus.FAILED,
+}
+
+
+def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJob) -> NewsAction:
+    """Move the task as far as the provider's news allows; repeated or late news changes nothing."""
+
+    def decide(current: Task) -> Task | None:
+        if current.provider_task_id and current.provider_task_id != news.provider_task_id:
+            raise CallbackMismatchError(
+                f"news about {news.provider_task_id} addressed to task {current.task_id},"
+                f" which is {current.provider_task_id}"
+            )
+        target = _NEXT_STATUS[news.status]
+        if not can_transition(current.status, target):
+            return None
+        now = ctx.clock()
+        name = display_name(current.provider)
+        changes: dict[str, object] = {
+            "provider_task_id": news.provider_task_id,
+            "last_news_at": now,
+            "lease_until": None,
+            "next_check_at": now + timedelta(seconds=ctx.settings.poll_after_seconds),
+        }
+        if target is TaskStatus.OUTPUT_READY:
+            why = f"{name} finished the video"
+            changes |= {"provider_output_url": news.output_url, "next_check_at": now + FINALIZE_GRACE}
+        elif target is TaskStatus.FAILED:
+            why = describe_failure(current.provider, news)
+            changes["next_check_at"] = now
+        elif target is TaskStatus.PROCESSING:
+            why = f"{name} is making the video"
+        else:
+            why = f"{name} accepted it as {news.provider_task_id}"
+        return transition(current, target, why=why, now=now, **changes)
+
+    return "recorded" if ctx.update_task(task, decide) else "unchanged"
+
+
+def receive_callback(
+    ctx: PipelineContext, provider_name: str, task_id: str, headers: Mapping[str, str], body: bytes
+) -> NewsAction:
+    """An HTTP callback from a provider: authenticate it first, then record it.
+
+    Raises UnknownProviderError, WebhookAuthError, WebhookPayloadError, UnknownTaskError or CallbackMismatchError.
+    """
+    provider = ctx.providers.get(provider_name)
+    if provider is None:
+        raise UnknownProviderError(f"no provider called {provider_name!r}")
+    news = provider.parse_callback(headers, body, ctx.clock())
+    task = ctx.tasks.get(task_id)
+    if task is None:
+        raise UnknownTaskError(f"no task {task_id}")
+    if task.provider != provider_name:
+        raise CallbackMismatchError(f"task {task_id} belongs to {task.provider}, not {provider_name}")
+    return record_provider_news(ctx, task, news)
+
+
+@dataclass
+class PollReport:
+    actions: Counter[str] = field(default_factory=Counter)
+    stopped_early: bool = False
+
+
+def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport:
+    """One pass over what is due: chase providers, retry turned-away submissions, expire what waited too long,
+    hand stuck copies back to finalize and publish notifications nobody published."""
+    report = PollReport()
+    tasks, slots = ctx.tasks.due(ctx.clock(), MAX_DUE_PER_POLL)
+    for slot in slots:
+        if time_left() < POLL_SAFETY_MARGIN:
+            report.stopped_early = True
+            return report
+        report.actions[_expire_orphan(ctx, slot)] += 1
+    for task in tasks:
+        if time_left() < POLL_SAFETY_MARGIN:
+            report.stopped_early = True
+            return report
+        try:
+            report.actions[_check(ctx, task)] += 1
+        except Exception:
+            # One bad task must not starve the others; it stays due and is tried again next poll.
+            logger.exception("poll of one task failed", extra={"task_id": task.task_id})
+            report.actions["error"] += 1
+    return report
+
+
+def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
+    if slot.is_complete or slot.waiting_since is None:
+        return "skipped"
+    half = slot.image or slot.audio
+    assert half is not None
+    missing = "audio" if slot.audio is None else "image"
+    minutes = ctx.settings.max_pair_wait_seconds // 60
+    now = ctx.clock()
+    why = f"no {missing} arrived for {half.key} within {minutes} min"
+    waiting = Task(
+        task_id=content_id(slot.job, half),
+        job=slot.job,
+        status=TaskStatus.WAITING_FOR_PAIR,
+        provider=ctx.settings.default_provider,
+        mode=ctx.settings.default_mode,
+        image=slot.image,
+        audio=slot.audio,
+        created_at=slot.waiting_since,
+        updated_at=now,
+        history=[
+            Transition(at=slot.waiting_since, to_status=TaskStatus.WAITING_FOR_PAIR, reason=f"{half.key} arrived")
+        ],
+    )
+    # Task first, then the slot: a crash in between leaves the slot due, and the retry finds the task exists.
+    ctx.tasks.create(transition(waiting, TaskStatus.TIMED_OUT, why=why, now=now, next_check_at=now))
+    ctx.tasks.expire_slot(slot)
+    return "orphan-timed-out"
+
+
+def _too_old(ctx: PipelineContext, task: Task, now: datetime) -> bool:
+    return now - task.created_at > timedelta(seconds=ctx.settings.max_task_age_seconds)
+
+
+def _reschedule(ctx: PipelineContext, task: Task, at: datetime) -> None:
+    def later(current: Task) -> Task | None:
+        return touch(current, now=ctx.clock(), next_check_at=at) if current.status is task.status else None
+
+    ctx.update_task(task, later)
+
+
+def _time_out(ctx: PipelineContext, task: Task, why: str) -> str:
+    def expire(current: Task) -> Task | None:
+        if not can_transition(current.status, TaskStatus.TIMED_OUT):
+            return None
+        now = ctx.clock()
+        return transition(current, TaskStatus.TIMED_OUT, why=why, now=now, lease_until=None, next_check_at=now)
+
+    return "timed-out" if ctx.update_task(task, expire) else "skipped"
+
+
+def _check(ctx: PipelineContext, task: Task) -> str:
+    now = ctx.clock()
+    name = display_name(task.provider)
+    age_limit = f"{ctx.settings.max_task_age_seconds // 60} min"
+    if task.status.is_terminal:
+        return f"notify-{announce(ctx, task)}"
+    if task.lease_until is not None and task.lease_until > now:
+        _reschedule(ctx, task, task.lease_until)
+        return "leased"
+    if task.status is TaskStatus.SUBMITTING:
+        return _check_submitting(ctx, task, now, name, age_limit)
+    if task.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
+        if _too_old(ctx, task, now):
+            return _time_out(ctx, task, f"{name} did not finish the video within {age_limit}")
+        return _ask_provider(ctx, task, now)
+    return _check_finishing(ctx, task, now)
+
+
+def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str, age_limit: str) -> str:
+    if _too_old(ctx, task, now):
+        return _time_out(ctx, task, f"{name} could not take the submission within {age_limit}: {task.reason}")
+    if task.submit_retry_at is not None:
+        if task.submit_retry_at > now:
+            _reschedule(ctx, task, task.submit_retry_at)
+            return "waiting-to-retry"
+        outcome = retry_submission(ctx, task)
+        return f"resubmit-{outcome.action}" if outcome else "skipped"
+    # The outcome of the last submission is unknown: its callback may still come. Wait until the age limit.
+    _reschedule(ctx, task, task.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds))
+    return "awaiting-callback"
+
+
+def _ask_provider(ctx: PipelineContext, task: Task, now: datetime) -> str:
+    assert task.provider_task_id is not None
+    try:
+        news = ctx.provider_for(task).fetch(task.provider_task_id)
+    except ProviderTransientError as error:
+        logger.warning("provider unavailable while polling", extra={"task_id": task.task_id, "error": str(error)})
+        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+        return "provider-unavailable"
+    except ProviderError as error:
+        logger.error("provider refused the status query", extra={"task_id": task.task_id, "error": str(error)})
+        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+        return "provider-error"
+    if record_provider_news(ctx, task.task_id, news) == "recorded":
+        return f"news-{news.status.value.lower()}"
+    _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+    return "no-news"
+
+
+def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
+    """OUTPUT_READY that finalize never picked up, or FINALIZING whose attempt died."""
+    attempts = task.finalize_attempts
+    if attempts >= ctx.settings.finalize_max_attempts:
+
+        def fail(current: Task) -> Task | None:
+            if current.status not in (TaskStatus.OUTPUT_READY, TaskStatus.FINALIZING):
+                return None
+            why = f"copying the video did not finish after {attempts} attempts; last note: {current.reason}"
+            return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
+
+        return "finalize-failed" if ctx.update_task(task, fail) else "skipped"
+
+    def hand_back(current: Task) -> Task | None:
+        # A new version of an OUTPUT_READY record is a new stream record: finalize gets another go.
+        if current.status is TaskStatus.FINALIZING:
+            why = f"copy attempt {attempts} did not finish; handing it back to finalize"
+            return transition(current, TaskStatus.OUTPUT_READY, why=why, now=now, next_check_at=now + FINALIZE_GRACE)
+        if current.status is TaskStatus.OUTPUT_READY:
+            return touch(current, now=now, next_check_at=now + FINALIZE_GRACE)
+        return None
+
+    return "finalize-redriven" if ctx.update_task(task, hand_back) else "skipped"

@@ -1,0 +1,56 @@
+"""Which status a task may move to from which, and the one way a task record changes.
+
+Every write produces a new version of the record; the repository only stores it if the stored
+record still has the status and version it was derived from. So a late duplicate can never move a
+finished task backwards, and of two racing writers exactly one wins.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from avatar_pipeline.models import Task, TaskStatus, Transition
+
+S = TaskStatus
+
+# target status → the statuses it may be reached from
+ALLOWED_SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.SUBMITTING: frozenset({S.WAITING_FOR_PAIR}),
+    S.SUBMITTED: frozenset({S.SUBMITTING}),
+    # A callback may overtake the write that records the submission's answer.
+    S.PROCESSING: frozenset({S.SUBMITTING, S.SUBMITTED}),
+    # From FINALIZING: the poller hands a stuck copy back to finalize.
+    S.OUTPUT_READY: frozenset({S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.FINALIZING}),
+    # From FINALIZING: a new finalize attempt takes over a copy whose lease ran out.
+    S.FINALIZING: frozenset({S.OUTPUT_READY, S.FINALIZING}),
+    S.COMPLETED: frozenset({S.FINALIZING}),
+    S.REJECTED: frozenset({S.WAITING_FOR_PAIR}),
+    S.FAILED: frozenset({S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY, S.FINALIZING}),
+    S.TIMED_OUT: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY, S.FINALIZING}),
+}
+
+
+class InvalidTransitionError(ValueError):
+    def __init__(self, current: TaskStatus, target: TaskStatus) -> None:
+        super().__init__(f"a task cannot go from {current} to {target}")
+        self.current = current
+        self.target = target
+
+
+def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
+    return current in ALLOWED_SOURCES.get(target, frozenset())
+
+
+def transition(task: Task, target: TaskStatus, *, why: str, now: datetime, **changes: Any) -> Task:
+    """The task moved to `target` because of `why`: a new version, with the move in its history and `why` as
+    the task's current reason."""
+    if not can_transition(task.status, target):
+        raise InvalidTransitionError(task.status, target)
+    entry = Transition(at=now, from_status=task.status, to_status=target, reason=why)
+    return touch(task, now=now, status=target, reason=why, history=[*task.history, entry], **changes)
+
+
+def touch(task: Task, *, now: datetime, **changes: Any) -> Task:
+    """Same status, new facts (a lease, a poll time, the provider's id): still a new version."""
+    return task.model_copy(update={**changes, "version": task.version + 1, "updated_at": now})
