@@ -1,0 +1,58 @@
+"""Task table stream → copy a ready video into outputs/, and publish each ended task's one notification."""
+
+from datetime import timedelta
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from avatar_pipeline.models import TaskStatus
+from avatar_pipeline.services.context import UnknownTaskError
+from avatar_pipeline.services.finishing import announce, finalize_output
+from avatar_pipeline.wiring import pipeline
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
+
+# Kept back from the invocation's remaining time, to record the outcome of a copy after it ends.
+FINALIZE_SAFETY_MARGIN = timedelta(seconds=30)
+
+
+@tracer.capture_method
+def handle_record(record: DynamoDBRecord, lambda_context: LambdaContext) -> str:
+    image = record.dynamodb.new_image if record.dynamodb else {}
+    task_id = image.get("task_id")
+    status = image.get("status")
+    if not task_id or status is None:
+        return "ignored"
+    logger.append_keys(task_id=task_id, job=image.get("job"))
+    try:
+        return _finish(task_id, TaskStatus(status), lambda_context)
+    except UnknownTaskError:
+        # Only a task removed from the table after this change was written: nothing is left to finish.
+        logger.error("stream change for a task that no longer exists; skipped")
+        return "ignored"
+
+
+def _finish(task_id: str, status: TaskStatus, lambda_context: LambdaContext) -> str:
+    if status == TaskStatus.OUTPUT_READY:
+        remaining = timedelta(milliseconds=lambda_context.get_remaining_time_in_millis())
+        action = finalize_output(pipeline(), task_id, remaining - FINALIZE_SAFETY_MARGIN)
+        metrics.add_metric(name=f"Finalize_{action}", unit=MetricUnit.Count, value=1)
+        return action
+    if status.is_terminal:
+        action = announce(pipeline(), task_id)
+        metrics.add_metric(name=f"Notification_{action}", unit=MetricUnit.Count, value=1)
+        return action
+    return "ignored"
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return process_partial_response(event=event, record_handler=handle_record, processor=processor, context=context)

@@ -1,0 +1,26 @@
+"""EventBridge schedule → one pass over due in-flight tasks (the webhook's fallback and the pipeline's sweeper)."""
+
+from datetime import timedelta
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from avatar_pipeline.services.tracking import poll
+from avatar_pipeline.wiring import pipeline
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    report = poll(pipeline(), time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis()))
+    for action, count in report.actions.items():
+        metrics.add_metric(name=f"Poll_{action}", unit=MetricUnit.Count, value=count)
+    logger.info("poll done", extra={"actions": dict(report.actions), "stopped_early": report.stopped_early})
+    return {"actions": dict(report.actions), "stopped_early": report.stopped_early}

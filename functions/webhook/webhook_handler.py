@@ -1,0 +1,64 @@
+"""POST /webhooks/{provider}?task_id=... → authenticate the provider's callback, record it, answer fast."""
+
+import base64
+from http import HTTPStatus
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from avatar_pipeline.errors import CallbackMismatchError, WebhookAuthError, WebhookPayloadError
+from avatar_pipeline.services.context import UnknownTaskError
+from avatar_pipeline.services.tracking import UnknownProviderError, receive_callback
+from avatar_pipeline.wiring import pipeline
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayRestResolver()
+
+# Provider callbacks are a few kB; anything far larger is not one.
+MAX_BODY_BYTES = 256 * 1024
+
+
+def _answer(status: HTTPStatus, message: str) -> Response[dict[str, str]]:
+    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body={"message": message})
+
+
+@app.post("/webhooks/<provider>")
+@tracer.capture_method
+def provider_callback(provider: str) -> Response[dict[str, str]]:
+    event = app.current_event
+    task_id = event.get_query_string_value("task_id")
+    # The signature covers the raw bytes exactly as sent.
+    raw = event.body or ""
+    body = base64.b64decode(raw) if event.is_base64_encoded else raw.encode()
+    if len(body) > MAX_BODY_BYTES:
+        return _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "callback body too large")
+    if not task_id:
+        return _answer(HTTPStatus.BAD_REQUEST, "task_id query parameter missing")
+    logger.append_keys(task_id=task_id, provider=provider)
+    try:
+        action = receive_callback(pipeline(), provider, task_id, dict(event.headers), body)
+    except WebhookAuthError as error:
+        logger.warning("callback failed authentication", extra={"error": str(error)})
+        metrics.add_metric(name="WebhookAuthFailure", unit=MetricUnit.Count, value=1)
+        return _answer(HTTPStatus.UNAUTHORIZED, "callback not authenticated")
+    except WebhookPayloadError as error:
+        return _answer(HTTPStatus.BAD_REQUEST, f"callback not understood: {error}")
+    except (UnknownProviderError, UnknownTaskError) as error:
+        return _answer(HTTPStatus.NOT_FOUND, str(error))
+    except CallbackMismatchError as error:
+        logger.warning("callback for another task", extra={"error": str(error)})
+        return _answer(HTTPStatus.CONFLICT, str(error))
+    metrics.add_metric(name=f"Callback_{action}", unit=MetricUnit.Count, value=1)
+    return _answer(HTTPStatus.OK, action)
+
+
+@logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return app.resolve(event, context)

@@ -1,0 +1,254 @@
+"""MediaStore on S3: presigned links, small reads, and a streamed copy of a provider's output into the bucket."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import httpx
+from botocore.exceptions import BotoCoreError, ClientError
+
+from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
+from avatar_pipeline.models import S3Object
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# S3 refuses multipart parts under 5 MiB (except the last one) and uploads of more than 10,000 parts.
+MIN_PART_SIZE = 5 * MIB
+MAX_PARTS = 10_000
+DEFAULT_PART_SIZE = 8 * MIB
+# Provider CDNs can be slow to start and to stream large files: wait long for bytes, short for a connection.
+DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
+# Statuses that mean the output will never be there, however often we ask.
+GONE_STATUSES = frozenset({403, 404, 410})
+VIDEO_CONTENT_TYPE = "video/mp4"
+# An MP4 (ISO base media file) starts with a box: 4 bytes of size, then the type "ftyp".
+_HEAD_SIZE = 8
+_MP4_BRAND_BOX = b"ftyp"
+_MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+_PRESIGN_HANDLER_ID = "avatar_pipeline.adapters.s3.presign_sigv4"
+
+
+class S3MediaStore:
+    """Implements `ports.MediaStore` with a boto3 S3 client and an httpx client for downloads.
+
+    `copy_from_url` holds at most one part (about `part_size` bytes, plus the chunk that tipped it over)
+    in memory, plus the one joined copy handed to `upload_part`; nothing is written to disk.
+    """
+
+    def __init__(
+        self, s3_client: Any, http_client: httpx.Client | None = None, part_size: int = DEFAULT_PART_SIZE
+    ) -> None:
+        if part_size < MIN_PART_SIZE:
+            raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (the S3 minimum), got {part_size}")
+        self._s3 = s3_client
+        _presign_with_sigv4(s3_client)
+        self._http = http_client if http_client is not None else httpx.Client(timeout=DOWNLOAD_TIMEOUT)
+        self._part_size = part_size
+
+    def presigned_get(self, obj: S3Object, expires_in: int) -> str:
+        url = self._s3.generate_presigned_url(
+            "get_object",
+            Params={"Bucket": obj.bucket, "Key": obj.key},
+            ExpiresIn=expires_in,
+        )
+        return str(url)
+
+    def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
+        try:
+            response = self._s3.get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if _error_code(exc) in _MISSING_CODES:
+                return None
+            raise
+        body = response["Body"]
+        try:
+            size = int(response.get("ContentLength", 0))
+            if size > max_bytes:
+                raise ValueError(f"s3://{bucket}/{key} is {size} bytes, more than the {max_bytes} bytes allowed")
+            data = body.read(max_bytes + 1)
+        finally:
+            body.close()
+        if len(data) > max_bytes:
+            raise ValueError(f"s3://{bucket}/{key} is more than the {max_bytes} bytes allowed")
+        return bytes(data)
+
+    def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
+        if max_bytes > self._part_size * MAX_PARTS:
+            raise ValueError(f"max_bytes {max_bytes} needs more than {MAX_PARTS} parts of {self._part_size} bytes")
+        source = _redact(url)
+        try:
+            with self._http.stream(
+                "GET",
+                url,
+                # A video gains nothing from compression; asking for identity keeps Content-Length meaningful.
+                headers={"Accept-Encoding": "identity"},
+                follow_redirects=True,
+                timeout=DOWNLOAD_TIMEOUT,
+            ) as response:
+                _check_status(response, source)
+                promised = _content_length(response)
+                if promised is not None and promised > max_bytes:
+                    raise OutputUnusableError(
+                        f"the provider's output at {source} is {promised} bytes, more than the {max_bytes} allowed"
+                    )
+                return self._stream_to_s3(response, promised, source, bucket, key, max_bytes)
+        except httpx.InvalidURL as exc:
+            raise OutputUnusableError(f"the provider's output URL {source} is not a valid URL: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise OutputCopyInterruptedError(
+                f"the download of {source} broke off ({type(exc).__name__}: {exc})"
+            ) from exc
+        except (ClientError, BotoCoreError) as exc:
+            raise OutputCopyInterruptedError(f"S3 refused the copy to s3://{bucket}/{key}: {exc}") from exc
+
+    def _stream_to_s3(
+        self,
+        response: httpx.Response,
+        promised: int | None,
+        source: str,
+        bucket: str,
+        key: str,
+        max_bytes: int,
+    ) -> S3Object:
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        pending: list[bytes] = []
+        pending_size = 0
+        total = 0
+        try:
+            for chunk in response.iter_bytes():
+                if not chunk:
+                    continue
+                total += len(chunk)
+                if total > max_bytes:
+                    raise OutputUnusableError(
+                        f"the provider's output at {source} is more than the {max_bytes} bytes allowed"
+                    )
+                pending.append(chunk)
+                pending_size += len(chunk)
+                if upload_id is None:
+                    if pending_size < _HEAD_SIZE:
+                        continue
+                    _check_mp4(_head(pending), source)
+                    upload_id = self._create_upload(bucket, key)
+                if pending_size >= self._part_size:
+                    parts.append(self._upload_part(bucket, key, upload_id, len(parts) + 1, pending))
+                    pending.clear()
+                    pending_size = 0
+
+            if promised is not None and response.num_bytes_downloaded < promised:
+                raise OutputCopyInterruptedError(
+                    f"the download of {source} was truncated: got {response.num_bytes_downloaded} of {promised} bytes"
+                )
+            if total == 0:
+                raise OutputUnusableError(f"the provider's output at {source} is empty")
+            if upload_id is None:
+                raise _not_mp4(source)  # fewer than 8 bytes in all: too short to be an MP4
+            if pending:
+                parts.append(self._upload_part(bucket, key, upload_id, len(parts) + 1, pending))
+                pending.clear()
+            completed = self._s3.complete_multipart_upload(
+                Bucket=bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            if upload_id is not None:
+                self._abort(bucket, key, upload_id)
+            raise
+        etag = str(completed.get("ETag", "")).strip('"')
+        logger.info("copied %s to s3://%s/%s: %d bytes in %d parts", source, bucket, key, total, len(parts))
+        return S3Object(bucket=bucket, key=key, etag=etag, size=total)
+
+    def _create_upload(self, bucket: str, key: str) -> str:
+        created = self._s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType=VIDEO_CONTENT_TYPE)
+        return str(created["UploadId"])
+
+    def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, chunks: list[bytes]) -> dict[str, Any]:
+        # The joined part lives only for the duration of this call, so at most one extra copy exists at a time.
+        uploaded = self._s3.upload_part(
+            Bucket=bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=b"".join(chunks),
+        )
+        return {"PartNumber": number, "ETag": uploaded["ETag"]}
+
+    def _abort(self, bucket: str, key: str, upload_id: str) -> None:
+        try:
+            self._s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+        except Exception:
+            # The original failure matters more; a lifecycle rule sweeps whatever this leaves behind.
+            logger.exception("could not abort multipart upload %s of s3://%s/%s", upload_id, bucket, key)
+
+
+def _presign_with_sigv4(s3_client: Any) -> None:
+    """Make the client presign with SigV4 even if it was built without `signature_version="s3v4"`.
+
+    For backwards compatibility botocore presigns S3 URLs with SigV2 in regions that once supported it
+    (us-east-1 among them) unless the client's config names a signature version, and buckets created since
+    mid-2020 refuse SigV2. botocore's `choose-signer` hook lets us pick the S3 SigV4 signer instead.
+    """
+    events = getattr(getattr(s3_client, "meta", None), "events", None)
+    if events is not None:
+        events.register_first("choose-signer.s3", _choose_sigv4_for_presign, unique_id=_PRESIGN_HANDLER_ID)
+
+
+def _choose_sigv4_for_presign(signature_version: str, signing_name: str = "s3", **_: Any) -> str | None:
+    if signing_name != "s3":
+        return None
+    for suffix in ("-query", "-presign-post"):
+        if signature_version in (f"v4{suffix}", f"s3v4{suffix}"):
+            return f"s3v4{suffix}"
+    return None  # not a presign, or a signer the client chose on purpose (v4a, S3 Express): leave it
+
+
+def _check_status(response: httpx.Response, source: str) -> None:
+    status = response.status_code
+    if status in GONE_STATUSES:
+        raise OutputUnusableError(f"the provider's output is gone (HTTP {status}) at {source}")
+    if not 200 <= status < 300:
+        raise OutputCopyInterruptedError(f"the provider's output at {source} answered HTTP {status}")
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("Content-Length")
+    if value is None:
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _head(chunks: list[bytes]) -> bytes:
+    """The first few bytes of the buffered chunks, without joining them all."""
+    head = b""
+    for chunk in chunks:
+        head += chunk[: _HEAD_SIZE - len(head)]
+        if len(head) >= _HEAD_SIZE:
+            break
+    return head
+
+
+def _check_mp4(head: bytes, source: str) -> None:
+    if len(head) < _HEAD_SIZE or head[4:_HEAD_SIZE] != _MP4_BRAND_BOX:
+        raise _not_mp4(source)
+
+
+def _not_mp4(source: str) -> OutputUnusableError:
+    return OutputUnusableError(f"the provider's output at {source} is not an MP4 (no 'ftyp' box at the start)")
+
+
+def _redact(url: str) -> str:
+    """The URL without its query string: presigned provider links carry credentials there."""
+    return url.split("?", 1)[0].split("#", 1)[0]
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

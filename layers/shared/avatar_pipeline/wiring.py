@@ -1,0 +1,74 @@
+"""Real adapters for the real environment: built once per Lambda container, on first use."""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator, Mapping
+from datetime import timedelta
+
+import boto3
+import httpx
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
+from botocore.config import Config
+
+from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
+from avatar_pipeline.adapters.s3 import S3MediaStore
+from avatar_pipeline.adapters.sns import SnsNotifier
+from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
+from avatar_pipeline.config import Settings
+from avatar_pipeline.ports import VideoProvider
+from avatar_pipeline.services.context import PipelineContext
+
+# Secrets are re-read at most this often, so a rotated key or webhook secret is picked up without a deploy.
+SECRET_MAX_AGE_SECONDS = 300
+
+
+def split_secrets(value: str) -> list[str]:
+    """Several webhook secrets may be valid at once (rotation): separated by commas or whitespace."""
+    return [part for part in re.split(r"[\s,]+", value) if part]
+
+
+class SecretBackedProviders(Mapping[str, VideoProvider]):
+    """Provider adapters built with the current secrets each time one is asked for."""
+
+    def __init__(self, settings: Settings, secrets: SecretsProvider, http: httpx.Client) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._http = http
+
+    def __getitem__(self, name: str) -> VideoProvider:
+        if name != "wavespeed":
+            raise KeyError(name)
+        secret = self._secrets.get(self._settings.wavespeed_secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
+        assert isinstance(secret, dict)
+        return WaveSpeedProvider(
+            api_key=str(secret.get("api_key", "")),
+            webhook_secrets=split_secrets(str(secret.get("webhook_secret", ""))),
+            base_url=self._settings.wavespeed_base_url,
+            client=self._http,
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("wavespeed",))
+
+    def __len__(self) -> int:
+        return 1
+
+
+@functools.cache
+def pipeline() -> PipelineContext:
+    settings = Settings.from_env()
+    session = boto3.session.Session()
+    s3 = session.client("s3", config=Config(signature_version="s3v4"))
+    http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+    return PipelineContext(
+        settings=settings,
+        tasks=DynamoTaskRepository(
+            session.resource("dynamodb").Table(settings.task_table_name),
+            task_ttl=timedelta(days=settings.task_ttl_days),
+        ),
+        media=S3MediaStore(s3, http_client=http),
+        notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+        providers=SecretBackedProviders(settings, SecretsProvider(boto3_client=session.client("secretsmanager")), http),
+    )

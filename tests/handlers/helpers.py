@@ -1,0 +1,63 @@
+"""Shared moves for the handler tests: put media in the moto bucket and deliver its S3 event."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import boto3
+import httpx
+import respx
+
+from support.aws import REGION, WAVESPEED_BASE_URL, Stack
+from support.events import FakeLambdaContext, s3_created
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
+MP3_BYTES = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" * 512
+
+
+def upload(stack: Stack, key: str, body: bytes) -> dict[str, Any]:
+    """Store an object as a user would, and return the S3 event AWS would send for it."""
+    s3 = boto3.client("s3", region_name=REGION)
+    etag = s3.put_object(Bucket=stack.bucket, Key=key, Body=body)["ETag"].strip('"')
+    return s3_created(stack.bucket, key, etag, len(body))
+
+
+def deliver_upload(stack: Stack, key: str, body: bytes) -> dict[str, Any]:
+    from submit_handler import lambda_handler
+
+    return lambda_handler(upload(stack, key, body), FakeLambdaContext())
+
+
+def prediction(prediction_id: str, status: str, outputs: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    return {
+        "id": prediction_id,
+        "model": "kwaivgi/kling-v1-ai-avatar-standard",
+        "outputs": outputs or [],
+        "urls": {"get": f"{WAVESPEED_BASE_URL}/api/v3/predictions/{prediction_id}/result"},
+        "has_nsfw_contents": [],
+        "status": status,
+        "created_at": "2026-11-21T10:00:00.000000000Z",
+        "error": "",
+        "timings": {"inference": 0},
+        **extra,
+    }
+
+
+def envelope(data: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json={"code": 200, "message": "success", "data": data})
+
+
+def mock_wavespeed_submit(router: respx.MockRouter, prediction_id: str = "a" * 32) -> respx.Route:
+    return router.post(url__regex=rf"{WAVESPEED_BASE_URL}/api/v3/kwaivgi/kling-v1-ai-avatar-(standard|pro)").mock(
+        return_value=envelope(prediction(prediction_id, "created"))
+    )
+
+
+def content_hash(body: bytes) -> str:
+    return hashlib.md5(body).hexdigest()  # noqa: S324 - S3's ETag for a single PUT is the MD5
+
+
+def submitted_json(route: respx.Route, call: int = 0) -> dict[str, Any]:
+    return json.loads(route.calls[call].request.content)

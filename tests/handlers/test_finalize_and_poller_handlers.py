@@ -1,0 +1,144 @@
+"""The finalize function (stream-triggered) and the poller (scheduled) against moto."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+import respx
+
+from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.wiring import pipeline
+from finalize_handler import lambda_handler as finalize
+from handlers.helpers import MP3_BYTES, PNG_BYTES, deliver_upload, envelope, mock_wavespeed_submit, prediction
+from poller_handler import lambda_handler as poller
+from support.aws import REGION, TABLE, WAVESPEED_BASE_URL, Stack
+from support.events import FakeLambdaContext, sample, stream_event
+
+PREDICTION_ID = "e" * 32
+OUTPUT_URL = "https://d111111abcdef8.cloudfront.net/output/dave.mp4"
+MP4_BYTES = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 4096
+
+
+def stored_item(task_id: str) -> dict[str, Any]:
+    table = boto3.resource("dynamodb", region_name=REGION).Table(TABLE)
+    return table.get_item(Key={"pk": f"TASK#{task_id}"}, ConsistentRead=True)["Item"]
+
+
+def deliver_stream_change(task_id: str, old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the table's stream would hand finalize for the task's latest write."""
+    return finalize(stream_event(stored_item(task_id), old), FakeLambdaContext(remaining_ms=900_000))
+
+
+@pytest.fixture
+def submitted_task(stack: Stack, provider_http: respx.MockRouter) -> Task:
+    mock_wavespeed_submit(provider_http, prediction_id=PREDICTION_ID)
+    deliver_upload(stack, "inbox/dave/face.png", PNG_BYTES)
+    task_id = deliver_upload(stack, "inbox/dave/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    task = pipeline().tasks.get(task_id)
+    assert task is not None
+    return task
+
+
+def poll_at(moment: Any) -> dict[str, Any]:
+    pipeline().clock = lambda: moment
+    return poller(sample("schedule.json"), FakeLambdaContext(remaining_ms=120_000))
+
+
+def test_poller_completes_a_task_whose_webhook_was_lost_and_finalize_delivers_one_notification(
+    stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
+):
+    # Given the webhook never came, the provider's result says completed, and the CDN serves the MP4
+    result = provider_http.get(f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result").mock(
+        return_value=envelope(prediction(PREDICTION_ID, "completed", outputs=[OUTPUT_URL]))
+    )
+    provider_http.get(OUTPUT_URL).mock(return_value=httpx.Response(200, content=MP4_BYTES))
+    # When the poller runs after the task became due
+    report = poll_at(submitted_task.next_check_at + timedelta(seconds=1))  # type: ignore[operator]
+    ready_item = stored_item(submitted_task.task_id)
+    # And finalize gets the OUTPUT_READY change, then the COMPLETED change, and the stream repeats the last one
+    deliver_stream_change(submitted_task.task_id)
+    deliver_stream_change(submitted_task.task_id, old=ready_item)
+    deliver_stream_change(submitted_task.task_id, old=ready_item)
+    # Then the poller asked once, the video is in outputs/, and exactly one notification went out
+    assert result.call_count == 1 and report["actions"] == {"news-succeeded": 1}
+    task = pipeline().tasks.get(submitted_task.task_id)
+    assert task is not None and task.status is TaskStatus.COMPLETED and task.notified_at is not None
+    key = f"outputs/dave/{task.task_id}.mp4"
+    assert boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read() == MP4_BYTES
+    notifications = stack.notifications()
+    assert len(notifications) == 1
+    message = notifications[0]
+    assert message["attributes"] == {"status": "COMPLETED", "job": "dave"}
+    assert message["body"]["output"] == f"s3://{stack.bucket}/{key}"
+    assert message["body"]["inputs"] == {
+        "image": f"s3://{stack.bucket}/inbox/dave/face.png",
+        "audio": f"s3://{stack.bucket}/inbox/dave/voice.mp3",
+    }
+    assert message["body"]["download_url"].startswith("https://") and message["body"]["reason"] is None
+    assert "dave" in message["subject"]
+
+
+def test_output_that_is_not_an_mp4_fails_the_task_with_a_reason(
+    stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
+):
+    # Given a task whose provider output turns out to be an HTML error page
+    from avatar_pipeline.services.tracking import record_provider_news
+    from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+
+    news = ProviderJob(provider_task_id=PREDICTION_ID, status=ProviderJobStatus.SUCCEEDED, output_url=OUTPUT_URL)
+    record_provider_news(pipeline(), submitted_task.task_id, news)
+    provider_http.get(OUTPUT_URL).mock(return_value=httpx.Response(200, content=b"<html>oops</html>" * 10))
+    # When finalize runs, and the FAILED change reaches it
+    response = deliver_stream_change(submitted_task.task_id)
+    deliver_stream_change(submitted_task.task_id)
+    # Then the batch succeeded (a handled outcome), the task FAILED, and one failure notification says why
+    assert response == {"batchItemFailures": []}
+    task = pipeline().tasks.get(submitted_task.task_id)
+    assert task is not None and task.status is TaskStatus.FAILED and "MP4" in (task.reason or "")
+    notifications = stack.notifications()
+    assert [n["body"]["status"] for n in notifications] == ["FAILED"]
+    assert "MP4" in notifications[0]["body"]["reason"]
+
+
+def test_orphan_image_times_out_with_one_notification(stack: Stack, provider_http: respx.MockRouter):
+    # Given an image whose audio never comes
+    deliver_upload(stack, "inbox/erin.jpg", PNG_BYTES)
+    slot, _ = pipeline().tasks.list_job("erin")
+    assert slot is not None and slot.next_check_at is not None
+    # When the poller runs after the pairing deadline, twice
+    report = poll_at(slot.next_check_at + timedelta(seconds=1))
+    poll_at(slot.next_check_at + timedelta(seconds=120))
+    _, tasks = pipeline().tasks.list_job("erin")
+    # Then one TIMED_OUT task explains what was missing, and finalize announces it once
+    assert report["actions"] == {"orphan-timed-out": 1}
+    assert len(tasks) == 1 and tasks[0].status is TaskStatus.TIMED_OUT
+    assert tasks[0].reason == "no audio arrived for inbox/erin.jpg within 30 min"
+    deliver_stream_change(tasks[0].task_id)
+    deliver_stream_change(tasks[0].task_id)
+    assert [n["body"]["reason"] for n in stack.notifications()] == [tasks[0].reason]
+
+
+def test_poller_times_out_a_task_the_provider_never_finishes(
+    stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
+):
+    # Given a task older than the maximum age
+    too_late = submitted_task.created_at + timedelta(seconds=pipeline().settings.max_task_age_seconds + 1)
+    # When the poller runs
+    report = poll_at(too_late)
+    # Then it ends TIMED_OUT without asking the provider again
+    assert report["actions"] == {"timed-out": 1}
+    task = pipeline().tasks.get(submitted_task.task_id)
+    assert task is not None and task.status is TaskStatus.TIMED_OUT and "did not finish" in (task.reason or "")
+
+
+def test_sample_stream_event_is_accepted_and_a_vanished_task_is_skipped(stack: Stack):
+    # Given the sample OUTPUT_READY record names a task that is not (or no longer) in the table
+    # When finalize receives it
+    response = finalize(sample("finalize_output_ready.json"), FakeLambdaContext())
+    # Then the record is done with (no retry loop on something that cannot be finished) and nothing was written
+    assert response == {"batchItemFailures": []}
+    assert pipeline().tasks.get("task-event-0001") is None

@@ -1,0 +1,94 @@
+"""The AWS resources the pipeline needs, created in moto exactly as template.yaml declares them."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+from cfnlint.decode import decode_str
+
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+BUCKET = "avatar-media-test"
+TABLE = "avatar-tasks-test"
+SECRET_ID = "avatar-wavespeed-test"
+WEBHOOK_SECRET = "whsec_test_events_secret"
+API_KEY = "test-api-key"
+WAVESPEED_BASE_URL = "https://api.wavespeed.test"
+WEBHOOK_BASE_URL = "https://hooks.example.test/v1"
+
+
+def template() -> dict[str, Any]:
+    decoded, problems = decode_str((ROOT / "template.yaml").read_text())
+    assert not problems, problems
+    return dict(decoded)
+
+
+def table_definition() -> dict[str, Any]:
+    """The TaskTable's key schema and indexes, taken from template.yaml so tests and deployment agree."""
+    props = template()["Resources"]["TaskTable"]["Properties"]
+    keep = ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "BillingMode")
+    definition = {name: props[name] for name in keep if name in props}
+    # CloudFormation implies StreamEnabled from the view type; the DynamoDB API wants it said.
+    definition["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+    return definition
+
+
+@dataclass
+class Stack:
+    bucket: str
+    table: str
+    topic_arn: str
+    notifications_queue_url: str
+    secret_id: str
+
+    def environment(self) -> dict[str, str]:
+        return {
+            "TASK_TABLE_NAME": self.table,
+            "MEDIA_BUCKET": self.bucket,
+            "TOPIC_ARN": self.topic_arn,
+            "WEBHOOK_BASE_URL": WEBHOOK_BASE_URL,
+            "WAVESPEED_BASE_URL": WAVESPEED_BASE_URL,
+            "WAVESPEED_SECRET_ID": self.secret_id,
+            "DEFAULT_PROVIDER": "wavespeed",
+            "DEFAULT_MODE": "std",
+        }
+
+    def notifications(self) -> list[dict[str, Any]]:
+        """Every notification published so far, as subscribers receive them (drains the test queue)."""
+        sqs = boto3.client("sqs", region_name=REGION)
+        received = []
+        while True:
+            batch = sqs.receive_message(QueueUrl=self.notifications_queue_url, MaxNumberOfMessages=10)
+            messages = batch.get("Messages", [])
+            if not messages:
+                return received
+            for message in messages:
+                envelope = json.loads(message["Body"])
+                received.append(
+                    {
+                        "subject": envelope.get("Subject"),
+                        "body": json.loads(envelope["Message"]),
+                        "attributes": {k: v["Value"] for k, v in envelope.get("MessageAttributes", {}).items()},
+                    }
+                )
+                sqs.delete_message(QueueUrl=self.notifications_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+
+def create_stack() -> Stack:
+    """Inside an active moto mock: bucket, task table, topic with a queue subscribed, provider secret."""
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    boto3.client("dynamodb", region_name=REGION).create_table(TableName=TABLE, **table_definition())
+    sns = boto3.client("sns", region_name=REGION)
+    topic_arn = sns.create_topic(Name="avatar-notifications-test")["TopicArn"]
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue_url = sqs.create_queue(QueueName="notifications-test")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name=SECRET_ID, SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET})
+    )
+    return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID)

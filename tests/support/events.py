@@ -1,0 +1,82 @@
+"""Lambda events for tests, built from the samples in events/ so they keep the shape AWS sends."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+from boto3.dynamodb.types import TypeSerializer
+
+EVENTS = Path(__file__).resolve().parents[2] / "events"
+
+
+def sample(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+def s3_created(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]:
+    """An S3 ObjectCreated event for an object as it is stored (the key gets URL-encoded like S3 does)."""
+    event = sample("s3_put_image.json")
+    record = event["Records"][0]
+    record["s3"]["bucket"]["name"] = bucket
+    record["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
+    record["s3"]["object"].update({"key": quote_plus(key, safe="/"), "eTag": etag.strip('"'), "size": size})
+    return event
+
+
+def signed_headers(body: bytes, secret: str, webhook_id: str, timestamp: int) -> dict[str, str]:
+    key = secret.removeprefix("whsec_").encode()
+    signature = hmac.new(key, f"{webhook_id}.{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {
+        "content-type": "application/json",
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": f"v3,{signature}",
+    }
+
+
+def api_post(path_provider: str, task_id: str | None, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    event = sample("webhook_wavespeed_completed.json")
+    event = copy.deepcopy(event)
+    event["path"] = f"/webhooks/{path_provider}"
+    event["pathParameters"] = {"provider": path_provider}
+    event["queryStringParameters"] = {"task_id": task_id} if task_id else None
+    event["multiValueQueryStringParameters"] = {"task_id": [task_id]} if task_id else None
+    event["headers"] = headers
+    event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
+    event["body"] = body.decode()
+    event["isBase64Encoded"] = False
+    return event
+
+
+def stream_event(new_item: dict[str, Any], old_item: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A DynamoDB stream event carrying a task item's change, as the table's stream would deliver it."""
+    serializer = TypeSerializer()
+    event = sample("finalize_output_ready.json")
+    record = event["Records"][0]
+    record["eventName"] = "MODIFY" if old_item else "INSERT"
+    record["dynamodb"]["Keys"] = {"pk": serializer.serialize(new_item["pk"])}
+    record["dynamodb"]["NewImage"] = {k: serializer.serialize(v) for k, v in new_item.items()}
+    if old_item:
+        record["dynamodb"]["OldImage"] = {k: serializer.serialize(v) for k, v in old_item.items()}
+    else:
+        record["dynamodb"].pop("OldImage", None)
+    return event
+
+
+@dataclass
+class FakeLambdaContext:
+    function_name: str = "test-function"
+    memory_limit_in_mb: int = 512
+    invoked_function_arn: str = "arn:aws:lambda:us-east-1:123456789012:function:test-function"
+    aws_request_id: str = "00000000-0000-0000-0000-000000000000"
+    remaining_ms: int = 60_000
+
+    def get_remaining_time_in_millis(self) -> int:
+        return self.remaining_ms

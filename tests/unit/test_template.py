@@ -1,0 +1,506 @@
+"""template.yaml: the wiring other code depends on, the security settings, and the sample events in events/."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.decode import decode_str
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "events"
+BUCKET_NAME = "${AWS::StackName}-${AWS::AccountId}-${AWS::Region}-media"
+
+FUNCTIONS = {
+    "SubmitFunction": ("functions/submit/", "submit_handler.lambda_handler"),
+    "WebhookFunction": ("functions/webhook/", "webhook_handler.lambda_handler"),
+    "PollerFunction": ("functions/poller/", "poller_handler.lambda_handler"),
+    "FinalizeFunction": ("functions/finalize/", "finalize_handler.lambda_handler"),
+}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    # cfn-lint's decoder understands the short-form tags (!Ref, !Sub, !GetAtt, ...) and expands them.
+    decoded, problems = decode_str((ROOT / "template.yaml").read_text())
+    assert not problems, problems
+    return decoded
+
+
+@pytest.fixture(scope="module")
+def resources(template: dict[str, Any]) -> dict[str, Any]:
+    return template["Resources"]
+
+
+def props(resources: dict[str, Any], name: str) -> dict[str, Any]:
+    return resources[name]["Properties"]
+
+
+def event_of(resources: dict[str, Any], function: str, event_type: str) -> dict[str, Any]:
+    events = [e for e in props(resources, function)["Events"].values() if e["Type"] == event_type]
+    assert len(events) == 1, f"{function} should have exactly one {event_type} event"
+    return events[0]["Properties"]
+
+
+def walk(node: Any) -> Iterator[Any]:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from walk(value)
+
+
+def references(node: Any, logical_id: str) -> bool:
+    """Whether anything under node points at logical_id (Ref, GetAtt or a ${...} inside Sub)."""
+    for item in walk(node):
+        if not isinstance(item, dict):
+            continue
+        if item.get("Ref") == logical_id:
+            return True
+        get_att = item.get("Fn::GetAtt")
+        if isinstance(get_att, list) and get_att and get_att[0] == logical_id:
+            return True
+        sub = item.get("Fn::Sub")
+        text = sub[0] if isinstance(sub, list) else sub
+        if isinstance(text, str) and ("${" + logical_id + "}" in text or "${" + logical_id + "." in text):
+            return True
+    return False
+
+
+def load_event(name: str) -> dict[str, Any]:
+    return json.loads((EVENTS / name).read_text())
+
+
+# --------------------------------------------------------------------------------------------------- lint
+
+
+def test_cfn_lint_reports_nothing() -> None:
+    """Given the template, when cfn-lint runs on it, then it exits 0 and prints nothing at all."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", "template.yaml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == ""
+    assert result.stderr.strip() == ""
+
+
+def test_template_is_a_sam_template(template: dict[str, Any]) -> None:
+    """Given the template, then it is transformed by SAM and explains itself."""
+    assert template["Transform"] == "AWS::Serverless-2016-10-31"
+    assert template["Description"].strip()
+
+
+# --------------------------------------------------------------------------------------------------- functions
+
+
+@pytest.mark.parametrize(("function", "expected"), FUNCTIONS.items())
+def test_function_code_location_and_handler(
+    resources: dict[str, Any], function: str, expected: tuple[str, str]
+) -> None:
+    """Given each function, then its CodeUri and Handler are the ones the handler modules are written for."""
+    code_uri, handler = expected
+    assert resources[function]["Type"] == "AWS::Serverless::Function"
+    assert props(resources, function)["CodeUri"] == code_uri
+    assert props(resources, function)["Handler"] == handler
+
+
+@pytest.mark.parametrize(("function", "expected"), FUNCTIONS.items())
+def test_handler_module_exists_once_written(function: str, expected: tuple[str, str]) -> None:
+    """Given a function's CodeUri holds Python code, then the module its Handler names is among it."""
+    code_uri, handler = expected
+    code_dir = ROOT / code_uri
+    if not any(code_dir.glob("*.py")):
+        pytest.skip(f"{code_uri} has no code yet")
+    module = handler.rsplit(".", 1)[0]
+    assert (code_dir / f"{module}.py").is_file()
+
+
+def test_handler_modules_have_unique_names() -> None:
+    """Given all handlers share one import path in tests, then no two handler modules share a name."""
+    modules = [handler.rsplit(".", 1)[0] for _, handler in FUNCTIONS.values()]
+    assert len(set(modules)) == len(modules)
+
+
+def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any]) -> None:
+    """Given the Globals, then every function runs on arm64 Python 3.13 with tracing, the layer and the settings."""
+    glob = template["Globals"]["Function"]
+    assert glob["Runtime"] == "python3.13"
+    assert glob["Architectures"] == ["arm64"]
+    assert glob["Tracing"] == "Active"
+    assert glob["Layers"] == [{"Ref": "SharedLayer"}]
+    env = glob["Environment"]["Variables"]
+    assert env["TASK_TABLE_NAME"] == {"Ref": "TaskTable"}
+    assert env["MEDIA_BUCKET"] == {"Fn::Sub": BUCKET_NAME}
+    assert env["TOPIC_ARN"] == {"Ref": "NotificationTopic"}
+    assert env["WAVESPEED_SECRET_ID"] == {"Ref": "WaveSpeedSecret"}
+    assert env["WEBHOOK_BASE_URL"] == {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.amazonaws.com/v1"}
+    for name, parameter in {
+        "DEFAULT_PROVIDER": "DefaultProvider",
+        "DEFAULT_MODE": "DefaultMode",
+        "WAVESPEED_BASE_URL": "WaveSpeedBaseUrl",
+        "MAX_PAIR_WAIT_SECONDS": "MaxPairWaitSeconds",
+        "MAX_TASK_AGE_SECONDS": "MaxTaskAgeSeconds",
+        "POLL_AFTER_SECONDS": "PollAfterSeconds",
+        "DOWNLOAD_URL_EXPIRY_SECONDS": "DownloadUrlExpirySeconds",
+    }.items():
+        assert env[name] == {"Ref": parameter}, name
+
+
+def test_submit_listens_to_every_object_created_under_inbox(resources: dict[str, Any]) -> None:
+    """Given multipart uploads arrive as CompleteMultipartUpload, then Submit subscribes to all ObjectCreated
+    events (not Put only), filtered to the inbox/ prefix."""
+    event = event_of(resources, "SubmitFunction", "S3")
+    assert event["Bucket"] == {"Ref": "MediaBucket"}
+    events = event["Events"] if isinstance(event["Events"], list) else [event["Events"]]
+    assert events == ["s3:ObjectCreated:*"]
+    assert event["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": "inbox/"}]
+
+
+def test_async_functions_send_failures_to_the_failure_queue(resources: dict[str, Any]) -> None:
+    """Given Submit and Poller are invoked asynchronously, then failed invocations land in AsyncFailureQueue,
+    Submit retrying twice and the poller not at all (its next tick is the retry)."""
+    for function, retries in (("SubmitFunction", 2), ("PollerFunction", 0)):
+        config = props(resources, function)["EventInvokeConfig"]
+        assert config["MaximumRetryAttempts"] == retries
+        assert config["DestinationConfig"]["OnFailure"] == {
+            "Type": "SQS",
+            "Destination": {"Fn::GetAtt": ["AsyncFailureQueue", "Arn"]},
+        }
+
+
+def test_webhook_route(resources: dict[str, Any]) -> None:
+    """Given providers call back per provider name, then the webhook is POST /webhooks/{provider} on WebhookApi."""
+    event = event_of(resources, "WebhookFunction", "Api")
+    assert event["RestApiId"] == {"Ref": "WebhookApi"}
+    assert event["Path"] == "/webhooks/{provider}"
+    assert event["Method"].upper() == "POST"
+    api = props(resources, "WebhookApi")
+    assert api["StageName"] == "v1"
+    assert api["TracingEnabled"] is True
+    assert api["MethodSettings"][0]["ThrottlingRateLimit"] > 0
+
+
+def test_api_function_does_not_reference_its_own_api(resources: dict[str, Any]) -> None:
+    """Given the API's integration references the function, then the function referencing the API back would be
+    a circular dependency (cfn-lint cannot see it before the SAM transform): the webhook overrides the URL."""
+    webhook = {k: v for k, v in props(resources, "WebhookFunction").items() if k != "Events"}
+    assert not references(webhook, "WebhookApi")
+    assert "WEBHOOK_BASE_URL" in webhook["Environment"]["Variables"]
+
+
+def test_poller_runs_on_the_schedule_parameter(resources: dict[str, Any]) -> None:
+    """Given the poller is the webhook's fallback, then it runs on the PollSchedule expression."""
+    event = event_of(resources, "PollerFunction", "Schedule")
+    assert event["Schedule"] == {"Ref": "PollSchedule"}
+
+
+def test_finalize_reads_the_task_stream_with_partial_failures(resources: dict[str, Any]) -> None:
+    """Given finalize is driven by the task table's stream, then it reports per-record failures, bisects bad
+    batches, and hands records it gave up on to FinalizeFailureQueue."""
+    function = props(resources, "FinalizeFunction")
+    assert function["Timeout"] == 900
+    event = event_of(resources, "FinalizeFunction", "DynamoDB")
+    assert event["Stream"] == {"Fn::GetAtt": ["TaskTable", "StreamArn"]}
+    assert event["StartingPosition"] == "TRIM_HORIZON"
+    assert event["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert event["BisectBatchOnFunctionError"] is True
+    assert event["MaximumRetryAttempts"] == 3
+    assert event["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["FinalizeFailureQueue", "Arn"]}
+    patterns = [json.loads(f["Pattern"]) for f in event["FilterCriteria"]["Filters"]]
+    assert any("OUTPUT_READY" in json.dumps(p) for p in patterns)
+
+
+# ------------------------------------------------------------------------ the stream filter, evaluated
+
+
+def _leaf_matches(rule: Any, present: bool, value: Any) -> bool:
+    # Event filtering matches leaf nodes only: a map (like {"S": "..."}) is never a leaf.
+    is_leaf = present and not isinstance(value, dict | list)
+    if isinstance(rule, dict) and "exists" in rule:
+        return is_leaf is rule["exists"]
+    return is_leaf and value == rule
+
+
+def pattern_matches(pattern: dict[str, Any], event: Any) -> bool:
+    """The subset of Lambda event-filter semantics the template uses: exact strings and exists on leaves."""
+    for key, rule in pattern.items():
+        present = isinstance(event, dict) and key in event
+        value = event[key] if present else None
+        if isinstance(rule, dict):
+            if not pattern_matches(rule, value if isinstance(value, dict) else {}):
+                return False
+        elif not any(_leaf_matches(r, present, value) for r in rule):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def finalize_patterns(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    event = event_of(resources, "FinalizeFunction", "DynamoDB")
+    return [json.loads(f["Pattern"]) for f in event["FilterCriteria"]["Filters"]]
+
+
+def stream_record(status: str, *, notified: bool = False, event_name: str = "MODIFY") -> dict[str, Any]:
+    record = load_event("finalize_output_ready.json")["Records"][0]
+    record["eventName"] = event_name
+    record["dynamodb"]["NewImage"]["status"] = {"S": status}
+    if notified:
+        record["dynamodb"]["NewImage"]["notified_at"] = {"S": "2026-01-01T00:01:00+00:00"}
+    if event_name == "REMOVE":
+        del record["dynamodb"]["NewImage"]
+    return record
+
+
+def test_filter_passes_output_ready_and_unannounced_endings(finalize_patterns: list[dict[str, Any]]) -> None:
+    """Given stream records, then finalize receives OUTPUT_READY and ended tasks not yet announced."""
+    assert any(pattern_matches(p, load_event("finalize_output_ready.json")["Records"][0]) for p in finalize_patterns)
+    for status in ("OUTPUT_READY", "COMPLETED", "FAILED", "REJECTED", "TIMED_OUT"):
+        assert any(pattern_matches(p, stream_record(status)) for p in finalize_patterns), status
+    assert any(pattern_matches(p, stream_record("REJECTED", event_name="INSERT")) for p in finalize_patterns)
+
+
+def test_filter_drops_announced_in_flight_and_removed_tasks(finalize_patterns: list[dict[str, Any]]) -> None:
+    """Given stream records of announced, still-running or expired tasks, then finalize is not invoked for them."""
+    for status in ("COMPLETED", "FAILED", "REJECTED", "TIMED_OUT"):
+        assert not any(pattern_matches(p, stream_record(status, notified=True)) for p in finalize_patterns), status
+    for status in ("WAITING_FOR_PAIR", "SUBMITTING", "SUBMITTED", "PROCESSING", "FINALIZING"):
+        assert not any(pattern_matches(p, stream_record(status)) for p in finalize_patterns), status
+    assert not any(pattern_matches(p, stream_record("COMPLETED", event_name="REMOVE")) for p in finalize_patterns)
+
+
+def test_exists_false_must_name_the_typed_leaf() -> None:
+    """Given exists only applies to leaf nodes, when absence is tested on the attribute's map itself, then it
+    would match an announced task too - which is why the template tests notified_at.S instead."""
+    naive = {"dynamodb": {"NewImage": {"notified_at": [{"exists": False}]}}}
+    typed = {"dynamodb": {"NewImage": {"notified_at": {"S": [{"exists": False}]}}}}
+    announced = stream_record("COMPLETED", notified=True)
+    assert pattern_matches(naive, announced)
+    assert not pattern_matches(typed, announced)
+
+
+# --------------------------------------------------------------------------------------------------- data
+
+
+def test_bucket_is_only_named_never_referenced_from_functions(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """Given the bucket's S3 notification references SubmitFunction, then no function, policy or environment may
+    reference the bucket resource back (a circular dependency): they use the computed name."""
+    assert props(resources, "MediaBucket")["BucketName"] == {"Fn::Sub": BUCKET_NAME}
+    assert not references(template["Globals"], "MediaBucket")
+    for function in FUNCTIONS:
+        function_props = props(resources, function)
+        assert not references(function_props.get("Policies", []), "MediaBucket"), function
+        assert not references(function_props.get("Environment", {}), "MediaBucket"), function
+    bucket_policies = [
+        item
+        for function in FUNCTIONS
+        for policy in props(resources, function).get("Policies", [])
+        for key, item in policy.items()
+        if key.startswith("S3")
+    ]
+    assert bucket_policies
+    assert all(item["BucketName"] == {"Fn::Sub": BUCKET_NAME} for item in bucket_policies)
+
+
+def test_bucket_is_private_encrypted_and_tidied(resources: dict[str, Any]) -> None:
+    """Given the media bucket, then it blocks all public access, encrypts at rest, disables ACLs, expires the
+    inbox and aborts forgotten multipart uploads."""
+    bucket = props(resources, "MediaBucket")
+    assert bucket["PublicAccessBlockConfiguration"] == {
+        "BlockPublicAcls": True,
+        "BlockPublicPolicy": True,
+        "IgnorePublicAcls": True,
+        "RestrictPublicBuckets": True,
+    }
+    sse = bucket["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
+    assert sse["SSEAlgorithm"] == "AES256"
+    assert bucket["OwnershipControls"]["Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
+    rules = bucket["LifecycleConfiguration"]["Rules"]
+    inbox = [r for r in rules if r.get("Prefix") == "inbox/"]
+    assert inbox
+    assert inbox[0]["ExpirationInDays"] == {"Ref": "InboxRetentionDays"}
+    assert any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 1 for r in rules)
+
+
+def test_bucket_policy_denies_plain_http(resources: dict[str, Any]) -> None:
+    """Given the bucket policy, then every S3 action without TLS is denied."""
+    policy = props(resources, "MediaBucketPolicy")
+    assert policy["Bucket"] == {"Ref": "MediaBucket"}
+    statements = policy["PolicyDocument"]["Statement"]
+    assert any(
+        s["Effect"] == "Deny" and s["Action"] == "s3:*" and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+        for s in statements
+    )
+
+
+def test_task_table_recoverable_expiring_streamed_and_indexed(resources: dict[str, Any]) -> None:
+    """Given the task table, then it has PITR, SSE, a TTL, a full-image stream, and the sparse in-flight index."""
+    table = props(resources, "TaskTable")
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
+    assert table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert table["SSESpecification"]["SSEEnabled"] is True
+    assert table["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    assert table["StreamSpecification"]["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+    types = {a["AttributeName"]: a["AttributeType"] for a in table["AttributeDefinitions"]}
+    indexes = {i["IndexName"]: i for i in table["GlobalSecondaryIndexes"]}
+    in_flight = indexes["in-flight"]
+    assert in_flight["KeySchema"] == [
+        {"AttributeName": "in_flight", "KeyType": "HASH"},
+        {"AttributeName": "next_check_at", "KeyType": "RANGE"},
+    ]
+    assert (types["in_flight"], types["next_check_at"]) == ("S", "N")
+    assert in_flight["Projection"] == {"ProjectionType": "ALL"}
+    # Sparse: in_flight is no table key, so items without it are simply absent from the index.
+    assert "in_flight" not in {k["AttributeName"] for k in table["KeySchema"]}
+    by_job = indexes["by-job"]
+    assert by_job["KeySchema"] == [
+        {"AttributeName": "job", "KeyType": "HASH"},
+        {"AttributeName": "created_at", "KeyType": "RANGE"},
+    ]
+    assert (types["job"], types["created_at"]) == ("S", "S")
+
+
+# --------------------------------------------------------------------------------------------------- security
+
+
+def test_no_parameter_carries_a_secret(template: dict[str, Any]) -> None:
+    """Given secrets live in Secrets Manager, then no template parameter is named like a secret or key."""
+    for name in template["Parameters"]:
+        assert "secret" not in name.lower(), name
+        assert "key" not in name.lower(), name
+
+
+def test_wavespeed_secret_is_an_empty_placeholder(resources: dict[str, Any]) -> None:
+    """Given the operator sets the real values after deploying, then the template only ships empty fields."""
+    secret = props(resources, "WaveSpeedSecret")
+    assert json.loads(secret["SecretString"]) == {"api_key": "", "webhook_secret": ""}
+    assert "put-secret-value" in secret["Description"]
+
+
+def test_policies_are_scoped_no_wildcard_actions_on_wildcard_resources(resources: dict[str, Any]) -> None:
+    """Given least privilege, then no inline statement allows a '*' action or any action on a '*' resource."""
+    for function in FUNCTIONS:
+        for policy in props(resources, function)["Policies"]:
+            for statement in policy.get("Statement", []):
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert all(a != "*" and not a.endswith(":*") for a in actions), (function, statement)
+                assert statement["Resource"] != "*", (function, statement)
+
+
+def test_queues_and_topic_are_encrypted(resources: dict[str, Any]) -> None:
+    """Given failure queues and the topic carry task details, then they are encrypted at rest."""
+    for queue in ("AsyncFailureQueue", "FinalizeFailureQueue"):
+        assert props(resources, queue)["SqsManagedSseEnabled"] is True
+        assert props(resources, queue)["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert props(resources, "NotificationTopic")["KmsMasterKeyId"] == "alias/aws/sns"
+    assert resources["NotificationEmailSubscription"]["Condition"] == "HasNotificationEmail"
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_each_function_logs_json_to_its_own_retained_group(resources: dict[str, Any], function: str) -> None:
+    """Given each function, then it logs JSON into a log group the stack owns, with a retention period."""
+    logging_config = props(resources, function)["LoggingConfig"]
+    assert logging_config["LogFormat"] == "JSON"
+    group = logging_config["LogGroup"]["Ref"]
+    assert resources[group]["Type"] == "AWS::Logs::LogGroup"
+    assert props(resources, group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_outputs(template: dict[str, Any]) -> None:
+    """Given an operator after deploying, then the outputs name everything they need to use the pipeline."""
+    outputs = template["Outputs"]
+    assert outputs["MediaBucketName"]["Value"] == {"Fn::Sub": BUCKET_NAME}
+    assert outputs["InboxPrefix"]["Value"] == "inbox/"
+    assert (
+        outputs["WebhookBaseUrl"]["Value"]
+        == template["Globals"]["Function"]["Environment"]["Variables"]["WEBHOOK_BASE_URL"]
+    )
+    for name in ("TaskTableName", "NotificationTopicArn", "AsyncFailureQueueUrl", "FinalizeFailureQueueUrl"):
+        assert name in outputs
+
+
+# --------------------------------------------------------------------------------------------------- events
+
+
+@pytest.mark.parametrize("path", sorted(EVENTS.glob("*.json")), ids=lambda p: p.name)
+def test_every_sample_event_is_json(path: Path) -> None:
+    """Given a sample event for `sam local invoke -e`, then it parses as a JSON object."""
+    assert isinstance(json.loads(path.read_text()), dict)
+
+
+def test_sample_events_present() -> None:
+    """Given the handlers' tests load them, then all five sample events exist."""
+    names = {p.name for p in EVENTS.glob("*.json")}
+    assert {
+        "s3_put_image.json",
+        "s3_put_audio.json",
+        "webhook_wavespeed_completed.json",
+        "schedule.json",
+        "finalize_output_ready.json",
+    } <= names
+
+
+def test_s3_events_carry_url_encoded_inbox_keys() -> None:
+    """Given S3 URL-encodes keys (+ for space), then the samples do too, and the audio arrives as multipart."""
+    image = load_event("s3_put_image.json")["Records"][0]
+    audio = load_event("s3_put_audio.json")["Records"][0]
+    assert image["s3"]["object"]["key"] == "inbox/alice+smith/Face+Photo.PNG"
+    assert image["eventName"] == "ObjectCreated:Put"
+    assert audio["s3"]["object"]["key"] == "inbox/alice+smith/voice.mp3"
+    assert audio["eventName"] == "ObjectCreated:CompleteMultipartUpload"
+    assert audio["s3"]["object"]["eTag"].endswith("-2")
+
+
+def test_webhook_event_signature_verifies() -> None:
+    """Given the WaveSpeed scheme (HMAC-SHA256 over id.timestamp.body, key = secret without whsec_ as ASCII
+    bytes, lowercase hex, header v3,<hex>), when the sample is verified with the test secret, then it matches."""
+    event = load_event("webhook_wavespeed_completed.json")
+    headers = event["headers"]
+    whsec = "whsec_test_events_secret"
+    key = whsec[len("whsec_") :].encode("ascii")
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.{event['body']}".encode()
+    expected = hmac.new(key, signed, hashlib.sha256).hexdigest()
+    version, signature = headers["webhook-signature"].split(",", 1)
+    assert version == "v3"
+    assert hmac.compare_digest(signature, expected)
+    # A different secret or a changed body must not verify.
+    assert not hmac.compare_digest(signature, hmac.new(b"other", signed, hashlib.sha256).hexdigest())
+    tampered = signed.replace(b'"completed"', b'"failed"')
+    assert tampered != signed
+    assert not hmac.compare_digest(signature, hmac.new(key, tampered, hashlib.sha256).hexdigest())
+    assert event["isBase64Encoded"] is False
+    assert event["pathParameters"] == {"provider": "wavespeed"}
+    assert event["queryStringParameters"] == {"task_id": "task-event-0001"}
+    assert event["requestContext"]["stage"] == "v1"
+    prediction = json.loads(event["body"])
+    assert prediction["status"] == "completed"
+    assert event["body"] == json.dumps(prediction, separators=(",", ":"))
+
+
+def test_finalize_event_is_an_output_ready_transition() -> None:
+    """Given the finalize sample, then it is a MODIFY from PROCESSING (v3) to OUTPUT_READY (v4) with both images."""
+    record = load_event("finalize_output_ready.json")["Records"][0]
+    assert record["eventName"] == "MODIFY"
+    assert record["eventSource"] == "aws:dynamodb"
+    stream = record["dynamodb"]
+    assert stream["Keys"] == {"pk": {"S": "TASK#task-event-0001"}}
+    assert stream["StreamViewType"] == "NEW_AND_OLD_IMAGES"
+    assert (stream["OldImage"]["status"], stream["OldImage"]["version"]) == ({"S": "PROCESSING"}, {"N": "3"})
+    assert (stream["NewImage"]["status"], stream["NewImage"]["version"]) == ({"S": "OUTPUT_READY"}, {"N": "4"})
+    assert stream["NewImage"]["job"] == {"S": "alice smith"}
