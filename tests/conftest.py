@@ -5,8 +5,8 @@ from collections.abc import Iterator
 
 import pytest
 from moto import mock_aws
-
 from support.aws import REGION, Stack, create_stack
+from support.moto_dynamodb import serialised_item_writes
 
 # Handler modules build their Powertools objects at import, which happens at collection: set these first.
 os.environ.update(
@@ -35,7 +35,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The pipeline's AWS resources in moto, with the functions' environment pointing at them."""
     from avatar_pipeline import wiring
 
-    with mock_aws():
+    with mock_aws(), serialised_item_writes():
         created = create_stack()
         for name, value in created.environment().items():
             monkeypatch.setenv(name, value)

@@ -5,6 +5,7 @@ from datetime import timedelta
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -41,18 +42,18 @@ def handle_record(record: DynamoDBRecord, lambda_context: LambdaContext) -> str:
 def _finish(task_id: str, status: TaskStatus, lambda_context: LambdaContext) -> str:
     if status == TaskStatus.OUTPUT_READY:
         remaining = timedelta(milliseconds=lambda_context.get_remaining_time_in_millis())
-        action = finalize_output(pipeline(), task_id, remaining - FINALIZE_SAFETY_MARGIN)
-        metrics.add_metric(name=f"Finalize_{action}", unit=MetricUnit.Count, value=1)
-        return action
+        finalized = finalize_output(pipeline(), task_id, remaining - FINALIZE_SAFETY_MARGIN)
+        metrics.add_metric(name=f"Finalize_{finalized}", unit=MetricUnit.Count, value=1)
+        return finalized
     if status.is_terminal:
-        action = announce(pipeline(), task_id)
-        metrics.add_metric(name=f"Notification_{action}", unit=MetricUnit.Count, value=1)
-        return action
+        announced = announce(pipeline(), task_id)
+        metrics.add_metric(name=f"Notification_{announced}", unit=MetricUnit.Count, value=1)
+        return announced
     return "ignored"
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
+def lambda_handler(event: dict, context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=handle_record, processor=processor, context=context)

@@ -4,7 +4,6 @@ from collections.abc import Iterator
 
 import pytest
 import respx
-
 from support.aws import WAVESPEED_BASE_URL
 
 

@@ -9,7 +9,6 @@ from typing import Any
 import boto3
 import httpx
 import respx
-
 from support.aws import REGION, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, s3_created
 

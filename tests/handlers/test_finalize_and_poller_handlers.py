@@ -9,14 +9,14 @@ import boto3
 import httpx
 import pytest
 import respx
-
-from avatar_pipeline.models import Task, TaskStatus
-from avatar_pipeline.wiring import pipeline
 from finalize_handler import lambda_handler as finalize
 from handlers.helpers import MP3_BYTES, PNG_BYTES, deliver_upload, envelope, mock_wavespeed_submit, prediction
 from poller_handler import lambda_handler as poller
 from support.aws import REGION, TABLE, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, sample, stream_event
+
+from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.wiring import pipeline
 
 PREDICTION_ID = "e" * 32
 OUTPUT_URL = "https://d111111abcdef8.cloudfront.net/output/dave.mp4"
@@ -86,8 +86,8 @@ def test_output_that_is_not_an_mp4_fails_the_task_with_a_reason(
     stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
 ):
     # Given a task whose provider output turns out to be an HTML error page
-    from avatar_pipeline.services.tracking import record_provider_news
     from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+    from avatar_pipeline.services.tracking import record_provider_news
 
     news = ProviderJob(provider_task_id=PREDICTION_ID, status=ProviderJobStatus.SUCCEEDED, output_url=OUTPUT_URL)
     record_provider_news(pipeline(), submitted_task.task_id, news)

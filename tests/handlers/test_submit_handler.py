@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import threading
+
 from urllib.parse import parse_qs, urlparse
 
+import httpx
 import respx
-
-from avatar_pipeline.models import TaskStatus
-from avatar_pipeline.wiring import pipeline
 from handlers.helpers import MP3_BYTES, PNG_BYTES, deliver_upload, mock_wavespeed_submit, submitted_json, upload
 from submit_handler import lambda_handler
 from support.aws import Stack
 from support.events import FakeLambdaContext, sample
+
+from avatar_pipeline.models import TaskStatus
+from avatar_pipeline.wiring import pipeline
 
 
 def test_folder_pair_is_submitted_once_with_presigned_inputs_and_webhook(stack: Stack, provider_http: respx.MockRouter):
@@ -67,3 +71,101 @@ def test_duplicate_s3_event_submits_nothing_new(stack: Stack, provider_http: res
     # Then it is recognised as the same pair and nothing is submitted
     assert again["results"][0]["action"] == "duplicate"
     assert submit.call_count == 1
+
+
+def test_two_halves_arriving_at_the_same_moment_make_exactly_one_task(stack: Stack, provider_http: respx.MockRouter):
+    # Given both halves of ten jobs are stored, and their two events are delivered at the same instant
+    submit = mock_wavespeed_submit(provider_http)
+    for attempt in range(10):
+        events = [
+            upload(stack, f"inbox/race{attempt}/face.png", PNG_BYTES),
+            upload(stack, f"inbox/race{attempt}/voice.mp3", MP3_BYTES),
+        ]
+        barrier = threading.Barrier(2)
+        results: list[dict] = []
+
+        def deliver(event: dict, barrier: threading.Barrier = barrier, results: list[dict] = results) -> None:
+            barrier.wait()
+            results.append(lambda_handler(event, FakeLambdaContext())["results"][0])
+
+        threads = [threading.Thread(target=deliver, args=(event,)) for event in events]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        # Then exactly one of the two cut and submitted the task; the other waited or saw a duplicate
+        actions = sorted(result["action"] for result in results)
+        assert actions in (["submitted", "waiting"], ["duplicate", "submitted"]), actions
+        _, tasks = pipeline().tasks.list_job(f"race{attempt}")
+        assert len(tasks) == 1
+    assert submit.call_count == 10
+
+
+def test_byte_identical_reupload_submits_nothing_and_changed_content_makes_a_new_task(
+    stack: Stack, provider_http: respx.MockRouter
+):
+    # Given a submitted pair
+    submit = mock_wavespeed_submit(provider_http)
+    deliver_upload(stack, "inbox/gina/face.png", PNG_BYTES)
+    deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES)
+    # When the same bytes are uploaded again, then a different voice clip
+    same = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES)
+    changed = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES + b"\x00")
+    # Then the re-upload is a duplicate, the new clip a second task paired with the same face
+    assert same["results"][0]["action"] == "duplicate"
+    assert changed["results"][0]["action"] == "submitted"
+    _, tasks = pipeline().tasks.list_job("gina")
+    assert len(tasks) == 2 and submit.call_count == 2
+
+
+def test_job_json_options_reach_the_provider(stack: Stack, provider_http: respx.MockRouter):
+    # Given job.json asks for the pro model and a prompt, uploaded before the media
+    submit = mock_wavespeed_submit(provider_http)
+    upload(stack, "inbox/hank/job.json", json.dumps({"prompt": "a calm newsreader", "mode": "pro"}).encode())
+    # When the pair arrives
+    deliver_upload(stack, "inbox/hank/face.png", PNG_BYTES)
+    deliver_upload(stack, "inbox/hank/voice.mp3", MP3_BYTES)
+    # Then the pro model got the prompt
+    assert "kling-v1-ai-avatar-pro" in str(submit.calls[0].request.url)
+    assert submitted_json(submit)["prompt"] == "a calm newsreader"
+
+
+def test_invalid_job_json_rejects_the_pair_without_a_provider_call(stack: Stack, provider_http: respx.MockRouter):
+    # Given a job.json with an unknown option
+    submit = mock_wavespeed_submit(provider_http)
+    upload(stack, "inbox/ivy/job.json", b'{"mood": "happy"}')
+    # When the pair arrives
+    deliver_upload(stack, "inbox/ivy/face.png", PNG_BYTES)
+    result = deliver_upload(stack, "inbox/ivy/voice.mp3", MP3_BYTES)
+    # Then the task is REJECTED with the reason, and nothing was sent to WaveSpeed
+    assert result["results"][0]["action"] == "rejected"
+    task = pipeline().tasks.get(result["results"][0]["task_id"])
+    assert task is not None and task.status is TaskStatus.REJECTED and "job.json" in (task.reason or "")
+    assert submit.call_count == 0
+
+
+def test_provider_input_error_fails_the_task_with_the_code(stack: Stack, provider_http: respx.MockRouter):
+    # Given WaveSpeed refuses the inputs (envelope code 1402: media fetch failed)
+    route = provider_http.post(url__regex=r".*/api/v3/kwaivgi/.*").mock(
+        return_value=httpx.Response(200, json={"code": 1402, "message": "media fetch failed", "data": None})
+    )
+    deliver_upload(stack, "inbox/jack.png", PNG_BYTES)
+    result = deliver_upload(stack, "inbox/jack.wav", MP3_BYTES)
+    # Then the task FAILED once, with the code in its reason, and was not retried
+    task = pipeline().tasks.get(result["results"][0]["task_id"])
+    assert task is not None and task.status is TaskStatus.FAILED and "1402" in (task.reason or "")
+    assert route.call_count == 1
+
+
+def test_provider_outage_schedules_a_retry_instead_of_failing(stack: Stack, provider_http: respx.MockRouter):
+    # Given WaveSpeed answers 503 to every submission
+    route = provider_http.post(url__regex=r".*/api/v3/kwaivgi/.*").mock(
+        return_value=httpx.Response(503, json={"message": "overloaded"})
+    )
+    deliver_upload(stack, "inbox/kim.png", PNG_BYTES)
+    result = deliver_upload(stack, "inbox/kim.mp3", MP3_BYTES)
+    # Then the submit backed off within its budget, and the task waits for the poller's retry
+    task = pipeline().tasks.get(result["results"][0]["task_id"])
+    assert result["results"][0]["action"] == "retry-scheduled"
+    assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
+    assert route.call_count == 3

@@ -9,10 +9,6 @@ from datetime import timedelta
 
 import pytest
 import respx
-
-from avatar_pipeline.models import Task, TaskStatus
-from avatar_pipeline.services.tracking import poll
-from avatar_pipeline.wiring import pipeline
 from handlers.helpers import (
     MP3_BYTES,
     PNG_BYTES,
@@ -24,6 +20,10 @@ from handlers.helpers import (
 from support.aws import WAVESPEED_BASE_URL, WEBHOOK_SECRET, Stack
 from support.events import FakeLambdaContext, api_post, sample, signed_headers
 from webhook_handler import lambda_handler
+
+from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.services.tracking import poll
+from avatar_pipeline.wiring import pipeline
 
 PREDICTION_ID = "c" * 32
 OUTPUT_URL = "https://d111111abcdef8.cloudfront.net/output/video.mp4"
@@ -39,8 +39,14 @@ def submitted_task(stack: Stack, provider_http: respx.MockRouter) -> Task:
     return task
 
 
-def callback(task_id: str | None, body: dict | bytes, *, secret: str = WEBHOOK_SECRET, webhook_id: str = "msg_1",
-             timestamp: int | None = None) -> dict:
+def callback(
+    task_id: str | None,
+    body: dict | bytes,
+    *,
+    secret: str = WEBHOOK_SECRET,
+    webhook_id: str = "msg_1",
+    timestamp: int | None = None,
+) -> dict:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = signed_headers(raw, secret, webhook_id, timestamp or int(time.time()))
     response = lambda_handler(api_post("wavespeed", task_id, raw, headers), FakeLambdaContext())

@@ -32,8 +32,8 @@ BASE_URL = "https://api.wavespeed.test"
 API_KEY = "ws-test-key-do-not-log"
 # Base64-looking on purpose, so a signer that base64-decodes the key produces a different (wrong) signature.
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
-OLD_SECRET = "whsec_previous-secret-being-rotated-out"  # noqa: S105 - test fixture
-FOREIGN_SECRET = "whsec_somebody-else"  # noqa: S105 - test fixture
+OLD_SECRET = "whsec_previous-secret-being-rotated-out"
+FOREIGN_SECRET = "whsec_somebody-else"
 STD_PATH = "/api/v3/kwaivgi/kling-v1-ai-avatar-standard"
 PRO_PATH = "/api/v3/kwaivgi/kling-v1-ai-avatar-pro"
 TASK_ID = "0123456789abcdef0123456789abcdef"

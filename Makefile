@@ -1,0 +1,54 @@
+# One entry point for every task. `make setup` is implied by the others: it (re)creates .venv when needed.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STACK_NAME ?= avatar-pipeline
+
+.PHONY: help setup test test-fast lint format typecheck cfn-lint build deploy clean
+
+help:
+	@echo "make setup      create .venv with everything needed to develop and test"
+	@echo "make test       run the whole test suite (unit, handler, template checks)"
+	@echo "make lint       ruff lint + format check, cfn-lint on template.yaml"
+	@echo "make format     apply ruff formatting and safe fixes"
+	@echo "make typecheck  mypy over the layer and the handlers"
+	@echo "make build      sam build (no Docker: the layer is built for arm64 by its Makefile)"
+	@echo "make deploy     sam deploy --guided (STACK_NAME=$(STACK_NAME))"
+
+$(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $(BIN)/activate
+
+setup: $(BIN)/activate
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup cfn-lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+cfn-lint: setup
+	$(BIN)/cfn-lint template.yaml
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: setup
+	$(BIN)/mypy layers/shared/avatar_pipeline functions
+
+$(BIN)/sam: setup
+	$(BIN)/pip install --quiet aws-sam-cli
+
+build: $(BIN)/sam
+	$(BIN)/sam build --template-file template.yaml
+
+deploy: build
+	$(BIN)/sam deploy --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
+
+clean:
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
