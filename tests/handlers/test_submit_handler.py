@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-
 from urllib.parse import parse_qs, urlparse
 
 import httpx
