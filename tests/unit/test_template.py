@@ -147,7 +147,7 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
     assert env["MEDIA_BUCKET"] == {"Fn::Sub": BUCKET_NAME}
     assert env["TOPIC_ARN"] == {"Ref": "NotificationTopic"}
     assert env["WAVESPEED_SECRET_ID"] == {"Ref": "WaveSpeedSecret"}
-    assert env["WEBHOOK_BASE_URL"] == {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.amazonaws.com/v1"}
+    assert "WEBHOOK_BASE_URL" not in env, "the webhook function must not get it (circular dependency)"
     for name, parameter in {
         "DEFAULT_PROVIDER": "DefaultProvider",
         "DEFAULT_MODE": "DefaultMode",
@@ -196,10 +196,12 @@ def test_webhook_route(resources: dict[str, Any]) -> None:
 
 def test_api_function_does_not_reference_its_own_api(resources: dict[str, Any]) -> None:
     """Given the API's integration references the function, then the function referencing the API back would be
-    a circular dependency (cfn-lint cannot see it before the SAM transform): the webhook overrides the URL."""
+    a circular dependency (cfn-lint cannot see it before the SAM transform): only submit and poller get the URL."""
     webhook = {k: v for k, v in props(resources, "WebhookFunction").items() if k != "Events"}
     assert not references(webhook, "WebhookApi")
-    assert "WEBHOOK_BASE_URL" in webhook["Environment"]["Variables"]
+    url = {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.amazonaws.com/v1"}
+    for name in ("SubmitFunction", "PollerFunction"):
+        assert props(resources, name)["Environment"]["Variables"]["WEBHOOK_BASE_URL"] == url
 
 
 def test_poller_runs_on_the_schedule_parameter(resources: dict[str, Any]) -> None:
@@ -429,7 +431,7 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert outputs["InboxPrefix"]["Value"] == "inbox/"
     assert (
         outputs["WebhookBaseUrl"]["Value"]
-        == template["Globals"]["Function"]["Environment"]["Variables"]["WEBHOOK_BASE_URL"]
+        == template["Resources"]["SubmitFunction"]["Properties"]["Environment"]["Variables"]["WEBHOOK_BASE_URL"]
     )
     for name in ("TaskTableName", "NotificationTopicArn", "AsyncFailureQueueUrl", "FinalizeFailureQueueUrl"):
         assert name in outputs

@@ -16,7 +16,8 @@ class Settings(BaseModel):
     task_table_name: str = Field(alias="TASK_TABLE_NAME")
     media_bucket: str = Field(alias="MEDIA_BUCKET")
     topic_arn: str = Field(alias="TOPIC_ARN")
-    webhook_base_url: str = Field(alias="WEBHOOK_BASE_URL")
+    # Only the functions that submit to providers need it (the webhook function cannot reference its own API).
+    webhook_base_url: str = Field(default="", alias="WEBHOOK_BASE_URL")
     default_provider: ProviderName = Field(default="wavespeed", alias="DEFAULT_PROVIDER")
     default_mode: Mode = Field(default="std", alias="DEFAULT_MODE")
     wavespeed_base_url: str = Field(default="https://api.wavespeed.ai", alias="WAVESPEED_BASE_URL")
