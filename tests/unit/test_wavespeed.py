@@ -187,18 +187,19 @@ def test_submit_envelope_code_1401_is_an_input_error_with_that_code(
     assert sleep.calls == []
 
 
-def test_submit_envelope_code_5003_is_transient(
-    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
+@pytest.mark.parametrize("code", [5003, 5000, 429, 500, 503])
+def test_submit_envelope_code_5xxx_or_http_style_overload_is_transient(
+    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep, code: int
 ) -> None:
-    # Given WaveSpeed keeps answering HTTP 200 with envelope code 5003 (service unavailable)
-    route = router.post(STD_PATH).respond(200, json={"code": 5003, "message": "unavailable"})
+    # Given WaveSpeed keeps answering HTTP 200 with an envelope code that means "not now" (e.g. 5003 unavailable)
+    route = router.post(STD_PATH).respond(200, json={"code": code, "message": "unavailable"})
 
     # When we submit
     with pytest.raises(ProviderTransientError) as caught:
         provider.submit(submission())
 
-    # Then it is a transient error with code "5003", retried up to the budget
-    assert caught.value.code == "5003"
+    # Then it is a transient error with that code, retried up to the budget
+    assert caught.value.code == str(code)
     assert route.call_count == 3
     assert len(sleep.calls) == 2
 

@@ -19,7 +19,8 @@ HTTP 429, HTTP 5xx                                     ProviderTransientError (T
 any other HTTP 4xx                                     ProviderInputError
 any other non-2xx status                               ProviderError
 HTTP 2xx, envelope ``code`` 1000-1999                  ProviderInputError
-HTTP 2xx, envelope ``code`` 5000-5999                  ProviderTransientError
+HTTP 2xx, envelope ``code`` 5000-5999, 429, 500-599    ProviderTransientError (an HTTP-style code in the
+                                                       envelope means what the HTTP status would)
 HTTP 2xx, envelope ``code`` 401 / 403                  ProviderConfigError
 HTTP 2xx, any other envelope ``code`` != 200           ProviderError
 HTTP 2xx, body not JSON / not an envelope / no data /  fetch: ProviderError;
@@ -329,7 +330,7 @@ def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str) -> NoRetu
     message = f"WaveSpeed {operation}: error code {code}: {_truncate(str(detail))}"
     if 1000 <= code <= 1999:
         raise ProviderInputError(message, code=str(code))
-    if 5000 <= code <= 5999:
+    if 5000 <= code <= 5999 or code == 429 or 500 <= code <= 599:
         raise ProviderTransientError(message, code=str(code))
     if code in (401, 403):
         raise ProviderConfigError(message, code=str(code))
