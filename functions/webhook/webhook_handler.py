@@ -24,6 +24,7 @@ MAX_BODY_BYTES = 256 * 1024
 
 
 def _answer(status: HTTPStatus, message: str) -> Response[dict[str, str]]:
+    metrics.add_metric(name=f"CallbackAnswered{status.value}", unit=MetricUnit.Count, value=1)
     return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body={"message": message})
 
 

@@ -42,21 +42,26 @@ def test_folder_pair_is_submitted_once_with_presigned_inputs_and_webhook(stack: 
     ]
 
 
-def test_url_encoded_key_with_space_and_uppercase_extension_is_paired(stack: Stack, provider_http: respx.MockRouter):
-    # Given the sample event's key is URL-encoded ("inbox/alice+smith/Face+Photo.PNG") and the object exists
+def test_sample_events_url_encoded_keys_and_uppercase_extension_make_one_pair(
+    stack: Stack, provider_http: respx.MockRouter
+):
+    # Given the two sample events: a Put of "inbox/alice+smith/Face+Photo.PNG" and a CompleteMultipartUpload of
+    # "inbox/alice+smith/voice.mp3" (keys URL-encoded as S3 sends them)
     submit = mock_wavespeed_submit(provider_http)
-    event = sample("s3_put_image.json")
-    event["Records"][0]["s3"]["bucket"]["name"] = stack.bucket
-    import boto3
-
-    boto3.client("s3").put_object(Bucket=stack.bucket, Key="inbox/alice smith/Face Photo.PNG", Body=PNG_BYTES)
-    # When its event arrives, then the audio of the same (decoded) folder
-    result = lambda_handler(event, FakeLambdaContext())
-    paired = deliver_upload(stack, "inbox/alice smith/voice.mp3", MP3_BYTES)
-    # Then the key was decoded, the .PNG counted as an image, and the pair submitted once
-    assert result["results"][0] == {"key": "inbox/alice smith/Face Photo.PNG", "action": "waiting", "task_id": None}
-    assert paired["results"][0]["action"] == "submitted"
+    image_event, audio_event = sample("s3_put_image.json"), sample("s3_put_audio.json")
+    for event in (image_event, audio_event):
+        event["Records"][0]["s3"]["bucket"]["name"] = stack.bucket
+    # When both arrive
+    first = lambda_handler(image_event, FakeLambdaContext())["results"][0]
+    second = lambda_handler(audio_event, FakeLambdaContext())["results"][0]
+    # Then the keys were decoded, the .PNG counted as an image, the multipart upload as audio, and one task submitted
+    assert first == {"key": "inbox/alice smith/Face Photo.PNG", "action": "waiting", "task_id": None}
+    assert second["key"] == "inbox/alice smith/voice.mp3" and second["action"] == "submitted"
+    task = pipeline().tasks.get(second["task_id"])
+    assert task is not None and task.job == "alice smith" and task.image is not None
+    assert task.image.key == "inbox/alice smith/Face Photo.PNG"
     assert "Face%20Photo.PNG" in submitted_json(submit)["image"]
+    assert submit.call_count == 1
 
 
 def test_duplicate_s3_event_submits_nothing_new(stack: Stack, provider_http: respx.MockRouter):
