@@ -36,6 +36,7 @@ def handle_record(record: DynamoDBRecord, lambda_context: LambdaContext) -> str:
     except UnknownTaskError:
         # Only a task removed from the table after this change was written: nothing is left to finish.
         logger.error("stream change for a task that no longer exists; skipped")
+        metrics.add_metric(name="StreamRecordForMissingTask", unit=MetricUnit.Count, value=1)
         return "ignored"
 
 
@@ -52,7 +53,7 @@ def _finish(task_id: str, status: TaskStatus, lambda_context: LambdaContext) -> 
     return "ignored"
 
 
-@logger.inject_lambda_context
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> PartialItemFailureResponse:

@@ -16,7 +16,7 @@ tracer = Tracer()
 metrics = Metrics()
 
 
-@logger.inject_lambda_context(log_event=False)
+@logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 @event_source(data_class=S3Event)

@@ -125,11 +125,15 @@ def test_orphan_image_times_out_with_one_notification(stack: Stack, provider_htt
 def test_poller_times_out_a_task_the_provider_never_finishes(
     stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
 ):
-    # Given a task older than the maximum age
+    # Given a task older than the maximum age, which the provider still reports as processing
+    result = provider_http.get(f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result").mock(
+        return_value=envelope(prediction(PREDICTION_ID, "processing"))
+    )
     too_late = submitted_task.created_at + timedelta(seconds=pipeline().settings.max_task_age_seconds + 1)
     # When the poller runs
     report = poll_at(too_late)
-    # Then it ends TIMED_OUT without asking the provider again
+    # Then after one last look at the provider it ends TIMED_OUT
+    assert result.call_count == 1
     assert report["actions"] == {"timed-out": 1}
     task = pipeline().tasks.get(submitted_task.task_id)
     assert task is not None and task.status is TaskStatus.TIMED_OUT and "did not finish" in (task.reason or "")

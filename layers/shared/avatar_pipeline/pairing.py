@@ -64,12 +64,13 @@ def options_key(job: str) -> str:
     return f"{INBOX_PREFIX}{job}/{OPTIONS_FILE_NAME}"
 
 
-def content_id(job: str, *objects: S3Object) -> str:
+def content_id(job: str, *objects: S3Object, occasion: str = "") -> str:
     """A task id that is the same for the same job and the same bytes (same keys and ETags), and only then.
 
     A repeated S3 event or a byte-identical re-upload therefore maps onto the task that already exists.
+    `occasion` tells apart tasks about the same bytes that are different events (an upload that timed out twice).
     """
-    digest = hashlib.sha256(job.encode())
+    digest = hashlib.sha256(job.encode() + b"\0" + occasion.encode())
     for obj in objects:
         digest.update(b"\0" + obj.key.encode() + b"\0" + obj.etag.strip('"').encode())
     return digest.hexdigest()[:32]

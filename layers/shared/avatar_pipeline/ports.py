@@ -46,7 +46,9 @@ class TaskRepository(Protocol):
         ...
 
     def expire_slot(self, slot: PairSlot) -> bool:
-        """Stop waiting on a slot still waiting since `slot.waiting_since`; False if it changed meanwhile."""
+        """Give up on a half pair still waiting since `slot.waiting_since`: forget the half (its object stays in
+        S3), so a late partner starts a new wait instead of pairing with an upload already reported as timed out.
+        False if the slot changed meanwhile (the partner arrived)."""
         ...
 
     def due(self, now: datetime, limit: int) -> tuple[list[Task], list[PairSlot]]:

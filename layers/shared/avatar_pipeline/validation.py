@@ -22,7 +22,15 @@ INPUT_LIMITS: dict[ProviderName, InputLimits] = {
 
 
 def _format_bytes(size: int) -> str:
-    return f"{size / MIB:.2f} MB" if size >= MIB / 10 else f"{size} bytes"
+    return f"{size / MIB:.2f} MiB" if size >= MIB / 10 else f"{size:,} bytes"
+
+
+def _format_pair(measured: int, limit: int) -> tuple[str, str]:
+    """Both sizes, exact to the byte when rounding would make them read the same."""
+    shown = _format_bytes(measured), _format_bytes(limit)
+    if shown[0] == shown[1]:
+        return f"{shown[0]} ({measured:,} bytes)", f"{shown[1]} ({limit:,} bytes)"
+    return shown
 
 
 def problems_with_pair(image: S3Object, audio: S3Object, provider: ProviderName) -> list[str]:
@@ -33,7 +41,6 @@ def problems_with_pair(image: S3Object, audio: S3Object, provider: ProviderName)
         if obj.size == 0:
             problems.append(f"{obj.file_name} is empty (0 bytes)")
         elif obj.size > limit:
-            problems.append(
-                f"{obj.file_name} is {_format_bytes(obj.size)}; the limit is {_format_bytes(limit)} for {provider}"
-            )
+            measured, allowed = _format_pair(obj.size, limit)
+            problems.append(f"{obj.file_name} is {measured}; the limit is {allowed} for {provider}")
     return problems

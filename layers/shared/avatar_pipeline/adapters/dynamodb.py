@@ -112,13 +112,15 @@ class DynamoTaskRepository:
         )
 
     def expire_slot(self, slot: PairSlot) -> bool:
-        if slot.waiting_since is None:
+        if slot.waiting_since is None or slot.is_complete:
             return False
+        half, missing = ("image", "audio") if slot.image is not None else ("audio", "image")
         try:
             self._table.update_item(
                 Key={"pk": f"JOB#{slot.job}"},
-                UpdateExpression="REMOVE waiting_since, in_flight, next_check_at",
-                ConditionExpression="waiting_since = :seen",
+                UpdateExpression="REMOVE waiting_since, in_flight, next_check_at, #half",
+                ConditionExpression="waiting_since = :seen AND attribute_not_exists(#missing)",
+                ExpressionAttributeNames={"#half": half, "#missing": missing},
                 ExpressionAttributeValues={":seen": slot.waiting_since.isoformat()},
             )
         except ClientError as error:

@@ -11,6 +11,7 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from avatar_pipeline.errors import (
+    ProviderConfigError,
     ProviderError,
     ProviderOutcomeUnknownError,
     ProviderTransientError,
@@ -53,7 +54,7 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
     now = ctx.clock()
     if entry.kind == "unsupported":
         reason = (
-            f"{entry.file_name} is neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))})"
+            f"{upload.key} is neither an image ({', '.join(sorted(IMAGE_EXTENSIONS))})"
             f" nor an audio clip ({', '.join(sorted(AUDIO_EXTENSIONS))})"
         )
         return _reject_alone(ctx, entry.job, upload, reason, now)
@@ -63,10 +64,19 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
     if not slot.is_complete:
         logger.info("waiting for the other half", extra={"job": entry.job, "key": upload.key})
         return UploadOutcome("waiting", job=entry.job)
-    ctx.tasks.settle_slot(entry.job)
+    return cut_pair(ctx, slot)
 
-    task = _task_for_pair(ctx, slot, in_folder=entry.in_folder, now=now)
-    if not ctx.tasks.create(task):
+
+def cut_pair(ctx: PipelineContext, slot: PairSlot) -> UploadOutcome:
+    """A complete slot becomes its one task (checked, claimed, submitted); then the slot stops waiting.
+
+    The task is written before the slot is settled: if this invocation dies in between, the slot stays due and the
+    poller cuts it again, finding the task that exists.
+    """
+    task = _task_for_pair(ctx, slot, now=ctx.clock())
+    created = ctx.tasks.create(task)
+    ctx.tasks.settle_slot(slot.job)
+    if not created:
         logger.info("pair already has its task; nothing new to submit", extra={"task_id": task.task_id})
         return UploadOutcome("duplicate", job=task.job, task_id=task.task_id)
     if task.status is TaskStatus.REJECTED:
@@ -112,10 +122,12 @@ def _read_options(ctx: PipelineContext, job: str) -> tuple[JobOptions, str | Non
         return JobOptions(), f"job.json is not valid: {error}"
 
 
-def _task_for_pair(ctx: PipelineContext, slot: PairSlot, *, in_folder: bool, now: datetime) -> Task:
+def _task_for_pair(ctx: PipelineContext, slot: PairSlot, *, now: datetime) -> Task:
     assert slot.image is not None
     assert slot.audio is not None
     image, audio = slot.image, slot.audio
+    # job.json belongs to folder-style jobs; a same-stem pair (inbox/alice.jpg + inbox/alice.mp3) has none.
+    in_folder = any((entry := parse_inbox_key(obj.key)) is not None and entry.in_folder for obj in (image, audio))
     options, options_problem = _read_options(ctx, slot.job) if in_folder else (JobOptions(), None)
     provider = options.provider or ctx.settings.default_provider
     waiting_since = slot.waiting_since or now
@@ -148,7 +160,10 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, *, in_folder: bool, now
 
 
 def webhook_url(ctx: PipelineContext, task: Task) -> str:
-    return f"{ctx.settings.webhook_base_url.rstrip('/')}/webhooks/{task.provider}?task_id={task.task_id}"
+    base = ctx.settings.webhook_base_url.rstrip("/")
+    if not base:
+        raise ProviderConfigError("WEBHOOK_BASE_URL is not configured, so the provider could not call back")
+    return f"{base}/webhooks/{task.provider}?task_id={task.task_id}"
 
 
 def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
@@ -159,19 +174,25 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
     """
     assert claimed.image is not None
     assert claimed.audio is not None
-    provider = ctx.provider_for(claimed)
     name = display_name(claimed.provider)
     expiry = ctx.settings.input_url_expiry_seconds
-    request = SubmissionRequest(
-        task_id=claimed.task_id,
-        image_url=ctx.media.presigned_get(claimed.image, expiry),
-        audio_url=ctx.media.presigned_get(claimed.audio, expiry),
-        prompt=claimed.prompt,
-        mode=claimed.mode,
-        webhook_url=webhook_url(ctx, claimed),
-    )
     outcome = UploadOutcome("submitted", job=claimed.job, task_id=claimed.task_id)
     try:
+        try:
+            provider = ctx.provider_for(claimed)
+            request = SubmissionRequest(
+                task_id=claimed.task_id,
+                image_url=ctx.media.presigned_get(claimed.image, expiry),
+                audio_url=ctx.media.presigned_get(claimed.audio, expiry),
+                prompt=claimed.prompt,
+                mode=claimed.mode,
+                webhook_url=webhook_url(ctx, claimed),
+            )
+        except ProviderError:
+            raise
+        except Exception as error:
+            # Nothing has been sent yet (e.g. the secret could not be read), so trying again later is safe.
+            raise ProviderTransientError(f"could not prepare the submission: {error}") from error
         accepted = provider.submit(request)
     except ProviderTransientError as error:
         retry_at = ctx.clock() + timedelta(seconds=ctx.settings.submit_retry_after_seconds)
@@ -196,7 +217,8 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
         def fail(task: Task) -> Task | None:
             if task.status is not TaskStatus.SUBMITTING:
                 return None
-            return transition(task, TaskStatus.FAILED, why=why, now=ctx.clock(), lease_until=None)
+            now = ctx.clock()
+            return transition(task, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
 
         ctx.update_task(claimed, fail)
         logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})

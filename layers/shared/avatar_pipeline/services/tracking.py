@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from avatar_pipeline.pairing import content_id
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce
-from avatar_pipeline.services.intake import retry_submission
+from avatar_pipeline.services.intake import cut_pair, retry_submission
 from avatar_pipeline.state_machine import can_transition, touch, transition
 
 logger = Logger(child=True)
@@ -31,6 +32,9 @@ NewsAction = Literal["recorded", "unchanged"]
 class UnknownProviderError(LookupError):
     pass
 
+
+# Provider news can only move a task that is at the provider; what follows is ours to decide.
+AT_PROVIDER = frozenset({TaskStatus.SUBMITTING, TaskStatus.SUBMITTED, TaskStatus.PROCESSING})
 
 _NEXT_STATUS = {
     ProviderJobStatus.QUEUED: TaskStatus.SUBMITTED,
@@ -50,7 +54,7 @@ def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJ
                 f" which is {current.provider_task_id}"
             )
         target = _NEXT_STATUS[news.status]
-        if not can_transition(current.status, target):
+        if current.status not in AT_PROVIDER or not can_transition(current.status, target):
             return None
         now = ctx.clock()
         name = display_name(current.provider)
@@ -105,35 +109,40 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     hand stuck copies back to finalize and publish notifications nobody published."""
     report = PollReport()
     tasks, slots = ctx.tasks.due(ctx.clock(), MAX_DUE_PER_POLL)
-    for slot in slots:
+    work: list[tuple[str, Callable[[], str]]] = [
+        *((slot.job, functools.partial(_check_slot, ctx, slot)) for slot in slots),
+        *((task.task_id, functools.partial(_check, ctx, task)) for task in tasks),
+    ]
+    for subject, check in work:
         if time_left() < POLL_SAFETY_MARGIN:
             report.stopped_early = True
-            return report
-        report.actions[_expire_orphan(ctx, slot)] += 1
-    for task in tasks:
-        if time_left() < POLL_SAFETY_MARGIN:
-            report.stopped_early = True
-            return report
+            break
         try:
-            report.actions[_check(ctx, task)] += 1
+            report.actions[check()] += 1
         except Exception:
-            # One bad task must not starve the others; it stays due and is tried again next poll.
-            logger.exception("poll of one task failed", extra={"task_id": task.task_id})
+            # One bad record must not starve the others; it stays due and is tried again next poll.
+            logger.exception("poll of one record failed", extra={"subject": subject})
             report.actions["error"] += 1
     return report
 
 
+def _check_slot(ctx: PipelineContext, slot: PairSlot) -> str:
+    if slot.is_complete:
+        # The invocation that completed it died before settling it: finish its work.
+        return f"pair-{cut_pair(ctx, slot).action}"
+    return _expire_orphan(ctx, slot)
+
+
 def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
-    if slot.is_complete or slot.waiting_since is None:
-        return "skipped"
     half = slot.image or slot.audio
-    assert half is not None
+    if half is None or slot.waiting_since is None:
+        return "skipped"
     missing = "audio" if slot.audio is None else "image"
     minutes = ctx.settings.max_pair_wait_seconds // 60
     now = ctx.clock()
     why = f"no {missing} arrived for {half.key} within {minutes} min"
     waiting = Task(
-        task_id=content_id(slot.job, half),
+        task_id=content_id(slot.job, half, occasion=slot.waiting_since.isoformat()),
         job=slot.job,
         status=TaskStatus.WAITING_FOR_PAIR,
         provider=ctx.settings.default_provider,
@@ -185,9 +194,7 @@ def _check(ctx: PipelineContext, task: Task) -> str:
     if task.status is TaskStatus.SUBMITTING:
         return _check_submitting(ctx, task, now, name, age_limit)
     if task.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
-        if _too_old(ctx, task, now):
-            return _time_out(ctx, task, f"{name} did not finish the video within {age_limit}")
-        return _ask_provider(ctx, task, now)
+        return _ask_provider(ctx, task, now, f"{name} did not finish the video within {age_limit}")
     return _check_finishing(ctx, task, now)
 
 
@@ -205,22 +212,23 @@ def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str
     return "awaiting-callback"
 
 
-def _ask_provider(ctx: PipelineContext, task: Task, now: datetime) -> str:
+def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reason: str) -> str:
+    """Ask the provider about a task with no recent news; time it out only after this last look."""
     assert task.provider_task_id is not None
     try:
         news = ctx.provider_for(task).fetch(task.provider_task_id)
-    except ProviderTransientError as error:
-        logger.warning("provider unavailable while polling", extra={"task_id": task.task_id, "error": str(error)})
-        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
-        return "provider-unavailable"
     except ProviderError as error:
-        logger.error("provider refused the status query", extra={"task_id": task.task_id, "error": str(error)})
-        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
-        return "provider-error"
-    if record_provider_news(ctx, task.task_id, news) == "recorded":
-        return f"news-{news.status.value.lower()}"
+        logger.warning("provider status query failed", extra={"task_id": task.task_id, "error": str(error)})
+        action = "provider-unavailable" if isinstance(error, ProviderTransientError) else "provider-error"
+    else:
+        recorded = record_provider_news(ctx, task.task_id, news) == "recorded"
+        action = f"news-{news.status.value.lower()}" if recorded else "no-news"
+        if news.status in (ProviderJobStatus.SUCCEEDED, ProviderJobStatus.FAILED):
+            return action
+    if _too_old(ctx, task, now):
+        return _time_out(ctx, task, too_old_reason)
     _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
-    return "no-news"
+    return action
 
 
 def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:

@@ -1,0 +1,404 @@
+"""In-memory implementations of the ports in `avatar_pipeline.ports`, for fast unit tests of the services.
+
+They keep the semantics the real adapters promise (conditional writes, `if_not_exists` on pair slots, the sparse
+"due" index), store copies so a caller can never change a stored record by mutating what it got back, and hold a
+lock so tests can race threads against them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from avatar_pipeline.config import Settings
+from avatar_pipeline.models import (
+    MediaRole,
+    Notification,
+    PairSlot,
+    ProviderJob,
+    ProviderJobStatus,
+    S3Object,
+    SubmissionRequest,
+    Task,
+)
+from avatar_pipeline.ports import ConflictError
+from avatar_pipeline.services.context import PipelineContext
+
+BUCKET = "avatar-media-unit"
+T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+
+TEST_ENV: dict[str, str] = {
+    "TASK_TABLE_NAME": "avatar-tasks-unit",
+    "MEDIA_BUCKET": BUCKET,
+    "TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:avatar-unit",
+    "WEBHOOK_BASE_URL": "https://hooks.example.test/v1",
+    "WAVESPEED_SECRET_ID": "avatar-wavespeed-unit",
+}
+
+Scripted = Any  # a result to return, an exception (instance or class) to raise, or a callable producing either
+
+
+def _play(result: Scripted) -> Any:
+    if isinstance(result, BaseException):
+        raise result
+    if isinstance(result, type) and issubclass(result, BaseException):
+        raise result()
+    if callable(result):
+        return _play(result())
+    return result
+
+
+class _Script:
+    """Results handed out in order; when one is left it keeps being handed out."""
+
+    def __init__(self) -> None:
+        self._results: list[Scripted] = []
+
+    def add(self, results: Iterable[Scripted]) -> None:
+        self._results.extend(results)
+
+    def __bool__(self) -> bool:
+        return bool(self._results)
+
+    def next(self) -> Scripted:
+        return self._results.pop(0) if len(self._results) > 1 else self._results[0]
+
+
+# --- the task table ------------------------------------------------------------------------------------------
+
+
+class InMemoryTaskRepository:
+    """`ports.TaskRepository` in a dict, with the DynamoDB adapter's conditional-write semantics."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.tasks: dict[str, Task] = {}
+        self.slots: dict[str, PairSlot] = {}
+        self.replace_calls = 0
+        self.conflicts = 0
+        self._failures: dict[str, list[BaseException]] = {}
+
+    def fail_next(self, method: str, error: BaseException | None = None) -> None:
+        """Make the next call of `method` raise (as a throttled or unreachable table would), changing nothing."""
+        if not callable(getattr(self, method, None)):
+            raise AttributeError(method)
+        self._failures.setdefault(method, []).append(error or RuntimeError(f"DynamoDB {method} failed"))
+
+    def _maybe_fail(self, method: str) -> None:
+        pending = self._failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    # tasks
+    def get(self, task_id: str) -> Task | None:
+        with self.lock:
+            self._maybe_fail("get")
+            task = self.tasks.get(task_id)
+            return task.model_copy(deep=True) if task else None
+
+    def create(self, task: Task) -> bool:
+        with self.lock:
+            self._maybe_fail("create")
+            if task.task_id in self.tasks:
+                return False
+            self.tasks[task.task_id] = task.model_copy(deep=True)
+            return True
+
+    def replace(self, new: Task, *, expected: Task) -> None:
+        with self.lock:
+            self._maybe_fail("replace")
+            self.replace_calls += 1
+            stored = self.tasks.get(new.task_id)
+            if stored is None or stored.status != expected.status or stored.version != expected.version:
+                self.conflicts += 1
+                raise ConflictError(f"task {new.task_id} changed since version {expected.version}")
+            self.tasks[new.task_id] = new.model_copy(deep=True)
+
+    # pair slots
+    def record_upload(
+        self, job: str, role: MediaRole, upload: S3Object, now: datetime, wait_deadline: datetime
+    ) -> PairSlot:
+        with self.lock:
+            self._maybe_fail("record_upload")
+            slot = self.slots.get(job) or PairSlot(job=job)
+            changes: dict[str, Any] = {role: upload}
+            if slot.waiting_since is None:
+                changes["waiting_since"] = now
+            if slot.next_check_at is None:
+                changes["next_check_at"] = wait_deadline
+            slot = slot.model_copy(update=changes)
+            self.slots[job] = slot
+            return slot.model_copy(deep=True)
+
+    def settle_slot(self, job: str) -> None:
+        with self.lock:
+            self._maybe_fail("settle_slot")
+            slot = self.slots.get(job)
+            if slot is not None:
+                self.slots[job] = slot.model_copy(update={"waiting_since": None, "next_check_at": None})
+
+    def expire_slot(self, slot: PairSlot) -> bool:
+        with self.lock:
+            self._maybe_fail("expire_slot")
+            stored = self.slots.get(slot.job)
+            if slot.waiting_since is None or stored is None or stored.waiting_since != slot.waiting_since:
+                return False
+            if stored.is_complete:
+                return False
+            half = "image" if stored.image is not None else "audio"
+            self.slots[slot.job] = stored.model_copy(update={"waiting_since": None, "next_check_at": None, half: None})
+            return True
+
+    # queries
+    def due(self, now: datetime, limit: int) -> tuple[list[Task], list[PairSlot]]:
+        with self.lock:
+            self._maybe_fail("due")
+            found: list[tuple[datetime, Task | PairSlot]] = []
+            for task in self.tasks.values():
+                at = task.next_check_at or task.updated_at
+                if task.needs_attention and at <= now:
+                    found.append((at, task))
+            for slot in self.slots.values():
+                if slot.waiting_since is not None and slot.next_check_at is not None and slot.next_check_at <= now:
+                    found.append((slot.next_check_at, slot))
+            found.sort(key=lambda pair: pair[0])  # the index is sorted by next_check_at
+            picked = [record.model_copy(deep=True) for _, record in found[:limit]]
+            return [r for r in picked if isinstance(r, Task)], [r for r in picked if isinstance(r, PairSlot)]
+
+    def list_job(self, job: str) -> tuple[PairSlot | None, list[Task]]:
+        with self.lock:
+            slot = self.slots.get(job)
+            tasks = [task.model_copy(deep=True) for task in self.tasks.values() if task.job == job]
+            return (slot.model_copy(deep=True) if slot else None), tasks
+
+    # test helpers
+    def all_tasks(self) -> list[Task]:
+        with self.lock:
+            return [task.model_copy(deep=True) for task in self.tasks.values()]
+
+    def only_task(self) -> Task:
+        tasks = self.all_tasks()
+        assert len(tasks) == 1, f"expected exactly one task, found {len(tasks)}: {[t.status for t in tasks]}"
+        return tasks[0]
+
+    def put(self, task: Task) -> Task:
+        """Store a task as it is (any status), overwriting what was there."""
+        with self.lock:
+            self.tasks[task.task_id] = task.model_copy(deep=True)
+        return task
+
+
+# --- media ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Copy:
+    url: str
+    bucket: str
+    key: str
+    max_bytes: int
+
+
+class FakeMediaStore:
+    """`ports.MediaStore` over a dict of objects; downloads are scripted per URL."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.copies: list[Copy] = []
+        self.presigned: list[tuple[S3Object, int]] = []
+        self._downloads: dict[str, _Script] = {}
+
+    def put_object(self, bucket: str, key: str, body: bytes | str) -> None:
+        self.objects[(bucket, key)] = body.encode() if isinstance(body, str) else body
+
+    def script_download(self, url: str, *results: bytes | BaseException | type[BaseException]) -> None:
+        """What `copy_from_url(url)` gets on successive calls: the video's bytes, or an exception to raise."""
+        self._downloads.setdefault(url, _Script()).add(results)
+
+    def presigned_get(self, obj: S3Object, expires_in: int) -> str:
+        with self.lock:
+            self.presigned.append((obj, expires_in))
+        return f"https://presigned.test/{obj.bucket}/{obj.key}?expires={expires_in}"
+
+    def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
+        data = self.objects.get((bucket, key))
+        if data is None:
+            return None
+        if len(data) > max_bytes:  # as S3MediaStore does
+            raise ValueError(f"s3://{bucket}/{key} is {len(data)} bytes, more than the {max_bytes} bytes allowed")
+        return data
+
+    def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
+        with self.lock:
+            self.copies.append(Copy(url, bucket, key, max_bytes))
+            script = self._downloads.get(url)
+            if not script:
+                raise AssertionError(f"no download scripted for {url}")
+            result = script.next()
+        data = _play(result)
+        with self.lock:
+            self.objects[(bucket, key)] = data
+        return S3Object(bucket=bucket, key=key, etag=hashlib.md5(data).hexdigest(), size=len(data))  # noqa: S324
+
+
+# --- notifications -------------------------------------------------------------------------------------------
+
+
+class RecordingNotifier:
+    """`ports.Notifier` that keeps what it published; `fail_next()` makes the next publish raise."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.published: list[Notification] = []
+        self._failures: list[BaseException] = []
+        self._ids = itertools.count(1)
+
+    def fail_next(self, error: BaseException | None = None) -> None:
+        self._failures.append(error or RuntimeError("SNS is unavailable"))
+
+    def publish(self, notification: Notification) -> str:
+        with self.lock:
+            if self._failures:
+                raise self._failures.pop(0)
+            self.published.append(notification.model_copy(deep=True))
+            return f"msg-{next(self._ids)}"
+
+
+# --- the provider --------------------------------------------------------------------------------------------
+
+
+class ScriptedProvider:
+    """`ports.VideoProvider` named "wavespeed" whose answers are scripted call by call.
+
+    Unscripted, `submit` accepts (QUEUED, id "ws-<n>") and `fetch` answers QUEUED.
+    """
+
+    name = "wavespeed"
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.submissions: list[SubmissionRequest] = []
+        self.fetches: list[str] = []
+        self.callbacks: list[bytes] = []
+        self._submit = _Script()
+        self._fetch = _Script()
+        self._callback = _Script()
+        self._ids = itertools.count(1)
+
+    @property
+    def submit_count(self) -> int:
+        return len(self.submissions)
+
+    def script_submit(self, *results: ProviderJob | BaseException | type[BaseException]) -> None:
+        self._submit.add(results)
+
+    def script_fetch(self, *results: ProviderJob | BaseException | type[BaseException]) -> None:
+        self._fetch.add(results)
+
+    def script_callback(self, *results: ProviderJob | BaseException | type[BaseException]) -> None:
+        self._callback.add(results)
+
+    def submit(self, request: SubmissionRequest) -> ProviderJob:
+        with self.lock:
+            self.submissions.append(request)
+            number = next(self._ids)
+            result = self._submit.next() if self._submit else None
+        if result is None:
+            return ProviderJob(provider_task_id=f"ws-{number}", status=ProviderJobStatus.QUEUED)
+        return _play(result)  # type: ignore[no-any-return]
+
+    def fetch(self, provider_task_id: str) -> ProviderJob:
+        with self.lock:
+            self.fetches.append(provider_task_id)
+            result = self._fetch.next() if self._fetch else None
+        if result is None:
+            return ProviderJob(provider_task_id=provider_task_id, status=ProviderJobStatus.QUEUED)
+        return _play(result)  # type: ignore[no-any-return]
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
+        with self.lock:
+            self.callbacks.append(body)
+            if not self._callback:
+                raise AssertionError("no callback scripted")
+            result = self._callback.next()
+        return _play(result)  # type: ignore[no-any-return]
+
+
+# --- time ----------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    """A clock that only moves when told; call it (it is the context's `clock`) or read `now`."""
+
+    def __init__(self, now: datetime = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> datetime:
+        self.now += timedelta(seconds=seconds)
+        return self.now
+
+
+# --- assembly ------------------------------------------------------------------------------------------------
+
+
+def make_settings(**env: str) -> Settings:
+    """Settings as `Settings.from_env` reads them, with test values for the required variables."""
+    return Settings.from_env({**TEST_ENV, **env})
+
+
+def make_context(**overrides: Any) -> PipelineContext:
+    """A PipelineContext on fresh fakes. Override any part: settings (Settings, or a dict of environment
+    variables merged into the test environment), tasks, media, notifier, provider, providers, clock."""
+    settings = overrides.pop("settings", None)
+    if not isinstance(settings, Settings):
+        settings = make_settings(**(settings or {}))
+    provider = overrides.pop("provider", None) or ScriptedProvider()
+    parts: dict[str, Any] = {
+        "tasks": InMemoryTaskRepository(),
+        "media": FakeMediaStore(),
+        "notifier": RecordingNotifier(),
+        "providers": {provider.name: provider},
+        "clock": FakeClock(),
+    }
+    unknown = set(overrides) - set(parts)
+    if unknown:
+        raise TypeError(f"make_context() got unexpected overrides {sorted(unknown)}")
+    parts.update(overrides)
+    return PipelineContext(settings=settings, **parts)
+
+
+@dataclass
+class World:
+    """A context and typed handles on its fakes."""
+
+    ctx: PipelineContext
+    tasks: InMemoryTaskRepository
+    media: FakeMediaStore
+    notifier: RecordingNotifier
+    provider: ScriptedProvider
+    clock: FakeClock
+
+
+def make_world(**overrides: Any) -> World:
+    ctx = make_context(**overrides)
+    assert isinstance(ctx.tasks, InMemoryTaskRepository)
+    assert isinstance(ctx.media, FakeMediaStore)
+    assert isinstance(ctx.notifier, RecordingNotifier)
+    assert isinstance(ctx.clock, FakeClock)
+    provider = ctx.providers["wavespeed"]
+    assert isinstance(provider, ScriptedProvider)
+    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock)
+
+
+def upload(key: str, etag: str = "etag-1", size: int = 100_000, bucket: str = BUCKET) -> S3Object:
+    """An S3 object as an ObjectCreated event describes it."""
+    return S3Object(bucket=bucket, key=key, etag=f'"{etag}"', size=size)

@@ -1,0 +1,973 @@
+"""The use cases (intake, tracking, finishing) end to end through in-memory fakes of every port."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from support.fakes import BUCKET, T0, Copy, World, make_world, upload
+
+from avatar_pipeline.errors import (
+    CallbackMismatchError,
+    OutputCopyInterruptedError,
+    OutputUnusableError,
+    ProviderConfigError,
+    ProviderError,
+    ProviderInputError,
+    ProviderOutcomeUnknownError,
+    ProviderTransientError,
+    WebhookAuthError,
+)
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, S3Object, Task, TaskStatus
+from avatar_pipeline.pairing import content_id
+from avatar_pipeline.services.context import UnknownTaskError
+from avatar_pipeline.services.finishing import FINALIZE_GRACE, NOTIFY_LEASE, announce, finalize_output, output_key
+from avatar_pipeline.services.intake import SUBMIT_LEASE, UploadOutcome, handle_upload
+from avatar_pipeline.services.tracking import (
+    POLL_SAFETY_MARGIN,
+    PollReport,
+    poll,
+    receive_callback,
+    record_provider_news,
+)
+
+S = TaskStatus
+P = ProviderJobStatus
+
+IMAGE = upload("inbox/alice/face.png", etag="img-1", size=200_000)
+AUDIO = upload("inbox/alice/voice.mp3", etag="aud-1", size=300_000)
+OUTPUT_URL = "https://cdn.wavespeed.test/outputs/ws-1/video.mp4"
+VIDEO = b"\x00\x00\x00\x18ftypisom" + bytes(200)
+FINALIZE_TIME = timedelta(minutes=5)
+RACE_ROUNDS = 50
+
+
+@pytest.fixture
+def w() -> World:
+    return make_world()
+
+
+@pytest.fixture
+def busy_threads() -> Iterator[None]:
+    """Switch threads as often as possible, so racing threads really interleave."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(previous)
+
+
+# --- helpers ---------------------------------------------------------------------------------------------------
+
+
+def news(status: ProviderJobStatus, provider_task_id: str = "ws-1", **fields: Any) -> ProviderJob:
+    if status is P.SUCCEEDED:
+        fields.setdefault("output_url", OUTPUT_URL)
+    return ProviderJob(provider_task_id=provider_task_id, status=status, **fields)
+
+
+def moves(task: Task) -> list[tuple[TaskStatus | None, TaskStatus]]:
+    return [(entry.from_status, entry.to_status) for entry in task.history]
+
+
+def stored(w: World, task_id: str | None) -> Task:
+    assert task_id is not None
+    task = w.tasks.get(task_id)
+    assert task is not None, f"no task {task_id}"
+    return task
+
+
+def deliver_pair(w: World, image: S3Object = IMAGE, audio: S3Object = AUDIO) -> UploadOutcome:
+    first = handle_upload(w.ctx, image)
+    assert first.action == "waiting"
+    return handle_upload(w.ctx, audio)
+
+
+def submitted(w: World) -> Task:
+    outcome = deliver_pair(w)
+    assert outcome.action == "submitted"
+    return stored(w, outcome.task_id)
+
+
+def output_ready(w: World, *downloads: Any) -> Task:
+    """A task whose video the provider finished; `downloads` script what copying OUTPUT_URL will give."""
+    task = submitted(w)
+    w.clock.advance(60)
+    assert record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED)) == "recorded"
+    w.media.script_download(OUTPUT_URL, *(downloads or (VIDEO,)))
+    return stored(w, task.task_id)
+
+
+def completed(w: World) -> Task:
+    task = output_ready(w)
+    w.clock.advance(10)
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
+    return stored(w, task.task_id)
+
+
+def run_poll(w: World, left: timedelta = timedelta(minutes=5)) -> PollReport:
+    return poll(w.ctx, lambda: left)
+
+
+def race(*calls: Callable[[], Any]) -> list[Any]:
+    """Run the calls in threads released at the same moment; their results (or their exceptions, re-raised)."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        barrier.wait()
+        return call()
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        futures = [pool.submit(run, call) for call in calls]
+        return [future.result(timeout=10) for future in futures]
+
+
+# ============================================================================================== intake
+
+
+def test_first_half_waits_without_task_or_submission(w: World) -> None:
+    # Given nothing uploaded yet
+    # When the image arrives alone
+    outcome = handle_upload(w.ctx, IMAGE)
+    # Then the job waits for its audio: no task, nothing submitted
+    assert outcome == UploadOutcome("waiting", job="alice")
+    assert w.tasks.all_tasks() == []
+    assert w.provider.submit_count == 0
+    slot, tasks = w.tasks.list_job("alice")
+    assert slot is not None
+    assert slot.image == IMAGE
+    assert slot.audio is None
+    assert slot.waiting_since == T0
+    assert tasks == []
+
+
+def test_second_half_cuts_one_submitted_task(w: World) -> None:
+    # Given the image is waiting
+    handle_upload(w.ctx, IMAGE)
+    # When the audio arrives
+    outcome = handle_upload(w.ctx, AUDIO)
+    # Then one task is cut, submitted once, and recorded as SUBMITTED with the provider's id
+    assert outcome.action == "submitted"
+    task = w.tasks.only_task()
+    assert outcome.task_id == task.task_id == content_id("alice", IMAGE, AUDIO)
+    assert task.status is S.SUBMITTED
+    assert task.provider_task_id == "ws-1"
+    assert task.lease_until is None
+    assert task.next_check_at == T0 + timedelta(seconds=w.ctx.settings.poll_after_seconds)
+    assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.SUBMITTING), (S.SUBMITTING, S.SUBMITTED)]
+    assert w.provider.submit_count == 1
+    request = w.provider.submissions[0]
+    assert request.task_id == task.task_id
+    assert request.image_url == f"https://presigned.test/{BUCKET}/inbox/alice/face.png?expires=3600"
+    assert request.audio_url == f"https://presigned.test/{BUCKET}/inbox/alice/voice.mp3?expires=3600"
+    assert (request.mode, request.prompt) == ("std", None)
+    assert request.webhook_url == f"https://hooks.example.test/v1/webhooks/wavespeed?task_id={task.task_id}"
+    # and the slot no longer waits
+    slot, _ = w.tasks.list_job("alice")
+    assert slot is not None
+    assert (slot.waiting_since, slot.next_check_at) == (None, None)
+
+
+@pytest.mark.parametrize("order", ["image-first", "audio-first"])
+def test_pair_completes_in_either_order(w: World, order: str) -> None:
+    # Given / When the halves arrive in either order
+    first, second = (IMAGE, AUDIO) if order == "image-first" else (AUDIO, IMAGE)
+    assert handle_upload(w.ctx, first).action == "waiting"
+    outcome = handle_upload(w.ctx, second)
+    # Then the same single task is submitted
+    assert outcome.action == "submitted"
+    assert w.tasks.only_task().task_id == content_id("alice", IMAGE, AUDIO)
+    assert w.provider.submit_count == 1
+
+
+@pytest.mark.parametrize("repeated", [IMAGE, AUDIO], ids=["image", "audio"])
+def test_duplicate_of_either_upload_after_pairing_is_a_duplicate(w: World, repeated: S3Object) -> None:
+    # Given a pair that was submitted
+    task = submitted(w)
+    # When S3 delivers one of its events again
+    outcome = handle_upload(w.ctx, repeated)
+    # Then nothing new is created or paid for
+    assert outcome == UploadOutcome("duplicate", job="alice", task_id=task.task_id)
+    assert w.provider.submit_count == 1
+    assert w.tasks.only_task().status is S.SUBMITTED
+
+
+def test_byte_identical_reupload_makes_no_new_task(w: World) -> None:
+    # Given a submitted pair
+    submitted(w)
+    # When the user uploads the very same bytes again later (same key, same ETag)
+    w.clock.advance(600)
+    outcome = handle_upload(w.ctx, upload(AUDIO.key, etag="aud-1", size=AUDIO.size))
+    # Then it maps onto the existing task
+    assert outcome.action == "duplicate"
+    assert len(w.tasks.all_tasks()) == 1
+    assert w.provider.submit_count == 1
+
+
+def test_changed_audio_makes_a_new_task_and_a_second_submission(w: World) -> None:
+    # Given a submitted pair
+    first = submitted(w)
+    # When a different audio (new ETag) replaces the old one
+    w.clock.advance(600)
+    new_audio = upload(AUDIO.key, etag="aud-2", size=AUDIO.size)
+    outcome = handle_upload(w.ctx, new_audio)
+    # Then a second task pairs the image with the new audio, and is submitted
+    assert outcome.action == "submitted"
+    assert outcome.task_id != first.task_id
+    second = stored(w, outcome.task_id)
+    assert (second.image, second.audio) == (IMAGE, new_audio)
+    assert second.status is S.SUBMITTED
+    assert len(w.tasks.all_tasks()) == 2
+    assert w.provider.submit_count == 2
+
+
+def test_folder_job_options_reach_the_task_and_the_provider(w: World) -> None:
+    # Given a folder job with job.json
+    w.media.put_object(BUCKET, "inbox/alice/job.json", json.dumps({"prompt": "hi", "mode": "pro"}))
+    assert handle_upload(w.ctx, upload("inbox/alice/job.json", size=30)).action == "ignored"
+    # When its pair arrives
+    outcome = deliver_pair(w)
+    # Then the task carries the options and the provider got them
+    task = stored(w, outcome.task_id)
+    assert (task.prompt, task.mode) == ("hi", "pro")
+    request = w.provider.submissions[0]
+    assert (request.prompt, request.mode) == ("hi", "pro")
+
+
+def test_a_prompt_of_exactly_2500_characters_is_accepted(w: World) -> None:
+    w.media.put_object(BUCKET, "inbox/alice/job.json", json.dumps({"prompt": "p" * 2500}))
+    outcome = deliver_pair(w)
+    assert outcome.action == "submitted"
+    assert w.provider.submissions[0].prompt == "p" * 2500
+
+
+def test_same_stem_jobs_do_not_read_options(w: World) -> None:
+    # Given a job.json that would be invalid, where a folder job "bob" would look for it
+    w.media.put_object(BUCKET, "inbox/bob/job.json", "not json")
+    # When a same-stem pair "bob" arrives
+    outcome = deliver_pair(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
+    # Then options are not read: it is submitted with the defaults
+    assert outcome.action == "submitted"
+    assert w.provider.submissions[0].mode == "std"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(json.dumps({"prompt": "hi", "style": "anime"}), id="unknown-field"),
+        pytest.param(json.dumps({"prompt": "p" * 2501}), id="prompt-2501-chars"),
+        pytest.param("prompt: hi", id="not-json"),
+        pytest.param(json.dumps({"mode": "ultra"}), id="unknown-mode"),
+        pytest.param(json.dumps(["hi"]), id="not-an-object"),
+        pytest.param(json.dumps({"prompt": "p" * 70_000}), id="larger-than-64KiB"),
+    ],
+)
+def test_invalid_job_json_rejects_the_pair_without_submitting(w: World, body: str) -> None:
+    # Given a folder job whose job.json is unusable
+    w.media.put_object(BUCKET, "inbox/alice/job.json", body)
+    # When its pair arrives
+    outcome = deliver_pair(w)
+    # Then the task is REJECTED, saying why, and nothing is paid for
+    assert outcome.action == "rejected"
+    task = stored(w, outcome.task_id)
+    assert task.status is S.REJECTED
+    assert task.reason is not None
+    assert "job.json" in task.reason
+    assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.REJECTED)]
+    assert w.provider.submit_count == 0
+
+
+def test_oversized_audio_is_rejected_without_submitting(w: World) -> None:
+    # Given / When a pair whose audio is over WaveSpeed's 5 MB limit
+    big_audio = upload(AUDIO.key, size=6 * 1024 * 1024)
+    outcome = deliver_pair(w, IMAGE, big_audio)
+    # Then it is REJECTED with the size and the limit, and never submitted
+    assert outcome.action == "rejected"
+    task = stored(w, outcome.task_id)
+    assert task.status is S.REJECTED
+    assert task.reason == "voice.mp3 is 6.00 MiB; the limit is 5.00 MiB for wavespeed"
+    assert w.provider.submit_count == 0
+
+
+def test_empty_image_is_rejected_without_submitting(w: World) -> None:
+    outcome = deliver_pair(w, upload(IMAGE.key, size=0), AUDIO)
+    assert stored(w, outcome.task_id).reason == "face.png is empty (0 bytes)"
+    assert w.provider.submit_count == 0
+
+
+def test_unsupported_file_is_rejected_on_its_own(w: World) -> None:
+    # Given / When a file that is neither image nor audio lands in a job folder
+    notes = upload("inbox/alice/notes.txt", size=12)
+    outcome = handle_upload(w.ctx, notes)
+    # Then it is REJECTED right away, naming the file, and the job's pairing is not disturbed
+    assert outcome.action == "rejected"
+    task = stored(w, outcome.task_id)
+    assert task.status is S.REJECTED
+    assert task.reason is not None
+    assert task.reason.startswith("inbox/alice/notes.txt is neither an image")
+    assert w.provider.submit_count == 0
+    slot, _ = w.tasks.list_job("alice")
+    assert slot is None
+    # and a repeated event for it is a duplicate
+    assert handle_upload(w.ctx, notes).action == "duplicate"
+
+
+@pytest.mark.parametrize("key", ["inbox/alice/", "outputs/alice/x.mp4", "inbox/alice/job.json"])
+def test_keys_that_are_not_media_are_ignored(w: World, key: str) -> None:
+    assert handle_upload(w.ctx, upload(key)).action == "ignored"
+    assert w.tasks.all_tasks() == []
+    assert w.tasks.slots == {}
+
+
+def test_transient_provider_error_schedules_one_retry_that_the_poller_makes(w: World) -> None:
+    # Given WaveSpeed is briefly unavailable, then accepts
+    w.provider.script_submit(
+        ProviderTransientError("HTTP 503", code="503"),
+        ProviderJob(provider_task_id="ws-retry", status=P.QUEUED),
+    )
+    # When the pair arrives
+    outcome = deliver_pair(w)
+    # Then the task stays SUBMITTING with a retry time and no lease
+    assert outcome.action == "retry-scheduled"
+    task = stored(w, outcome.task_id)
+    retry_at = T0 + timedelta(seconds=w.ctx.settings.submit_retry_after_seconds)
+    assert task.status is S.SUBMITTING
+    assert task.submit_retry_at == retry_at
+    assert task.next_check_at == retry_at
+    assert task.lease_until is None
+    assert task.reason is not None
+    assert "unavailable" in task.reason
+    # When the poller runs before the retry time, nothing is resent
+    w.clock.advance(59)
+    run_poll(w)
+    assert w.provider.submit_count == 1
+    # When it runs at the retry time, it resubmits exactly once and the task is SUBMITTED
+    w.clock.advance(1)
+    report = run_poll(w)
+    assert report.actions["resubmit-submitted"] == 1
+    assert w.provider.submit_count == 2
+    task = stored(w, outcome.task_id)
+    assert task.status is S.SUBMITTED
+    assert task.provider_task_id == "ws-retry"
+    assert task.submit_attempts == 2
+    assert task.submit_retry_at is None
+    # and later polls only ask about it, never resend
+    for _ in range(3):
+        w.clock.advance(w.ctx.settings.poll_after_seconds)
+        run_poll(w)
+    assert w.provider.submit_count == 2
+    assert w.provider.fetches == ["ws-retry"] * 3
+
+
+def test_unknown_submission_outcome_is_never_resent_and_a_later_callback_moves_it_on(w: World) -> None:
+    # Given the submission's answer was lost (a read timeout)
+    w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
+    # When the pair arrives
+    outcome = deliver_pair(w)
+    # Then the task stays SUBMITTING with no retry scheduled and no lease
+    assert outcome.action == "unknown"
+    task = stored(w, outcome.task_id)
+    assert task.status is S.SUBMITTING
+    assert task.submit_retry_at is None
+    assert task.lease_until is None
+    give_up_at = T0 + timedelta(seconds=w.ctx.settings.max_task_age_seconds)
+    assert task.next_check_at == give_up_at
+    # When the poller runs, including after the submit lease and at the give-up time itself
+    reports = []
+    for at in (61, SUBMIT_LEASE.total_seconds() + 1, 3600, w.ctx.settings.max_task_age_seconds):
+        w.clock.now = T0 + timedelta(seconds=at)
+        reports.append(run_poll(w))
+    # Then it never resubmits
+    assert w.provider.submit_count == 1
+    assert reports[-1].actions == {"awaiting-callback": 1}
+    # When the provider's callback finally arrives
+    action = record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED, "ws-77"))
+    # Then the task moves on to OUTPUT_READY with the provider's id
+    assert action == "recorded"
+    task = stored(w, task.task_id)
+    assert task.status is S.OUTPUT_READY
+    assert task.provider_task_id == "ws-77"
+    assert task.provider_output_url == OUTPUT_URL
+    assert w.provider.submit_count == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (ProviderInputError("image has no detectable face", code="1003"), "1003"),
+        (ProviderConfigError("invalid API key", code="401"), "401"),
+        (ProviderError("answer had no id"), None),
+    ],
+    ids=["input", "config", "contract"],
+)
+def test_refused_submission_fails_the_task_naming_the_code(w: World, error: ProviderError, code: str | None) -> None:
+    # Given WaveSpeed refuses the submission for good
+    w.provider.script_submit(error)
+    # When the pair arrives
+    outcome = deliver_pair(w)
+    # Then the task is FAILED with the provider's code and message, and never retried
+    assert outcome.action == "failed"
+    task = stored(w, outcome.task_id)
+    assert task.status is S.FAILED
+    assert task.reason is not None
+    assert str(error) in task.reason
+    if code:
+        assert f"(code {code})" in task.reason
+    assert task.lease_until is None
+    assert moves(task)[-1] == (S.SUBMITTING, S.FAILED)
+    w.clock.advance(3600)
+    run_poll(w)
+    assert w.provider.submit_count == 1
+
+
+@pytest.mark.usefixtures("busy_threads")
+def test_both_halves_at_the_same_moment_make_exactly_one_task() -> None:
+    for round_ in range(RACE_ROUNDS):
+        # Given fresh fakes
+        w = make_world()
+        # When the image and the audio are handled by two invocations at the same moment
+        outcomes = race(lambda w=w: handle_upload(w.ctx, IMAGE), lambda w=w: handle_upload(w.ctx, AUDIO))
+        # Then exactly one of them cuts the task, and it is submitted once
+        assert sorted(o.action for o in outcomes) == ["submitted", "waiting"], f"round {round_}"
+        assert len(w.tasks.all_tasks()) == 1, f"round {round_}"
+        assert w.provider.submit_count == 1, f"round {round_}"
+
+
+@pytest.mark.usefixtures("busy_threads")
+def test_the_completing_event_delivered_twice_at_once_submits_once() -> None:
+    for round_ in range(RACE_ROUNDS):
+        # Given the image waits
+        w = make_world()
+        handle_upload(w.ctx, IMAGE)
+        # When S3 delivers the audio's event twice, to two invocations at the same moment
+        outcomes = race(lambda w=w: handle_upload(w.ctx, AUDIO), lambda w=w: handle_upload(w.ctx, AUDIO))
+        # Then one submits and the other finds the task
+        assert sorted(o.action for o in outcomes) == ["duplicate", "submitted"], f"round {round_}"
+        assert w.provider.submit_count == 1, f"round {round_}"
+
+
+def test_a_pair_is_not_lost_when_cutting_its_task_fails(w: World) -> None:
+    # Given the image waits
+    handle_upload(w.ctx, IMAGE)
+    # When the invocation that gets the audio dies writing the task (throttled, timed out)
+    w.tasks.fail_next("create", RuntimeError("ProvisionedThroughputExceededException"))
+    with pytest.raises(RuntimeError):
+        handle_upload(w.ctx, AUDIO)
+    # and S3's retries are used up, so only the poller is left to notice
+    w.clock.advance(w.ctx.settings.max_pair_wait_seconds + 60)
+    run_poll(w)
+    # Then the pair still got a task (submitted or ended with a reason), and nothing stays due forever
+    _, tasks = w.tasks.list_job("alice")
+    assert len(tasks) == 1
+    _, due_slots = w.tasks.due(w.clock.now + timedelta(days=1), 100)
+    assert due_slots == []
+
+
+# ============================================================================================== tracking
+
+
+def test_success_news_makes_the_output_ready(w: World) -> None:
+    # Given a submitted task
+    task = submitted(w)
+    # When WaveSpeed reports it succeeded
+    w.clock.advance(90)
+    action = record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED))
+    # Then the task is OUTPUT_READY with the output's URL, and finalize has its grace period
+    assert action == "recorded"
+    task = stored(w, task.task_id)
+    assert task.status is S.OUTPUT_READY
+    assert task.provider_output_url == OUTPUT_URL
+    assert task.last_news_at == w.clock.now
+    assert task.next_check_at == w.clock.now + FINALIZE_GRACE
+    assert moves(task)[-1] == (S.SUBMITTED, S.OUTPUT_READY)
+
+
+def test_processing_news_then_success(w: World) -> None:
+    task = submitted(w)
+    assert record_provider_news(w.ctx, task.task_id, news(P.PROCESSING)) == "recorded"
+    assert record_provider_news(w.ctx, task.task_id, news(P.QUEUED)) == "unchanged"  # older news: no way back
+    assert record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED)) == "recorded"
+    assert [to for _, to in moves(stored(w, task.task_id))][-2:] == [S.PROCESSING, S.OUTPUT_READY]
+
+
+def test_the_same_news_again_changes_nothing(w: World) -> None:
+    # Given the success was recorded
+    task = output_ready(w)
+    # When the same news comes again (a webhook retry)
+    action = record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED))
+    # Then nothing changes
+    assert action == "unchanged"
+    assert stored(w, task.task_id) == task
+
+
+def test_news_after_completion_changes_nothing(w: World) -> None:
+    # Given a COMPLETED task
+    task = completed(w)
+    # When late news of any kind arrives
+    for status in P:
+        assert record_provider_news(w.ctx, task.task_id, news(status)) == "unchanged"
+    # Then it stays COMPLETED, untouched
+    assert stored(w, task.task_id) == task
+    assert task.status is S.COMPLETED
+
+
+def test_news_about_another_provider_task_is_a_mismatch(w: World) -> None:
+    # Given a task WaveSpeed knows as ws-1
+    task = submitted(w)
+    # When news about ws-other is addressed to it
+    # Then it is refused, and the task is untouched
+    with pytest.raises(CallbackMismatchError):
+        record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED, "ws-other"))
+    assert stored(w, task.task_id) == task
+
+
+def test_failure_news_fails_the_task_naming_the_provider_code(w: World) -> None:
+    # Given a submitted task
+    task = submitted(w)
+    # When WaveSpeed reports it failed
+    failure = news(P.FAILED, error_code="2001", error_message="no face found in the image")
+    assert record_provider_news(w.ctx, task.task_id, failure) == "recorded"
+    # Then the task is FAILED with a reason naming the provider and its code
+    task = stored(w, task.task_id)
+    assert task.status is S.FAILED
+    assert task.reason == "WaveSpeed could not make the video (code 2001): no face found in the image"
+    assert task.next_check_at == w.clock.now  # due for its notification at once
+
+
+def test_news_on_a_stale_snapshot_is_decided_again_on_fresh_facts(w: World) -> None:
+    # Given two writers that both read the task while it was SUBMITTED
+    snapshot = submitted(w)
+    # When both record the success from that snapshot
+    first = record_provider_news(w.ctx, snapshot, news(P.SUCCEEDED))
+    second = record_provider_news(w.ctx, snapshot, news(P.SUCCEEDED))
+    # Then the second loses the conditional write, re-reads, and decides there is nothing to do
+    assert (first, second) == ("recorded", "unchanged")
+    assert w.tasks.conflicts == 1
+    assert [to for _, to in moves(stored(w, snapshot.task_id))].count(S.OUTPUT_READY) == 1
+
+
+@pytest.mark.usefixtures("busy_threads")
+def test_webhook_and_poller_racing_record_the_success_once() -> None:
+    for round_ in range(RACE_ROUNDS):
+        # Given a submitted task
+        w = make_world()
+        task = submitted(w)
+        # When the webhook and the poller record the same success at the same moment
+        actions = race(
+            lambda w=w, t=task: record_provider_news(w.ctx, t.task_id, news(P.SUCCEEDED)),
+            lambda w=w, t=task: record_provider_news(w.ctx, t, news(P.SUCCEEDED)),
+        )
+        # Then exactly one of them moves it
+        assert sorted(actions) == ["recorded", "unchanged"], f"round {round_}"
+        history = stored(w, task.task_id).history
+        assert [h.to_status for h in history].count(S.OUTPUT_READY) == 1, f"round {round_}"
+
+
+def test_repeated_success_news_while_finalizing_changes_nothing(w: World) -> None:
+    # Given a finished video whose copy is running when WaveSpeed repeats its success callback
+    during_copy: list[str] = []
+
+    def copy_while_the_callback_repeats() -> bytes:
+        during_copy.append(record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED)))
+        return VIDEO
+
+    task = output_ready(w, copy_while_the_callback_repeats)
+    # When the copy ends
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the repeated news changed nothing and the copy completed the task, once
+    assert during_copy == ["unchanged"]
+    assert action == "completed"
+    assert stored(w, task.task_id).status is S.COMPLETED
+    assert len(w.media.copies) == 1
+
+
+def test_poll_asks_the_provider_about_a_due_task_and_records_the_answer(w: World) -> None:
+    # Given a submitted task, due for a check after poll_after_seconds
+    task = submitted(w)
+    w.provider.script_fetch(news(P.PROCESSING))
+    # When the poller runs when it is due
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    report = run_poll(w)
+    # Then it asked WaveSpeed and recorded the answer
+    assert w.provider.fetches == ["ws-1"]
+    assert report.actions == {"news-processing": 1}
+    assert stored(w, task.task_id).status is S.PROCESSING
+
+
+def test_poll_reschedules_when_there_is_no_news(w: World) -> None:
+    task = submitted(w)
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    report = run_poll(w)  # unscripted fetch answers QUEUED: nothing new
+    assert report.actions == {"no-news": 1}
+    assert stored(w, task.task_id).next_check_at == w.clock.now + timedelta(seconds=w.ctx.settings.poll_after_seconds)
+
+
+def test_poll_keeps_going_when_the_provider_is_unavailable(w: World) -> None:
+    task = submitted(w)
+    w.provider.script_fetch(ProviderTransientError("HTTP 502"))
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    assert run_poll(w).actions == {"provider-unavailable": 1}
+    assert stored(w, task.task_id).status is S.SUBMITTED
+    assert stored(w, task.task_id).next_check_at == w.clock.now + timedelta(seconds=w.ctx.settings.poll_after_seconds)
+
+
+def test_poll_does_not_fetch_tasks_that_are_not_due(w: World) -> None:
+    # Given a task checked just now
+    submitted(w)
+    # When the poller runs before its next check
+    w.clock.advance(w.ctx.settings.poll_after_seconds - 1)
+    report = run_poll(w)
+    # Then WaveSpeed is not asked
+    assert w.provider.fetches == []
+    assert sum(report.actions.values()) == 0
+
+
+def test_poll_times_out_a_task_that_is_too_old(w: World) -> None:
+    # Given a task the provider never finishes
+    task = submitted(w)
+    # When the poller finds it older than max_task_age
+    w.clock.advance(w.ctx.settings.max_task_age_seconds + 1)
+    report = run_poll(w)
+    # Then after one last question to the provider (still not done), it is TIMED_OUT with a reason
+    assert report.actions == {"timed-out": 1}
+    task = stored(w, task.task_id)
+    assert task.status is S.TIMED_OUT
+    assert task.reason == "WaveSpeed did not finish the video within 120 min"
+    assert len(w.provider.fetches) == 1
+
+
+def test_an_orphan_half_times_out_once(w: World) -> None:
+    # Given an image that waits for its audio
+    image = upload("inbox/alice.jpg", etag="img-9")
+    handle_upload(w.ctx, image)
+    # When the poller runs just before max_pair_wait, nothing happens
+    w.clock.advance(w.ctx.settings.max_pair_wait_seconds - 1)
+    assert sum(run_poll(w).actions.values()) == 0
+    # When it runs once the wait is over
+    w.clock.advance(1)
+    report = run_poll(w)
+    # Then a TIMED_OUT task says which half was missing
+    assert report.actions == {"orphan-timed-out": 1}
+    task = w.tasks.only_task()
+    assert task.status is S.TIMED_OUT
+    assert task.reason == "no audio arrived for inbox/alice.jpg within 30 min"
+    assert (task.image, task.audio, task.created_at) == (image, None, T0)
+    assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.TIMED_OUT)]
+    # and polling again does not make a second one
+    w.clock.advance(60)
+    again = run_poll(w)
+    assert again.actions["orphan-timed-out"] == 0
+    assert len(w.tasks.all_tasks()) == 1
+    assert w.provider.submit_count == 0
+
+
+def test_an_orphan_audio_names_the_missing_image(w: World) -> None:
+    handle_upload(w.ctx, AUDIO)
+    w.clock.advance(w.ctx.settings.max_pair_wait_seconds)
+    run_poll(w)
+    assert w.tasks.only_task().reason == "no image arrived for inbox/alice/voice.mp3 within 30 min"
+
+
+def test_a_finalize_attempt_that_died_is_handed_back_after_its_lease(w: World) -> None:
+    # Given a finalize attempt that died mid-copy (its Lambda was killed)
+    task = output_ready(w, RuntimeError("Task timed out"))
+    with pytest.raises(RuntimeError):
+        finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    assert stored(w, task.task_id).status is S.FINALIZING
+    # When the poller runs while the lease (plus its margin) still holds, it leaves it alone
+    w.clock.advance(FINALIZE_TIME.total_seconds() + 59)
+    run_poll(w)
+    assert stored(w, task.task_id).status is S.FINALIZING
+    # When it runs after
+    w.clock.advance(1)
+    report = run_poll(w)
+    # Then it hands the task back to finalize
+    assert report.actions == {"finalize-redriven": 1}
+    task = stored(w, task.task_id)
+    assert task.status is S.OUTPUT_READY
+    assert moves(task)[-1] == (S.FINALIZING, S.OUTPUT_READY)
+
+
+def test_finalize_fails_for_good_after_max_attempts(w: World) -> None:
+    # Given every finalize attempt dies
+    task = output_ready(w, RuntimeError("Task timed out"))
+    actions = []
+    for _ in range(w.ctx.settings.finalize_max_attempts):
+        with pytest.raises(RuntimeError):
+            finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+        w.clock.advance(FINALIZE_TIME.total_seconds() + 60)
+        actions.append(run_poll(w).actions)
+    # Then the poller hands it back until the attempts are used up, then fails it
+    assert actions == [{"finalize-redriven": 1}, {"finalize-redriven": 1}, {"finalize-failed": 1}]
+    task = stored(w, task.task_id)
+    assert task.status is S.FAILED
+    assert task.reason is not None
+    assert task.reason.startswith("copying the video did not finish after 3 attempts")
+    assert len(w.media.copies) == 3
+
+
+def test_poll_stops_early_when_time_is_short(w: World) -> None:
+    # Given a due task
+    task = submitted(w)
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    # When the poller has less than its safety margin left
+    report = run_poll(w, left=POLL_SAFETY_MARGIN - timedelta(milliseconds=1))
+    # Then it stops without touching anything
+    assert report.stopped_early
+    assert w.provider.fetches == []
+    assert stored(w, task.task_id) == task
+    # and with exactly the margin left it still works
+    assert not run_poll(w, left=POLL_SAFETY_MARGIN).stopped_early
+    assert w.provider.fetches == ["ws-1"]
+
+
+def test_poll_stops_early_before_expiring_orphans_too(w: World) -> None:
+    handle_upload(w.ctx, IMAGE)
+    w.clock.advance(w.ctx.settings.max_pair_wait_seconds)
+    assert run_poll(w, left=timedelta(seconds=1)).stopped_early
+    assert w.tasks.all_tasks() == []
+
+
+def test_one_failing_task_does_not_stop_the_poll(w: World) -> None:
+    # Given two due tasks, the first of which breaks
+    first = submitted(w)
+    second = stored(w, deliver_pair(w, upload("inbox/bob.png"), upload("inbox/bob.mp3")).task_id)
+    w.provider.script_fetch(ValueError("unexpected"), news(P.PROCESSING, second.provider_task_id or ""))
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    report = run_poll(w)
+    assert report.actions == {"error": 1, "news-processing": 1}
+    assert {stored(w, first.task_id).status, stored(w, second.task_id).status} == {S.SUBMITTED, S.PROCESSING}
+
+
+def test_callback_is_authenticated_then_recorded(w: World) -> None:
+    task = submitted(w)
+    w.provider.script_callback(news(P.SUCCEEDED))
+    assert receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}") == "recorded"
+    assert stored(w, task.task_id).status is S.OUTPUT_READY
+
+
+def test_an_unauthentic_callback_changes_nothing(w: World) -> None:
+    task = submitted(w)
+    w.provider.script_callback(WebhookAuthError("bad signature"))
+    with pytest.raises(WebhookAuthError):
+        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}")
+    assert stored(w, task.task_id) == task
+
+
+def test_a_callback_for_an_unknown_task_is_refused(w: World) -> None:
+    w.provider.script_callback(news(P.SUCCEEDED))
+    with pytest.raises(UnknownTaskError):
+        receive_callback(w.ctx, "wavespeed", "no-such-task", {}, b"{}")
+
+
+# ============================================================================================== finishing
+
+
+def test_finalize_copies_the_video_to_outputs_and_completes(w: World) -> None:
+    # Given a task whose video is ready
+    task = output_ready(w)
+    # When finalize runs
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the video is copied to outputs/<job>/<task_id>.mp4 and the task COMPLETED
+    assert action == "completed"
+    key = f"outputs/alice/{task.task_id}.mp4"
+    assert output_key(task) == key
+    assert w.media.copies == [Copy(OUTPUT_URL, BUCKET, key, w.ctx.settings.max_output_bytes)]
+    task = stored(w, task.task_id)
+    assert task.status is S.COMPLETED
+    assert task.output is not None
+    assert (task.output.bucket, task.output.key, task.output.size) == (BUCKET, key, len(VIDEO))
+    assert task.reason == f"video stored at s3://{BUCKET}/{key}"
+    assert task.finalize_attempts == 1
+    assert task.lease_until is None
+    assert moves(task)[-2:] == [(S.OUTPUT_READY, S.FINALIZING), (S.FINALIZING, S.COMPLETED)]
+
+
+def test_an_unusable_output_fails_the_task(w: World) -> None:
+    # Given the provider's video is gone
+    task = output_ready(w, OutputUnusableError("HTTP 404 from the CDN"))
+    # When finalize runs
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the task is FAILED, saying why, with no retry
+    assert action == "failed"
+    task = stored(w, task.task_id)
+    assert task.status is S.FAILED
+    assert task.reason == "the provider's video could not be used: HTTP 404 from the CDN"
+    assert len(w.media.copies) == 1
+
+
+def test_an_interrupted_copy_is_reraised_and_a_retry_completes_it(w: World) -> None:
+    # Given the first copy breaks off and the second works
+    task = output_ready(w, OutputCopyInterruptedError("connection reset"), VIDEO)
+    # When finalize runs
+    with pytest.raises(OutputCopyInterruptedError):
+        finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the task is left FINALIZING with its lease already over, so any retry may take it
+    task = stored(w, task.task_id)
+    assert task.status is S.FINALIZING
+    assert task.lease_until is not None
+    assert task.lease_until <= w.clock.now
+    assert task.reason == "copy interrupted: connection reset"
+    # When the stream retries
+    w.clock.advance(1)
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
+    # Then the second attempt completes it
+    task = stored(w, task.task_id)
+    assert task.status is S.COMPLETED
+    assert task.finalize_attempts == 2
+    assert len(w.media.copies) == 2
+
+
+def test_an_interrupted_copy_at_the_last_attempt_fails_the_task(w: World) -> None:
+    # Given every copy breaks off
+    task = output_ready(w, OutputCopyInterruptedError("connection reset"))
+    attempts = w.ctx.settings.finalize_max_attempts
+    # When finalize is retried up to the limit
+    for _ in range(attempts - 1):
+        with pytest.raises(OutputCopyInterruptedError):
+            finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the last attempt fails the task instead of raising
+    assert action == "failed"
+    task = stored(w, task.task_id)
+    assert task.status is S.FAILED
+    assert task.reason == f"copying the video failed {attempts} times; last error: connection reset"
+    assert len(w.media.copies) == attempts
+
+
+@pytest.mark.parametrize("state", ["submitted", "completed", "finalizing-with-live-lease"])
+def test_finalize_skips_a_task_that_is_not_output_ready(w: World, state: str) -> None:
+    # Given a task in another state
+    if state == "submitted":
+        task = submitted(w)
+    elif state == "completed":
+        task = completed(w)
+    else:
+        task = output_ready(w, RuntimeError("killed"), VIDEO)
+        with pytest.raises(RuntimeError):
+            finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+        task = stored(w, task.task_id)
+    copies = len(w.media.copies)
+    # When finalize is asked to run on it
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then it does nothing
+    assert action == "skipped"
+    assert len(w.media.copies) == copies
+    assert stored(w, task.task_id) == task
+
+
+def test_announce_publishes_one_notification_for_a_completed_task(w: World) -> None:
+    # Given a COMPLETED task (paired at T0, video ready at T0+60s, copied at T0+70s)
+    task = completed(w)
+    w.clock.advance(5)
+    # When it is announced
+    assert announce(w.ctx, task.task_id) == "published"
+    # Then exactly one notification carries everything the user needs
+    (note,) = w.notifier.published
+    assert note.job == "alice"
+    assert note.task_id == task.task_id
+    assert note.status is S.COMPLETED
+    assert note.reason is None
+    assert note.inputs == {
+        "image": f"s3://{BUCKET}/inbox/alice/face.png",
+        "audio": f"s3://{BUCKET}/inbox/alice/voice.mp3",
+    }
+    key = f"outputs/alice/{task.task_id}.mp4"
+    assert note.output == f"s3://{BUCKET}/{key}"
+    assert note.download_url == f"https://presigned.test/{BUCKET}/{key}?expires=86400"
+    assert note.provider == "wavespeed"
+    assert note.provider_task_id == "ws-1"
+    assert note.created_at == T0
+    assert note.completed_at == T0 + timedelta(seconds=70)
+    assert note.subject == "Your talking-avatar video is ready: alice"
+    # and the task is marked announced, so the poller forgets it
+    task = stored(w, task.task_id)
+    assert task.notified_at == w.clock.now
+    assert not task.needs_attention
+
+
+def test_announce_publishes_the_reason_of_a_failure(w: World) -> None:
+    # Given a FAILED task
+    task = submitted(w)
+    w.clock.advance(30)
+    record_provider_news(w.ctx, task.task_id, news(P.FAILED, error_code="2001", error_message="no face"))
+    # When it is announced
+    assert announce(w.ctx, task.task_id) == "published"
+    # Then the notification says why, and has no video
+    (note,) = w.notifier.published
+    assert note.status is S.FAILED
+    assert note.reason == "WaveSpeed could not make the video (code 2001): no face"
+    assert (note.output, note.download_url) == (None, None)
+    assert set(note.inputs) == {"image", "audio"}
+    assert note.completed_at == T0 + timedelta(seconds=30)
+
+
+def test_announce_twice_publishes_once(w: World) -> None:
+    task = completed(w)
+    assert announce(w.ctx, task.task_id) == "published"
+    assert announce(w.ctx, task.task_id) == "skipped"
+    assert len(w.notifier.published) == 1
+
+
+@pytest.mark.usefixtures("busy_threads")
+def test_concurrent_announcers_publish_once() -> None:
+    for round_ in range(RACE_ROUNDS):
+        w = make_world()
+        task = completed(w)
+        actions = race(*(lambda w=w, t=task: announce(w.ctx, t.task_id) for _ in range(3)))
+        assert sorted(actions) == ["published", "skipped", "skipped"], f"round {round_}"
+        assert len(w.notifier.published) == 1, f"round {round_}"
+
+
+def test_announce_skips_a_task_still_in_flight(w: World) -> None:
+    task = submitted(w)
+    assert announce(w.ctx, task.task_id) == "skipped"
+    assert w.notifier.published == []
+    assert stored(w, task.task_id) == task
+
+
+def test_a_failed_publish_is_retried_by_the_poller_after_the_lease(w: World) -> None:
+    # Given a COMPLETED task and an SNS outage
+    task = completed(w)
+    w.notifier.fail_next(RuntimeError("SNS throttled"))
+    # When announcing fails
+    with pytest.raises(RuntimeError, match="SNS throttled"):
+        announce(w.ctx, task.task_id)
+    # Then the task is still un-notified and needs the poller's attention
+    task = stored(w, task.task_id)
+    assert task.notified_at is None
+    assert task.needs_attention
+    assert w.notifier.published == []
+    # When the poller runs while the notify lease holds, it does not publish
+    w.clock.advance(NOTIFY_LEASE.total_seconds() - 1)
+    run_poll(w)
+    assert w.notifier.published == []
+    # When it runs after the lease
+    w.clock.advance(1)
+    report = run_poll(w)
+    # Then it publishes, and only once in total
+    assert report.actions == {"notify-published": 1}
+    assert len(w.notifier.published) == 1
+    assert stored(w, task.task_id).notified_at is not None
+    w.clock.advance(3600)
+    run_poll(w)
+    assert announce(w.ctx, task.task_id) == "skipped"
+    assert len(w.notifier.published) == 1
+
+
+def test_the_poller_announces_ended_tasks_nobody_announced(w: World) -> None:
+    # Given a rejected upload whose notification the stream never sent
+    handle_upload(w.ctx, upload("inbox/alice/notes.txt"))
+    # When the poller runs
+    report = run_poll(w)
+    # Then it publishes it
+    assert report.actions == {"notify-published": 1}
+    (note,) = w.notifier.published
+    assert note.status is S.REJECTED
+    assert note.reason is not None
+    assert "notes.txt" in note.reason

@@ -1,0 +1,149 @@
+"""state_machine: which moves a task may make, and how every change produces a new version."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from avatar_pipeline.models import TERMINAL_STATUSES, Task, TaskStatus
+from avatar_pipeline.state_machine import (
+    ALLOWED_SOURCES,
+    InvalidTransitionError,
+    can_transition,
+    touch,
+    transition,
+)
+
+S = TaskStatus
+CREATED = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
+LATER = CREATED + timedelta(minutes=5)
+
+ALLOWED = sorted(
+    ((source, target) for target, sources in ALLOWED_SOURCES.items() for source in sources),
+    key=lambda pair: (pair[0].value, pair[1].value),
+)
+FORBIDDEN = [
+    (source, target)
+    for source in TaskStatus
+    for target in TaskStatus
+    if source not in ALLOWED_SOURCES.get(target, frozenset())
+]
+
+
+def make_task(status: TaskStatus, version: int = 3) -> Task:
+    return Task(
+        task_id="t-1",
+        job="alice",
+        status=status,
+        version=version,
+        provider="wavespeed",
+        mode="std",
+        created_at=CREATED,
+        updated_at=CREATED,
+    )
+
+
+def name(pair: tuple[TaskStatus, TaskStatus]) -> str:
+    return f"{pair[0]}->{pair[1]}"
+
+
+@pytest.mark.parametrize(("source", "target"), ALLOWED, ids=[name(p) for p in ALLOWED])
+def test_every_allowed_transition_moves_records_history_and_bumps_the_version(
+    source: TaskStatus, target: TaskStatus
+) -> None:
+    # Given a task in `source`
+    task = make_task(source)
+    # When it moves to `target`
+    moved = transition(task, target, why="because", now=LATER)
+    # Then it is a new version in `target`, with the move recorded
+    assert moved.status is target
+    assert moved.version == task.version + 1
+    assert moved.updated_at == LATER
+    assert moved.reason == "because"
+    assert len(moved.history) == 1
+    entry = moved.history[0]
+    assert (entry.from_status, entry.to_status, entry.reason, entry.at) == (source, target, "because", LATER)
+    # and the original is untouched
+    assert task.status is source
+    assert task.version == 3
+    assert task.history == []
+
+
+def test_history_accumulates_in_order() -> None:
+    task = make_task(S.WAITING_FOR_PAIR, version=0)
+    for step, target in enumerate((S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY), start=1):
+        task = transition(task, target, why=f"step {step}", now=CREATED + timedelta(seconds=step))
+    assert [(h.from_status, h.to_status) for h in task.history] == [
+        (S.WAITING_FOR_PAIR, S.SUBMITTING),
+        (S.SUBMITTING, S.SUBMITTED),
+        (S.SUBMITTED, S.PROCESSING),
+        (S.PROCESSING, S.OUTPUT_READY),
+    ]
+    assert task.version == 4
+    assert [h.reason for h in task.history] == ["step 1", "step 2", "step 3", "step 4"]
+
+
+def test_transition_applies_the_other_changes_with_the_move() -> None:
+    moved = transition(make_task(S.SUBMITTING), S.SUBMITTED, why="ok", now=LATER, provider_task_id="ws-1")
+    assert moved.provider_task_id == "ws-1"
+
+
+def test_history_entries_serialise_with_from_and_to() -> None:
+    moved = transition(make_task(S.SUBMITTING), S.SUBMITTED, why="ok", now=LATER)
+    dumped = moved.model_dump(mode="json", by_alias=True)["history"][0]
+    assert dumped["from"] == "SUBMITTING"
+    assert dumped["to"] == "SUBMITTED"
+    assert Task.model_validate(moved.model_dump(mode="json", by_alias=True)) == moved
+
+
+@pytest.mark.parametrize(("source", "target"), FORBIDDEN, ids=[name(p) for p in FORBIDDEN])
+def test_every_pair_not_allowed_is_refused(source: TaskStatus, target: TaskStatus) -> None:
+    task = make_task(source)
+    assert not can_transition(source, target)
+    with pytest.raises(InvalidTransitionError) as raised:
+        transition(task, target, why="nope", now=LATER)
+    assert (raised.value.current, raised.value.target) == (source, target)
+    assert str(source) in str(raised.value)
+    assert str(target) in str(raised.value)
+
+
+def test_the_tables_cover_every_pair() -> None:
+    assert len(ALLOWED) + len(FORBIDDEN) == len(TaskStatus) ** 2
+
+
+@pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES))
+def test_terminal_states_can_never_be_left(terminal: TaskStatus) -> None:
+    assert terminal.is_terminal
+    for target in TaskStatus:
+        assert not can_transition(terminal, target), f"{terminal} -> {target} must be impossible"
+        with pytest.raises(InvalidTransitionError):
+            transition(make_task(terminal), target, why="late news", now=LATER)
+
+
+def test_nothing_leads_back_to_waiting_for_pair() -> None:
+    assert S.WAITING_FOR_PAIR not in ALLOWED_SOURCES
+    assert not any(can_transition(source, S.WAITING_FOR_PAIR) for source in TaskStatus)
+
+
+def test_only_completed_tasks_come_out_of_finalizing_successfully() -> None:
+    assert ALLOWED_SOURCES[S.COMPLETED] == frozenset({S.FINALIZING})
+
+
+def test_touch_bumps_the_version_without_history() -> None:
+    task = transition(make_task(S.SUBMITTING), S.SUBMITTED, why="accepted", now=CREATED)
+    touched = touch(task, now=LATER, next_check_at=LATER + timedelta(minutes=2))
+    assert touched.status is task.status
+    assert touched.version == task.version + 1
+    assert touched.updated_at == LATER
+    assert touched.next_check_at == LATER + timedelta(minutes=2)
+    assert touched.history == task.history
+    assert touched.reason == "accepted"
+
+
+def test_touch_works_in_terminal_states_too() -> None:
+    # Announcing a finished task writes to it without moving it.
+    touched = touch(make_task(S.COMPLETED), now=LATER, notified_at=LATER)
+    assert touched.status is S.COMPLETED
+    assert touched.notified_at == LATER
+    assert touched.version == 4
