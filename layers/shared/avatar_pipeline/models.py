@@ -180,3 +180,17 @@ class Notification(BaseModel):
         }
         # SNS caps subjects at 100 characters.
         return f"{titles[self.status]}: {self.job}"[:100]
+
+    @property
+    def email_text(self) -> str:
+        """The same facts for people reading an email."""
+        lines = [self.subject, "", f"Job: {self.job}", f"Status: {self.status.value}"]
+        if self.reason:
+            lines.append(f"Reason: {self.reason}")
+        if self.download_url:
+            lines += ["", "Download (link expires):", self.download_url]
+        if self.output:
+            lines.append(f"Stored at: {self.output}")
+        lines += ["", "Inputs:", *(f"  {role}: {uri}" for role, uri in self.inputs.items())]
+        lines += ["", f"Task {self.task_id} ({self.provider}), started {self.created_at:%Y-%m-%d %H:%M:%S} UTC"]
+        return "\n".join(lines)

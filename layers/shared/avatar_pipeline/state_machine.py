@@ -27,7 +27,8 @@ ALLOWED_SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.COMPLETED: frozenset({S.FINALIZING}),
     S.REJECTED: frozenset({S.WAITING_FOR_PAIR}),
     S.FAILED: frozenset({S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY, S.FINALIZING}),
-    S.TIMED_OUT: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY, S.FINALIZING}),
+    # Not from OUTPUT_READY or FINALIZING: once the video exists, only the copy can fail (FAILED), never the clock.
+    S.TIMED_OUT: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING, S.SUBMITTED, S.PROCESSING}),
 }
 
 

@@ -69,6 +69,10 @@ def pipeline() -> PipelineContext:
             task_ttl=timedelta(days=settings.task_ttl_days),
         ),
         media=S3MediaStore(s3, http_client=http),
-        notifier=SnsNotifier(session.client("sns"), settings.topic_arn),
+        # Well inside the notify lease (60 s): a slow publish must not outlive the claim that guards it.
+        notifier=SnsNotifier(
+            session.client("sns", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})),
+            settings.topic_arn,
+        ),
         providers=SecretBackedProviders(settings, SecretsProvider(boto3_client=session.client("secretsmanager")), http),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from typing import Any
 
@@ -25,10 +26,13 @@ class SnsNotifier:
         }
         if notification.job:  # SNS refuses empty attribute values
             attributes["job"] = {"DataType": "String", "StringValue": notification.job}
+        # Machine subscribers (SQS, Lambda, HTTP) get the JSON body; email subscribers get readable text.
+        message = {"default": notification.model_dump_json(exclude_none=False), "email": notification.email_text}
         response = self._sns.publish(
             TopicArn=self._topic_arn,
             Subject=_safe_subject(notification.subject),
-            Message=notification.model_dump_json(exclude_none=False),
+            Message=json.dumps(message),
+            MessageStructure="json",
             MessageAttributes=attributes,
         )
         return str(response["MessageId"])

@@ -9,8 +9,9 @@ from datetime import datetime
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.config import Settings
-from avatar_pipeline.models import Task, utcnow
+from avatar_pipeline.models import Task, TaskStatus, utcnow
 from avatar_pipeline.ports import ConflictError, MediaStore, Notifier, TaskRepository, VideoProvider
+from avatar_pipeline.state_machine import can_transition, transition
 
 logger = Logger(child=True)
 
@@ -54,3 +55,20 @@ class PipelineContext:
                 continue
             return new
         raise ConflictError(f"task {current.task_id if current else task} kept changing; giving up this attempt")
+
+    def end_task(
+        self, task: Task | str, status: TaskStatus, why: str, *, provided: Callable[[Task], bool]
+    ) -> Task | None:
+        """End the task with `status` — but only if `provided` still holds for the latest record.
+
+        `provided` restates the premise the decision was made on (e.g. "still FINALIZING, attempt 2"), so a writer
+        that lost a race never ends a task on facts that have changed since it looked.
+        """
+
+        def end(current: Task) -> Task | None:
+            if not provided(current) or not can_transition(current.status, status):
+                return None
+            now = self.clock()
+            return transition(current, status, why=why, now=now, lease_until=None, next_check_at=now)
+
+        return self.update_task(task, end)

@@ -22,7 +22,7 @@ FINALIZE_GRACE = timedelta(seconds=960)
 NOTIFY_LEASE = timedelta(seconds=60)
 
 FinalizeAction = Literal["completed", "failed", "skipped"]
-AnnounceAction = Literal["published", "skipped"]
+AnnounceAction = Literal["published", "skipped", "deferred"]
 
 
 def output_key(task: Task) -> str:
@@ -41,6 +41,9 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
         lease_over = current.status is TaskStatus.FINALIZING and (current.lease_until or now) <= now
         if current.status is not TaskStatus.OUTPUT_READY and not lease_over:
             return None
+        if current.finalize_attempts >= ctx.settings.finalize_max_attempts:
+            why = f"copying the video did not finish after {current.finalize_attempts} attempts: {current.reason}"
+            return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
         attempt = current.finalize_attempts + 1
         lease_until = now + time_left
         return transition(
@@ -56,6 +59,8 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
     claimed = ctx.update_task(task, claim)
     if claimed is None:
         return "skipped"
+    if claimed.status is TaskStatus.FAILED:
+        return "failed"
     assert claimed.provider_output_url is not None
     attempt = claimed.finalize_attempts
     max_attempts = ctx.settings.finalize_max_attempts
@@ -103,13 +108,7 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
 
 
 def _fail_if(ctx: PipelineContext, task: Task, still_ours: Callable[[Task], bool], why: str) -> None:
-    def fail(current: Task) -> Task | None:
-        if not still_ours(current):
-            return None
-        now = ctx.clock()
-        return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
-
-    ctx.update_task(task, fail)
+    ctx.end_task(task, TaskStatus.FAILED, why, provided=still_ours)
     logger.error("finalize failed", extra={"task_id": task.task_id, "reason": why})
 
 
@@ -151,7 +150,15 @@ def announce(ctx: PipelineContext, task: Task | str) -> AnnounceAction:
     claimed = ctx.update_task(task, claim)
     if claimed is None:
         return "skipped"
-    message_id = ctx.notifier.publish(build_notification(ctx, claimed))
+    try:
+        message_id = ctx.notifier.publish(build_notification(ctx, claimed))
+    except Exception:
+        # The lease stays: when it has run out, the poller publishes. (Releasing it here would be a new stream
+        # record, hence another immediate attempt: a loop for as long as the topic is unreachable.)
+        logger.exception(
+            "publishing the notification failed; the poller will retry", extra={"task_id": claimed.task_id}
+        )
+        return "deferred"
 
     def confirm(current: Task) -> Task | None:
         if current.notified_at is not None:

@@ -214,13 +214,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
         code = f" (code {error.code})" if error.code else ""
         why = f"{name} refused the submission{code}: {error}"
 
-        def fail(task: Task) -> Task | None:
-            if task.status is not TaskStatus.SUBMITTING:
-                return None
-            now = ctx.clock()
-            return transition(task, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
-
-        ctx.update_task(claimed, fail)
+        ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
         logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})
         return UploadOutcome("failed", job=claimed.job, task_id=claimed.task_id)
 

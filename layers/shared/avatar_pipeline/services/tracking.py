@@ -22,8 +22,11 @@ from avatar_pipeline.state_machine import can_transition, touch, transition
 
 logger = Logger(child=True)
 
-# The poller stops picking up work when less than this is left of its invocation.
+# The poller stops picking up work when less than this is left of its invocation...
 POLL_SAFETY_MARGIN = timedelta(seconds=15)
+# ...and starts a provider submission only with time for its worst case (3 attempts, timeouts and backoff):
+# killed mid-POST, a submission's outcome would be unknown.
+SUBMIT_TIME_BUDGET = timedelta(seconds=90)
 MAX_DUE_PER_POLL = 500
 
 NewsAction = Literal["recorded", "unchanged"]
@@ -110,8 +113,8 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     report = PollReport()
     tasks, slots = ctx.tasks.due(ctx.clock(), MAX_DUE_PER_POLL)
     work: list[tuple[str, Callable[[], str]]] = [
-        *((slot.job, functools.partial(_check_slot, ctx, slot)) for slot in slots),
-        *((task.task_id, functools.partial(_check, ctx, task)) for task in tasks),
+        *((slot.job, functools.partial(_check_slot, ctx, slot, time_left)) for slot in slots),
+        *((task.task_id, functools.partial(_check, ctx, task, time_left)) for task in tasks),
     ]
     for subject, check in work:
         if time_left() < POLL_SAFETY_MARGIN:
@@ -126,8 +129,10 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     return report
 
 
-def _check_slot(ctx: PipelineContext, slot: PairSlot) -> str:
+def _check_slot(ctx: PipelineContext, slot: PairSlot, time_left: Callable[[], timedelta]) -> str:
     if slot.is_complete:
+        if time_left() < SUBMIT_TIME_BUDGET:
+            return "deferred"
         # The invocation that completed it died before settling it: finish its work.
         return f"pair-{cut_pair(ctx, slot).action}"
     return _expire_orphan(ctx, slot)
@@ -172,17 +177,13 @@ def _reschedule(ctx: PipelineContext, task: Task, at: datetime) -> None:
     ctx.update_task(task, later)
 
 
-def _time_out(ctx: PipelineContext, task: Task, why: str) -> str:
-    def expire(current: Task) -> Task | None:
-        if not can_transition(current.status, TaskStatus.TIMED_OUT):
-            return None
-        now = ctx.clock()
-        return transition(current, TaskStatus.TIMED_OUT, why=why, now=now, lease_until=None, next_check_at=now)
-
-    return "timed-out" if ctx.update_task(task, expire) else "skipped"
+def _time_out(ctx: PipelineContext, task: Task, why: str, *, still_in: frozenset[TaskStatus]) -> str:
+    # Only if the task is still where the reason says it is: a callback may have delivered the video meanwhile.
+    ended = ctx.end_task(task, TaskStatus.TIMED_OUT, why, provided=lambda current: current.status in still_in)
+    return "timed-out" if ended else "skipped"
 
 
-def _check(ctx: PipelineContext, task: Task) -> str:
+def _check(ctx: PipelineContext, task: Task, time_left: Callable[[], timedelta]) -> str:
     now = ctx.clock()
     name = display_name(task.provider)
     age_limit = f"{ctx.settings.max_task_age_seconds // 60} min"
@@ -192,6 +193,8 @@ def _check(ctx: PipelineContext, task: Task) -> str:
         _reschedule(ctx, task, task.lease_until)
         return "leased"
     if task.status is TaskStatus.SUBMITTING:
+        if task.submit_retry_at is not None and time_left() < SUBMIT_TIME_BUDGET:
+            return "deferred"  # still due: the next poll has the time to submit
         return _check_submitting(ctx, task, now, name, age_limit)
     if task.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
         return _ask_provider(ctx, task, now, f"{name} did not finish the video within {age_limit}")
@@ -200,7 +203,11 @@ def _check(ctx: PipelineContext, task: Task) -> str:
 
 def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str, age_limit: str) -> str:
     if _too_old(ctx, task, now):
-        return _time_out(ctx, task, f"{name} could not take the submission within {age_limit}: {task.reason}")
+        if task.submit_retry_at is not None:
+            why = f"{name} could not take the submission within {age_limit}; last answer: {task.reason}"
+        else:
+            why = f"{name} never confirmed the submission within {age_limit} (its answer was lost and no callback came)"
+        return _time_out(ctx, task, why, still_in=frozenset({TaskStatus.SUBMITTING}))
     if task.submit_retry_at is not None:
         if task.submit_retry_at > now:
             _reschedule(ctx, task, task.submit_retry_at)
@@ -226,28 +233,30 @@ def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reaso
         if news.status in (ProviderJobStatus.SUCCEEDED, ProviderJobStatus.FAILED):
             return action
     if _too_old(ctx, task, now):
-        return _time_out(ctx, task, too_old_reason)
+        return _time_out(ctx, task, too_old_reason, still_in=frozenset({TaskStatus.SUBMITTED, TaskStatus.PROCESSING}))
     _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
     return action
 
 
 def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
     """OUTPUT_READY that finalize never picked up, or FINALIZING whose attempt died."""
-    attempts = task.finalize_attempts
-    if attempts >= ctx.settings.finalize_max_attempts:
 
-        def fail(current: Task) -> Task | None:
-            if current.status not in (TaskStatus.OUTPUT_READY, TaskStatus.FINALIZING):
-                return None
-            why = f"copying the video did not finish after {attempts} attempts; last note: {current.reason}"
-            return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
+    def abandoned(current: Task) -> bool:
+        # The same attempt we looked at, and nobody is copying now.
+        lease_free = current.lease_until is None or current.lease_until <= now
+        return current.finalize_attempts == task.finalize_attempts and lease_free
 
-        return "finalize-failed" if ctx.update_task(task, fail) else "skipped"
+    if task.finalize_attempts >= ctx.settings.finalize_max_attempts:
+        why = f"copying the video did not finish after {task.finalize_attempts} attempts; last note: {task.reason}"
+        ended = ctx.end_task(task, TaskStatus.FAILED, why, provided=abandoned)
+        return "finalize-failed" if ended else "skipped"
 
     def hand_back(current: Task) -> Task | None:
+        if not abandoned(current):
+            return None
         # A new version of an OUTPUT_READY record is a new stream record: finalize gets another go.
         if current.status is TaskStatus.FINALIZING:
-            why = f"copy attempt {attempts} did not finish; handing it back to finalize"
+            why = f"copy attempt {current.finalize_attempts} did not finish; handing it back to finalize"
             return transition(current, TaskStatus.OUTPUT_READY, why=why, now=now, next_check_at=now + FINALIZE_GRACE)
         if current.status is TaskStatus.OUTPUT_READY:
             return touch(current, now=now, next_check_at=now + FINALIZE_GRACE)
