@@ -187,7 +187,7 @@ def test_submit_envelope_code_1401_is_an_input_error_with_that_code(
     assert sleep.calls == []
 
 
-@pytest.mark.parametrize("code", [5003, 5000, 429, 500, 503])
+@pytest.mark.parametrize("code", [5003, 429, 503])
 def test_submit_envelope_code_5xxx_or_http_style_overload_is_transient(
     router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep, code: int
 ) -> None:
@@ -271,11 +271,11 @@ def test_retry_after_longer_than_max_delay_is_capped(
     assert sleep.calls == [8.0]
 
 
-def test_submit_http_500_three_times_raises_transient_after_exactly_three_calls(
+def test_submit_http_503_three_times_raises_transient_after_exactly_three_calls(
     router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
 ) -> None:
-    # Given WaveSpeed fails with 500 every time
-    route = router.post(STD_PATH).respond(500, json={"message": "internal error"})
+    # Given WaveSpeed is unavailable (503) every time
+    route = router.post(STD_PATH).respond(503, json={"message": "unavailable"})
 
     # When we submit
     with pytest.raises(ProviderTransientError) as caught:
@@ -284,7 +284,32 @@ def test_submit_http_500_three_times_raises_transient_after_exactly_three_calls(
     # Then the budget of 3 attempts is used, with full-jitter backoff (random()=0.5 → 0.25 s, 0.5 s) in between
     assert route.call_count == 3
     assert sleep.calls == [0.25, 0.5]
-    assert "internal error" in str(caught.value)
+    assert "unavailable" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (500, {"message": "internal error"}),
+        (502, {"message": "bad gateway"}),
+        (504, {"message": "gateway timeout"}),
+        (200, {"code": 5000, "message": "internal"}),
+        (200, {"code": 5004, "message": "timeout"}),
+    ],
+)
+def test_submit_server_error_that_may_have_created_the_task_is_never_resent(
+    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep, status: int, body: dict
+) -> None:
+    # Given WaveSpeed answers a submit with a server error that does not prove the task was not created
+    route = router.post(STD_PATH).respond(status, json=body)
+
+    # When we submit
+    with pytest.raises(ProviderOutcomeUnknownError):
+        provider.submit(submission())
+
+    # Then it was sent exactly once: a second POST could be a second paid task
+    assert route.call_count == 1
+    assert sleep.calls == []
 
 
 def test_submit_read_timeout_is_outcome_unknown_and_never_reposted(

@@ -14,13 +14,15 @@ Error mapping
 What happened                                          Raised
 =====================================================  ==============================================
 HTTP 401 / 403                                         ProviderConfigError
-HTTP 429, HTTP 5xx                                     ProviderTransientError (TransientHttpError,
+HTTP 429, 5xx (for a submit: 429 and 503 only)         ProviderTransientError (TransientHttpError,
                                                        with the Retry-After hint)
+HTTP 500, 502, 504... on a submit                      ProviderOutcomeUnknownError (may have been created)
 any other HTTP 4xx                                     ProviderInputError
 any other non-2xx status                               ProviderError
 HTTP 2xx, envelope ``code`` 1000-1999                  ProviderInputError
 HTTP 2xx, envelope ``code`` 5000-5999, 429, 500-599    ProviderTransientError (an HTTP-style code in the
                                                        envelope means what the HTTP status would)
+  ... of those, on a submit, all but 429, 503, 5003    ProviderOutcomeUnknownError
 HTTP 2xx, envelope ``code`` 401 / 403                  ProviderConfigError
 HTTP 2xx, any other envelope ``code`` != 200           ProviderError
 HTTP 2xx, body not JSON / not an envelope / no data /  fetch: ProviderError;
@@ -81,6 +83,11 @@ MODEL_PATHS: Final[Mapping[Mode, str]] = {
     "pro": "/api/v3/kwaivgi/kling-v1-ai-avatar-pro",
 }
 RESULT_PATH: Final = "/api/v3/predictions/{id}/result"
+
+# Answers to a submit that prove the prediction was not created, so sending it again is safe: rate limited or
+# unavailable. Any other server error on a submit leaves the outcome unknown.
+SUBMIT_NOT_TAKEN_HTTP = frozenset({429, 503})
+SUBMIT_NOT_TAKEN_CODES = frozenset({429, 503, 5003})
 
 WEBHOOK_TOLERANCE_SECONDS: Final = 300
 SIGNATURE_SCHEME: Final = "v3"
@@ -315,6 +322,9 @@ def _raise_http_error(response: httpx.Response, operation: str) -> NoReturn:
     message = f"WaveSpeed {operation}: HTTP {status}" + (f": {detail}" if detail else "")
     if status in (401, 403):
         raise ProviderConfigError(message, code=code)
+    if operation == "submit" and 500 <= status <= 599 and status not in SUBMIT_NOT_TAKEN_HTTP:
+        # A 500/502/504 may come after the prediction was created: never resend it blindly.
+        raise ProviderOutcomeUnknownError(message, code=code)
     if status == 429 or 500 <= status <= 599:
         retry_after = parse_retry_after(response.headers.get("retry-after"))
         raise TransientHttpError(message, code=code, status_code=status, retry_after=retry_after)
@@ -330,7 +340,10 @@ def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str) -> NoRetu
     message = f"WaveSpeed {operation}: error code {code}: {_truncate(str(detail))}"
     if 1000 <= code <= 1999:
         raise ProviderInputError(message, code=str(code))
-    if 5000 <= code <= 5999 or code == 429 or 500 <= code <= 599:
+    transient = 5000 <= code <= 5999 or code == 429 or 500 <= code <= 599
+    if transient and operation == "submit" and code not in SUBMIT_NOT_TAKEN_CODES:
+        raise ProviderOutcomeUnknownError(message, code=str(code))
+    if transient:
         raise ProviderTransientError(message, code=str(code))
     if code in (401, 403):
         raise ProviderConfigError(message, code=str(code))
