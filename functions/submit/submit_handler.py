@@ -26,7 +26,13 @@ def lambda_handler(event: S3Event, context: LambdaContext) -> dict[str, list[dic
         obj = record.s3.get_object
         # S3 sends keys URL-encoded ('+' for a space); the per-record accessor hands them over as sent.
         key = unquote_plus(obj.key)
-        upload = S3Object(bucket=record.s3.bucket.name, key=key, etag=obj.etag or "", size=obj.size or 0)
+        upload = S3Object(
+            bucket=record.s3.bucket.name,
+            key=key,
+            etag=obj.etag or "",
+            size=obj.size or 0,
+            sequencer=obj.get("sequencer") or "",
+        )
         logger.append_keys(key=upload.key)
         outcome = handle_upload(pipeline(), upload)
         metrics.add_metric(name=f"Upload_{outcome.action}", unit=MetricUnit.Count, value=1)

@@ -8,7 +8,16 @@ from urllib.parse import parse_qs, urlparse
 
 import httpx
 import respx
-from handlers.helpers import MP3_BYTES, PNG_BYTES, deliver_upload, mock_wavespeed_submit, submitted_json, upload
+from handlers.helpers import (
+    MP3_BYTES,
+    PNG_BYTES,
+    deliver_upload,
+    envelope,
+    mock_wavespeed_submit,
+    prediction,
+    submitted_json,
+    upload,
+)
 from submit_handler import lambda_handler
 from support.aws import Stack
 from support.events import FakeLambdaContext, sample
@@ -112,14 +121,39 @@ def test_byte_identical_reupload_submits_nothing_and_changed_content_makes_a_new
     submit = mock_wavespeed_submit(provider_http)
     deliver_upload(stack, "inbox/gina/face.png", PNG_BYTES)
     deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES)
-    # When the same bytes are uploaded again, then a different voice clip
+    # When the same bytes are uploaded again, both files
+    deliver_upload(stack, "inbox/gina/face.png", PNG_BYTES)
     same = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES)
-    changed = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES + b"\x00")
-    # Then the re-upload is a duplicate, the new clip a second task paired with the same face
+    # Then it maps onto the task those bytes already made: nothing is paid twice
     assert same["results"][0]["action"] == "duplicate"
+    assert submit.call_count == 1
+    # When a different face and voice are uploaded to the same job
+    deliver_upload(stack, "inbox/gina/face.png", PNG_BYTES + b"\x00")
+    changed = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES + b"\x00")
+    # Then they make a second task
     assert changed["results"][0]["action"] == "submitted"
     _, tasks = pipeline().tasks.list_job("gina")
     assert len(tasks) == 2 and submit.call_count == 2
+
+
+def test_reuploading_the_files_of_a_failed_task_tries_again(stack: Stack, provider_http: respx.MockRouter):
+    # Given a pair WaveSpeed refused (its media could not be fetched)
+    route = provider_http.post(url__regex=r".*/api/v3/kwaivgi/.*").mock(
+        side_effect=[
+            httpx.Response(200, json={"code": 1402, "message": "media fetch failed", "data": None}),
+            envelope(prediction("b" * 32, "created")),
+        ]
+    )
+    deliver_upload(stack, "inbox/hugo/face.png", PNG_BYTES)
+    failed = deliver_upload(stack, "inbox/hugo/voice.mp3", MP3_BYTES)["results"][0]
+    assert pipeline().tasks.get(failed["task_id"]).status is TaskStatus.FAILED  # type: ignore[union-attr]
+    # When the user uploads the same two files again
+    deliver_upload(stack, "inbox/hugo/face.png", PNG_BYTES)
+    retried = deliver_upload(stack, "inbox/hugo/voice.mp3", MP3_BYTES)["results"][0]
+    # Then a new task is submitted for them, and the failed one keeps its history
+    assert retried["action"] == "submitted" and retried["task_id"] != failed["task_id"]
+    assert route.call_count == 2
+    assert pipeline().tasks.get(failed["task_id"]).status is TaskStatus.FAILED  # type: ignore[union-attr]
 
 
 def test_job_json_options_reach_the_provider(stack: Stack, provider_http: respx.MockRouter):

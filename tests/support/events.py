@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import hmac
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +21,19 @@ def sample(name: str) -> dict[str, Any]:
     return json.loads((EVENTS / name).read_text())
 
 
+_sequencers = itertools.count(0x0066A1B2C3D4E600)
+
+
 def s3_created(bucket: str, key: str, etag: str, size: int) -> dict[str, Any]:
-    """An S3 ObjectCreated event for an object as it is stored (the key gets URL-encoded like S3 does)."""
+    """An S3 ObjectCreated event for an object as it is stored: the key URL-encoded and a new, increasing
+    sequencer per write, like S3 does."""
     event = sample("s3_put_image.json")
     record = event["Records"][0]
     record["s3"]["bucket"]["name"] = bucket
     record["s3"]["bucket"]["arn"] = f"arn:aws:s3:::{bucket}"
-    record["s3"]["object"].update({"key": quote_plus(key, safe="/"), "eTag": etag.strip('"'), "size": size})
+    record["s3"]["object"].update(
+        {"key": quote_plus(key, safe="/"), "eTag": etag.strip('"'), "size": size, "sequencer": f"{next(_sequencers):X}"}
+    )
     return event
 
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.models import (
-    MediaRole,
     Notification,
     PairSlot,
     ProviderJob,
@@ -120,38 +119,32 @@ class InMemoryTaskRepository:
             self.tasks[new.task_id] = new.model_copy(deep=True)
 
     # pair slots
-    def record_upload(
-        self, job: str, role: MediaRole, upload: S3Object, now: datetime, wait_deadline: datetime
-    ) -> PairSlot:
+    def get_slot(self, job: str) -> PairSlot | None:
         with self.lock:
-            self._maybe_fail("record_upload")
-            slot = self.slots.get(job) or PairSlot(job=job)
-            changes: dict[str, Any] = {role: upload}
-            if slot.waiting_since is None:
-                changes["waiting_since"] = now
-            if slot.next_check_at is None:
-                changes["next_check_at"] = wait_deadline
-            slot = slot.model_copy(update=changes)
-            self.slots[job] = slot
-            return slot.model_copy(deep=True)
-
-    def settle_slot(self, job: str) -> None:
-        with self.lock:
-            self._maybe_fail("settle_slot")
+            self._maybe_fail("get_slot")
             slot = self.slots.get(job)
-            if slot is not None:
-                self.slots[job] = slot.model_copy(update={"waiting_since": None, "next_check_at": None})
+            return slot.model_copy(deep=True) if slot else None
 
-    def expire_slot(self, slot: PairSlot) -> bool:
+    def _check_slot(self, new: PairSlot, expected: PairSlot | None) -> None:
+        stored = self.slots.get(new.job)
+        if (stored is None) != (expected is None) or (stored and expected and stored.version != expected.version):
+            self.conflicts += 1
+            raise ConflictError(f"slot of job {new.job} changed")
+
+    def save_slot(self, new: PairSlot, *, expected: PairSlot | None) -> None:
         with self.lock:
-            self._maybe_fail("expire_slot")
-            stored = self.slots.get(slot.job)
-            if slot.waiting_since is None or stored is None or stored.waiting_since != slot.waiting_since:
+            self._maybe_fail("save_slot")
+            self._check_slot(new, expected)
+            self.slots[new.job] = new.model_copy(deep=True)
+
+    def save_slot_and_create(self, new: PairSlot, *, expected: PairSlot, task: Task) -> bool:
+        with self.lock:
+            self._maybe_fail("save_slot_and_create")
+            self._check_slot(new, expected)
+            if task.task_id in self.tasks:
                 return False
-            if stored.is_complete:
-                return False
-            half = "image" if stored.image is not None else "audio"
-            self.slots[slot.job] = stored.model_copy(update={"waiting_since": None, "next_check_at": None, half: None})
+            self.slots[new.job] = new.model_copy(deep=True)
+            self.tasks[task.task_id] = task.model_copy(deep=True)
             return True
 
     # queries

@@ -32,6 +32,7 @@ from avatar_pipeline.services.intake import SUBMIT_LEASE, UploadOutcome, handle_
 from avatar_pipeline.services.tracking import (
     POLL_SAFETY_MARGIN,
     PollReport,
+    _expire_orphan,
     poll,
     receive_callback,
     record_provider_news,
@@ -188,11 +189,11 @@ def test_pair_completes_in_either_order(w: World, order: str) -> None:
 @pytest.mark.parametrize("repeated", [IMAGE, AUDIO], ids=["image", "audio"])
 def test_duplicate_of_either_upload_after_pairing_is_a_duplicate(w: World, repeated: S3Object) -> None:
     # Given a pair that was submitted
-    task = submitted(w)
+    submitted(w)
     # When S3 delivers one of its events again
     outcome = handle_upload(w.ctx, repeated)
     # Then nothing new is created or paid for
-    assert outcome == UploadOutcome("duplicate", job="alice", task_id=task.task_id)
+    assert outcome == UploadOutcome("duplicate", job="alice")
     assert w.provider.submit_count == 1
     assert w.tasks.only_task().status is S.SUBMITTED
 
@@ -209,20 +210,24 @@ def test_byte_identical_reupload_makes_no_new_task(w: World) -> None:
     assert w.provider.submit_count == 1
 
 
-def test_changed_audio_makes_a_new_task_and_a_second_submission(w: World) -> None:
+def test_a_new_audio_alone_waits_for_a_new_image_instead_of_reusing_the_used_one(w: World) -> None:
     # Given a submitted pair
     first = submitted(w)
-    # When a different audio (new ETag) replaces the old one
+    # When a different audio (new ETag) is uploaded to the same job
     w.clock.advance(600)
     new_audio = upload(AUDIO.key, etag="aud-2", size=AUDIO.size)
     outcome = handle_upload(w.ctx, new_audio)
-    # Then a second task pairs the image with the new audio, and is submitted
+    # Then it waits for an image of its own: a used half never pays for a second video by surprise
+    assert outcome.action == "waiting"
+    assert w.provider.submit_count == 1
+    # When a new image arrives too
+    new_image = upload(IMAGE.key, etag="img-2", size=IMAGE.size)
+    outcome = handle_upload(w.ctx, new_image)
+    # Then the new pair makes a second task, and is submitted
     assert outcome.action == "submitted"
     assert outcome.task_id != first.task_id
     second = stored(w, outcome.task_id)
-    assert (second.image, second.audio) == (IMAGE, new_audio)
-    assert second.status is S.SUBMITTED
-    assert len(w.tasks.all_tasks()) == 2
+    assert (second.image, second.audio) == (new_image, new_audio)
     assert w.provider.submit_count == 2
 
 
@@ -455,7 +460,7 @@ def test_a_pair_is_not_lost_when_cutting_its_task_fails(w: World) -> None:
     # Given the image waits
     handle_upload(w.ctx, IMAGE)
     # When the invocation that gets the audio dies writing the task (throttled, timed out)
-    w.tasks.fail_next("create", RuntimeError("ProvisionedThroughputExceededException"))
+    w.tasks.fail_next("save_slot_and_create", RuntimeError("ProvisionedThroughputExceededException"))
     with pytest.raises(RuntimeError):
         handle_upload(w.ctx, AUDIO)
     # and S3's retries are used up, so only the poller is left to notice
@@ -664,6 +669,31 @@ def test_an_orphan_half_times_out_once(w: World) -> None:
     assert again.actions["orphan-timed-out"] == 0
     assert len(w.tasks.all_tasks()) == 1
     assert w.provider.submit_count == 0
+
+
+def test_an_orphan_expiry_that_loses_the_race_to_its_partner_reports_nothing(w: World) -> None:
+    # Given an image past its pairing deadline, as the poller read it from the index
+    handle_upload(w.ctx, IMAGE)
+    w.clock.advance(w.ctx.settings.max_pair_wait_seconds + 1)
+    _, (seen_slot,) = w.tasks.due(w.clock.now, 10)
+    # When its audio arrives just before the poller acts on what it read
+    assert handle_upload(w.ctx, AUDIO).action == "submitted"
+    action = _expire_orphan(w.ctx, seen_slot)
+    # Then no TIMED_OUT task contradicts the video being made
+    assert action == "skipped"
+    assert [task.status for task in w.tasks.all_tasks()] == [S.SUBMITTED]
+
+
+def test_an_out_of_date_event_for_a_key_is_ignored(w: World) -> None:
+    # Given a face uploaded twice: the second write (later sequencer) is the one that counts
+    older = S3Object(bucket=BUCKET, key=IMAGE.key, etag="img-old", size=1000, sequencer="0066A1B2C3D4E5F601")
+    newer = S3Object(bucket=BUCKET, key=IMAGE.key, etag="img-new", size=1000, sequencer="0066A1B2C3D4E5F602")
+    assert handle_upload(w.ctx, newer).action == "waiting"
+    # When the first write's event arrives late
+    assert handle_upload(w.ctx, older).action == "duplicate"
+    # Then the pair is made with the newer face
+    outcome = handle_upload(w.ctx, AUDIO)
+    assert stored(w, outcome.task_id).image == newer
 
 
 def test_an_orphan_audio_names_the_missing_image(w: World) -> None:

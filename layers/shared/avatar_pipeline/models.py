@@ -44,6 +44,9 @@ class S3Object(BaseModel):
     key: str
     etag: str = ""
     size: int = 0
+    # From the S3 event: orders the writes to one key and tells a new upload of the same bytes from a repeated
+    # delivery of the same event. Empty when the event carries none.
+    sequencer: str = ""
 
     @property
     def uri(self) -> str:
@@ -52,6 +55,17 @@ class S3Object(BaseModel):
     @property
     def file_name(self) -> str:
         return self.key.rsplit("/", 1)[-1]
+
+    def same_upload(self, other: S3Object | None) -> bool:
+        """The same write of the same object (a repeated event), not merely the same bytes."""
+        return other is not None and (self.key, self.etag, self.sequencer) == (other.key, other.etag, other.sequencer)
+
+    def older_than(self, other: S3Object | None) -> bool:
+        """An earlier write of the same key than `other` (S3 sequencers compare once padded to equal length)."""
+        if other is None or other.key != self.key or not self.sequencer or not other.sequencer:
+            return False
+        width = max(len(self.sequencer), len(other.sequencer))
+        return self.sequencer.rjust(width, "0") < other.sequencer.rjust(width, "0")
 
 
 class JobOptions(BaseModel):
@@ -113,16 +127,17 @@ class Task(BaseModel):
 
 
 class PairSlot(BaseModel):
-    """The latest upload of each role for one job; a task is cut from it once both are present."""
+    """One job's halves waiting to become a task; once cut, they move to `used_*` (a task consumed them)."""
 
     job: str
+    version: int = 0
     image: S3Object | None = None
     audio: S3Object | None = None
+    used_image: S3Object | None = None
+    used_audio: S3Object | None = None
+    created_at: datetime | None = None
     waiting_since: datetime | None = None
     next_check_at: datetime | None = None
-
-    def upload(self, role: MediaRole) -> S3Object | None:
-        return self.image if role == "image" else self.audio
 
     @property
     def is_complete(self) -> bool:

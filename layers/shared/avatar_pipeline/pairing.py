@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal
 
-from avatar_pipeline.models import S3Object
+from avatar_pipeline.models import MediaRole, PairSlot, S3Object
 
 INBOX_PREFIX = "inbox/"
 OPTIONS_FILE_NAME = "job.json"
@@ -74,3 +75,49 @@ def content_id(job: str, *objects: S3Object, occasion: str = "") -> str:
     for obj in objects:
         digest.update(b"\0" + obj.key.encode() + b"\0" + obj.etag.strip('"').encode())
     return digest.hexdigest()[:32]
+
+
+ROLES: tuple[MediaRole, MediaRole] = ("image", "audio")
+
+
+def with_upload(
+    slot: PairSlot | None, job: str, role: MediaRole, upload: S3Object, now: datetime, deadline: datetime
+) -> PairSlot | None:
+    """The job's slot once `upload` is in it; None when the event is a repeat or older than what the slot knows.
+
+    A later upload of a role replaces an earlier one that has not been used yet.
+    """
+    current = slot or PairSlot(job=job, created_at=now)
+    known = [current.image, current.used_image] if role == "image" else [current.audio, current.used_audio]
+    if any(upload.same_upload(other) or upload.older_than(other) for other in known):
+        return None
+    return current.model_copy(
+        update={
+            role: upload,
+            "version": current.version + 1,
+            "waiting_since": current.waiting_since or now,
+            "next_check_at": current.next_check_at or deadline,
+        }
+    )
+
+
+def consume(slot: PairSlot, used: list[S3Object], now: datetime, deadline: datetime) -> PairSlot | None:
+    """The slot once `used` went into a task: those halves move to `used_*` (so repeats of their events are
+    recognised), halves that arrived since stay and wait. None when none of `used` is in the slot any more."""
+    changes: dict[str, object] = {}
+    for role in ROLES:
+        held = slot.image if role == "image" else slot.audio
+        match = next((obj for obj in used if obj.same_upload(held)), None)
+        if match is not None:
+            changes |= {role: None, f"used_{role}": match}
+    if not changes:
+        return None
+    after = slot.model_copy(update=changes)
+    waiting = after.image is not None or after.audio is not None
+    return after.model_copy(
+        update={
+            "version": slot.version + 1,
+            "waiting_since": now if waiting else None,
+            "next_check_at": deadline if waiting else None,
+        }
+    )

@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Protocol
 
 from avatar_pipeline.models import (
-    MediaRole,
     Notification,
     PairSlot,
     ProviderJob,
@@ -35,20 +34,18 @@ class TaskRepository(Protocol):
         """
         ...
 
-    def record_upload(
-        self, job: str, role: MediaRole, upload: S3Object, now: datetime, wait_deadline: datetime
-    ) -> PairSlot:
-        """Atomically put `upload` in the job's slot and return the slot as it is after the write."""
+    def get_slot(self, job: str) -> PairSlot | None: ...
+
+    def save_slot(self, new: PairSlot, *, expected: PairSlot | None) -> None:
+        """Write the job's slot only if the stored one is still `expected` (same version; absent when None).
+
+        Raises ConflictError otherwise.
+        """
         ...
 
-    def settle_slot(self, job: str) -> None:
-        """The slot's pair was cut into a task: it no longer waits for anything."""
-        ...
-
-    def expire_slot(self, slot: PairSlot) -> bool:
-        """Give up on a half pair still waiting since `slot.waiting_since`: forget the half (its object stays in
-        S3), so a late partner starts a new wait instead of pairing with an upload already reported as timed out.
-        False if the slot changed meanwhile (the partner arrived)."""
+    def save_slot_and_create(self, new: PairSlot, *, expected: PairSlot, task: Task) -> bool:
+        """Atomically: the slot as `save_slot` would write it, and a new task. False when the task already exists
+        (then nothing is written); ConflictError when the slot changed."""
         ...
 
     def due(self, now: datetime, limit: int) -> tuple[list[Task], list[PairSlot]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from avatar_pipeline.models import MediaRole, PairSlot, S3Object, Task
+from avatar_pipeline.models import PairSlot, Task
 from avatar_pipeline.ports import ConflictError
 
 IN_FLIGHT_INDEX = "in-flight"
@@ -81,50 +81,54 @@ class DynamoTaskRepository:
             raise
 
     # --- pair slots --------------------------------------------------------------------------------------------
-    def record_upload(
-        self, job: str, role: MediaRole, upload: S3Object, now: datetime, wait_deadline: datetime
-    ) -> PairSlot:
-        # One atomic write per upload: of two halves arriving together, exactly one sees the complete pair.
-        result = self._table.update_item(
-            Key={"pk": f"JOB#{job}"},
-            UpdateExpression=(
-                "SET #role = :upload, job = :job, kind = :kind, updated_at = :now,"
-                " created_at = if_not_exists(created_at, :now),"
-                " waiting_since = if_not_exists(waiting_since, :now),"
-                " in_flight = :in_flight, next_check_at = if_not_exists(next_check_at, :deadline)"
-            ),
-            ExpressionAttributeNames={"#role": role},
-            ExpressionAttributeValues={
-                ":upload": upload.model_dump(mode="json"),
-                ":job": job,
-                ":kind": "slot",
-                ":now": now.isoformat(),
-                ":in_flight": IN_FLIGHT,
-                ":deadline": _epoch(wait_deadline),
-            },
-            ReturnValues="ALL_NEW",
-        )
-        return PairSlot.model_validate(_from_item(result["Attributes"]))
+    def _slot_item(self, slot: PairSlot) -> dict[str, Any]:
+        item = slot.model_dump(mode="json", exclude_none=True, exclude={"next_check_at"})
+        item["pk"] = f"JOB#{slot.job}"
+        item["kind"] = "slot"
+        if slot.waiting_since is not None:
+            item["in_flight"] = IN_FLIGHT
+            item["next_check_at"] = _epoch(slot.next_check_at or slot.waiting_since)
+        return item
 
-    def settle_slot(self, job: str) -> None:
-        self._table.update_item(
-            Key={"pk": f"JOB#{job}"}, UpdateExpression="REMOVE waiting_since, in_flight, next_check_at"
-        )
+    def _slot_write(self, new: PairSlot, expected: PairSlot | None) -> dict[str, Any]:
+        if expected is None:
+            return {"Item": self._slot_item(new), "ConditionExpression": "attribute_not_exists(pk)"}
+        return {
+            "Item": self._slot_item(new),
+            "ConditionExpression": "#version = :version",
+            "ExpressionAttributeNames": {"#version": "version"},
+            "ExpressionAttributeValues": {":version": expected.version},
+        }
 
-    def expire_slot(self, slot: PairSlot) -> bool:
-        if slot.waiting_since is None or slot.is_complete:
-            return False
-        half, missing = ("image", "audio") if slot.image is not None else ("audio", "image")
+    def get_slot(self, job: str) -> PairSlot | None:
+        item = self._table.get_item(Key={"pk": f"JOB#{job}"}, ConsistentRead=True).get("Item")
+        return PairSlot.model_validate(_from_item(item)) if item else None
+
+    def save_slot(self, new: PairSlot, *, expected: PairSlot | None) -> None:
         try:
-            self._table.update_item(
-                Key={"pk": f"JOB#{slot.job}"},
-                UpdateExpression="REMOVE waiting_since, in_flight, next_check_at, #half",
-                ConditionExpression="waiting_since = :seen AND attribute_not_exists(#missing)",
-                ExpressionAttributeNames={"#half": half, "#missing": missing},
-                ExpressionAttributeValues={":seen": slot.waiting_since.isoformat()},
-            )
+            self._table.put_item(**self._slot_write(new, expected))
         except ClientError as error:
             if _is_condition_failure(error):
+                raise ConflictError(f"slot of job {new.job} changed") from error
+            raise
+
+    def save_slot_and_create(self, new: PairSlot, *, expected: PairSlot, task: Task) -> bool:
+        task_write = {"Item": self._task_item(task), "ConditionExpression": "attribute_not_exists(pk)"}
+        try:
+            self._table.meta.client.transact_write_items(
+                TransactItems=[
+                    # The resource's client takes plain Python values, like the table's own calls.
+                    {"Put": {"TableName": self._table.name, **self._slot_write(new, expected)}},
+                    {"Put": {"TableName": self._table.name, **task_write}},
+                ]
+            )
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
+                raise
+            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                raise ConflictError(f"slot of job {new.job} changed") from error
+            if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
                 return False
             raise
         return True

@@ -9,7 +9,7 @@ from datetime import datetime
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.config import Settings
-from avatar_pipeline.models import Task, TaskStatus, utcnow
+from avatar_pipeline.models import PairSlot, Task, TaskStatus, utcnow
 from avatar_pipeline.ports import ConflictError, MediaStore, Notifier, TaskRepository, VideoProvider
 from avatar_pipeline.state_machine import can_transition, transition
 
@@ -55,6 +55,22 @@ class PipelineContext:
                 continue
             return new
         raise ConflictError(f"task {current.task_id if current else task} kept changing; giving up this attempt")
+
+    def update_slot(
+        self, job: str, decide: Callable[[PairSlot | None], PairSlot | None]
+    ) -> tuple[PairSlot | None, PairSlot | None]:
+        """The same optimistic concurrency for a job's pair slot: (the slot as read, the slot as written or None)."""
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            current = self.tasks.get_slot(job)
+            new = decide(current)
+            if new is None:
+                return current, None
+            try:
+                self.tasks.save_slot(new, expected=current)
+            except ConflictError:
+                continue
+            return current, new
+        raise ConflictError(f"the slot of job {job} kept changing; giving up this attempt")
 
     def end_task(
         self, task: Task | str, status: TaskStatus, why: str, *, provided: Callable[[Task], bool]

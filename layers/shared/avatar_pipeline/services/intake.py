@@ -17,7 +17,16 @@ from avatar_pipeline.errors import (
     ProviderTransientError,
 )
 from avatar_pipeline.models import JobOptions, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus, Transition
-from avatar_pipeline.pairing import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, content_id, options_key, parse_inbox_key
+from avatar_pipeline.pairing import (
+    AUDIO_EXTENSIONS,
+    IMAGE_EXTENSIONS,
+    consume,
+    content_id,
+    options_key,
+    parse_inbox_key,
+    with_upload,
+)
+from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers import display_name
 from avatar_pipeline.services.context import PipelineContext
 from avatar_pipeline.state_machine import touch, transition
@@ -60,7 +69,11 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
         return _reject_alone(ctx, entry.job, upload, reason, now)
 
     deadline = now + timedelta(seconds=ctx.settings.max_pair_wait_seconds)
-    slot = ctx.tasks.record_upload(entry.job, entry.kind, upload, now, deadline)
+    role = entry.kind
+    _, slot = ctx.update_slot(entry.job, lambda current: with_upload(current, entry.job, role, upload, now, deadline))
+    if slot is None:
+        logger.info("repeated or out-of-date upload event; nothing new", extra={"job": entry.job, "key": upload.key})
+        return UploadOutcome("duplicate", job=entry.job)
     if not slot.is_complete:
         logger.info("waiting for the other half", extra={"job": entry.job, "key": upload.key})
         return UploadOutcome("waiting", job=entry.job)
@@ -68,21 +81,55 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
 
 
 def cut_pair(ctx: PipelineContext, slot: PairSlot) -> UploadOutcome:
-    """A complete slot becomes its one task (checked, claimed, submitted); then the slot stops waiting.
+    """A complete slot becomes its one task (checked, claimed, submitted).
 
-    The task is written before the slot is settled: if this invocation dies in between, the slot stays due and the
-    poller cuts it again, finding the task that exists.
+    The task is created in the same transaction that marks the slot's halves used, so a pair can neither be lost
+    between the two writes nor cut twice. A pair whose bytes already made a task makes no new one — unless that
+    task ended unsuccessfully and this is a new upload of the files (a retry by the user).
     """
-    task = _task_for_pair(ctx, slot, now=ctx.clock())
-    created = ctx.tasks.create(task)
-    ctx.tasks.settle_slot(slot.job)
+    assert slot.image is not None
+    assert slot.audio is not None
+    halves = [slot.image, slot.audio]
+    now = ctx.clock()
+    deadline = now + timedelta(seconds=ctx.settings.max_pair_wait_seconds)
+    task_id = _task_id_for(ctx, slot)
+    if task_id is None:
+        ctx.update_slot(slot.job, lambda current: consume(current, halves, now, deadline) if current else None)
+        logger.info("these files already made a task; nothing new to submit", extra={"job": slot.job})
+        return UploadOutcome("duplicate", job=slot.job)
+    task = _task_for_pair(ctx, slot, task_id, now=now)
+    consumed = consume(slot, halves, now, deadline)
+    assert consumed is not None
+    try:
+        created = ctx.tasks.save_slot_and_create(consumed, expected=slot, task=task)
+    except ConflictError:
+        # Another invocation changed the slot since we read it: it cut this pair, or a newer upload replaced a half
+        # (then the newer pair is cut by whoever completes it).
+        logger.info("the slot changed meanwhile; leaving the pair to its newer state", extra={"job": slot.job})
+        return UploadOutcome("duplicate", job=slot.job)
     if not created:
-        logger.info("pair already has its task; nothing new to submit", extra={"task_id": task.task_id})
+        ctx.update_slot(slot.job, lambda current: consume(current, halves, now, deadline) if current else None)
         return UploadOutcome("duplicate", job=task.job, task_id=task.task_id)
     if task.status is TaskStatus.REJECTED:
         logger.warning("pair rejected", extra={"task_id": task.task_id, "reason": task.reason})
         return UploadOutcome("rejected", job=task.job, task_id=task.task_id)
     return submit_claimed(ctx, task)
+
+
+def _task_id_for(ctx: PipelineContext, slot: PairSlot) -> str | None:
+    """The id of the task this pair should become, or None when it must not become one."""
+    assert slot.image is not None
+    assert slot.audio is not None
+    task_id = content_id(slot.job, slot.image, slot.audio)
+    existing = ctx.tasks.get(task_id)
+    if existing is None:
+        return task_id
+    retryable = existing.status.is_terminal and existing.status is not TaskStatus.COMPLETED
+    if not retryable or not (slot.image.sequencer and slot.audio.sequencer):
+        return None  # in flight, done, or no way to tell a new upload from a repeated event
+    occasion = f"{slot.image.sequencer}/{slot.audio.sequencer}"
+    retry_id = content_id(slot.job, slot.image, slot.audio, occasion=occasion)
+    return None if ctx.tasks.get(retry_id) else retry_id
 
 
 def _arrival(at: datetime, what: str) -> Transition:
@@ -122,7 +169,7 @@ def _read_options(ctx: PipelineContext, job: str) -> tuple[JobOptions, str | Non
         return JobOptions(), f"job.json is not valid: {error}"
 
 
-def _task_for_pair(ctx: PipelineContext, slot: PairSlot, *, now: datetime) -> Task:
+def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: datetime) -> Task:
     assert slot.image is not None
     assert slot.audio is not None
     image, audio = slot.image, slot.audio
@@ -132,7 +179,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, *, now: datetime) -> Ta
     provider = options.provider or ctx.settings.default_provider
     waiting_since = slot.waiting_since or now
     waiting = Task(
-        task_id=content_id(slot.job, image, audio),
+        task_id=task_id,
         job=slot.job,
         status=TaskStatus.WAITING_FOR_PAIR,
         provider=provider,

@@ -13,7 +13,8 @@ from aws_lambda_powertools import Logger
 
 from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError
 from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus, Transition
-from avatar_pipeline.pairing import content_id
+from avatar_pipeline.pairing import consume, content_id
+from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce
@@ -160,10 +161,16 @@ def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
             Transition(at=slot.waiting_since, to_status=TaskStatus.WAITING_FOR_PAIR, reason=f"{half.key} arrived")
         ],
     )
-    # Task first, then the slot: a crash in between leaves the slot due, and the retry finds the task exists.
-    ctx.tasks.create(transition(waiting, TaskStatus.TIMED_OUT, why=why, now=now, next_check_at=now))
-    ctx.tasks.expire_slot(slot)
-    return "orphan-timed-out"
+    timed_out = transition(waiting, TaskStatus.TIMED_OUT, why=why, now=now, next_check_at=now)
+    # The half is used up by its TIMED_OUT task, in one transaction with it: if the partner (or a replacement)
+    # arrived meanwhile, the slot's version changed and nothing is written.
+    released = consume(slot, [half], now, now)
+    assert released is not None
+    try:
+        created = ctx.tasks.save_slot_and_create(released, expected=slot, task=timed_out)
+    except ConflictError:
+        return "skipped"
+    return "orphan-timed-out" if created else "skipped"
 
 
 def _too_old(ctx: PipelineContext, task: Task, now: datetime) -> bool:
