@@ -121,10 +121,6 @@ class Task(BaseModel):
         """In flight, or finished but not yet announced: the poller must keep an eye on it."""
         return not self.status.is_terminal or self.notified_at is None
 
-    @property
-    def inputs(self) -> list[S3Object]:
-        return [obj for obj in (self.image, self.audio) if obj is not None]
-
 
 class PairSlot(BaseModel):
     """One job's halves waiting to become a task; once cut, they move to `used_*` (a task consumed them)."""

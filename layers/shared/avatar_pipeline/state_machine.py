@@ -43,6 +43,20 @@ def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
     return current in ALLOWED_SOURCES.get(target, frozenset())
 
 
+def begin(task_id: str, job: str, *, since: datetime, arrived: str, now: datetime, **fields: Any) -> Task:
+    """The one way a task begins: WAITING_FOR_PAIR since its first file (`arrived`) landed."""
+    entry = Transition(at=since, from_status=None, to_status=S.WAITING_FOR_PAIR, reason=f"{arrived} arrived")
+    return Task(
+        task_id=task_id,
+        job=job,
+        status=S.WAITING_FOR_PAIR,
+        created_at=since,
+        updated_at=now,
+        history=[entry],
+        **fields,
+    )
+
+
 def transition(task: Task, target: TaskStatus, *, why: str, now: datetime, **changes: Any) -> Task:
     """The task moved to `target` because of `why`: a new version, with the move in its history and `why` as
     the task's current reason."""

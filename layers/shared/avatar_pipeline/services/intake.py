@@ -16,7 +16,7 @@ from avatar_pipeline.errors import (
     ProviderOutcomeUnknownError,
     ProviderTransientError,
 )
-from avatar_pipeline.models import JobOptions, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus, Transition
+from avatar_pipeline.models import JobOptions, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus
 from avatar_pipeline.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -29,7 +29,7 @@ from avatar_pipeline.pairing import (
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers import display_name
 from avatar_pipeline.services.context import PipelineContext
-from avatar_pipeline.state_machine import touch, transition
+from avatar_pipeline.state_machine import begin, touch, transition
 from avatar_pipeline.validation import problems_with_pair
 
 logger = Logger(child=True)
@@ -132,20 +132,15 @@ def _task_id_for(ctx: PipelineContext, slot: PairSlot) -> str | None:
     return None if ctx.tasks.get(retry_id) else retry_id
 
 
-def _arrival(at: datetime, what: str) -> Transition:
-    return Transition(at=at, from_status=None, to_status=TaskStatus.WAITING_FOR_PAIR, reason=f"{what} arrived")
-
-
 def _reject_alone(ctx: PipelineContext, job: str, upload: S3Object, reason: str, now: datetime) -> UploadOutcome:
-    waiting = Task(
-        task_id=content_id(job, upload),
-        job=job,
-        status=TaskStatus.WAITING_FOR_PAIR,
+    waiting = begin(
+        content_id(job, upload),
+        job,
+        since=now,
+        arrived=upload.key,
+        now=now,
         provider=ctx.settings.default_provider,
         mode=ctx.settings.default_mode,
-        created_at=now,
-        updated_at=now,
-        history=[_arrival(now, upload.key)],
     )
     task = transition(waiting, TaskStatus.REJECTED, why=reason, now=now, next_check_at=now)
     if not ctx.tasks.create(task):
@@ -154,19 +149,22 @@ def _reject_alone(ctx: PipelineContext, job: str, upload: S3Object, reason: str,
     return UploadOutcome("rejected", job=job, task_id=task.task_id)
 
 
-def _read_options(ctx: PipelineContext, job: str) -> tuple[JobOptions, str | None]:
-    """The job's options and, when job.json is unusable, the reason."""
+def _read_options(ctx: PipelineContext, job: str) -> tuple[JobOptions | None, str | None]:
+    """The job's options (None when it has no job.json) and, when job.json is unusable, why."""
     key = options_key(job)
     try:
         raw = ctx.media.read_small_object(ctx.settings.media_bucket, key, MAX_OPTIONS_BYTES)
     except ValueError as error:
-        return JobOptions(), f"job.json: {error}"
+        return None, f"job.json: {error}"
     if raw is None:
-        return JobOptions(), None
+        return None, None
     try:
         return JobOptions.model_validate(json.loads(raw)), None
-    except (ValueError, ValidationError) as error:
-        return JobOptions(), f"job.json is not valid: {error}"
+    except ValidationError as error:
+        details = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'the file'}: {e['msg']}" for e in error.errors())
+        return None, f"job.json is not valid: {details}"
+    except ValueError as error:
+        return None, f"job.json is not valid JSON: {error}"
 
 
 def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: datetime) -> Task:
@@ -175,21 +173,20 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     image, audio = slot.image, slot.audio
     # job.json belongs to folder-style jobs; a same-stem pair (inbox/alice.jpg + inbox/alice.mp3) has none.
     in_folder = any((entry := parse_inbox_key(obj.key)) is not None and entry.in_folder for obj in (image, audio))
-    options, options_problem = _read_options(ctx, slot.job) if in_folder else (JobOptions(), None)
+    found, options_problem = _read_options(ctx, slot.job) if in_folder else (None, None)
+    options = found or JobOptions()
     provider = options.provider or ctx.settings.default_provider
-    waiting_since = slot.waiting_since or now
-    waiting = Task(
-        task_id=task_id,
-        job=slot.job,
-        status=TaskStatus.WAITING_FOR_PAIR,
+    waiting = begin(
+        task_id,
+        slot.job,
+        since=slot.waiting_since or now,
+        arrived="the pair's first file",
+        now=now,
         provider=provider,
         mode=options.mode or ctx.settings.default_mode,
         prompt=options.prompt,
         image=image,
         audio=audio,
-        created_at=waiting_since,
-        updated_at=now,
-        history=[_arrival(waiting_since, "first file of the pair")],
     )
     problems = ([options_problem] if options_problem else []) + problems_with_pair(image, audio, provider)
     if problems:
@@ -198,7 +195,8 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     return transition(
         waiting,
         TaskStatus.SUBMITTING,
-        why=f"paired {image.key} with {audio.key}",
+        why=f"paired {image.key} with {audio.key}"
+        + ("" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"),
         now=now,
         lease_until=lease_until,
         submit_attempts=1,

@@ -12,14 +12,14 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError
-from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus, Transition
+from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce
 from avatar_pipeline.services.intake import cut_pair, retry_submission
-from avatar_pipeline.state_machine import can_transition, touch, transition
+from avatar_pipeline.state_machine import begin, can_transition, touch, transition
 
 logger = Logger(child=True)
 
@@ -147,19 +147,16 @@ def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
     minutes = ctx.settings.max_pair_wait_seconds // 60
     now = ctx.clock()
     why = f"no {missing} arrived for {half.key} within {minutes} min"
-    waiting = Task(
-        task_id=content_id(slot.job, half, occasion=slot.waiting_since.isoformat()),
-        job=slot.job,
-        status=TaskStatus.WAITING_FOR_PAIR,
+    waiting = begin(
+        content_id(slot.job, half, occasion=slot.waiting_since.isoformat()),
+        slot.job,
+        since=slot.waiting_since,
+        arrived=half.key,
+        now=now,
         provider=ctx.settings.default_provider,
         mode=ctx.settings.default_mode,
         image=slot.image,
         audio=slot.audio,
-        created_at=slot.waiting_since,
-        updated_at=now,
-        history=[
-            Transition(at=slot.waiting_since, to_status=TaskStatus.WAITING_FOR_PAIR, reason=f"{half.key} arrived")
-        ],
     )
     timed_out = transition(waiting, TaskStatus.TIMED_OUT, why=why, now=now, next_check_at=now)
     # The half is used up by its TIMED_OUT task, in one transaction with it: if the partner (or a replacement)
