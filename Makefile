@@ -5,9 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK_NAME ?= avatar-pipeline
 
-.PHONY: help setup test test-fast lint format typecheck cfn-lint build deploy clean
+.PHONY: help demo up setup test lint format typecheck cfn-lint build deploy clean
 
 help:
+	@echo "make demo       run one sample job through the whole pipeline on this machine; prints the MP4's path"
+	@echo "make up         run the local stack in the foreground (writes .local/stack.json); Ctrl-C stops it"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
 	@echo "make lint       ruff lint + format check, cfn-lint on template.yaml"
@@ -16,13 +18,20 @@ help:
 	@echo "make build      sam build (no Docker: the layer is built for arm64 by its Makefile)"
 	@echo "make deploy     sam deploy --guided (STACK_NAME=$(STACK_NAME))"
 
-$(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt
+$(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(BIN)/activate
 
 setup: $(BIN)/activate
+
+demo: setup
+	$(BIN)/python -m avatar_local demo
+
+up: setup
+	$(BIN)/python -m avatar_local up
 
 test: setup
 	$(BIN)/pytest

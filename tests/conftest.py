@@ -4,9 +4,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from avatar_local.moto_dynamodb import serialised_item_writes
 from moto import mock_aws
 from support.aws import REGION, Stack, create_stack
+
+from avatar_local.moto_dynamodb import serialised_item_writes
 
 # Handler modules build their Powertools objects at import, which happens at collection: set these first.
 os.environ.update(

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from avatar_local.event_filter import (
     FilterPatternError,
     check_pattern,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from avatar_local.event_filter import check_pattern
 from avatar_local.template import (
     NO_VALUE,
@@ -713,7 +714,7 @@ def test_parameter_overrides_reach_the_environment(template: dict[str, Any], spe
     assert environment["WAVESPEED_BASE_URL"] == "http://127.0.0.1:9100"
     assert environment["POLL_AFTER_SECONDS"] == "30"
     with pytest.raises(TemplateError, match="PollAfterSeconds"):
-        specs["PollerFunction"].resolved_environment(real_resolver(template, parameters={"PollAfterSeconds": "5"}))
+        specs["PollerFunction"].resolved_environment(real_resolver(template, parameters={"PollAfterSeconds": "4"}))
 
 
 def test_only_submit_and_poller_get_the_webhook_url(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:

@@ -1,0 +1,109 @@
+"""`avatar` — submit a face and a voice clip, follow the job, fetch the video; or ask where a job stands.
+
+    avatar submit FACE AUDIO [--job NAME] [--prompt TEXT] [--mode std|pro] [--wait] [--out DIR]
+    avatar status JOB [--json]
+
+The stack is the local one (.local/stack.json, written by `make up`) unless --stack-name names a deployed
+CloudFormation stack (or --stack-file another description).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from avatar_cli.client import PipelineClient, StackTarget, describe_transition
+from avatar_pipeline.models import JobOptions, TaskStatus
+
+DEFAULT_STACK_FILE = Path(".local/stack.json")
+
+
+def _target(args: argparse.Namespace) -> StackTarget:
+    if args.stack_name:
+        return StackTarget.from_cloudformation(args.stack_name, args.region)
+    path = Path(args.stack_file)
+    if not path.exists():
+        raise SystemExit(f"no stack description at {path}: start the local stack with `make up`, or pass --stack-name")
+    return StackTarget.from_stack_file(path)
+
+
+def _print_status(client: PipelineClient, job: str, as_json: bool) -> int:
+    view = client.status(job)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "job": job,
+                    "waiting": view.slot.model_dump(mode="json") if view.slot and view.slot.waiting_since else None,
+                    "tasks": [task.model_dump(mode="json", by_alias=True) for task in view.tasks],
+                },
+                indent=2,
+            )
+        )
+        return 0 if view.slot or view.tasks else 1
+    if not view.slot and not view.tasks:
+        print(f"no job called {job!r}")
+        return 1
+    if view.slot and view.slot.waiting_since:
+        have = "image" if view.slot.image else "audio"
+        missing = "audio" if view.slot.image else "image"
+        print(f"{job}: has its {have}, waiting for its {missing} since {view.slot.waiting_since:%Y-%m-%d %H:%M:%S} UTC")
+    for task in sorted(view.tasks, key=lambda t: t.created_at):
+        print(f"task {task.task_id}  {task.status}")
+        for transition in task.history:
+            print(f"  {describe_transition(transition)}")
+        if task.output:
+            print(f"  output: {task.output.uri}")
+    return 0
+
+
+def _submit(client: PipelineClient, args: argparse.Namespace) -> int:
+    face, audio = Path(args.face), Path(args.audio)
+    for path in (face, audio):
+        if not path.is_file():
+            raise SystemExit(f"{path} is not a file")
+    job = args.job or f"{face.stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+    options = JobOptions(prompt=args.prompt, mode=args.mode)
+    for key in client.submit(face, audio, job, options):
+        print(f"uploaded s3://{client.target.bucket}/{key}")
+    print(f"job: {job}")
+    if not args.wait:
+        return 0
+    task = client.wait(job, args.timeout, on_transition=lambda step: print(describe_transition(step), flush=True))
+    if task.status is not TaskStatus.COMPLETED:
+        print(f"job {job} ended {task.status}: {task.reason}")
+        return 1
+    print(client.download(task, Path(args.out)))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="avatar", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--stack-file", default=str(DEFAULT_STACK_FILE), help="local stack description (stack.json)")
+    parser.add_argument("--stack-name", help="a deployed CloudFormation stack to use instead")
+    parser.add_argument("--region", help="AWS region of the deployed stack")
+    commands = parser.add_subparsers(dest="command", required=True)
+    submit = commands.add_parser("submit", help="upload a face and a voice clip as one job")
+    submit.add_argument("face")
+    submit.add_argument("audio")
+    submit.add_argument("--job", help="job name (default: <face file name>-<UTC time>)")
+    submit.add_argument("--prompt")
+    submit.add_argument("--mode", choices=["std", "pro"])
+    submit.add_argument("--wait", action="store_true", help="follow the job and download the video")
+    submit.add_argument("--timeout", type=float, default=900.0, help="seconds to wait with --wait")
+    submit.add_argument("--out", default="outputs", help="where --wait saves the video")
+    status = commands.add_parser("status", help="where a job stands, with its history")
+    status.add_argument("job")
+    status.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    client = PipelineClient(_target(args))
+    if args.command == "submit":
+        return _submit(client, args)
+    return _print_status(client, args.job, args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Embedded AWS: moto in server mode, in this process, with template.yaml's resources created in it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import boto3
+from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+from avatar_local.moto_dynamodb import serialised_item_writes
+from avatar_local.template import Resolver
+
+# Credentials moto accepts; nothing here can reach real AWS.
+LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+
+
+class EmbeddedAws:
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self._writes = serialised_item_writes()
+        self.endpoint_url = ""
+
+    def start(self) -> None:
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._writes.__enter__()
+        self._server.start()
+        host, port = self._server.get_host_and_port()
+        self.endpoint_url = f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._writes.__exit__(None, None, None)
+
+    def client(self, service: str) -> Any:
+        return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region, **LOCAL_CREDENTIALS)
+
+
+@dataclass
+class CreatedResources:
+    """What each logical id became in the embedded AWS: its Ref value and its attributes."""
+
+    refs: dict[str, str] = field(default_factory=dict)
+    attributes: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+DATA_RESOURCE_TYPES = frozenset(
+    {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SNS::Topic", "AWS::SQS::Queue", "AWS::SecretsManager::Secret"}
+)
+_TABLE_CREATE_KEYS = ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode")
+
+
+def create_resources(
+    aws: EmbeddedAws,
+    template: Mapping[str, Any],
+    resolver: Resolver,
+    stack_name: str,
+    secret_values: Mapping[str, str],
+) -> CreatedResources:
+    """Create the template's data resources (bucket, table, topic, queues, secrets) in the embedded AWS.
+
+    Compute (functions, API, layer) is run by the local runtime instead; IAM, logs and policies have no local effect.
+    """
+    created = CreatedResources()
+    account = "123456789012"
+    for logical_id, resource in template["Resources"].items():
+        kind = resource["Type"]
+        if kind not in DATA_RESOURCE_TYPES or (
+            "Condition" in resource and not resolver.condition(resource["Condition"])
+        ):
+            continue
+        props = resolver.resolve(resource.get("Properties", {}))
+        if kind == "AWS::S3::Bucket":
+            name = props.get("BucketName", f"{stack_name}-{logical_id}".lower())
+            aws.client("s3").create_bucket(Bucket=name)
+            created.refs[logical_id] = name
+            created.attributes[(logical_id, "Arn")] = f"arn:aws:s3:::{name}"
+        elif kind == "AWS::DynamoDB::Table":
+            name = props.get("TableName", f"{stack_name}-{logical_id}")
+            definition = {key: props[key] for key in _TABLE_CREATE_KEYS if key in props}
+            if "StreamSpecification" in props:
+                definition["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+            description = aws.client("dynamodb").create_table(TableName=name, **definition)["TableDescription"]
+            if "TimeToLiveSpecification" in props:
+                aws.client("dynamodb").update_time_to_live(
+                    TableName=name, TimeToLiveSpecification=props["TimeToLiveSpecification"]
+                )
+            created.refs[logical_id] = name
+            created.attributes[(logical_id, "Arn")] = description["TableArn"]
+            if "LatestStreamArn" in description:
+                created.attributes[(logical_id, "StreamArn")] = description["LatestStreamArn"]
+        elif kind == "AWS::SNS::Topic":
+            name = props.get("TopicName", f"{stack_name}-{logical_id}")
+            arn = aws.client("sns").create_topic(Name=name)["TopicArn"]
+            created.refs[logical_id] = arn
+            created.attributes[(logical_id, "TopicName")] = name
+        elif kind == "AWS::SQS::Queue":
+            name = props.get("QueueName", f"{stack_name}-{logical_id}")
+            url = aws.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+            created.refs[logical_id] = url
+            created.attributes[(logical_id, "Arn")] = f"arn:aws:sqs:{aws.region}:{account}:{name}"
+            created.attributes[(logical_id, "QueueName")] = name
+        elif kind == "AWS::SecretsManager::Secret":
+            name = props.get("Name", f"{stack_name}-{logical_id}")
+            value = secret_values.get(logical_id, props.get("SecretString", ""))
+            arn = aws.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
+            created.refs[logical_id] = arn
+        resolver.resource_values.update(created.refs)
+        resolver.attributes.update(created.attributes)
+    return created
+
+
+def subscribe_queue(aws: EmbeddedAws, topic_arn: str, queue_name: str) -> str:
+    """A queue that receives every message of `topic_arn`, as a machine subscriber would."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    aws.client("sns").subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
+    return url
+
+
+def secret_json(values: Mapping[str, str]) -> str:
+    return json.dumps(dict(values))

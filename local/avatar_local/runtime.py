@@ -1,0 +1,169 @@
+"""Lambda functions on one machine: each function runs in processes of its own, like Lambda's execution environments.
+
+A worker process gets the function's environment (resolved from template.yaml) before it imports the handler, so
+module-level state — Powertools objects, cached clients, settings — is per function exactly as in Lambda, and one
+function's environment never leaks into another's. Invocations go through a queue; a worker handles one at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.context import SpawnProcess
+from typing import Any
+
+
+class InvocationError(Exception):
+    """The handler raised (or its process died): Lambda would report a function error."""
+
+
+@dataclass(frozen=True)
+class FunctionRuntime:
+    """What a worker needs to run one function."""
+
+    name: str
+    module: str
+    attribute: str
+    code_paths: tuple[str, ...]  # the function's CodeUri, then its layers' content directories
+    environment: dict[str, str]
+    timeout_seconds: int
+    memory_mb: int
+    log_path: str | None = None  # the function's "CloudWatch log group": its stdout and stderr
+
+
+@dataclass
+class _LambdaContext:
+    function_name: str
+    memory_limit_in_mb: int
+    invoked_function_arn: str
+    aws_request_id: str
+    deadline: float
+    function_version: str = "$LATEST"
+    log_group_name: str = ""
+    log_stream_name: str = ""
+    identity: Any = None
+    client_context: Any = None
+
+    def get_remaining_time_in_millis(self) -> int:
+        return max(0, int((self.deadline - time.monotonic()) * 1000))
+
+
+def _worker_main(runtime: FunctionRuntime, requests: Any, responses: Any) -> None:
+    if runtime.log_path:
+        log = open(runtime.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+        sys.stdout = sys.stderr = log
+    os.environ.update(runtime.environment)
+    for path in reversed(runtime.code_paths):
+        sys.path.insert(0, path)
+    handler = getattr(__import__(runtime.module, fromlist=[runtime.attribute]), runtime.attribute)
+    while True:
+        message = requests.get()
+        if message is None:
+            return
+        request_id, event = message
+        context = _LambdaContext(
+            function_name=runtime.name,
+            memory_limit_in_mb=runtime.memory_mb,
+            invoked_function_arn=f"arn:aws:lambda:{os.environ.get('AWS_REGION', 'us-east-1')}:000000000000:function:"
+            f"{runtime.name}",
+            aws_request_id=request_id,
+            deadline=time.monotonic() + runtime.timeout_seconds,
+        )
+        try:
+            responses.put((request_id, True, handler(event, context)))
+        except Exception:
+            responses.put((request_id, False, traceback.format_exc()))
+
+
+@dataclass
+class _Pending:
+    done: threading.Event = field(default_factory=threading.Event)
+    ok: bool = False
+    payload: Any = None
+
+
+class FunctionPool:
+    """Worker processes for one function; `invoke` blocks until a worker has run the event."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, runtime: FunctionRuntime, workers: int = 1) -> None:
+        self.runtime = runtime
+        spawn = multiprocessing.get_context("spawn")
+        self._requests = spawn.Queue()
+        self._responses = spawn.Queue()
+        self._pending: dict[str, _Pending] = {}
+        self._lock = threading.Lock()
+        self._processes: list[SpawnProcess] = [
+            spawn.Process(
+                target=_worker_main,
+                args=(runtime, self._requests, self._responses),
+                name=f"lambda-{runtime.name}-{n}",
+                daemon=True,
+            )
+            for n in range(workers)
+        ]
+        for process in self._processes:
+            process.start()
+        self._collector = threading.Thread(target=self._collect, name=f"results-{runtime.name}", daemon=True)
+        self._collector.start()
+
+    def _collect(self) -> None:
+        while True:
+            try:
+                message = self._responses.get(timeout=0.5)
+            except queue.Empty:
+                if not any(process.is_alive() for process in self._processes):
+                    self._fail_all("the function's worker processes exited")
+                    return
+                continue
+            except (EOFError, OSError):
+                return
+            if message is None:
+                return
+            request_id, ok, payload = message
+            with self._lock:
+                pending = self._pending.pop(request_id, None)
+            if pending is not None:
+                pending.ok, pending.payload = ok, payload
+                pending.done.set()
+
+    def _fail_all(self, reason: str) -> None:
+        with self._lock:
+            waiting, self._pending = self._pending, {}
+        for pending in waiting.values():
+            pending.ok, pending.payload = False, reason
+            pending.done.set()
+
+    def invoke(self, event: Any) -> Any:
+        """Run the handler on `event` and return its result; raises InvocationError when the handler fails."""
+        request_id = f"{self.runtime.name}-{next(self._ids):08d}"
+        pending = _Pending()
+        with self._lock:
+            self._pending[request_id] = pending
+        self._requests.put((request_id, event))
+        # Lambda stops an invocation at its timeout; a little slack covers queueing behind other invocations.
+        if not pending.done.wait(self.runtime.timeout_seconds * 4 + 30):
+            with self._lock:
+                self._pending.pop(request_id, None)
+            raise InvocationError(f"{self.runtime.name} did not answer within its timeout")
+        if not pending.ok:
+            raise InvocationError(f"{self.runtime.name} failed:\n{pending.payload}")
+        return pending.payload
+
+    def stop(self) -> None:
+        for _ in self._processes:
+            self._requests.put(None)
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
+        self._responses.put(None)
+        self._fail_all("the local stack stopped")

@@ -1,0 +1,291 @@
+"""The whole pipeline on one machine, wired from template.yaml.
+
+- AWS: moto in server mode, in this process, with the template's bucket, table, topic, queues and secret.
+- Functions: every AWS::Serverless::Function of the template, with its handler, environment and events.
+- Providers: the WaveSpeed simulator on 127.0.0.1.
+Only two things differ from a deployment, on purpose: AWS endpoints point at the embedded AWS, and the API's public
+URL (`https://<api>.execute-api...`) is the local API gateway's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from avatar_local.aws import EmbeddedAws, create_resources, secret_json, subscribe_queue
+from avatar_local.runtime import FunctionPool, FunctionRuntime
+from avatar_local.simulators.faults import FaultPlan
+from avatar_local.simulators.wavespeed import WaveSpeedSimulator
+from avatar_local.template import FunctionSpec, Resolver, functions, layer_content_dirs, load_template
+from avatar_local.triggers import (
+    ApiGateway,
+    ApiRoute,
+    AsyncInvoker,
+    StreamPump,
+    Worker,
+    s3_notification_pump,
+    scheduled_event,
+)
+
+logger = logging.getLogger("avatar_local")
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_API_ID = "localapi"
+LOCAL_API_KEY = "local-simulator-key"
+
+
+class StackInfo(BaseModel):
+    """What a client needs to use the running stack; written to .local/stack.json."""
+
+    aws_endpoint_url: str
+    region: str
+    bucket: str
+    table: str
+    topic_arn: str
+    webhook_base_url: str
+    simulators: dict[str, str]
+    notifications_queue_url: str
+    async_failure_queue_url: str | None = None
+    finalize_failure_queue_url: str | None = None
+
+
+@dataclass
+class LocalStackConfig:
+    root: Path = ROOT
+    stack_name: str = "avatar-local"
+    region: str = "us-east-1"
+    account_id: str = "123456789012"
+    # Template parameter overrides: shorter waits than production so things happen in seconds, not minutes.
+    parameters: dict[str, str] = field(
+        default_factory=lambda: {"PollAfterSeconds": "30", "MaxPairWaitSeconds": "300", "MaxTaskAgeSeconds": "600"}
+    )
+    poll_interval_seconds: float = 2.0
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    time_factor: float = 1.0
+    state_dir: Path | None = None
+    workers_per_function: int = 1
+
+    @property
+    def local_dir(self) -> Path:
+        return self.state_dir or self.root / ".local"
+
+
+class LocalStack:
+    def __init__(self, config: LocalStackConfig | None = None) -> None:
+        self.config = config or LocalStackConfig()
+        self.template = load_template(self.config.root / "template.yaml")
+        self.aws = EmbeddedAws(self.config.region)
+        self.simulator = WaveSpeedSimulator(faults=self.config.faults, time_factor=self.config.time_factor)
+        self.pools: dict[str, FunctionPool] = {}
+        self._workers: list[Worker] = []
+        self._invokers: list[AsyncInvoker] = []
+        self._stream_pumps: list[StreamPump] = []
+        self._gateway: ApiGateway | None = None
+        self.info: StackInfo | None = None
+        self.wired_events: list[tuple[str, str]] = []  # (function, event) pairs given a local source
+
+    # --- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> StackInfo:
+        config = self.config
+        config.local_dir.mkdir(parents=True, exist_ok=True)
+        (config.local_dir / "logs").mkdir(exist_ok=True)
+        self.aws.start()
+        self.simulator.start()
+        resolver = Resolver(
+            self.template,
+            stack_name=config.stack_name,
+            region=config.region,
+            account_id=config.account_id,
+            parameters={"WaveSpeedBaseUrl": self.simulator.base_url, **config.parameters},
+            resource_values={"WebhookApi": LOCAL_API_ID},
+        )
+        secrets = {
+            "WaveSpeedSecret": secret_json({"api_key": LOCAL_API_KEY, "webhook_secret": self.simulator.webhook_secret})
+        }
+        created = create_resources(self.aws, self.template, resolver, config.stack_name, secrets)
+        specs = functions(self.template)
+        routes: list[ApiRoute] = []
+        self._gateway = ApiGateway(routes)
+        for spec in specs:
+            self.pools[spec.logical_id] = FunctionPool(
+                self._runtime(spec, resolver), workers=config.workers_per_function
+            )
+        for spec in specs:
+            self._wire_events(spec, resolver, created.refs, routes)
+        self._gateway.start()
+        for worker in self._workers:
+            worker.start()
+        self.info = self._describe(resolver, created.refs)
+        (config.local_dir / "stack.json").write_text(self.info.model_dump_json(indent=2) + "\n")
+        return self.info
+
+    def stop(self) -> None:
+        for worker in self._workers:
+            worker.stop()
+        for invoker in self._invokers:
+            invoker.stop()
+        if self._gateway is not None:
+            self._gateway.stop()
+        for pool in self.pools.values():
+            pool.stop()
+        self.simulator.stop()
+        self.aws.stop()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def wait_until_quiet(self, timeout: float = 30.0) -> None:
+        """Until no invocation is queued or running (tests use it to let the pipeline settle)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(i.busy for i in self._invokers) and not any(p.busy for p in self._stream_pumps):
+                return
+            time.sleep(0.1)
+
+    # --- wiring ------------------------------------------------------------------------------------------------
+    def _runtime(self, spec: FunctionSpec, resolver: Resolver) -> FunctionRuntime:
+        environment = {key: str(value) for key, value in spec.resolved_environment(resolver).items()}
+        public_api = f"https://{LOCAL_API_ID}.execute-api.{self.config.region}.amazonaws.com"
+        assert self._gateway is not None
+        for key, value in environment.items():
+            if value.startswith(public_api):
+                environment[key] = self._gateway.base_url + value.removeprefix(public_api)
+        environment |= {
+            "AWS_ENDPOINT_URL": self.aws.endpoint_url,
+            "AWS_REGION": self.config.region,
+            "AWS_DEFAULT_REGION": self.config.region,
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_LAMBDA_FUNCTION_NAME": f"{self.config.stack_name}-{spec.logical_id}",
+            "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon on this machine
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+        code_paths = (
+            str(self.config.root / spec.code_uri),
+            *(str(self.config.root / path) for path in layer_content_dirs(self.template, spec)),
+        )
+        return FunctionRuntime(
+            name=spec.logical_id,
+            module=spec.module,
+            attribute=spec.attribute,
+            code_paths=code_paths,
+            environment=environment,
+            timeout_seconds=spec.timeout,
+            memory_mb=spec.memory_size,
+            log_path=str(self.config.local_dir / "logs" / f"{spec.logical_id}.log"),
+        )
+
+    def _failure_destination(self, spec: FunctionSpec, resolver: Resolver) -> tuple[int, str | None]:
+        invoke_config = spec.properties.get("EventInvokeConfig", {})
+        retries = int(invoke_config.get("MaximumRetryAttempts", 2))
+        destination = invoke_config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+        return retries, self._queue_url_for(resolver.resolve(destination)) if destination else None
+
+    def _queue_url_for(self, queue_arn: str) -> str:
+        return self.aws.client("sqs").get_queue_url(QueueName=queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
+
+    def _wire_events(
+        self, spec: FunctionSpec, resolver: Resolver, refs: dict[str, str], routes: list[ApiRoute]
+    ) -> None:
+        pool = self.pools[spec.logical_id]
+        for event in spec.events:
+            props = event.properties
+            if event.type == "S3":
+                retries, destination = self._failure_destination(spec, resolver)
+                invoker = AsyncInvoker(pool, self.aws, retries, destination)
+                self._invokers.append(invoker)
+                bucket = refs[props["Bucket"]["Ref"]]
+                queue_url = self._route_bucket_events(bucket, spec.logical_id, event.name, props)
+                self._workers.append(
+                    Worker(f"s3-{spec.logical_id}", s3_notification_pump(self.aws, queue_url, invoker), 0.0)
+                )
+            elif event.type == "Api":
+                api = self.template["Resources"][props["RestApiId"]["Ref"]]["Properties"]
+                routes.append(ApiRoute(api["StageName"], props["Path"], props["Method"], pool))
+            elif event.type in ("Schedule", "ScheduleV2"):
+                retries, destination = self._failure_destination(spec, resolver)
+                invoker = AsyncInvoker(pool, self.aws, retries, destination)
+                self._invokers.append(invoker)
+                rule = f"{self.config.stack_name}-{spec.logical_id}-{event.name}"
+
+                def tick(invoker: AsyncInvoker = invoker, rule: str = rule) -> None:
+                    if not invoker.busy:  # one poll at a time is enough locally
+                        invoker.submit(scheduled_event(rule, self.config.region))
+
+                self._workers.append(Worker(f"schedule-{spec.logical_id}", tick, self.config.poll_interval_seconds))
+            elif event.type == "DynamoDB":
+                stream_arn = resolver.resolve(props["Stream"])
+                destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+                pump = StreamPump(
+                    self.aws,
+                    stream_arn,
+                    pool,
+                    batch_size=int(props.get("BatchSize", 100)),
+                    max_retries=int(props.get("MaximumRetryAttempts", 3)),
+                    filters=[json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
+                    failure_queue_url=self._queue_url_for(resolver.resolve(destination)) if destination else None,
+                    report_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                )
+                self._stream_pumps.append(pump)
+                self._workers.append(Worker(f"stream-{spec.logical_id}", pump.step, 0.2))
+            else:
+                raise NotImplementedError(f"{spec.logical_id}: no local source for {event.type} events")
+            self.wired_events.append((spec.logical_id, event.name))
+
+    def _route_bucket_events(self, bucket: str, function: str, event_name: str, props: dict[str, Any]) -> str:
+        """S3 notifications for the function's event, delivered by moto to a queue the pump reads."""
+        sqs = self.aws.client("sqs")
+        queue_name = f"{self.config.stack_name}-{function}-{event_name}"
+        queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events = props["Events"] if isinstance(props["Events"], list) else [props["Events"]]
+        configuration: dict[str, Any] = {"QueueArn": queue_arn, "Events": events}
+        if "Filter" in props:
+            configuration["Filter"] = {"Key": {"FilterRules": props["Filter"]["S3Key"]["Rules"]}}
+        s3 = self.aws.client("s3")
+        existing = s3.get_bucket_notification_configuration(Bucket=bucket).get("QueueConfigurations", [])
+        s3.put_bucket_notification_configuration(
+            Bucket=bucket, NotificationConfiguration={"QueueConfigurations": [*existing, configuration]}
+        )
+        return queue_url
+
+    def _describe(self, resolver: Resolver, refs: dict[str, str]) -> StackInfo:
+        outputs = {name: resolver.resolve(output["Value"]) for name, output in self.template.get("Outputs", {}).items()}
+        assert self._gateway is not None
+        public_api = f"https://{LOCAL_API_ID}.execute-api.{self.config.region}.amazonaws.com"
+        return StackInfo(
+            aws_endpoint_url=self.aws.endpoint_url,
+            region=self.config.region,
+            bucket=outputs["MediaBucketName"],
+            table=outputs["TaskTableName"],
+            topic_arn=outputs["NotificationTopicArn"],
+            webhook_base_url=outputs["WebhookBaseUrl"].replace(public_api, self._gateway.base_url),
+            simulators={"wavespeed": self.simulator.base_url},
+            notifications_queue_url=subscribe_queue(
+                self.aws, outputs["NotificationTopicArn"], f"{self.config.stack_name}-notifications"
+            ),
+            async_failure_queue_url=outputs.get("AsyncFailureQueueUrl"),
+            finalize_failure_queue_url=outputs.get("FinalizeFailureQueueUrl"),
+        )
+
+
+def environment_for_clients(info: StackInfo) -> dict[str, str]:
+    """Environment variables that point AWS SDKs and the CLI at the local stack."""
+    return {
+        "AWS_ENDPOINT_URL": info.aws_endpoint_url,
+        "AWS_REGION": info.region,
+        "AWS_DEFAULT_REGION": info.region,
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+    }

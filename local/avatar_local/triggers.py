@@ -1,0 +1,381 @@
+"""The event sources of template.yaml, played locally: S3 notifications, API Gateway, schedules, DynamoDB streams.
+
+Each one hands its function the event Lambda would, with Lambda's delivery rules: asynchronous invocations are
+retried and then sent to the on-failure destination; stream batches are retried from the first failed record and
+then sent to the on-failure destination.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from avatar_local.aws import EmbeddedAws
+from avatar_local.event_filter import matches_any
+from avatar_local.runtime import FunctionPool, InvocationError
+
+logger = logging.getLogger("avatar_local")
+
+
+class AsyncInvoker:
+    """Lambda's asynchronous invocation: a queue, retries, then the on-failure destination (an SQS queue)."""
+
+    def __init__(self, pool: FunctionPool, aws: EmbeddedAws, max_retries: int, failure_queue_url: str | None) -> None:
+        self._pool = pool
+        self._aws = aws
+        self._max_retries = max_retries
+        self._failure_queue_url = failure_queue_url
+        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"async-{pool.runtime.name}")
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def busy(self) -> bool:
+        with self._lock:
+            return self._in_flight > 0
+
+    def submit(self, event: Any) -> None:
+        with self._lock:
+            self._in_flight += 1
+        self._executor.submit(self._run, event)
+
+    def _run(self, event: Any) -> None:
+        try:
+            for attempt in range(self._max_retries + 1):
+                try:
+                    self._pool.invoke(event)
+                    return
+                except InvocationError as error:
+                    logger.warning("%s failed (attempt %d): %s", self._pool.runtime.name, attempt + 1, error)
+                    last_error = error
+                    time.sleep(min(2**attempt, 5))
+            self._send_to_destination(event, str(last_error))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _send_to_destination(self, event: Any, error: str) -> None:
+        if not self._failure_queue_url:
+            logger.error("%s failed for good and has no destination; event dropped", self._pool.runtime.name)
+            return
+        record = {
+            "version": "1.0",
+            "timestamp": datetime.now(UTC).isoformat(),
+            "requestContext": {
+                "functionArn": self._pool.runtime.name,
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": self._max_retries + 1,
+            },
+            "requestPayload": event,
+            "responsePayload": {"errorMessage": error[-2000:]},
+        }
+        self._aws.client("sqs").send_message(QueueUrl=self._failure_queue_url, MessageBody=json.dumps(record))
+
+    def stop(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Worker:
+    """A daemon thread repeating `step` until stopped."""
+
+    def __init__(self, name: str, step: Callable[[], None], idle_seconds: float) -> None:
+        self._step = step
+        self._idle = idle_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._step()
+            except Exception:
+                logger.exception("%s failed; going on", self._thread.name)
+            self._stop.wait(self._idle)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def s3_notification_pump(aws: EmbeddedAws, queue_url: str, invoker: AsyncInvoker) -> Callable[[], None]:
+    """S3 → function: moto delivers the bucket's notifications to a queue; each becomes an async invocation."""
+    sqs = aws.client("sqs")
+
+    def step() -> None:
+        batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for message in batch.get("Messages", []):
+            event = json.loads(message["Body"])
+            # S3 sends queue destinations an s3:TestEvent when notifications are configured; Lambda never sees one.
+            if "Records" in event:
+                invoker.submit(event)
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    return step
+
+
+class StreamPump:
+    """DynamoDB stream → function, with the event source mapping's filters, batching, retries and destination."""
+
+    def __init__(
+        self,
+        aws: EmbeddedAws,
+        stream_arn: str,
+        pool: FunctionPool,
+        *,
+        batch_size: int,
+        max_retries: int,
+        filters: list[dict[str, Any]],
+        failure_queue_url: str | None,
+        report_item_failures: bool,
+    ) -> None:
+        self._streams = aws.client("dynamodbstreams")
+        self._aws = aws
+        self._stream_arn = stream_arn
+        self._pool = pool
+        self._batch_size = batch_size
+        self._max_retries = max_retries
+        self._filters = filters
+        self._failure_queue_url = failure_queue_url
+        self._report_item_failures = report_item_failures
+        self._iterators: dict[str, str | None] = {}
+        self._backlog: list[dict[str, Any]] = []
+        self.delivered = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self._backlog)
+
+    def _read_new_records(self) -> None:
+        description = self._streams.describe_stream(StreamArn=self._stream_arn)["StreamDescription"]
+        for shard in description["Shards"]:
+            shard_id = shard["ShardId"]
+            if shard_id not in self._iterators:
+                self._iterators[shard_id] = self._streams.get_shard_iterator(
+                    StreamArn=self._stream_arn, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"
+                )["ShardIterator"]
+            iterator = self._iterators[shard_id]
+            if iterator is None:
+                continue
+            page = self._streams.get_records(ShardIterator=iterator, Limit=1000)
+            self._iterators[shard_id] = page.get("NextShardIterator")
+            for record in page["Records"]:
+                lambda_record = self._as_lambda_record(record)
+                if not self._filters or matches_any(self._filters, lambda_record):
+                    self._backlog.append(lambda_record)
+
+    def _as_lambda_record(self, record: dict[str, Any]) -> dict[str, Any]:
+        record = json.loads(json.dumps(record, default=str))
+        created = record["dynamodb"].get("ApproximateCreationDateTime")
+        if isinstance(created, str):  # Lambda delivers epoch seconds
+            record["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromisoformat(created).timestamp()
+        record["eventSourceARN"] = self._stream_arn
+        return record
+
+    def step(self) -> None:
+        self._read_new_records()
+        while self._backlog:
+            batch = self._backlog[: self._batch_size]
+            delivered = self._deliver(batch)
+            self._backlog = self._backlog[delivered:]
+
+    def _deliver(self, batch: list[dict[str, Any]]) -> int:
+        """Deliver a batch with retries; returns how many records are done with (processed or sent away)."""
+        for attempt in range(self._max_retries + 1):
+            try:
+                response = self._pool.invoke({"Records": batch})
+            except InvocationError as error:
+                logger.warning(
+                    "%s failed on a stream batch (attempt %d): %s", self._pool.runtime.name, attempt + 1, error
+                )
+                time.sleep(min(2**attempt, 5))
+                continue
+            failures = (response or {}).get("batchItemFailures", []) if self._report_item_failures else []
+            if not failures:
+                self.delivered += len(batch)
+                return len(batch)
+            # Lambda retries from the first failed record on; the records before it are done.
+            first_failed = min(
+                i
+                for i, r in enumerate(batch)
+                for f in failures
+                if f["itemIdentifier"] == r["dynamodb"]["SequenceNumber"]
+            )
+            if first_failed > 0:
+                self.delivered += first_failed
+                return first_failed
+            time.sleep(min(2**attempt, 5))
+        self._send_to_destination(batch)
+        return len(batch)
+
+    def _send_to_destination(self, batch: list[dict[str, Any]]) -> None:
+        logger.error("%s gave up on %d stream records", self._pool.runtime.name, len(batch))
+        if self._failure_queue_url:
+            body = {
+                "requestContext": {"condition": "RetryAttemptsExhausted", "functionArn": self._pool.runtime.name},
+                "DDBStreamBatchInfo": {
+                    "streamArn": self._stream_arn,
+                    "startSequenceNumber": batch[0]["dynamodb"]["SequenceNumber"],
+                    "endSequenceNumber": batch[-1]["dynamodb"]["SequenceNumber"],
+                    "batchSize": len(batch),
+                },
+            }
+            self._aws.client("sqs").send_message(QueueUrl=self._failure_queue_url, MessageBody=json.dumps(body))
+
+
+def scheduled_event(rule_name: str, region: str) -> dict[str, Any]:
+    return {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "region": region,
+        "resources": [f"arn:aws:events:{region}:123456789012:rule/{rule_name}"],
+        "detail": {},
+    }
+
+
+class ApiRoute:
+    def __init__(self, stage: str, path_template: str, method: str, pool: FunctionPool) -> None:
+        self.stage = stage
+        self.resource = path_template
+        self.method = method.upper()
+        self.pool = pool
+        pattern = re.sub(r"\\\{([^}]+)\\\}", r"(?P<\1>[^/]+)", re.escape(path_template))
+        self._regex = re.compile(f"^/{re.escape(stage)}{pattern}$")
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        found = self._regex.match(path)
+        return found.groupdict() if found and method.upper() == self.method else None
+
+
+class ApiGateway:
+    """API Gateway (REST, Lambda proxy integration) on 127.0.0.1: requests in, proxy events to the function."""
+
+    def __init__(self, routes: list[ApiRoute]) -> None:
+        self.routes = routes
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._thread = threading.Thread(target=self._server.serve_forever, name="api-gateway", daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        gateway = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                logger.debug(format, *args)
+
+            def _serve(self) -> None:
+                split = urlsplit(self.path)
+                for route in gateway.routes:
+                    path_parameters = route.match(self.command, split.path)
+                    if path_parameters is not None:
+                        break
+                else:
+                    self._reply(
+                        403 if split.path.startswith("/") else 404, {}, b'{"message":"Missing Authentication Token"}'
+                    )
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                event = proxy_event(
+                    route,
+                    self.command,
+                    split.path,
+                    split.query,
+                    dict(self.headers),
+                    body,
+                    path_parameters,
+                    self.client_address[0],
+                )
+                try:
+                    response = route.pool.invoke(event)
+                except InvocationError:
+                    self._reply(502, {}, b'{"message": "Internal server error"}')
+                    return
+                payload = response.get("body") or ""
+                raw = base64.b64decode(payload) if response.get("isBase64Encoded") else payload.encode()
+                self._reply(int(response.get("statusCode", 200)), response.get("headers") or {}, raw)
+
+            def _reply(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+                self.send_response(status)
+                for name, value in headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _serve
+
+        return Handler
+
+
+def proxy_event(
+    route: ApiRoute,
+    method: str,
+    path: str,
+    query: str,
+    headers: dict[str, str],
+    body: bytes,
+    path_parameters: dict[str, str],
+    source_ip: str,
+) -> dict[str, Any]:
+    """The event API Gateway's Lambda proxy integration sends for a REST API request."""
+    multi_query = parse_qs(query, keep_blank_values=True)
+    try:
+        text, is_base64 = body.decode(), False
+    except UnicodeDecodeError:
+        text, is_base64 = base64.b64encode(body).decode(), True
+    resource_path = path.removeprefix(f"/{route.stage}")
+    request_id = str(uuid.uuid4())
+    return {
+        "resource": route.resource,
+        "path": resource_path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {name: [value] for name, value in headers.items()},
+        "queryStringParameters": {k: v[-1] for k, v in multi_query.items()} or None,
+        "multiValueQueryStringParameters": multi_query or None,
+        "pathParameters": path_parameters or None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": route.resource,
+            "httpMethod": method,
+            "path": path,
+            "stage": route.stage,
+            "requestId": request_id,
+            "requestTimeEpoch": int(time.time() * 1000),
+            "identity": {"sourceIp": source_ip, "userAgent": headers.get("User-Agent", "")},
+            "protocol": "HTTP/1.1",
+            "accountId": "123456789012",
+            "apiId": "local",
+        },
+        "body": text if body else None,
+        "isBase64Encoded": is_base64,
+    }

@@ -1,0 +1,90 @@
+"""End to end through the local stack: S3 upload → submit → simulator → webhook/poller → finalize → S3 + SNS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.e2e import E2E
+
+from avatar_local.simulators.faults import FaultPlan
+from avatar_local.simulators.media import probe_media
+from avatar_local.template import functions, load_template
+from avatar_pipeline.models import JobOptions, TaskStatus
+
+pytestmark = pytest.mark.e2e
+
+
+def test_every_function_of_the_template_runs_with_its_events_wired(e2e: E2E) -> None:
+    # Given the template's functions
+    specs = functions(load_template(e2e.stack.config.root / "template.yaml"))
+    # Then each runs locally, and each of its events has a local source
+    assert set(e2e.stack.pools) == {spec.logical_id for spec in specs}
+    assert sorted(e2e.stack.wired_events) == sorted(
+        (spec.logical_id, event.name) for spec in specs for event in spec.events
+    )
+
+
+def test_folder_job_becomes_a_real_mp4_with_one_notification(e2e: E2E, tmp_path: Path) -> None:
+    # When a face and a voice are uploaded as a folder job with options
+    task = e2e.run("e2e-folder", options=JobOptions(prompt="a calm presenter", mode="pro"))
+    # Then the task completed, the video is a real MP4 as long as the voice, and one notification says where it is
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    video = e2e.client.download(task, tmp_path)
+    info = probe_media(video)
+    assert info.has_video and info.has_audio
+    assert abs(info.duration - e2e.samples.voice_seconds) <= 0.2
+    (note,) = e2e.notifications("e2e-folder")
+    assert note["attributes"] == {"status": "COMPLETED", "job": "e2e-folder"}
+    assert note["body"]["output"] == task.output.uri  # type: ignore[union-attr]
+    assert note["body"]["download_url"].startswith("http")
+    submissions = [r for r in e2e.stack.simulator.submissions() if "e2e-folder" in r["json"]["image"]]
+    assert len(submissions) == 1 and "avatar-pro" in submissions[0]["path"]
+    assert submissions[0]["json"]["prompt"] == "a calm presenter"
+
+
+def test_same_stem_pair_completes(e2e: E2E) -> None:
+    # When a pair is uploaded as inbox/<stem>.png + inbox/<stem>.mp3
+    assert e2e.stack.info is not None
+    s3 = e2e.stack.aws.client("s3")
+    s3.upload_file(str(e2e.samples.face), e2e.stack.info.bucket, "inbox/e2e-stem.png")
+    s3.upload_file(str(e2e.samples.voice), e2e.stack.info.bucket, "inbox/e2e-stem.mp3")
+    task = e2e.client.wait("e2e-stem", 60, interval=0.25)
+    # Then it completes like a folder job
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert [n["body"]["status"] for n in e2e.notifications("e2e-stem")] == ["COMPLETED"]
+
+
+def test_lost_webhook_is_made_good_by_the_poller(e2e: E2E) -> None:
+    # Given the provider never delivers its webhook
+    e2e.faults(FaultPlan(processing_seconds=0.5, lost_webhook_rate=1.0))
+    # When a job runs
+    task = e2e.run("e2e-lost-webhook", timeout=90)
+    # Then the poller found the result, and the job completed with one notification
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert any("finished the video" in h.reason for h in task.history)
+    assert len(e2e.notifications("e2e-lost-webhook")) == 1
+
+
+def test_duplicated_webhook_gives_one_notification(e2e: E2E) -> None:
+    # Given the provider delivers every webhook twice
+    e2e.faults(FaultPlan(processing_seconds=0.5, duplicate_webhook_rate=1.0))
+    # When a job runs
+    task = e2e.run("e2e-dup-webhook")
+    # Then it completed once, with exactly one notification
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert [h.to_status for h in task.history].count(TaskStatus.OUTPUT_READY) == 1
+    assert len(e2e.notifications("e2e-dup-webhook", settle=5.0)) == 1
+
+
+def test_failed_provider_task_gives_a_failed_notification_with_the_reason(e2e: E2E) -> None:
+    # Given the provider fails every task with a documented code
+    e2e.faults(FaultPlan(processing_seconds=0.5, fail_rate=1.0, fail_code=1403))
+    # When a job runs
+    task = e2e.run("e2e-failed")
+    # Then the task FAILED with the provider's code, and the one notification says why
+    assert task.status is TaskStatus.FAILED
+    assert "1403" in (task.reason or "")
+    (note,) = e2e.notifications("e2e-failed")
+    assert note["attributes"]["status"] == "FAILED"
+    assert "1403" in note["body"]["reason"]
