@@ -28,7 +28,8 @@ def _say(message: str) -> None:
 def up(stack: LocalStack) -> int:
     info = stack.start()
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager's stop
+        signal.signal(signum, lambda *_: stopping.set())
     _say(f"local stack running; its description is in {stack.config.local_dir / 'stack.json'}:")
     _say(info.model_dump_json(indent=2))
     _say(
@@ -37,10 +38,7 @@ def up(stack: LocalStack) -> int:
         "or use the CLI:  .venv/bin/avatar submit face.png voice.mp3 --wait\n"
         f"function logs: {stack.config.local_dir / 'logs'}/\nCtrl-C stops it."
     )
-    try:
-        while not stopping.wait(0.5):
-            pass
-    except KeyboardInterrupt:
+    while not stopping.wait(0.5):
         pass
     _say("stopping…")
     stack.stop()
