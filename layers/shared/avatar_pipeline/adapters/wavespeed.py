@@ -233,16 +233,7 @@ class WaveSpeedProvider:
             payload = json.loads(body)
         except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
             raise WebhookPayloadError("callback body is not valid JSON") from exc
-        if not isinstance(payload, dict):
-            raise WebhookPayloadError("callback body is not a JSON object")
-        try:
-            prediction = WaveSpeedPrediction.model_validate(payload)
-        except ValidationError as exc:
-            raise WebhookPayloadError(f"callback body is not a prediction: {_summarise(exc)}") from exc
-        job = prediction_to_job(prediction)
-        if job is None:
-            raise WebhookPayloadError(f"callback has an unknown status {prediction.status!r}")
-        return job
+        return _parse_prediction(payload, WebhookPayloadError, "callback body")
 
 
 # -------------------------------------------------------------------- mapping helpers
@@ -303,15 +294,20 @@ def _job_from_response(response: httpx.Response, operation: str, *, unusable: ty
         raise unusable(f"WaveSpeed {operation}: unexpected answer: {_summarise(exc)}") from exc
     if envelope.code != 200:
         _raise_envelope_error(envelope, operation)
-    if not isinstance(envelope.data, dict):
-        raise unusable(f"WaveSpeed {operation}: answer has no prediction data")
+    return _parse_prediction(envelope.data, unusable, f"WaveSpeed {operation} answer")
+
+
+def _parse_prediction(data: object, error: type[Exception], what: str) -> ProviderJob:
+    """A prediction object (enveloped answer's data, or a bare callback body) as a ProviderJob; `error` otherwise."""
+    if not isinstance(data, dict):
+        raise error(f"{what} has no prediction object")
     try:
-        prediction = WaveSpeedPrediction.model_validate(envelope.data)
+        prediction = WaveSpeedPrediction.model_validate(data)
     except ValidationError as exc:
-        raise unusable(f"WaveSpeed {operation}: unexpected prediction: {_summarise(exc)}") from exc
+        raise error(f"{what} is not a prediction: {_summarise(exc)}") from exc
     job = prediction_to_job(prediction)
     if job is None:
-        raise unusable(f"WaveSpeed {operation}: prediction {prediction.id} has an unknown status {prediction.status!r}")
+        raise error(f"{what}: prediction {prediction.id} has an unknown status {prediction.status!r}")
     return job
 
 
