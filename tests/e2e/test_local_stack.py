@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.corpus import corpus, partner_for
 from support.e2e import E2E
 
 from avatar_local.simulators.faults import FaultPlan
@@ -88,3 +89,24 @@ def test_failed_provider_task_gives_a_failed_notification_with_the_reason(e2e: E
     (note,) = e2e.notifications("e2e-failed")
     assert note["attributes"]["status"] == "FAILED"
     assert "1403" in note["body"]["reason"]
+
+
+@pytest.mark.parametrize("name", ["webp-as-jpg", "side-299", "mp3-1.9-s"])
+def test_bad_inputs_end_rejected_with_a_reason_and_no_provider_call(e2e: E2E, name: str) -> None:
+    # Given a corpus case that must be refused, with a valid partner
+    case = next(case for case in corpus() if case.name == name)
+    partner = partner_for(case)
+    job = f"e2e-bad-{name}"
+    assert e2e.stack.info is not None
+    s3 = e2e.stack.aws.client("s3")
+    before = len(e2e.stack.simulator.submissions())
+    # When both are uploaded
+    for item in (partner, case):
+        s3.put_object(Bucket=e2e.stack.info.bucket, Key=f"inbox/{job}/{item.key.rsplit('/', 1)[-1]}", Body=item.data)
+    task = e2e.client.wait(job, 30, interval=0.25)
+    # Then the task is REJECTED with the reason, one notification says so, and the provider was never called
+    assert task.status is TaskStatus.REJECTED
+    assert case.expected in (task.reason or "")
+    (note,) = e2e.notifications(job)
+    assert note["attributes"]["status"] == "REJECTED" and case.expected in note["body"]["reason"]
+    assert len(e2e.stack.simulator.submissions()) == before

@@ -12,8 +12,14 @@ import respx
 from support.aws import REGION, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, s3_created
 
-PNG_BYTES = b"\x89PNG\r\n\x1a\n" + b"\x00" * 2048
-MP3_BYTES = b"ID3\x03\x00\x00\x00\x00\x00\x00" + b"\xff\xfb\x90\x64" * 512
+from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
+
+# Real media, as validation reads content: a generated portrait and a 3-second speech-like clip.
+PNG_BYTES = make_sample_portrait()
+MP3_BYTES = make_sample_speech(3.0)
+# Different bytes of the same kinds, for "changed content" cases.
+OTHER_PNG_BYTES = make_sample_portrait(width=500, height=660)
+OTHER_MP3_BYTES = make_sample_speech(3.5)
 
 
 def upload(stack: Stack, key: str, body: bytes) -> dict[str, Any]:

@@ -6,10 +6,13 @@ import json
 import threading
 from urllib.parse import parse_qs, urlparse
 
+import boto3
 import httpx
 import respx
 from handlers.helpers import (
     MP3_BYTES,
+    OTHER_MP3_BYTES,
+    OTHER_PNG_BYTES,
     PNG_BYTES,
     deliver_upload,
     envelope,
@@ -58,8 +61,15 @@ def test_sample_events_url_encoded_keys_and_uppercase_extension_make_one_pair(
     # "inbox/alice+smith/voice.mp3" (keys URL-encoded as S3 sends them)
     submit = mock_wavespeed_submit(provider_http)
     image_event, audio_event = sample("s3_put_image.json"), sample("s3_put_audio.json")
-    for event in (image_event, audio_event):
+    s3 = boto3.client("s3")
+    for event, key, body in (
+        (image_event, "inbox/alice smith/Face Photo.PNG", PNG_BYTES),
+        (audio_event, "inbox/alice smith/voice.mp3", MP3_BYTES),
+    ):
+        # The objects exist as the events describe them (validation reads their content, pinned to the ETag).
+        etag = s3.put_object(Bucket=stack.bucket, Key=key, Body=body)["ETag"].strip('"')
         event["Records"][0]["s3"]["bucket"]["name"] = stack.bucket
+        event["Records"][0]["s3"]["object"].update({"eTag": etag, "size": len(body)})
     # When both arrive
     first = lambda_handler(image_event, FakeLambdaContext())["results"][0]
     second = lambda_handler(audio_event, FakeLambdaContext())["results"][0]
@@ -128,8 +138,8 @@ def test_byte_identical_reupload_submits_nothing_and_changed_content_makes_a_new
     assert same["results"][0]["action"] == "duplicate"
     assert submit.call_count == 1
     # When a different face and voice are uploaded to the same job
-    deliver_upload(stack, "inbox/gina/face.png", PNG_BYTES + b"\x00")
-    changed = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES + b"\x00")
+    deliver_upload(stack, "inbox/gina/face.png", OTHER_PNG_BYTES)
+    changed = deliver_upload(stack, "inbox/gina/voice.mp3", OTHER_MP3_BYTES)
     # Then they make a second task
     assert changed["results"][0]["action"] == "submitted"
     _, tasks = pipeline().tasks.list_job("gina")

@@ -7,6 +7,7 @@ lock so tests can race threads against them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import threading
@@ -15,7 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_pipeline.config import Settings
+from avatar_pipeline.media_checks import BytesSource
 from avatar_pipeline.models import (
     Notification,
     PairSlot,
@@ -25,8 +28,22 @@ from avatar_pipeline.models import (
     SubmissionRequest,
     Task,
 )
+from avatar_pipeline.pairing import AUDIO_EXTENSIONS
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.services.context import PipelineContext
+
+AUDIO_SUFFIXES = tuple(AUDIO_EXTENSIONS)
+
+
+@functools.cache
+def sample_image() -> bytes:
+    return make_sample_portrait()
+
+
+@functools.cache
+def sample_audio() -> bytes:
+    return make_sample_speech(3.0)
+
 
 BUCKET = "avatar-media-unit"
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -226,6 +243,14 @@ class FakeMediaStore:
         if len(data) > max_bytes:  # as S3MediaStore does
             raise ValueError(f"s3://{bucket}/{key} is {len(data)} bytes, more than the {max_bytes} bytes allowed")
         return data
+
+    def source(self, obj: S3Object) -> BytesSource:
+        """The stored bytes; an upload no test stored is a valid sample of its kind (by extension), so tests about
+        pairing need not carry media."""
+        data = self.objects.get((obj.bucket, obj.key))
+        if data is None:
+            data = sample_audio() if obj.key.lower().endswith(AUDIO_SUFFIXES) else sample_image()
+        return BytesSource(data)
 
     def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
         with self.lock:

@@ -1000,3 +1000,32 @@ def test_the_poller_announces_ended_tasks_nobody_announced(w: World) -> None:
     assert note.status is S.REJECTED
     assert note.reason is not None
     assert "notes.txt" in note.reason
+
+
+def test_two_images_in_one_job_reject_it_naming_both_and_nothing_is_paid_on_a_guess(w: World) -> None:
+    # Given a job folder that receives two differently named images before any audio
+    first = upload("inbox/alice/face.png", etag="img-a")
+    second = upload("inbox/alice/other.png", etag="img-b")
+    assert handle_upload(w.ctx, first).action == "waiting"
+    outcome = handle_upload(w.ctx, second)
+    # Then the job is REJECTED with a reason naming both files
+    assert outcome.action == "rejected"
+    reason = stored(w, outcome.task_id).reason or ""
+    assert "inbox/alice/face.png" in reason and "inbox/alice/other.png" in reason
+    # And the audio that follows waits for the image the user means; nothing is submitted on a guess
+    assert handle_upload(w.ctx, AUDIO).action == "waiting"
+    assert w.provider.submit_count == 0
+    # When the intended image is uploaded again, the pair goes through
+    assert handle_upload(w.ctx, first).action == "submitted"
+    assert w.provider.submit_count == 1
+
+
+def test_content_problems_reject_the_pair_before_any_provider_call(w: World) -> None:
+    # Given an "image" whose bytes are a text file, and a real audio clip
+    w.media.put_object(BUCKET, IMAGE.key, b"this is not an image at all" * 20)
+    # When the pair arrives
+    outcome = deliver_pair(w)
+    # Then it is REJECTED naming the file, and the provider was never called
+    assert outcome.action == "rejected"
+    assert "face.png" in (stored(w, outcome.task_id).reason or "")
+    assert w.provider.submit_count == 0

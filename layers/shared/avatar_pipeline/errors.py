@@ -5,6 +5,10 @@ class PipelineError(Exception):
     """Base class for every failure the pipeline recognises."""
 
 
+class InputGoneError(PipelineError):
+    """An uploaded file was deleted or replaced before it could be checked: its event no longer describes it."""
+
+
 class ProviderError(PipelineError):
     """A provider call did not give a usable answer."""
 

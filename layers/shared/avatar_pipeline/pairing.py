@@ -121,3 +121,10 @@ def consume(slot: PairSlot, used: list[S3Object], now: datetime, deadline: datet
             "next_check_at": deadline if waiting else None,
         }
     )
+
+
+def rival(slot: PairSlot | None, role: MediaRole, upload: S3Object) -> S3Object | None:
+    """An unused upload of the same role under another key: with `upload`, the job would hold two images (or two
+    audio clips), and which one the user meant is not ours to guess."""
+    held = (slot.image if role == "image" else slot.audio) if slot is not None else None
+    return held if held is not None and held.key != upload.key else None

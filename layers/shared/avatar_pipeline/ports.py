@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Protocol
 
+from avatar_pipeline.media_checks import RandomAccessSource
 from avatar_pipeline.models import (
     Notification,
     PairSlot,
@@ -60,6 +61,10 @@ class MediaStore(Protocol):
 
     def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
         """The whole object if it exists and is at most `max_bytes`; None if it does not exist."""
+        ...
+
+    def source(self, obj: S3Object) -> RandomAccessSource:
+        """The object's bytes, read on demand (validation reads headers and tails, not whole files)."""
         ...
 
     def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:

@@ -1,24 +1,82 @@
-"""Checks that run before any money is spent: a failing pair is REJECTED and never reaches a provider."""
+"""Checks that run before any money is spent: a failing pair is REJECTED and never reaches a provider.
+
+Two stages, cheapest first:
+1. sizes from the S3 event (`check_size`): no byte of the files is read;
+2. content (`validate_pair`): each file that passed its size check is inspected by `media_checks` (format from the
+   bytes, header-only parses, a tail check) and its facts are held against the provider's limits
+   (`check_image`, `check_audio`).
+Every reason names the file, what was measured and the limit, so the user can fix the upload.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
-from avatar_pipeline.models import ProviderName, S3Object
+from avatar_pipeline.media_checks import (
+    AudioFacts,
+    ImageFacts,
+    RandomAccessSource,
+    RangeReader,
+    inspect_audio,
+    inspect_image,
+)
+from avatar_pipeline.models import MediaRole, ProviderName, S3Object
 
 MIB = 1024 * 1024
+TIMES = "\N{MULTIPLICATION SIGN}"
 
 
 @dataclass(frozen=True)
 class InputLimits:
     max_image_bytes: int
     max_audio_bytes: int
+    min_image_side: int = 300  # pixels, each side, as displayed (after the EXIF orientation)
+    max_aspect_ratio: float = 2.5  # longer side / shorter side: between 1:2.5 and 2.5:1
+    min_audio_seconds: float = 2.0
+    max_audio_seconds: float = 300.0
+    image_formats: tuple[str, ...] = ("JPEG", "PNG")  # as named by media_checks, from the content
+    audio_formats: tuple[str, ...] = ("MP3", "WAV", "M4A", "AAC")
+
+    def max_bytes(self, role: MediaRole) -> int:
+        return self.max_image_bytes if role == "image" else self.max_audio_bytes
 
 
-# One row per provider. WaveSpeed proxies Kling, so Kling's published input limits apply to it.
+# One row per provider.
+# WaveSpeed documents no input limits for the Kling avatar model beyond advice (a portrait of at least 512 px, a
+# clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: image JPG/PNG
+# <= 10 MB, each side >= 300 px, aspect between 1:2.5 and 2.5:1; audio MP3/WAV/M4A/AAC <= 5 MB lasting 2-300 s.
+# "MB" is read as MiB here, as before. CometAPI, when added, documents 2-60 s for the same model.
 INPUT_LIMITS: dict[ProviderName, InputLimits] = {
-    "wavespeed": InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * MIB),
+    "wavespeed": InputLimits(
+        max_image_bytes=10 * MIB,
+        max_audio_bytes=5 * MIB,
+        min_image_side=300,
+        max_aspect_ratio=2.5,
+        min_audio_seconds=2.0,
+        max_audio_seconds=300.0,  # Kling's official limit [inferred for WaveSpeed]
+        image_formats=("JPEG", "PNG"),
+        audio_formats=("MP3", "WAV", "M4A", "AAC"),
+    ),
 }
+
+
+@dataclass(frozen=True)
+class PairReport:
+    """Everything validation learnt about one pair; `problems` empty means it may be submitted."""
+
+    problems: list[str]
+    image: ImageFacts | None  # None when not read (its size ruled it out) or unusable
+    audio: AudioFacts | None
+    image_bytes_read: int
+    audio_bytes_read: int
+
+    @property
+    def accepted(self) -> bool:
+        return not self.problems
+
+
+# ----------------------------------------------------------------------------------------------- stage 1: sizes
 
 
 def _format_bytes(size: int) -> str:
@@ -33,14 +91,103 @@ def _format_pair(measured: int, limit: int) -> tuple[str, str]:
     return shown
 
 
-def problems_with_pair(image: S3Object, audio: S3Object, provider: ProviderName) -> list[str]:
-    """Human-readable reasons the pair cannot be sent to `provider`; empty when it can."""
-    limits = INPUT_LIMITS[provider]
+def check_size(obj: S3Object, max_bytes: int, provider: ProviderName) -> str | None:
+    """Why the object's size (from its S3 event, nothing read) rules it out; None when it does not."""
+    if obj.size == 0:
+        return f"{obj.file_name} is empty (0 bytes)"
+    if obj.size > max_bytes:
+        measured, allowed = _format_pair(obj.size, max_bytes)
+        return f"{obj.file_name} is {measured}; the limit is {allowed} for {provider}"
+    return None
+
+
+def _shown(value: float, limit: float) -> str:
+    """`value` to one decimal, or to as many more as it takes to show which side of `limit` it is on."""
+    for places in range(1, 7):
+        text = f"{value:.{places}f}"
+        if (float(text) > limit, float(text) < limit) == (value > limit, value < limit):
+            return text
+    return repr(value)
+
+
+def _or_list(items: tuple[str, ...]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} or {items[-1]}"
+
+
+def check_image(facts: ImageFacts, file_name: str, limits: InputLimits) -> list[str]:
+    """Why an inspected image breaks `limits`; empty when it does not."""
     problems = []
-    for obj, limit in ((image, limits.max_image_bytes), (audio, limits.max_audio_bytes)):
-        if obj.size == 0:
-            problems.append(f"{obj.file_name} is empty (0 bytes)")
-        elif obj.size > limit:
-            measured, allowed = _format_pair(obj.size, limit)
-            problems.append(f"{obj.file_name} is {measured}; the limit is {allowed} for {provider}")
+    if facts.format not in limits.image_formats:
+        problems.append(f"{file_name} is a {facts.format} image; use {_or_list(limits.image_formats)}")
+    width, height = facts.width, facts.height
+    if min(width, height) < limits.min_image_side:
+        problems.append(
+            f"{file_name} is {width}{TIMES}{height} px; each side must be at least {limits.min_image_side} px"
+        )
+    long_side, short_side = max(width, height), min(width, height)
+    if short_side > 0 and Fraction(long_side, short_side) > Fraction(str(limits.max_aspect_ratio)):
+        ratio = _shown(long_side / short_side, limits.max_aspect_ratio)
+        shape = f"1:{ratio}" if height > width else f"{ratio}:1"
+        bound = f"{limits.max_aspect_ratio:g}"
+        problems.append(f"{file_name} has an aspect ratio of {shape}; it must be between 1:{bound} and {bound}:1")
     return problems
+
+
+def check_audio(facts: AudioFacts, file_name: str, limits: InputLimits) -> list[str]:
+    """Why an inspected audio clip breaks `limits`; empty when it does not."""
+    problems = []
+    if facts.format not in limits.audio_formats:
+        problems.append(f"{file_name} is {facts.format} audio; use {_or_list(limits.audio_formats)}")
+    seconds = facts.duration_seconds
+    if seconds < limits.min_audio_seconds:
+        shown = _shown(seconds, limits.min_audio_seconds)
+        problems.append(f"{file_name} lasts {shown} s; it must last at least {limits.min_audio_seconds:g} s")
+    elif seconds > limits.max_audio_seconds:
+        shown = _shown(seconds, limits.max_audio_seconds)
+        problems.append(f"{file_name} lasts {shown} s; the limit is {limits.max_audio_seconds:g} s")
+    return problems
+
+
+def validate_pair(
+    image_source: RandomAccessSource,
+    image: S3Object,
+    audio_source: RandomAccessSource,
+    audio: S3Object,
+    provider: ProviderName,
+) -> PairReport:
+    """Every reason the pair cannot go to `provider`, reading only what is needed.
+
+    A file whose event size already rules it out is not read at all. The other is still inspected, so the user
+    learns about both files at once. Errors of the sources themselves (network, permissions) propagate: they
+    say nothing about the upload and must not reject it.
+    """
+    limits = INPUT_LIMITS[provider]
+    image_problems, image_facts, image_bytes = _image_stage(image_source, image, limits, provider)
+    audio_problems, audio_facts, audio_bytes = _audio_stage(audio_source, audio, limits, provider)
+    return PairReport(image_problems + audio_problems, image_facts, audio_facts, image_bytes, audio_bytes)
+
+
+def _image_stage(
+    source: RandomAccessSource, obj: S3Object, limits: InputLimits, provider: ProviderName
+) -> tuple[list[str], ImageFacts | None, int]:
+    size_problem = check_size(obj, limits.max_image_bytes, provider)
+    if size_problem:
+        return [size_problem], None, 0
+    reader = RangeReader(source, name=obj.file_name)
+    inspected = inspect_image(reader, obj.file_name)
+    if isinstance(inspected, str):
+        return [inspected], None, reader.bytes_fetched
+    return check_image(inspected, obj.file_name, limits), inspected, reader.bytes_fetched
+
+
+def _audio_stage(
+    source: RandomAccessSource, obj: S3Object, limits: InputLimits, provider: ProviderName
+) -> tuple[list[str], AudioFacts | None, int]:
+    size_problem = check_size(obj, limits.max_audio_bytes, provider)
+    if size_problem:
+        return [size_problem], None, 0
+    reader = RangeReader(source, name=obj.file_name)
+    inspected = inspect_audio(reader, obj.file_name)
+    if isinstance(inspected, str):
+        return [inspected], None, reader.bytes_fetched
+    return check_audio(inspected, obj.file_name, limits), inspected, reader.bytes_fetched

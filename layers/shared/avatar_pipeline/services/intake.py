@@ -11,12 +11,13 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from avatar_pipeline.errors import (
+    InputGoneError,
     ProviderConfigError,
     ProviderError,
     ProviderOutcomeUnknownError,
     ProviderTransientError,
 )
-from avatar_pipeline.models import JobOptions, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus
+from avatar_pipeline.models import JobOptions, MediaRole, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus
 from avatar_pipeline.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -24,13 +25,14 @@ from avatar_pipeline.pairing import (
     content_id,
     options_key,
     parse_inbox_key,
+    rival,
     with_upload,
 )
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers import display_name
-from avatar_pipeline.services.context import PipelineContext
+from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext
 from avatar_pipeline.state_machine import begin, touch, transition
-from avatar_pipeline.validation import problems_with_pair
+from avatar_pipeline.validation import validate_pair
 
 logger = Logger(child=True)
 
@@ -70,6 +72,9 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
 
     deadline = now + timedelta(seconds=ctx.settings.max_pair_wait_seconds)
     role = entry.kind
+    rejected = _reject_rivals(ctx, entry.job, role, upload, now, deadline)
+    if rejected is not None:
+        return rejected
     _, slot = ctx.update_slot(entry.job, lambda current: with_upload(current, entry.job, role, upload, now, deadline))
     if slot is None:
         logger.info("repeated or out-of-date upload event; nothing new", extra={"job": entry.job, "key": upload.key})
@@ -78,6 +83,45 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
         logger.info("waiting for the other half", extra={"job": entry.job, "key": upload.key})
         return UploadOutcome("waiting", job=entry.job)
     return cut_pair(ctx, slot)
+
+
+def _reject_rivals(
+    ctx: PipelineContext, job: str, role: MediaRole, upload: S3Object, now: datetime, deadline: datetime
+) -> UploadOutcome | None:
+    """A job takes one image and one audio clip: a second, differently named one rejects the job, naming both
+    files, instead of guessing which was meant. Both are then used up; uploading the intended one again pairs it."""
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        current = ctx.tasks.get_slot(job)
+        held = rival(current, role, upload)
+        if current is None or held is None:
+            return None
+        kind = "images" if role == "image" else "audio clips"
+        why = (
+            f"{held.key} and {upload.key} are two {kind} for job {job}; a job takes one image and one audio clip"
+            f" — upload the one you mean again"
+        )
+        waiting = begin(
+            content_id(job, held, upload),
+            job,
+            since=current.waiting_since or now,
+            arrived=held.key,
+            now=now,
+            provider=ctx.settings.default_provider,
+            mode=ctx.settings.default_mode,
+            image=current.image,
+            audio=current.audio,
+        )
+        rejected = transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+        released = consume(current, [held], now, deadline)
+        assert released is not None
+        released = released.model_copy(update={f"used_{role}": upload})  # a repeat of this event changes nothing
+        try:
+            created = ctx.tasks.save_slot_and_create(released, expected=current, task=rejected)
+        except ConflictError:
+            continue
+        logger.warning("two files of one role in a job; rejected", extra={"job": job, "reason": why})
+        return UploadOutcome("rejected" if created else "duplicate", job=job, task_id=rejected.task_id)
+    raise ConflictError(f"the slot of job {job} kept changing; giving up this attempt")
 
 
 def cut_pair(ctx: PipelineContext, slot: PairSlot) -> UploadOutcome:
@@ -188,7 +232,17 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         image=image,
         audio=audio,
     )
-    problems = ([options_problem] if options_problem else []) + problems_with_pair(image, audio, provider)
+    problems = [options_problem] if options_problem else []
+    try:
+        report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider)
+    except InputGoneError as error:
+        problems.append(str(error))
+    else:
+        problems += report.problems
+        logger.info(
+            "inputs checked",
+            extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
+        )
     if problems:
         return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
     lease_until = now + SUBMIT_LEASE
