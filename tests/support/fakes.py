@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_pipeline.config import Settings
@@ -298,6 +298,7 @@ class ScriptedProvider:
     """
 
     name = "wavespeed"
+    callback_auth: Literal["signature", "task_token"] = "signature"
 
     def __init__(self) -> None:
         self.lock = threading.Lock()

@@ -777,7 +777,7 @@ def test_one_failing_task_does_not_stop_the_poll(w: World) -> None:
 def test_callback_is_authenticated_then_recorded(w: World) -> None:
     task = submitted(w)
     w.provider.script_callback(news(P.SUCCEEDED))
-    assert receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}") == "recorded"
+    assert receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", {}) == "recorded"
     assert stored(w, task.task_id).status is S.OUTPUT_READY
 
 
@@ -785,14 +785,14 @@ def test_an_unauthentic_callback_changes_nothing(w: World) -> None:
     task = submitted(w)
     w.provider.script_callback(WebhookAuthError("bad signature"))
     with pytest.raises(WebhookAuthError):
-        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}")
+        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", {})
     assert stored(w, task.task_id) == task
 
 
 def test_a_callback_for_an_unknown_task_is_refused(w: World) -> None:
     w.provider.script_callback(news(P.SUCCEEDED))
     with pytest.raises(UnknownTaskError):
-        receive_callback(w.ctx, "wavespeed", "no-such-task", {}, b"{}")
+        receive_callback(w.ctx, "wavespeed", "no-such-task", {}, b"{}", {})
 
 
 # ============================================================================================== finishing

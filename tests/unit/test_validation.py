@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from typing import get_args
 
 import pytest
 from support.corpus import mp3, picture, wav
 
 from avatar_pipeline.media_checks import AudioFacts, BytesSource, ImageFacts
-from avatar_pipeline.models import S3Object
+from avatar_pipeline.models import ProviderName, S3Object
 from avatar_pipeline.validation import (
     INPUT_LIMITS,
     MIB,
@@ -96,7 +97,13 @@ def test_wavespeed_limits_are_klings_published_ones() -> None:
 
 
 def test_every_provider_has_a_row() -> None:
-    assert set(INPUT_LIMITS) == {"wavespeed"}
+    assert set(INPUT_LIMITS) == set(get_args(ProviderName))
+
+
+def test_cometapi_is_stricter_on_duration_than_wavespeed() -> None:
+    # CometAPI documents 2-60 s; WaveSpeed proxies Kling, whose own limit is 300 s.
+    assert INPUT_LIMITS["cometapi"].max_audio_seconds == 60
+    assert INPUT_LIMITS["wavespeed"].max_audio_seconds == 300
 
 
 # ------------------------------------------------------------------------------------------ sizes (nothing read)

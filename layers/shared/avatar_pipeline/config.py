@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -23,6 +24,16 @@ class Settings(BaseModel):
     wavespeed_base_url: str = Field(default="https://api.wavespeed.ai", alias="WAVESPEED_BASE_URL")
     # Name or ARN of a Secrets Manager secret holding {"api_key": ..., "webhook_secret": ...}.
     wavespeed_secret_id: str = Field(alias="WAVESPEED_SECRET_ID")
+    cometapi_base_url: str = Field(default="https://api.cometapi.com", alias="COMETAPI_BASE_URL")
+    # Name or ARN of a Secrets Manager secret holding {"api_key": ...}.
+    cometapi_secret_id: str = Field(default="", alias="COMETAPI_SECRET_ID")
+    cometapi_default_prompt: str = Field(
+        default="A person talking naturally to the camera.", alias="COMETAPI_DEFAULT_PROMPT", max_length=2500
+    )
+    # USD per started 5 s of video; CometAPI publishes no fixed price, so set what your account pays.
+    cometapi_price_std: Decimal = Field(default=Decimal("0.30"), alias="COMETAPI_PRICE_STD_PER_5S", ge=0)
+    cometapi_price_pro: Decimal = Field(default=Decimal("0.60"), alias="COMETAPI_PRICE_PRO_PER_5S", ge=0)
+    allow_failover: bool = Field(default=True, alias="ALLOW_FAILOVER")
     input_url_expiry_seconds: int = Field(default=3600, alias="INPUT_URL_EXPIRY_SECONDS", gt=0)
     download_url_expiry_seconds: int = Field(default=86400, alias="DOWNLOAD_URL_EXPIRY_SECONDS", gt=0, le=604800)
     max_pair_wait_seconds: int = Field(default=1800, alias="MAX_PAIR_WAIT_SECONDS", gt=0)

@@ -32,7 +32,7 @@ class TaskStatus(StrEnum):
 
 TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskStatus.FAILED, TaskStatus.TIMED_OUT})
 
-ProviderName = Literal["wavespeed"]
+ProviderName = Literal["wavespeed", "cometapi"]
 Mode = Literal["std", "pro"]
 MediaRole = Literal["image", "audio"]
 
@@ -76,6 +76,8 @@ class JobOptions(BaseModel):
     prompt: str | None = Field(default=None, max_length=2500)
     mode: Mode | None = None
     provider: ProviderName | None = None
+    # May the task move to the other provider when this one is unavailable? (Default: the stack's setting.)
+    failover: bool | None = None
 
 
 class Transition(BaseModel):
@@ -100,6 +102,13 @@ class Task(BaseModel):
     image: S3Object | None = None
     audio: S3Object | None = None
     provider_task_id: str | None = None
+    # For providers whose callbacks are unsigned: the secret in this task's callback URL (never logged).
+    callback_token: str | None = Field(default=None, repr=False)
+    failover_allowed: bool = False
+    failed_over_from: ProviderName | None = None
+    audio_ms: int | None = None
+    # Decimal as text: the table stores no floats.
+    estimated_cost_usd: str | None = None
     provider_output_url: str | None = None
     output: S3Object | None = None
     reason: str | None = None
@@ -178,6 +187,7 @@ class Notification(BaseModel):
     download_url: str | None = None
     provider: ProviderName
     provider_task_id: str | None = None
+    estimated_cost_usd: str | None = None
     created_at: datetime
     completed_at: datetime
 
@@ -202,6 +212,8 @@ class Notification(BaseModel):
             lines += ["", "Download (link expires):", self.download_url]
         if self.output:
             lines.append(f"Stored at: {self.output}")
+        if self.estimated_cost_usd:
+            lines.append(f"Estimated provider cost: ${self.estimated_cost_usd}")
         lines += ["", "Inputs:", *(f"  {role}: {uri}" for role, uri in self.inputs.items())]
         lines += ["", f"Task {self.task_id} ({self.provider}), started {self.created_at:%Y-%m-%d %H:%M:%S} UTC"]
         return "\n".join(lines)

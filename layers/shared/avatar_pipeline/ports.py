@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from avatar_pipeline.media_checks import RandomAccessSource
 from avatar_pipeline.models import (
@@ -83,6 +83,9 @@ class Notifier(Protocol):
 
 class VideoProvider(Protocol):
     name: str
+    # "signature": parse_callback authenticates (WaveSpeed signs its webhooks). "task_token": callbacks are unsigned;
+    # the domain checks the task's secret token in the callback URL and confirms what they say with fetch.
+    callback_auth: Literal["signature", "task_token"]
 
     def submit(self, request: SubmissionRequest) -> ProviderJob: ...
 

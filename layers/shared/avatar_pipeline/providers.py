@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from avatar_pipeline.models import ProviderJob, ProviderName
 
-DISPLAY_NAMES: dict[ProviderName, str] = {"wavespeed": "WaveSpeed"}
+DISPLAY_NAMES: dict[ProviderName, str] = {"wavespeed": "WaveSpeed", "cometapi": "CometAPI"}
+
+
+def alternative(provider: ProviderName) -> ProviderName:
+    """The provider a task may fail over to."""
+    return "cometapi" if provider == "wavespeed" else "wavespeed"
 
 
 def display_name(provider: str) -> str:

@@ -16,7 +16,8 @@ S = TaskStatus
 
 # target status → the statuses it may be reached from
 ALLOWED_SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
-    S.SUBMITTING: frozenset({S.WAITING_FOR_PAIR}),
+    # From SUBMITTING: the claim moves to the other provider (failover) after this one turned the task away.
+    S.SUBMITTING: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING}),
     S.SUBMITTED: frozenset({S.SUBMITTING}),
     # A callback may overtake the write that records the submission's answer.
     S.PROCESSING: frozenset({S.SUBMITTING, S.SUBMITTED}),

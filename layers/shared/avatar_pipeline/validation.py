@@ -58,7 +58,33 @@ INPUT_LIMITS: dict[ProviderName, InputLimits] = {
         image_formats=("JPEG", "PNG"),
         audio_formats=("MP3", "WAV", "M4A", "AAC"),
     ),
+    "cometapi": InputLimits(
+        max_image_bytes=10 * MIB,
+        max_audio_bytes=5 * MIB,
+        min_image_side=300,
+        max_aspect_ratio=2.5,
+        min_audio_seconds=2.0,
+        max_audio_seconds=60.0,  # CometAPI documents 2-60 s, stricter than Kling's own 300 s
+        image_formats=("JPEG", "PNG"),
+        audio_formats=("MP3", "WAV", "M4A", "AAC"),
+    ),
 }
+
+
+def fits(report: PairReport, image: S3Object, audio: S3Object, provider: ProviderName) -> bool:
+    """Would the pair that `report` describes also be accepted by `provider`? (From what was read: no new reads.)"""
+    if report.image is None or report.audio is None:
+        return False
+    limits = INPUT_LIMITS[provider]
+    sizes_ok = (
+        check_size(image, limits.max_image_bytes, provider) is None
+        and check_size(audio, limits.max_audio_bytes, provider) is None
+    )
+    return (
+        sizes_ok
+        and not check_image(report.image, image.file_name, limits)
+        and not check_audio(report.audio, audio.file_name, limits)
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import httpx
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from botocore.config import Config
 
+from avatar_pipeline.adapters.cometapi import CometApiProvider
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.adapters.s3 import S3MediaStore
 from avatar_pipeline.adapters.sns import SnsNotifier
@@ -37,23 +38,38 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
         self._secrets = secrets
         self._http = http
 
-    def __getitem__(self, name: str) -> VideoProvider:
-        if name != "wavespeed":
-            raise KeyError(name)
-        secret = self._secrets.get(self._settings.wavespeed_secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
+    def _configured(self) -> tuple[str, ...]:
+        ids = {"wavespeed": self._settings.wavespeed_secret_id, "cometapi": self._settings.cometapi_secret_id}
+        return tuple(name for name, secret_id in ids.items() if secret_id)
+
+    def _secret(self, secret_id: str) -> dict[str, str]:
+        secret = self._secrets.get(secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
         assert isinstance(secret, dict)
-        return WaveSpeedProvider(
-            api_key=str(secret.get("api_key", "")),
-            webhook_secrets=split_secrets(str(secret.get("webhook_secret", ""))),
-            base_url=self._settings.wavespeed_base_url,
+        return {key: str(value) for key, value in secret.items()}
+
+    def __getitem__(self, name: str) -> VideoProvider:
+        if name not in self._configured():
+            raise KeyError(name)
+        if name == "wavespeed":
+            secret = self._secret(self._settings.wavespeed_secret_id)
+            return WaveSpeedProvider(
+                api_key=secret.get("api_key", ""),
+                webhook_secrets=split_secrets(secret.get("webhook_secret", "")),
+                base_url=self._settings.wavespeed_base_url,
+                client=self._http,
+            )
+        return CometApiProvider(
+            api_key=self._secret(self._settings.cometapi_secret_id).get("api_key", ""),
+            base_url=self._settings.cometapi_base_url,
             client=self._http,
+            default_prompt=self._settings.cometapi_default_prompt,
         )
 
     def __iter__(self) -> Iterator[str]:
-        return iter(("wavespeed",))
+        return iter(self._configured())
 
     def __len__(self) -> int:
-        return 1
+        return len(self._configured())
 
 
 @functools.cache

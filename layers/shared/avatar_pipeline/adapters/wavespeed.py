@@ -55,7 +55,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final, NoReturn
+from typing import Any, Final, Literal, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -133,6 +133,7 @@ class WaveSpeedProvider:
     """The WaveSpeedAI Kling v1 AI Avatar API (std and pro) behind the `VideoProvider` protocol."""
 
     name = "wavespeed"
+    callback_auth: Literal["signature", "task_token"] = "signature"  # webhooks are HMAC-signed
 
     def __init__(
         self,

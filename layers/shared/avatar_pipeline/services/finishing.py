@@ -127,6 +127,7 @@ def build_notification(ctx: PipelineContext, task: Task) -> Notification:
         download_url=download_url,
         provider=task.provider,
         provider_task_id=task.provider_task_id,
+        estimated_cost_usd=task.estimated_cost_usd,
         created_at=task.created_at,
         completed_at=ended_at,
     )

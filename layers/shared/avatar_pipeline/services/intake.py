@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -28,11 +29,12 @@ from avatar_pipeline.pairing import (
     rival,
     with_upload,
 )
-from avatar_pipeline.ports import ConflictError
-from avatar_pipeline.providers import display_name
+from avatar_pipeline.ports import ConflictError, VideoProvider
+from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.providers import alternative, display_name
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext
 from avatar_pipeline.state_machine import begin, touch, transition
-from avatar_pipeline.validation import validate_pair
+from avatar_pipeline.validation import fits, validate_pair
 
 logger = Logger(child=True)
 
@@ -50,6 +52,8 @@ class UploadOutcome:
     action: UploadAction
     job: str | None = None
     task_id: str | None = None
+    provider: str | None = None
+    estimated_cost_usd: str | None = None
 
 
 def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
@@ -245,7 +249,9 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         )
     if problems:
         return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
+    assert report.audio is not None
     lease_until = now + SUBMIT_LEASE
+    wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
     return transition(
         waiting,
         TaskStatus.SUBMITTING,
@@ -255,14 +261,23 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         lease_until=lease_until,
         submit_attempts=1,
         next_check_at=lease_until,
+        audio_ms=round(report.audio.duration_seconds * 1000),
+        callback_token=secrets.token_urlsafe(32),
+        # Only if the other provider would accept these very files too.
+        failover_allowed=wants_failover and fits(report, image, audio, alternative(provider)),
+        estimated_cost_usd=str(estimate_cost(provider, waiting.mode, report.audio.duration_seconds, ctx.settings)),
     )
 
 
-def webhook_url(ctx: PipelineContext, task: Task) -> str:
+def webhook_url(ctx: PipelineContext, task: Task, provider: VideoProvider) -> str:
     base = ctx.settings.webhook_base_url.rstrip("/")
     if not base:
         raise ProviderConfigError("WEBHOOK_BASE_URL is not configured, so the provider could not call back")
-    return f"{base}/webhooks/{task.provider}?task_id={task.task_id}"
+    url = f"{base}/webhooks/{task.provider}?task_id={task.task_id}"
+    if provider.callback_auth == "task_token":
+        # The provider does not sign its callbacks: the URL carries the task's secret instead.
+        url += f"&token={task.callback_token}"
+    return url
 
 
 def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
@@ -275,7 +290,6 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
     assert claimed.audio is not None
     name = display_name(claimed.provider)
     expiry = ctx.settings.input_url_expiry_seconds
-    outcome = UploadOutcome("submitted", job=claimed.job, task_id=claimed.task_id)
     try:
         try:
             provider = ctx.provider_for(claimed)
@@ -285,7 +299,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
                 audio_url=ctx.media.presigned_get(claimed.audio, expiry),
                 prompt=claimed.prompt,
                 mode=claimed.mode,
-                webhook_url=webhook_url(ctx, claimed),
+                webhook_url=webhook_url(ctx, claimed, provider),
             )
         except ProviderError:
             raise
@@ -294,6 +308,9 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
             raise ProviderTransientError(f"could not prepare the submission: {error}") from error
         accepted = provider.submit(request)
     except ProviderTransientError as error:
+        moved = _fail_over(ctx, claimed, str(error))
+        if moved is not None:
+            return submit_claimed(ctx, moved)
         retry_at = ctx.clock() + timedelta(seconds=ctx.settings.submit_retry_after_seconds)
         note = f"{name} is unavailable ({error}); the submission will be retried at {retry_at:%H:%M:%S} UTC"
         _update_while_submitting(
@@ -333,8 +350,41 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
         return None  # a callback already moved it on, and recorded the provider's id with it
 
     ctx.update_task(claimed, record_acceptance)
+    outcome = UploadOutcome(
+        "submitted",
+        job=claimed.job,
+        task_id=claimed.task_id,
+        provider=claimed.provider,
+        estimated_cost_usd=claimed.estimated_cost_usd,
+    )
     logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
     return outcome
+
+
+def _fail_over(ctx: PipelineContext, claimed: Task, error: str) -> Task | None:
+    """Move a task the provider turned away (so it has no task there: never both) to the other provider, once,
+    if the job allows it and the other provider accepts these files."""
+    if not claimed.failover_allowed or claimed.failed_over_from is not None:
+        return None
+    other = alternative(claimed.provider)
+    if other not in ctx.providers:
+        return None
+    seconds = (claimed.audio_ms or 0) / 1000
+
+    def move(current: Task) -> Task | None:
+        if current.status is not TaskStatus.SUBMITTING or current.provider != claimed.provider:
+            return None
+        return transition(
+            current,
+            TaskStatus.SUBMITTING,
+            why=f"{display_name(current.provider)} is unavailable ({error}); failing over to {display_name(other)}",
+            now=ctx.clock(),
+            provider=other,
+            failed_over_from=current.provider,
+            estimated_cost_usd=str(estimate_cost(other, current.mode, seconds, ctx.settings)),
+        )
+
+    return ctx.update_task(claimed, move)
 
 
 def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: object) -> None:

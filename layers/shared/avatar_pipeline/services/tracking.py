@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hmac
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Literal
 
 from aws_lambda_powertools import Logger
 
-from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError
+from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError, WebhookAuthError
 from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError
@@ -84,19 +85,38 @@ def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJ
 
 
 def receive_callback(
-    ctx: PipelineContext, provider_name: str, task_id: str, headers: Mapping[str, str], body: bytes
+    ctx: PipelineContext,
+    provider_name: str,
+    task_id: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    query: Mapping[str, str],
 ) -> NewsAction:
     """An HTTP callback from a provider: authenticate it first, then record it.
 
+    Signed callbacks (WaveSpeed) are verified before anything is read from the table. Unsigned ones (CometAPI) must
+    carry the task's secret token, and are only hints: what is recorded is the provider's answer to our own query.
     Raises UnknownProviderError, WebhookAuthError, WebhookPayloadError, UnknownTaskError or CallbackMismatchError.
     """
     provider = ctx.providers.get(provider_name)
     if provider is None:
         raise UnknownProviderError(f"no provider called {provider_name!r}")
-    news = provider.parse_callback(headers, body, ctx.clock())
-    task = ctx.tasks.get(task_id)
-    if task is None:
-        raise UnknownTaskError(f"no task {task_id}")
+    if provider.callback_auth == "signature":
+        news = provider.parse_callback(headers, body, ctx.clock())
+        task = ctx.tasks.get(task_id)
+        if task is None:
+            raise UnknownTaskError(f"no task {task_id}")
+    else:
+        task = ctx.tasks.get(task_id)
+        if task is None:
+            raise UnknownTaskError(f"no task {task_id}")
+        token = query.get("token", "")
+        if not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
+            raise WebhookAuthError("the callback's token does not match the task's")
+        hint = provider.parse_callback(headers, body, ctx.clock())
+        if task.provider_task_id and hint.provider_task_id != task.provider_task_id:
+            raise CallbackMismatchError(f"callback about {hint.provider_task_id} for task {task_id}")
+        news = provider.fetch(hint.provider_task_id)
     if task.provider != provider_name:
         raise CallbackMismatchError(f"task {task_id} belongs to {task.provider}, not {provider_name}")
     return record_provider_news(ctx, task, news)

@@ -1,0 +1,481 @@
+"""CometAPI's Kling avatar image-to-video API as a `VideoProvider`.
+
+Calls
+-----
+- submit: ``POST /kling/v1/videos/avatar/image2video``, JSON ``{"image": url, "sound_file": url, "prompt": str,
+  "mode": "std"|"pro", "callback_url": url, "external_task_id": our task id}``. The prompt is always sent (some
+  versions of the docs say a request without one is refused), falling back to a neutral default.
+- fetch: ``GET /kling/v1/videos/avatar/image2video/{task_id}``.
+Both answer with a Kling envelope ``{"code": 0, "message": "SUCCEED", "request_id": ..., "data": {task}}``;
+callbacks carry the bare task object (a body wrapped in ``{"code": 0, "data": {task}}`` is accepted too).
+
+Statuses: ``submitted`` → QUEUED, ``processing`` → PROCESSING, ``succeed`` → SUCCEEDED (output = first video's
+URL; no video → FAILED), ``failed`` → FAILED (message = ``task_status_msg``). Anything else is not understood.
+
+Error mapping
+-----------------------------------------------------------------------------------------------------------------
+Errors come in two shapes: the gateway's ``{"error": {"message", "type", "code", "param"}}`` and, from the Kling
+route, ``{"code": <non-zero>, "message": ...}`` (with HTTP 200 or not). A Kling code named in the table below decides
+on its own, whatever the HTTP status (Kling answers 1102 with HTTP 429, yet it is no rate limit); otherwise the
+HTTP status decides.
+
+=====================================================  ==============================================
+What happened                                          Raised
+=====================================================  ==============================================
+Kling code 1000-1004 (authentication), 1100-1103       ProviderConfigError (the account or key needs an
+(account; 1102 = credits exhausted), 1304 (IP          operator: not the input, and waiting won't help)
+allow-list)
+Kling code 1301 (content safety), any other 1xxx       ProviderInputError
+Kling code 1302 / 1303 (rate / concurrency limit)      ProviderTransientError (TransientHttpError,
+                                                       with any Retry-After): not taken, safe to resend
+Kling code 5000-5002                                   fetch: ProviderTransientError;
+                                                       submit: ProviderOutcomeUnknownError
+no such Kling code, HTTP 401 / 403                     ProviderConfigError
+no such Kling code, HTTP 429, 503                      ProviderTransientError (TransientHttpError,
+                                                       with the Retry-After hint)
+no such Kling code, HTTP 500, 502, 504, other 5xx      fetch: ProviderTransientError;
+                                                       submit: ProviderOutcomeUnknownError (may exist)
+no such Kling code, HTTP 400, 404, other 4xx           ProviderInputError
+no such Kling code, any other non-2xx status           ProviderError
+HTTP 2xx, any other non-zero (or non-numeric) code     ProviderError
+HTTP 2xx, body not JSON / not an envelope / no task /  fetch: ProviderError;
+unknown task status                                    submit: ProviderOutcomeUnknownError (the task
+                                                       may exist)
+ConnectError, ConnectTimeout, PoolTimeout, ProxyError  ProviderTransientError (request never sent)
+UnsupportedProtocol (bad base URL)                     ProviderConfigError
+ReadTimeout, WriteTimeout, ReadError, WriteError,      submit: ProviderOutcomeUnknownError
+RemoteProtocolError, any other transport failure       fetch: ProviderTransientError
+=====================================================  ==============================================
+
+The error's ``code`` is the Kling code when there is one, else the gateway's ``error.code`` when not empty, else
+the HTTP status. Its message is the body's ``message`` (or ``error.message``, ``error``, ``detail``, or the raw
+text), plus the envelope's ``request_id`` when there is one; the API key is masked out of anything quoted.
+
+Retries (see `http_retry`): only ProviderTransientError is retried, for fetch and submit alike, because each of
+those answers proves the request was not taken. ProviderOutcomeUnknownError is never retried: a re-POSTed
+submit could create a second, paid task.
+
+Callbacks: CometAPI signs nothing, so `parse_callback` only parses. ``callback_auth = "task_token"`` tells the
+domain to authenticate each callback itself (an unguessable per-task token in the callback URL) and to confirm
+what it says with `fetch` before acting on it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Final, Literal, NoReturn
+from urllib.parse import quote
+
+import httpx
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError, call_with_retry, parse_retry_after
+from avatar_pipeline.errors import (
+    ProviderConfigError,
+    ProviderError,
+    ProviderInputError,
+    ProviderOutcomeUnknownError,
+    ProviderTransientError,
+    WebhookPayloadError,
+)
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL: Final = "https://api.cometapi.com"
+DEFAULT_PROMPT: Final = "A person talking naturally to the camera."
+# CometAPI may fetch the media before it answers a create: a generous read timeout makes "outcome unknown" rarer.
+DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+MAX_PROMPT_CHARS: Final = 2500
+
+CREATE_PATH: Final = "/kling/v1/videos/avatar/image2video"
+QUERY_PATH: Final = "/kling/v1/videos/avatar/image2video/{task_id}"
+
+# HTTP answers to a submit that prove the task was not created (rate limited, unavailable). Any other server
+# error on a submit leaves the outcome unknown.
+SUBMIT_NOT_TAKEN_HTTP: Final = frozenset({429, 503})
+
+# Kling's published error codes (its API reference, "common info"): 1000-1004 authentication, 1100-1103 account,
+# 1200-1203 request, 1300-1304 policy and limits, 5000-5002 server side.
+KLING_CONFIG_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1004, 1100, 1101, 1102, 1103, 1304})
+KLING_CONTENT_SAFETY: Final = 1301
+KLING_LIMIT_CODES: Final = frozenset({1302, 1303})
+KLING_SERVER_CODES: Final = frozenset({5000, 5001, 5002})
+
+_STATUSES: Final[Mapping[str, ProviderJobStatus]] = {
+    "submitted": ProviderJobStatus.QUEUED,
+    "processing": ProviderJobStatus.PROCESSING,
+    "succeed": ProviderJobStatus.SUCCEEDED,
+    "failed": ProviderJobStatus.FAILED,
+}
+_MAX_MESSAGE_CHARS: Final = 500
+_MASK: Final = "***"
+MIN_MASKED_KEY_LENGTH: Final = 8
+
+# Transport failures that happen before any byte of the request reaches the provider.
+_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
+
+
+def parse_duration(value: object) -> float | None:
+    """Seconds of video from Kling's ``duration`` (documented as a string such as ``"5.034"``).
+
+    Numbers and numeric strings (surrounding spaces and a trailing ``s`` allowed) are accepted; anything else,
+    negative or not finite gives None rather than failing the whole answer.
+    """
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value.strip().removesuffix("s").strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+class CometVideo(BaseModel):
+    """One video of a finished task."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+    id: str | None = None
+    url: str | None = None
+    duration: Annotated[float | None, BeforeValidator(parse_duration)] = None
+
+
+class CometTaskResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    videos: list[CometVideo] | None = None
+
+
+class CometTask(BaseModel):
+    """One task, as in the envelope's ``data`` and as the body of a callback."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+    task_id: str = Field(min_length=1)
+    task_status: str
+    task_status_msg: str | None = None
+    # Not documented on a task; kept as the failure's code should a failed task ever carry one.
+    code: int | str | None = None
+    task_info: dict[str, Any] | None = None
+    task_result: CometTaskResult | None = None
+    created_at: int | None = None
+    updated_at: int | None = None
+
+    @property
+    def videos(self) -> list[CometVideo]:
+        return [video for video in (self.task_result.videos if self.task_result else None) or [] if video.url]
+
+
+class CometEnvelope(BaseModel):
+    """The Kling wrapper around create and query answers; ``data`` is validated only once ``code`` is 0."""
+
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+    code: int | str
+    message: str | None = None
+    request_id: str | None = None
+    data: Any = None
+
+
+class CometGatewayErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow", coerce_numbers_to_str=True)
+
+    message: str | None = None
+    type: str | None = None
+    code: str | None = None
+    param: str | None = None
+
+
+class CometGatewayError(BaseModel):
+    """The gateway's own error body: ``{"error": {"message", "type", "code", "param"}}``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: CometGatewayErrorDetail
+
+
+class CometApiProvider:
+    """CometAPI's Kling avatar image-to-video API (std and pro) behind the `VideoProvider` protocol."""
+
+    name = "cometapi"
+    # No signed callbacks: the domain authenticates them with a per-task token and confirms them with `fetch`.
+    callback_auth: Literal["signature", "task_token"] = "task_token"
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str = DEFAULT_BASE_URL,
+        client: httpx.Client | None = None,
+        retry: RetryPolicy | None = None,
+        default_prompt: str = DEFAULT_PROMPT,
+    ) -> None:
+        if not api_key or not api_key.strip():
+            raise ValueError("CometAPI API key is empty")
+        if not default_prompt.strip():
+            raise ValueError("default_prompt is empty (CometAPI may refuse a request without a prompt)")
+        if len(default_prompt) > MAX_PROMPT_CHARS:
+            raise ValueError(f"default_prompt is longer than {MAX_PROMPT_CHARS} characters")
+        self._api_key = api_key
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._base_url = base_url.rstrip("/")
+        self._default_prompt = default_prompt
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
+        self._retry = retry if retry is not None else RetryPolicy()
+
+    def __repr__(self) -> str:
+        return f"CometApiProvider(base_url={self._base_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP client if this provider created it."""
+        if self._owns_client:
+            self._client.close()
+
+    # ---------------------------------------------------------------- submit / fetch
+
+    def submit(self, request: SubmissionRequest) -> ProviderJob:
+        """Create a task. Retries only answers that prove the request was not taken."""
+        return call_with_retry(lambda: self._submit_once(request), self._retry, description="CometAPI submit")
+
+    def fetch(self, provider_task_id: str) -> ProviderJob:
+        """The task's current state."""
+        if not provider_task_id:
+            raise ValueError("provider_task_id is empty")
+        return call_with_retry(lambda: self._fetch_once(provider_task_id), self._retry, description="CometAPI fetch")
+
+    def _request_body(self, request: SubmissionRequest) -> dict[str, str]:
+        """The JSON body of a create call (the prompt always present: ours, or the default)."""
+        prompt = request.prompt if request.prompt and request.prompt.strip() else self._default_prompt
+        return {
+            "image": request.image_url,
+            "sound_file": request.audio_url,
+            "prompt": prompt,
+            "mode": request.mode,
+            "callback_url": request.webhook_url,
+            "external_task_id": request.task_id,
+        }
+
+    def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
+        url = self._base_url + CREATE_PATH
+        try:
+            response = self._client.post(url, json=self._request_body(request), headers=self._headers)
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, "submit", request_may_be_taken=True)
+        return self._job_from_response(response, "submit", unusable=ProviderOutcomeUnknownError)
+
+    def _fetch_once(self, provider_task_id: str) -> ProviderJob:
+        url = self._base_url + QUERY_PATH.format(task_id=quote(provider_task_id, safe=""))
+        try:
+            response = self._client.get(url, headers=self._headers)
+        except httpx.HTTPError as exc:
+            _raise_transport_error(exc, "fetch", request_may_be_taken=False)
+        return self._job_from_response(response, "fetch", unusable=ProviderError)
+
+    # ---------------------------------------------------------------- callbacks
+
+    def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
+        """Parse a callback body (a bare task object, or one wrapped in ``{"code": 0, "data": {...}}``).
+
+        CometAPI does not sign its callbacks, so nothing here authenticates: `headers` and `now` are not used and
+        no WebhookAuthError is ever raised. The domain must authenticate the callback itself (the per-task token
+        in the callback URL, see ``callback_auth``) and treat what it says as a hint to confirm with `fetch`.
+
+        Raises WebhookPayloadError when the body is not a task object with a known status.
+        """
+        try:
+            payload = json.loads(body)
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise WebhookPayloadError("CometAPI callback body is not valid JSON") from exc
+        if isinstance(payload, dict) and "task_id" not in payload and "data" in payload:
+            if _numeric_code(payload.get("code", 0)) != 0:
+                raise WebhookPayloadError(f"CometAPI callback envelope has code {payload.get('code')!r}, not 0")
+            payload = payload["data"]
+        return _parse_task(payload, WebhookPayloadError, "CometAPI callback body")
+
+    # ---------------------------------------------------------------- answers
+
+    def _job_from_response(
+        self, response: httpx.Response, operation: str, *, unusable: type[ProviderError]
+    ) -> ProviderJob:
+        """Turn an HTTP answer into a job, or raise the mapped error. `unusable` is raised for a garbled 2xx."""
+        if not response.is_success:
+            self._raise_error(response, _json_or_none(response), operation)
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise unusable(f"CometAPI {operation}: HTTP {response.status_code} body is not JSON") from exc
+        if not isinstance(payload, dict) or not ("code" in payload or "error" in payload):
+            raise unusable(f"CometAPI {operation}: HTTP {response.status_code} answer is not an envelope")
+        if _numeric_code(payload.get("code")) != 0:
+            self._raise_error(response, payload, operation)
+        try:
+            envelope = CometEnvelope.model_validate(payload)
+        except ValidationError as exc:
+            raise unusable(f"CometAPI {operation}: unexpected answer: {_summarise(exc)}") from exc
+        return _parse_task(envelope.data, unusable, f"CometAPI {operation} answer")
+
+    def _raise_error(self, response: httpx.Response, payload: Any, operation: str) -> NoReturn:
+        """Raise the error an answer means (see the module docstring's table)."""
+        status = response.status_code
+        kling_code, other_code, detail = self._error_details(response, payload)
+        code = str(kling_code) if kling_code else other_code or str(status)
+        where = f"HTTP {status}" + (f", code {kling_code}" if kling_code else "")
+        message = f"CometAPI {operation}: {where}" + (f": {detail}" if detail else "")
+
+        def transient() -> NoReturn:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise TransientHttpError(message, code=code, status_code=status, retry_after=retry_after)
+
+        if kling_code in KLING_CONFIG_CODES:
+            raise ProviderConfigError(message, code=code)
+        if kling_code == KLING_CONTENT_SAFETY:
+            raise ProviderInputError(message, code=code)
+        if kling_code in KLING_LIMIT_CODES:
+            transient()
+        if kling_code in KLING_SERVER_CODES:
+            if operation == "submit":
+                raise ProviderOutcomeUnknownError(message + " (the task may exist)", code=code)
+            transient()
+        if operation == "submit" and "external_task_id" in detail and "exist" in detail:
+            # Our task id is already known there: an earlier attempt was taken. Wait for its callback.
+            raise ProviderOutcomeUnknownError(message + " (an earlier submission of this task exists)", code=code)
+        if kling_code is not None and 1000 <= kling_code <= 1999:
+            raise ProviderInputError(message, code=code)
+
+        if response.is_success:
+            raise ProviderError(message, code=code)
+        if status in (401, 403):
+            raise ProviderConfigError(message, code=code)
+        if operation == "submit" and 500 <= status <= 599 and status not in SUBMIT_NOT_TAKEN_HTTP:
+            # A 500/502/504 may come after the task was created: never resend it blindly.
+            raise ProviderOutcomeUnknownError(message + " (the task may exist)", code=code)
+        if status == 429 or 500 <= status <= 599:
+            transient()
+        if 400 <= status <= 499:
+            raise ProviderInputError(message, code=code)
+        raise ProviderError(message, code=code)
+
+    def _error_details(self, response: httpx.Response, payload: Any) -> tuple[int | None, str | None, str]:
+        """The body's non-zero Kling code, its other (gateway or textual) code, and its message, key masked."""
+        if not isinstance(payload, dict):
+            text = response.text.strip() if payload is None else json.dumps(payload)
+            return None, None, self._clean(text)
+        kling_code = _numeric_code(payload.get("code")) or None
+        other_code: str | None = None
+        detail = ""
+        if kling_code is None and isinstance(payload.get("code"), str) and payload["code"].strip():
+            other_code = self._clean(payload["code"].strip())
+        try:
+            gateway = CometGatewayError.model_validate(payload).error
+        except ValidationError:
+            gateway = None
+        if gateway is not None:
+            other_code = other_code or (self._clean(gateway.code) if gateway.code else None)
+            detail = gateway.message or gateway.type or ""
+        for key in ("message", "error", "detail"):
+            value = payload.get(key)
+            if detail or not value:
+                continue
+            detail = value if isinstance(value, str) else json.dumps(value)
+        request_id = payload.get("request_id")
+        if isinstance(request_id, str) and request_id and request_id not in detail:
+            detail = f"{detail} (request id: {request_id})".strip()
+        return kling_code, other_code, self._clean(detail)
+
+    def _clean(self, text: str) -> str:
+        """Provider text fit for a message: the API key masked out (gateways may echo it), and bounded."""
+        # Short keys are not masked: replacing a few common letters would garble every message, and hide nothing.
+        masked = text.replace(self._api_key, _MASK) if len(self._api_key) >= MIN_MASKED_KEY_LENGTH else text
+        return _truncate(masked)
+
+
+# -------------------------------------------------------------------- mapping helpers
+
+
+def task_to_job(task: CometTask) -> ProviderJob | None:
+    """The normalised view of a task; None when its status is not one Kling documents."""
+    status = _STATUSES.get(task.task_status.strip().lower())
+    if status is None:
+        return None
+    if status is ProviderJobStatus.SUCCEEDED:
+        videos = task.videos
+        if not videos:
+            return ProviderJob(
+                provider_task_id=task.task_id,
+                status=ProviderJobStatus.FAILED,
+                error_message="CometAPI reported the task succeeded but gave no video URL",
+            )
+        logger.debug("CometAPI task %s succeeded: %s s of video", task.task_id, videos[0].duration)
+        return ProviderJob(provider_task_id=task.task_id, status=status, output_url=videos[0].url)
+    if status is ProviderJobStatus.FAILED:
+        return ProviderJob(
+            provider_task_id=task.task_id,
+            status=status,
+            error_code=None if task.code in (None, "", 0) else str(task.code),
+            error_message=_truncate(task.task_status_msg or "")
+            or "CometAPI reported the task failed without a message",
+        )
+    return ProviderJob(provider_task_id=task.task_id, status=status)
+
+
+def _parse_task(data: object, error: type[Exception], what: str) -> ProviderJob:
+    """A task object (an answer's data, or a callback body) as a ProviderJob; `error` otherwise."""
+    if not isinstance(data, dict):
+        raise error(f"{what} has no task object")
+    try:
+        task = CometTask.model_validate(data)
+    except ValidationError as exc:
+        raise error(f"{what} is not a task: {_summarise(exc)}") from exc
+    job = task_to_job(task)
+    if job is None:
+        raise error(f"{what}: task {task.task_id} has an unknown status {_truncate(task.task_status)!r}")
+    return job
+
+
+def _json_or_none(response: httpx.Response) -> Any:
+    try:
+        return response.json()
+    except ValueError:
+        return None
+
+
+def _numeric_code(value: object) -> int | None:
+    """A Kling ``code`` given as an integer or a string of digits; None for anything else."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
+
+
+def _raise_transport_error(exc: httpx.HTTPError, operation: str, *, request_may_be_taken: bool) -> NoReturn:
+    kind = type(exc).__name__
+    if isinstance(exc, _NOT_SENT):
+        raise ProviderTransientError(f"CometAPI {operation}: could not connect ({kind})") from exc
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        raise ProviderConfigError(f"CometAPI {operation}: unsupported URL scheme ({kind})") from exc
+    if request_may_be_taken:
+        raise ProviderOutcomeUnknownError(
+            f"CometAPI {operation}: connection failed after the request was sent ({kind}); the task may exist"
+        ) from exc
+    raise ProviderTransientError(f"CometAPI {operation}: connection failed ({kind})") from exc
+
+
+def _summarise(exc: ValidationError) -> str:
+    return _truncate("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
