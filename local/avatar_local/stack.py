@@ -2,7 +2,7 @@
 
 - AWS: moto in server mode, in this process, with the template's bucket, table, topic, queues and secret.
 - Functions: every AWS::Serverless::Function of the template, with its handler, environment and events.
-- Providers: the WaveSpeed simulator on 127.0.0.1.
+- Providers: the WaveSpeed and CometAPI simulators on 127.0.0.1.
 Only two things differ from a deployment, on purpose: AWS endpoints point at the embedded AWS, and the API's public
 URL (`https://<api>.execute-api...`) is the local API gateway's.
 """
@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from avatar_local.aws import EmbeddedAws, create_resources, secret_json, subscribe_queue
 from avatar_local.runtime import FunctionPool, FunctionRuntime
+from avatar_local.simulators.cometapi import CometApiSimulator
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.wavespeed import WaveSpeedSimulator
 from avatar_local.template import FunctionSpec, Resolver, functions, layer_content_dirs, load_template
@@ -83,6 +84,7 @@ class LocalStack:
         self.template = load_template(self.config.root / "template.yaml")
         self.aws = EmbeddedAws(self.config.region)
         self.simulator = WaveSpeedSimulator(faults=self.config.faults, time_factor=self.config.time_factor)
+        self.comet_simulator = CometApiSimulator(faults=self.config.faults, time_factor=self.config.time_factor)
         self.pools: dict[str, FunctionPool] = {}
         self._workers: list[Worker] = []
         self._invokers: list[AsyncInvoker] = []
@@ -98,16 +100,22 @@ class LocalStack:
         (config.local_dir / "logs").mkdir(exist_ok=True)
         self.aws.start()
         self.simulator.start()
+        self.comet_simulator.start()
         resolver = Resolver(
             self.template,
             stack_name=config.stack_name,
             region=config.region,
             account_id=config.account_id,
-            parameters={"WaveSpeedBaseUrl": self.simulator.base_url, **config.parameters},
+            parameters={
+                "WaveSpeedBaseUrl": self.simulator.base_url,
+                "CometApiBaseUrl": self.comet_simulator.base_url,
+                **config.parameters,
+            },
             resource_values={"WebhookApi": LOCAL_API_ID},
         )
         secrets = {
-            "WaveSpeedSecret": secret_json({"api_key": LOCAL_API_KEY, "webhook_secret": self.simulator.webhook_secret})
+            "WaveSpeedSecret": secret_json({"api_key": LOCAL_API_KEY, "webhook_secret": self.simulator.webhook_secret}),
+            "CometApiSecret": secret_json({"api_key": LOCAL_API_KEY}),
         }
         created = create_resources(self.aws, self.template, resolver, config.stack_name, secrets)
         specs = functions(self.template)
@@ -136,6 +144,7 @@ class LocalStack:
         for pool in self.pools.values():
             pool.stop()
         self.simulator.stop()
+        self.comet_simulator.stop()
         self.aws.stop()
 
     def __enter__(self) -> LocalStack:
@@ -271,7 +280,7 @@ class LocalStack:
             table=outputs["TaskTableName"],
             topic_arn=outputs["NotificationTopicArn"],
             webhook_base_url=outputs["WebhookBaseUrl"].replace(public_api, self._gateway.base_url),
-            simulators={"wavespeed": self.simulator.base_url},
+            simulators={"wavespeed": self.simulator.base_url, "cometapi": self.comet_simulator.base_url},
             notifications_queue_url=subscribe_queue(
                 self.aws, outputs["NotificationTopicArn"], f"{self.config.stack_name}-notifications"
             ),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
 from support.corpus import corpus, partner_for
 from support.e2e import E2E
@@ -110,3 +111,51 @@ def test_bad_inputs_end_rejected_with_a_reason_and_no_provider_call(e2e: E2E, na
     (note,) = e2e.notifications(job)
     assert note["attributes"]["status"] == "REJECTED" and case.expected in note["body"]["reason"]
     assert len(e2e.stack.simulator.submissions()) == before
+
+
+def test_cometapi_job_becomes_a_real_mp4_with_one_notification(e2e: E2E, tmp_path: Path) -> None:
+    # When a job asks for CometAPI in its job.json
+    before = len(e2e.stack.comet_simulator.submissions())
+    task = e2e.run("e2e-comet", options=JobOptions(provider="cometapi", mode="pro"))
+    # Then CometAPI made it (its callbacks authenticated by the task's token and confirmed by a query),
+    # the video is a real MP4 as long as the voice, and one notification carries the estimated cost
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert task.provider == "cometapi"
+    assert len(e2e.stack.comet_simulator.submissions()) == before + 1
+    info = probe_media(e2e.client.download(task, tmp_path))
+    assert info.has_video and info.has_audio and abs(info.duration - e2e.samples.voice_seconds) <= 0.2
+    (note,) = e2e.notifications("e2e-comet", settle=4.0)
+    assert note["body"]["provider"] == "cometapi" and note["body"]["estimated_cost_usd"] == "0.60"
+
+
+def test_unavailable_provider_fails_over_to_the_other_exactly_once(e2e: E2E) -> None:
+    # Given WaveSpeed turns every submission away (503: not taken)
+    e2e.faults(FaultPlan(processing_seconds=0.5, submit_error_rate=1.0, submit_error_status=503))
+    wavespeed_predictions = len(e2e.stack.simulator.predictions())
+    comet_before = len(e2e.stack.comet_simulator.submissions())
+    # When a job runs with the default provider
+    task = e2e.run("e2e-failover")
+    # Then it moved to CometAPI and completed there: one paid task in all, none at WaveSpeed
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert (task.provider, task.failed_over_from) == ("cometapi", "wavespeed")
+    assert len(e2e.stack.simulator.predictions()) == wavespeed_predictions
+    assert len(e2e.stack.comet_simulator.submissions()) == comet_before + 1
+    assert any("failing over to CometAPI" in step.reason for step in task.history)
+
+
+def test_forged_cometapi_callback_token_is_refused_and_changes_nothing(e2e: E2E) -> None:
+    # Given a CometAPI task that completed and was announced
+    e2e.run("e2e-forged", options=JobOptions(provider="cometapi"))
+    assert len(e2e.notifications("e2e-forged")) == 1
+    task = e2e.client.status("e2e-forged").latest
+    assert task is not None and task.notified_at is not None
+    assert e2e.stack.info is not None
+    body = {"task_id": task.provider_task_id, "task_status": "failed", "task_status_msg": "forged"}
+    url = f"{e2e.stack.info.webhook_base_url}/webhooks/cometapi"
+    # When someone posts a callback with a wrong token, or none
+    wrong = httpx.post(url, params={"task_id": task.task_id, "token": "not-the-token"}, json=body)
+    missing = httpx.post(url, params={"task_id": task.task_id}, json=body)
+    # Then both are refused, and the task is unchanged
+    assert (wrong.status_code, missing.status_code) == (401, 401)
+    after = e2e.client.status("e2e-forged").latest
+    assert after is not None and after.status is TaskStatus.COMPLETED and after.version == task.version

@@ -300,7 +300,11 @@ class ScriptedProvider:
     name = "wavespeed"
     callback_auth: Literal["signature", "task_token"] = "signature"
 
-    def __init__(self) -> None:
+    def __init__(
+        self, name: str = "wavespeed", callback_auth: Literal["signature", "task_token"] = "signature"
+    ) -> None:
+        self.name = name
+        self.callback_auth = callback_auth
         self.lock = threading.Lock()
         self.submissions: list[SubmissionRequest] = []
         self.fetches: list[str] = []

@@ -1,0 +1,104 @@
+"""Choosing a provider per job, failing over, CometAPI's token-authenticated callbacks, and cost estimates."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import pytest
+from support.fakes import BUCKET, ScriptedProvider, World, make_settings, make_world, upload
+
+from avatar_pipeline.errors import ProviderTransientError, WebhookAuthError
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, TaskStatus
+from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.services.intake import handle_upload
+from avatar_pipeline.services.tracking import receive_callback
+
+IMAGE = upload("inbox/zoe/face.png", etag="img-1", size=200_000)
+AUDIO = upload("inbox/zoe/voice.mp3", etag="aud-1", size=300_000)
+
+
+@pytest.fixture
+def two() -> tuple[World, ScriptedProvider, ScriptedProvider]:
+    wavespeed = ScriptedProvider()
+    comet = ScriptedProvider("cometapi", "task_token")
+    world = make_world(provider=wavespeed, providers={"wavespeed": wavespeed, "cometapi": comet})
+    return world, wavespeed, comet
+
+
+def submit_pair(w: World, options: dict | None = None) -> str:
+    if options is not None:
+        w.media.put_object(BUCKET, "inbox/zoe/job.json", json.dumps(options))
+    handle_upload(w.ctx, IMAGE)
+    outcome = handle_upload(w.ctx, AUDIO)
+    assert outcome.task_id is not None
+    return outcome.task_id
+
+
+def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_task_token(two) -> None:
+    w, wavespeed, comet = two
+    # When a job asks for CometAPI
+    task_id = submit_pair(w, {"provider": "cometapi", "mode": "pro"})
+    # Then only CometAPI got it, with a callback URL naming the task and its secret token
+    task = w.tasks.get(task_id)
+    assert task is not None and task.provider == "cometapi" and task.callback_token
+    assert (wavespeed.submit_count, comet.submit_count) == (0, 1)
+    assert comet.submissions[0].webhook_url.endswith(f"task_id={task_id}&token={task.callback_token}")
+
+
+def test_turned_away_submission_fails_over_once_and_never_reaches_both(two) -> None:
+    w, wavespeed, comet = two
+    # Given WaveSpeed turns the task away (rate limited: not taken)
+    wavespeed.script_submit(ProviderTransientError("HTTP 429"))
+    # When the pair arrives
+    task_id = submit_pair(w)
+    # Then the task moved to CometAPI, which took it; WaveSpeed has nothing to bill
+    task = w.tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.SUBMITTED
+    assert (task.provider, task.failed_over_from) == ("cometapi", "wavespeed")
+    assert comet.submit_count == 1
+    assert any("failing over to CometAPI" in step.reason for step in task.history)
+
+
+def test_no_failover_when_the_job_forbids_it(two) -> None:
+    w, wavespeed, comet = two
+    wavespeed.script_submit(ProviderTransientError("HTTP 503"))
+    task_id = submit_pair(w, {"failover": False})
+    task = w.tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
+    assert comet.submit_count == 0
+
+
+def test_cometapi_callback_with_a_wrong_token_is_refused_and_a_right_one_is_confirmed_by_a_query(two) -> None:
+    w, _, comet = two
+    task_id = submit_pair(w, {"provider": "cometapi"})
+    task = w.tasks.get(task_id)
+    assert task is not None and task.provider_task_id is not None
+    hint = ProviderJob(provider_task_id=task.provider_task_id, status=ProviderJobStatus.SUCCEEDED, output_url="x")
+    comet.script_callback(hint)
+    # When a callback comes with a wrong token
+    with pytest.raises(WebhookAuthError):
+        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": "guess"})
+    # Then nothing changed
+    assert w.tasks.get(task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]
+    # When the right token comes, but the provider's own answer says it is still processing
+    comet.script_fetch(ProviderJob(provider_task_id=task.provider_task_id, status=ProviderJobStatus.PROCESSING))
+    action = receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+    # Then what is recorded is the provider's answer, not the callback's claim
+    assert action == "recorded"
+    assert w.tasks.get(task_id).status is TaskStatus.PROCESSING  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("provider", "mode", "seconds", "expected"),
+    [
+        ("wavespeed", "std", 3.0, "0.25"),
+        ("wavespeed", "std", 5.0, "0.25"),
+        ("wavespeed", "std", 5.1, "0.50"),
+        ("wavespeed", "pro", 12.0, "1.50"),
+        ("cometapi", "std", 4.0, "0.30"),
+        ("cometapi", "pro", 10.0, "1.20"),
+    ],
+)
+def test_cost_is_the_price_per_started_five_seconds(provider, mode, seconds, expected) -> None:
+    assert estimate_cost(provider, mode, seconds, make_settings()) == Decimal(expected)
