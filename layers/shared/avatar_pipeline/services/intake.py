@@ -240,16 +240,16 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     try:
         report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider)
     except InputGoneError as error:
-        problems.append(str(error))
-    else:
-        problems += report.problems
-        logger.info(
-            "inputs checked",
-            extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
-        )
+        why = "; ".join([*problems, str(error)])
+        return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+    logger.info(
+        "inputs checked",
+        extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
+    )
+    problems += report.problems
     if problems:
         return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
-    assert report.audio is not None
+    assert report.audio is not None  # accepted, so it was read
     lease_until = now + SUBMIT_LEASE
     wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
     return transition(
