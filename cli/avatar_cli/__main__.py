@@ -38,7 +38,10 @@ def _print_status(client: PipelineClient, job: str, as_json: bool) -> int:
                 {
                     "job": job,
                     "waiting": view.slot.model_dump(mode="json") if view.slot and view.slot.waiting_since else None,
-                    "tasks": [task.model_dump(mode="json", by_alias=True) for task in view.tasks],
+                    # The callback token is a secret between the pipeline and the provider.
+                    "tasks": [
+                        task.model_dump(mode="json", by_alias=True, exclude={"callback_token"}) for task in view.tasks
+                    ],
                 },
                 indent=2,
             )

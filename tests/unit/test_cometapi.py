@@ -612,14 +612,14 @@ def test_gateway_429_is_a_transient_http_error_carrying_retry_after(
     assert sleep.calls == [2.0, 2.0]
 
 
-def test_submit_503_is_transient_and_retried_because_nothing_was_created(
+def test_submit_429_is_transient_and_retried_because_nothing_was_created(
     router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep
 ) -> None:
-    # Given the gateway is unavailable (503) every time
-    route = router.post(CREATE_PATH).respond(503, json=gateway_error("service unavailable"))
+    # Given the gateway rate-limits (429) every time
+    route = router.post(CREATE_PATH).respond(429, json=gateway_error("rate limited"))
 
     # When we submit
-    with pytest.raises(ProviderTransientError, match="service unavailable"):
+    with pytest.raises(ProviderTransientError, match="rate limited"):
         provider.submit(submission())
 
     # Then the budget of 3 attempts is used, with full-jitter backoff (random()=0.5 → 0.25 s, 0.5 s) in between
@@ -627,7 +627,7 @@ def test_submit_503_is_transient_and_retried_because_nothing_was_created(
     assert sleep.calls == [0.25, 0.5]
 
 
-@pytest.mark.parametrize("status", [500, 502, 504])
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_submit_500_is_outcome_unknown_after_exactly_one_call(
     router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep, status: int
 ) -> None:
@@ -942,7 +942,7 @@ def test_key_is_never_in_repr_errors_or_logs_even_when_the_gateway_echoes_it(
     router: respx.MockRouter, provider: CometApiProvider, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a gateway that echoes our key back in its error, on every attempt
-    router.post(CREATE_PATH).respond(503, json=gateway_error(f"token {API_KEY} is rate limited", code=API_KEY))
+    router.post(CREATE_PATH).respond(429, json=gateway_error(f"token {API_KEY} is rate limited", code=API_KEY))
     router.get(QUERY_PATH).respond(401, json={"code": 1002, "message": f"bad authorization Bearer {API_KEY}"})
 
     # When we submit and fetch with logging captured at DEBUG

@@ -102,3 +102,16 @@ def test_cometapi_callback_with_a_wrong_token_is_refused_and_a_right_one_is_conf
 )
 def test_cost_is_the_price_per_started_five_seconds(provider, mode, seconds, expected) -> None:
     assert estimate_cost(provider, mode, seconds, make_settings()) == Decimal(expected)
+
+
+def test_no_failover_target_configured_means_the_usual_retry_not_a_crash() -> None:
+    # Given only WaveSpeed is configured (CometAPI's secret still holds its empty placeholder), and it rate-limits
+    wavespeed = ScriptedProvider()
+    w = make_world(provider=wavespeed)
+    wavespeed.script_submit(ProviderTransientError("HTTP 429"))
+    # When the pair arrives
+    task_id = submit_pair(w)
+    # Then the submission is scheduled for a retry at WaveSpeed
+    task = w.tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
+    assert task.provider == "wavespeed"

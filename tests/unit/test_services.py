@@ -15,6 +15,7 @@ from support.fakes import BUCKET, T0, Copy, World, make_world, upload
 
 from avatar_pipeline.errors import (
     CallbackMismatchError,
+    InputGoneError,
     OutputCopyInterruptedError,
     OutputUnusableError,
     ProviderConfigError,
@@ -1029,3 +1030,40 @@ def test_content_problems_reject_the_pair_before_any_provider_call(w: World) -> 
     assert outcome.action == "rejected"
     assert "face.png" in (stored(w, outcome.task_id).reason or "")
     assert w.provider.submit_count == 0
+
+
+def test_a_repeat_of_the_completing_event_cuts_the_pair_when_the_first_attempt_died(w: World) -> None:
+    # Given the image waits, and the invocation that got the audio died before cutting the pair
+    handle_upload(w.ctx, IMAGE)
+    w.tasks.fail_next("save_slot_and_create", RuntimeError("throttled"))
+    with pytest.raises(RuntimeError):
+        handle_upload(w.ctx, AUDIO)
+    # When S3 (or Lambda's retry) delivers the audio's event again
+    outcome = handle_upload(w.ctx, AUDIO)
+    # Then the pair is cut and submitted now, not at the pairing deadline
+    assert outcome.action == "submitted"
+    assert w.provider.submit_count == 1
+
+
+def test_an_input_replaced_while_being_checked_waits_for_its_new_version(w: World, monkeypatch) -> None:
+    # Given the face is overwritten while the pair is being checked (its ETag no longer matches)
+    real_source = w.media.source
+
+    def source(obj: S3Object) -> Any:
+        if obj == IMAGE:
+            raise InputGoneError(f"{obj.key} was deleted or replaced before it could be checked")
+        return real_source(obj)
+
+    monkeypatch.setattr(w.media, "source", source)
+    handle_upload(w.ctx, IMAGE)
+    # When the audio completes the pair
+    outcome = handle_upload(w.ctx, AUDIO)
+    # Then no task is made from bytes that are gone
+    assert outcome.action == "waiting"
+    assert w.tasks.all_tasks() == []
+    # When the new version's event arrives
+    newer = S3Object(bucket=BUCKET, key=IMAGE.key, etag="img-2", size=IMAGE.size, sequencer="2")
+    outcome = handle_upload(w.ctx, newer)
+    # Then the pair goes through with it
+    assert outcome.action == "submitted"
+    assert stored(w, outcome.task_id).image == newer

@@ -50,7 +50,9 @@ def parse_inbox_key(key: str) -> InboxEntry | None:
     if not job.strip():
         return None
     kind: EntryKind
-    if in_folder and file_name.lower() == OPTIONS_FILE_NAME:
+    # Exactly "job.json": it is read by that name, so a "Job.json" would be silently ignored; as an unsupported
+    # file it is rejected with a notification saying so instead.
+    if in_folder and file_name == OPTIONS_FILE_NAME:
         kind = "options"
     elif extension in IMAGE_EXTENSIONS:
         kind = "image"

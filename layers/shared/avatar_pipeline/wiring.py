@@ -48,10 +48,14 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
         return {key: str(value) for key, value in secret.items()}
 
     def __getitem__(self, name: str) -> VideoProvider:
+        """The provider's adapter; KeyError when it is not configured (no secret, or no API key in it yet)."""
         if name not in self._configured():
             raise KeyError(name)
+        secret_id = self._settings.wavespeed_secret_id if name == "wavespeed" else self._settings.cometapi_secret_id
+        secret = self._secret(secret_id)
+        if not secret.get("api_key"):
+            raise KeyError(name)  # the stack creates the secret with an empty placeholder
         if name == "wavespeed":
-            secret = self._secret(self._settings.wavespeed_secret_id)
             return WaveSpeedProvider(
                 api_key=secret.get("api_key", ""),
                 webhook_secrets=split_secrets(secret.get("webhook_secret", "")),
@@ -59,7 +63,7 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
                 client=self._http,
             )
         return CometApiProvider(
-            api_key=self._secret(self._settings.cometapi_secret_id).get("api_key", ""),
+            api_key=secret["api_key"],
             base_url=self._settings.cometapi_base_url,
             client=self._http,
             default_prompt=self._settings.cometapi_default_prompt,

@@ -95,9 +95,10 @@ MAX_PROMPT_CHARS: Final = 2500
 CREATE_PATH: Final = "/kling/v1/videos/avatar/image2video"
 QUERY_PATH: Final = "/kling/v1/videos/avatar/image2video/{task_id}"
 
-# HTTP answers to a submit that prove the task was not created (rate limited, unavailable). Any other server
-# error on a submit leaves the outcome unknown.
-SUBMIT_NOT_TAKEN_HTTP: Final = frozenset({429, 503})
+# HTTP answers to a submit that prove the task was not created: rate limited. CometAPI is a gateway in front of
+# Kling, so even a 503 may come after it forwarded the request: any server error on a submit is an unknown outcome
+# (never resent, never failed over).
+SUBMIT_NOT_TAKEN_HTTP: Final = frozenset({429})
 
 # Kling's published error codes (its API reference, "common info"): 1000-1004 authentication, 1100-1103 account,
 # 1200-1203 request, 1300-1304 policy and limits, 5000-5002 server side.

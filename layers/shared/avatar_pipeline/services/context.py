@@ -9,6 +9,7 @@ from datetime import datetime
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.config import Settings
+from avatar_pipeline.errors import ProviderConfigError
 from avatar_pipeline.models import PairSlot, Task, TaskStatus, utcnow
 from avatar_pipeline.ports import ConflictError, MediaStore, Notifier, TaskRepository, VideoProvider
 from avatar_pipeline.state_machine import can_transition, transition
@@ -32,7 +33,10 @@ class PipelineContext:
     clock: Callable[[], datetime] = field(default=utcnow)
 
     def provider_for(self, task: Task) -> VideoProvider:
-        return self.providers[task.provider]
+        try:
+            return self.providers[task.provider]
+        except KeyError:
+            raise ProviderConfigError(f"{task.provider} is not configured (no API key in its secret)") from None
 
     def update_task(self, task: Task | str, decide: Callable[[Task], Task | None]) -> Task | None:
         """Apply `decide` to the stored task with optimistic concurrency; None when it decided on no change.

@@ -79,8 +79,14 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
     rejected = _reject_rivals(ctx, entry.job, role, upload, now, deadline)
     if rejected is not None:
         return rejected
-    _, slot = ctx.update_slot(entry.job, lambda current: with_upload(current, entry.job, role, upload, now, deadline))
+    stored, slot = ctx.update_slot(
+        entry.job, lambda current: with_upload(current, entry.job, role, upload, now, deadline)
+    )
     if slot is None:
+        holds_it = stored is not None and any(upload.same_upload(half) for half in (stored.image, stored.audio))
+        if stored is not None and stored.is_complete and holds_it:
+            # A repeat of the event that completed the pair: the attempt that got it died before cutting it.
+            return cut_pair(ctx, stored)
         logger.info("repeated or out-of-date upload event; nothing new", extra={"job": entry.job, "key": upload.key})
         return UploadOutcome("duplicate", job=entry.job)
     if not slot.is_complete:
@@ -128,7 +134,7 @@ def _reject_rivals(
     raise ConflictError(f"the slot of job {job} kept changing; giving up this attempt")
 
 
-def cut_pair(ctx: PipelineContext, slot: PairSlot) -> UploadOutcome:
+def cut_pair(ctx: PipelineContext, slot: PairSlot, *, last_chance: bool = False) -> UploadOutcome:
     """A complete slot becomes its one task (checked, claimed, submitted).
 
     The task is created in the same transaction that marks the slot's halves used, so a pair can neither be lost
@@ -145,7 +151,15 @@ def cut_pair(ctx: PipelineContext, slot: PairSlot) -> UploadOutcome:
         ctx.update_slot(slot.job, lambda current: consume(current, halves, now, deadline) if current else None)
         logger.info("these files already made a task; nothing new to submit", extra={"job": slot.job})
         return UploadOutcome("duplicate", job=slot.job)
-    task = _task_for_pair(ctx, slot, task_id, now=now)
+    try:
+        task = _task_for_pair(ctx, slot, task_id, now=now)
+    except InputGoneError as error:
+        if not last_chance:
+            # Overwritten (its newer version's event will complete the pair) or deleted (the poller decides at
+            # the pairing deadline): no task from bytes that are no longer there.
+            logger.info("an input changed before it could be checked; waiting", extra={"job": slot.job})
+            return UploadOutcome("waiting", job=slot.job)
+        task = _gone_task(ctx, slot, task_id, str(error), now)
     consumed = consume(slot, halves, now, deadline)
     assert consumed is not None
     try:
@@ -237,11 +251,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         audio=audio,
     )
     problems = [options_problem] if options_problem else []
-    try:
-        report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider)
-    except InputGoneError as error:
-        why = "; ".join([*problems, str(error)])
-        return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+    report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider)
     logger.info(
         "inputs checked",
         extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
@@ -267,6 +277,22 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         failover_allowed=wants_failover and fits(report, image, audio, alternative(provider)),
         estimated_cost_usd=str(estimate_cost(provider, waiting.mode, report.audio.duration_seconds, ctx.settings)),
     )
+
+
+def _gone_task(ctx: PipelineContext, slot: PairSlot, task_id: str, why: str, now: datetime) -> Task:
+    """The pair's REJECTED task when one of its files is gone for good (deleted, never replaced)."""
+    waiting = begin(
+        task_id,
+        slot.job,
+        since=slot.waiting_since or now,
+        arrived="the pair's first file",
+        now=now,
+        provider=ctx.settings.default_provider,
+        mode=ctx.settings.default_mode,
+        image=slot.image,
+        audio=slot.audio,
+    )
+    return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
 
 
 def webhook_url(ctx: PipelineContext, task: Task, provider: VideoProvider) -> str:
@@ -367,7 +393,10 @@ def _fail_over(ctx: PipelineContext, claimed: Task, error: str) -> Task | None:
     if not claimed.failover_allowed or claimed.failed_over_from is not None:
         return None
     other = alternative(claimed.provider)
-    if other not in ctx.providers:
+    try:
+        ctx.providers[other]
+    except Exception:  # not configured, or its secret cannot be read now: no failover, the usual retry instead
+        logger.warning("failover not possible: the other provider is unavailable", extra={"provider": other})
         return None
     seconds = (claimed.audio_ms or 0) / 1000
 

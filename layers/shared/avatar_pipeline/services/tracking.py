@@ -155,7 +155,7 @@ def _check_slot(ctx: PipelineContext, slot: PairSlot, time_left: Callable[[], ti
         if time_left() < SUBMIT_TIME_BUDGET:
             return "deferred"
         # The invocation that completed it died before settling it: finish its work.
-        return f"pair-{cut_pair(ctx, slot).action}"
+        return f"pair-{cut_pair(ctx, slot, last_chance=True).action}"
     return _expire_orphan(ctx, slot)
 
 
