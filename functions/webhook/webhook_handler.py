@@ -9,7 +9,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from avatar_pipeline.errors import CallbackMismatchError, ProviderError, WebhookAuthError, WebhookPayloadError
+from avatar_pipeline.errors import CallbackMismatchError, WebhookAuthError, WebhookPayloadError
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.tracking import UnknownProviderError, receive_callback
 from avatar_pipeline.wiring import pipeline
@@ -50,17 +50,13 @@ def provider_callback(provider: str) -> Response[dict[str, str]]:
         return _answer(HTTPStatus.UNAUTHORIZED, "callback not authenticated")
     except WebhookPayloadError as error:
         return _answer(HTTPStatus.BAD_REQUEST, f"callback not understood: {error}")
-    except ProviderError as error:
-        # Confirming an unsigned callback with the provider failed: ask it to call again (it retries on 5xx).
-        logger.warning("could not confirm the callback with the provider", extra={"error": str(error)})
-        return _answer(HTTPStatus.SERVICE_UNAVAILABLE, "could not confirm the callback; try again")
     except (UnknownProviderError, UnknownTaskError) as error:
         return _answer(HTTPStatus.NOT_FOUND, str(error))
     except CallbackMismatchError as error:
         logger.warning("callback for another task", extra={"error": str(error)})
         return _answer(HTTPStatus.CONFLICT, str(error))
     metrics.add_metric(name=f"Callback_{action}", unit=MetricUnit.Count, value=1)
-    return _answer(HTTPStatus.OK, action)
+    return _answer(HTTPStatus.ACCEPTED if action == "deferred" else HTTPStatus.OK, action)
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)

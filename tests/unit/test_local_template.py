@@ -594,8 +594,8 @@ def test_load_template_reports_unreadable_files(tmp_path: Path) -> None:
 def test_the_four_functions_and_their_handlers(specs: dict[str, FunctionSpec]) -> None:
     expected = {
         "SubmitFunction": ("functions/submit/", "submit_handler", [("InboxUpload", "S3")], 120),
-        "WebhookFunction": ("functions/webhook/", "webhook_handler", [("ProviderCallback", "Api")], 10),
-        "PollerFunction": ("functions/poller/", "poller_handler", [("PollTick", "Schedule")], 120),
+        "WebhookFunction": ("functions/webhook/", "webhook_handler", [("ProviderCallback", "Api")], 29),
+        "PollerFunction": ("functions/poller/", "poller_handler", [("PollTick", "Schedule")], 300),
         "FinalizeFunction": ("functions/finalize/", "finalize_handler", [("TaskStream", "DynamoDB")], 900),
     }
     assert list(specs) == list(expected)

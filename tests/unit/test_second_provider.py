@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from support.fakes import BUCKET, ScriptedProvider, World, make_settings, make_world, upload
 
-from avatar_pipeline.errors import ProviderTransientError, WebhookAuthError
+from avatar_pipeline.errors import CallbackMismatchError, ProviderTransientError, WebhookAuthError
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, TaskStatus
 from avatar_pipeline.pricing import estimate_cost
 from avatar_pipeline.services.intake import handle_upload
@@ -115,3 +115,33 @@ def test_no_failover_target_configured_means_the_usual_retry_not_a_crash() -> No
     task = w.tasks.get(task_id)
     assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
     assert task.provider == "wavespeed"
+
+
+def test_a_callback_that_cannot_be_confirmed_now_is_acknowledged_and_polled_at_once(two) -> None:
+    w, _, comet = two
+    task_id = submit_pair(w, {"provider": "cometapi"})
+    task = w.tasks.get(task_id)
+    assert task is not None and task.provider_task_id is not None
+    comet.script_callback(ProviderJob(provider_task_id=task.provider_task_id, status=ProviderJobStatus.SUCCEEDED))
+    # Given CometAPI cannot answer our confirming query right now
+    comet.script_fetch(ProviderTransientError("HTTP 429"))
+    # When an authentic callback arrives
+    action = receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+    # Then it is acknowledged as deferred, nothing is recorded from the unconfirmed hint, and the poller is due now
+    after = w.tasks.get(task_id)
+    assert action == "deferred"
+    assert after is not None and after.status is TaskStatus.SUBMITTED
+    assert after.next_check_at == w.clock.now
+
+
+def test_a_callback_to_the_wrong_provider_route_is_refused_before_any_query(two) -> None:
+    w, _, comet = two
+    # Given a WaveSpeed task (whose token CometAPI never saw)
+    task_id = submit_pair(w)
+    task = w.tasks.get(task_id)
+    assert task is not None
+    # When a callback for it comes in on the CometAPI route, even with the right token
+    with pytest.raises(CallbackMismatchError):
+        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+    # Then CometAPI was never asked about it
+    assert comet.fetches == []

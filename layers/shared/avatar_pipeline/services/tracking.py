@@ -26,12 +26,12 @@ logger = Logger(child=True)
 
 # The poller stops picking up work when less than this is left of its invocation...
 POLL_SAFETY_MARGIN = timedelta(seconds=15)
-# ...and starts a provider submission only with time for its worst case (3 attempts, timeouts and backoff):
-# killed mid-POST, a submission's outcome would be unknown.
-SUBMIT_TIME_BUDGET = timedelta(seconds=90)
+# ...and starts a provider submission only with time for its worst case (3 attempts with timeouts and backoff, at
+# each of two providers when failing over): killed mid-POST, a submission's outcome would be unknown.
+SUBMIT_TIME_BUDGET = timedelta(seconds=200)
 MAX_DUE_PER_POLL = 500
 
-NewsAction = Literal["recorded", "unchanged"]
+NewsAction = Literal["recorded", "unchanged", "deferred"]
 
 
 class UnknownProviderError(LookupError):
@@ -113,13 +113,25 @@ def receive_callback(
         token = query.get("token", "")
         if not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
             raise WebhookAuthError("the callback's token does not match the task's")
+        _check_addressee(task, provider_name)
         hint = provider.parse_callback(headers, body, ctx.clock())
         if task.provider_task_id and hint.provider_task_id != task.provider_task_id:
             raise CallbackMismatchError(f"callback about {hint.provider_task_id} for task {task_id}")
-        news = provider.fetch(hint.provider_task_id)
-    if task.provider != provider_name:
-        raise CallbackMismatchError(f"task {task_id} belongs to {task.provider}, not {provider_name}")
+        try:
+            news = provider.fetch(hint.provider_task_id)
+        except ProviderError as error:
+            # The hint cannot be confirmed now: the poller asks the provider at once instead, and the callback is
+            # acknowledged (nothing is lost, and the provider is not kept waiting on our retries).
+            logger.warning("callback not confirmed; polling it now", extra={"task_id": task_id, "error": str(error)})
+            _reschedule(ctx, task, ctx.clock())
+            return "deferred"
+    _check_addressee(task, provider_name)
     return record_provider_news(ctx, task, news)
+
+
+def _check_addressee(task: Task, provider_name: str) -> None:
+    if task.provider != provider_name:
+        raise CallbackMismatchError(f"task {task.task_id} belongs to {task.provider}, not {provider_name}")
 
 
 @dataclass
