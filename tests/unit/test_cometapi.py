@@ -968,3 +968,10 @@ def test_submit_refused_because_our_task_id_already_exists_is_an_unknown_outcome
     with pytest.raises(ProviderOutcomeUnknownError):
         provider.submit(submission())
     # Then it is not blamed on the input: the earlier attempt was taken, and its callback will tell
+
+
+def test_fetch_reports_our_task_id_as_the_external_id(router: respx.MockRouter, provider: CometApiProvider) -> None:
+    # Given CometAPI's record of the task carries the external_task_id we sent
+    router.get(QUERY_PATH).respond(200, json=envelope(task("processing", task_info={"external_task_id": "our-task"})))
+    # Then the job says so, so the pipeline can check a callback belongs to the task it was sent to
+    assert provider.fetch(TASK_ID).external_id == "our-task"

@@ -145,3 +145,21 @@ def test_a_callback_to_the_wrong_provider_route_is_refused_before_any_query(two)
         receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
     # Then CometAPI was never asked about it
     assert comet.fetches == []
+
+
+def test_a_confirmed_task_created_for_another_of_our_tasks_is_refused(two) -> None:
+    w, _, comet = two
+    task_id = submit_pair(w, {"provider": "cometapi"})
+    task = w.tasks.get(task_id)
+    assert task is not None and task.provider_task_id is not None
+    # Given a callback with the right token, naming our provider task, whose confirmed record says it was created
+    # for some other task of ours (its external_task_id)
+    comet.script_callback(ProviderJob(provider_task_id=task.provider_task_id, status=ProviderJobStatus.SUCCEEDED))
+    confirmed = ProviderJob(
+        provider_task_id=task.provider_task_id, status=ProviderJobStatus.SUCCEEDED, output_url="x", external_id="other"
+    )
+    comet.script_fetch(confirmed)
+    # When it is received, it is refused and nothing changes
+    with pytest.raises(CallbackMismatchError):
+        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+    assert w.tasks.get(task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]

@@ -160,6 +160,8 @@ class ProviderJob(BaseModel):
     """A provider's view of one task, normalised across providers."""
 
     provider_task_id: str
+    # Our task id as the provider echoes it back, where it has one (CometAPI's external_task_id).
+    external_id: str | None = None
     status: ProviderJobStatus
     output_url: str | None = None
     error_code: str | None = None

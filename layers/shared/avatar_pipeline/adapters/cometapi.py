@@ -405,6 +405,12 @@ class CometApiProvider:
 
 def task_to_job(task: CometTask) -> ProviderJob | None:
     """The normalised view of a task; None when its status is not one Kling documents."""
+    job = _task_to_job(task)
+    external = (task.task_info or {}).get("external_task_id")
+    return job.model_copy(update={"external_id": str(external)}) if job is not None and external else job
+
+
+def _task_to_job(task: CometTask) -> ProviderJob | None:
     status = _STATUSES.get(task.task_status.strip().lower())
     if status is None:
         return None

@@ -126,6 +126,9 @@ def receive_callback(
             _reschedule(ctx, task, ctx.clock())
             return "deferred"
     _check_addressee(task, provider_name)
+    if news.external_id is not None and news.external_id != task.task_id:
+        # The provider's own record says this task belongs to another of ours: a leaked or misused token.
+        raise CallbackMismatchError(f"{news.provider_task_id} was created for task {news.external_id}, not {task_id}")
     return record_provider_news(ctx, task, news)
 
 
