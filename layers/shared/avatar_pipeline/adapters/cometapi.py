@@ -73,13 +73,18 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError, call_with_retry, parse_retry_after
+from avatar_pipeline.adapters.http_retry import (
+    RetryPolicy,
+    TransientHttpError,
+    call_with_retry,
+    parse_retry_after,
+    raise_transport_error,
+)
 from avatar_pipeline.errors import (
     ProviderConfigError,
     ProviderError,
     ProviderInputError,
     ProviderOutcomeUnknownError,
-    ProviderTransientError,
     WebhookPayloadError,
 )
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
@@ -118,7 +123,6 @@ _MASK: Final = "***"
 MIN_MASKED_KEY_LENGTH: Final = 8
 
 # Transport failures that happen before any byte of the request reaches the provider.
-_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 
 
 def parse_duration(value: object) -> float | None:
@@ -271,7 +275,7 @@ class CometApiProvider:
         try:
             response = self._client.post(url, json=self._request_body(request), headers=self._headers)
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, "submit", request_may_be_taken=True)
+            raise_transport_error(exc, "CometAPI", "submit", request_may_be_taken=True)
         return self._job_from_response(response, "submit", unusable=ProviderOutcomeUnknownError)
 
     def _fetch_once(self, provider_task_id: str) -> ProviderJob:
@@ -279,7 +283,7 @@ class CometApiProvider:
         try:
             response = self._client.get(url, headers=self._headers)
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, "fetch", request_may_be_taken=False)
+            raise_transport_error(exc, "CometAPI", "fetch", request_may_be_taken=False)
         return self._job_from_response(response, "fetch", unusable=ProviderError)
 
     # ---------------------------------------------------------------- callbacks
@@ -465,19 +469,6 @@ def _numeric_code(value: object) -> int | None:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return None
-
-
-def _raise_transport_error(exc: httpx.HTTPError, operation: str, *, request_may_be_taken: bool) -> NoReturn:
-    kind = type(exc).__name__
-    if isinstance(exc, _NOT_SENT):
-        raise ProviderTransientError(f"CometAPI {operation}: could not connect ({kind})") from exc
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        raise ProviderConfigError(f"CometAPI {operation}: unsupported URL scheme ({kind})") from exc
-    if request_may_be_taken:
-        raise ProviderOutcomeUnknownError(
-            f"CometAPI {operation}: connection failed after the request was sent ({kind}); the task may exist"
-        ) from exc
-    raise ProviderTransientError(f"CometAPI {operation}: connection failed ({kind})") from exc
 
 
 def _summarise(exc: ValidationError) -> str:

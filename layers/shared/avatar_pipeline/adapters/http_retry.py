@@ -14,9 +14,11 @@ import random as _random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
-from avatar_pipeline.errors import ProviderTransientError
+import httpx
+
+from avatar_pipeline.errors import ProviderConfigError, ProviderOutcomeUnknownError, ProviderTransientError
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +114,24 @@ def call_with_retry(operation: Callable[[], T], policy: RetryPolicy, *, descript
             )
             policy.sleep(delay)
             attempt += 1
+
+
+# Failures that happen before the request is on the wire: it cannot have been taken.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
+
+
+def raise_transport_error(
+    exc: httpx.HTTPError, provider: str, operation: str, *, request_may_be_taken: bool
+) -> NoReturn:
+    """What a failed HTTP exchange means: not sent (retry is safe), a bad URL, or — once the request may have
+    reached the provider — an unknown outcome for a create (never resent) or a transient failure for a read."""
+    kind = type(exc).__name__
+    if isinstance(exc, NOT_SENT):
+        raise ProviderTransientError(f"{provider} {operation}: could not connect ({kind})") from exc
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        raise ProviderConfigError(f"{provider} {operation}: unsupported URL scheme ({kind})") from exc
+    if request_may_be_taken:
+        raise ProviderOutcomeUnknownError(
+            f"{provider} {operation}: connection failed after the request was sent ({kind}); the task may exist"
+        ) from exc
+    raise ProviderTransientError(f"{provider} {operation}: connection failed ({kind})") from exc

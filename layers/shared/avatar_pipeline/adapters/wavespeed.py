@@ -61,7 +61,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError, call_with_retry, parse_retry_after
+from avatar_pipeline.adapters.http_retry import (
+    RetryPolicy,
+    TransientHttpError,
+    call_with_retry,
+    parse_retry_after,
+    raise_transport_error,
+)
 from avatar_pipeline.errors import (
     ProviderConfigError,
     ProviderError,
@@ -104,7 +110,6 @@ _MAX_MESSAGE_CHARS: Final = 500
 _TIMESTAMP_RE: Final = re.compile(r"[0-9]{1,12}")
 
 # Transport failures that happen before any byte of the request reaches the provider.
-_NOT_SENT: Final = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ProxyError)
 
 
 class WaveSpeedPrediction(BaseModel):
@@ -186,7 +191,7 @@ class WaveSpeedProvider:
         try:
             response = self._client.post(url, params={"webhook": request.webhook_url}, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, "submit", request_may_be_taken=True)
+            raise_transport_error(exc, "WaveSpeed", "submit", request_may_be_taken=True)
         return _job_from_response(response, "submit", unusable=ProviderOutcomeUnknownError)
 
     def _fetch_once(self, provider_task_id: str) -> ProviderJob:
@@ -194,7 +199,7 @@ class WaveSpeedProvider:
         try:
             response = self._client.get(url, headers=self._headers)
         except httpx.HTTPError as exc:
-            _raise_transport_error(exc, "fetch", request_may_be_taken=False)
+            raise_transport_error(exc, "WaveSpeed", "fetch", request_may_be_taken=False)
         return _job_from_response(response, "fetch", unusable=ProviderError)
 
     # ---------------------------------------------------------------- callbacks
@@ -266,19 +271,6 @@ def prediction_to_job(prediction: WaveSpeedPrediction) -> ProviderJob | None:
 
 def _signing_key(secret: str) -> bytes:
     return secret.removeprefix(SECRET_PREFIX).encode("utf-8")
-
-
-def _raise_transport_error(exc: httpx.HTTPError, operation: str, *, request_may_be_taken: bool) -> NoReturn:
-    kind = type(exc).__name__
-    if isinstance(exc, _NOT_SENT):
-        raise ProviderTransientError(f"WaveSpeed {operation}: could not connect ({kind})") from exc
-    if isinstance(exc, httpx.UnsupportedProtocol):
-        raise ProviderConfigError(f"WaveSpeed {operation}: unsupported URL scheme ({kind})") from exc
-    if request_may_be_taken:
-        raise ProviderOutcomeUnknownError(
-            f"WaveSpeed {operation}: connection failed after the request was sent ({kind}); the task may exist"
-        ) from exc
-    raise ProviderTransientError(f"WaveSpeed {operation}: connection failed ({kind})") from exc
 
 
 def _job_from_response(response: httpx.Response, operation: str, *, unusable: type[ProviderError]) -> ProviderJob:
