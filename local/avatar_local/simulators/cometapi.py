@@ -85,46 +85,42 @@ import collections
 import json
 import logging
 import secrets
-import shutil
-import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
 
 import httpx
-from pydantic import ValidationError, field_validator
+from pydantic import field_validator
 
 from avatar_local.simulators.common import (
+    MAX_PROMPT_CHARS,
+    OUTPUTS_PREFIX,
+    WEBHOOK_TIMEOUT,
+    Answer,
     Json,
-    JsonHandler,
-    QuietHTTPServer,
+    SimulatorCore,
+    SimulatorHandler,
     bearer_token,
+    download_input,
+    is_http_url,
+    iso_now,
     pause,
     post_with_retries,
+    status_message,
     token_matches,
 )
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import MediaError, probe_media, render_avatar_video
-from avatar_local.simulators.wavespeed import (
-    DOWNLOAD_TIMEOUT,
-    MAX_PROMPT_CHARS,
-    STOP_JOIN_SECONDS,
-    WEBHOOK_TIMEOUT,
-    _is_http_url,
-    _iso_now,
-    _status_message,
-)
 
 logger = logging.getLogger("avatar_local.cometapi")
 
 CREATE_PATH: Final = "/kling/v1/videos/avatar/image2video"
 TASK_PREFIX: Final = CREATE_PATH + "/"
-OUTPUTS_PREFIX: Final = "/outputs/"
 MODES: Final = ("std", "pro")
 TERMINAL: Final = frozenset({"succeed", "failed"})
 
@@ -179,9 +175,6 @@ def kling_error(code: int, message: str) -> Json:
 
 def _envelope(data: Json) -> Json:
     return {"code": 0, "message": "SUCCEED", "request_id": str(uuid.uuid4()), "data": data}
-
-
-Answer = tuple[int, Json, dict[str, str]]
 
 
 class _Invalid(Exception):
@@ -266,8 +259,12 @@ class _Task:
         }
 
 
-class CometApiSimulator:
+class CometApiSimulator(SimulatorCore[_Task]):
     """CometAPI's Kling avatar API on ``host:port`` (port 0: any free port). See the module docstring."""
+
+    display_name = "CometAPI"
+    thread_prefix = THREAD_PREFIX
+    log = logger
 
     def __init__(
         self,
@@ -278,103 +275,17 @@ class CometApiSimulator:
         time_factor: float = 1.0,
         max_concurrent: int = 3,
     ) -> None:
-        if time_factor <= 0:
-            raise ValueError("time_factor must be positive")
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
+        self.check_settings(time_factor, max_concurrent)
         if api_key is not None and not api_key.strip():
             raise ValueError("api_key is empty (use None to accept any key)")
         self.api_key = api_key
-        self.time_factor = time_factor
-        self.max_concurrent = max_concurrent
-        self._faults: FaultPlan = faults if faults is not None else CometFaultPlan()
-
-        self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
-        self._stopping = threading.Event()
         self._tasks: dict[str, _Task] = {}
         self._external: dict[tuple[str, str], str] = {}  # (account, external_task_id) -> task_id
-        self._queue: collections.deque[str] = collections.deque()
-        self._processing = 0
-        self._peak_processing = 0
-        self._requests: list[Json] = []
-        self._deliveries: list[Json] = []
-        self._senders: set[threading.Thread] = set()
-
-        self._server = QuietHTTPServer((host, port), _Handler, self, logger)
-        self._base_url = self._server.public_base_url
-        self._server_thread: threading.Thread | None = None
-        self._workers: list[threading.Thread] = []
-        self._workdir: Path | None = None
-        self._stopped = False
-
-    # ------------------------------------------------------------------------------------------------ lifecycle
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` of the running simulator, without a trailing slash."""
-        return self._base_url
-
-    @property
-    def faults(self) -> FaultPlan:
-        return self._faults
-
-    def start(self) -> CometApiSimulator:
-        """Serve in a daemon thread and start the processing workers. Returns self."""
-        if self._stopped:
-            raise RuntimeError("a stopped simulator cannot be restarted; create a new one")
-        if self._server_thread is not None:
-            return self
-        self._workdir = Path(tempfile.mkdtemp(prefix="cometapi-sim-"))
-        for index in range(self.max_concurrent):
-            worker = threading.Thread(target=self._work, name=f"{THREAD_PREFIX}-worker-{index}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        self._server_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"{THREAD_PREFIX}-http", daemon=True
+        super().__init__(
+            host, port, _Handler, faults if faults is not None else CometFaultPlan(), time_factor, max_concurrent
         )
-        self._server_thread.start()
-        logger.debug("CometAPI simulator listening on %s", self._base_url)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections, end workers and callback senders, delete rendered videos."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping.set()
-        with self._work_ready:
-            self._work_ready.notify_all()
-        if self._server_thread is not None:
-            self._server.shutdown()
-        self._server.server_close()
-        self._server.close_open_connections()
-        deadline = time.monotonic() + STOP_JOIN_SECONDS
-        with self._lock:
-            senders = list(self._senders)
-        for thread in [*self._workers, *senders]:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if self._server_thread is not None:
-            self._server_thread.join(max(0.0, deadline - time.monotonic()))
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def __enter__(self) -> CometApiSimulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------------------------------ inspection
-
-    def set_faults(self, plan: FaultPlan) -> None:
-        """Replace the fault plan; it applies to requests and tasks from now on."""
-        self._faults = plan
-
-    def requests(self) -> list[Json]:
-        """Every API request received so far (oldest first)."""
-        with self._lock:
-            return [dict(record) for record in self._requests]
 
     def submissions(self) -> list[Json]:
         """The create requests among `requests`, whatever their answer."""
@@ -397,38 +308,7 @@ class CometApiSimulator:
         with self._lock:
             return [dict(record) for record in self._deliveries]
 
-    @property
-    def peak_processing(self) -> int:
-        """The most tasks that were ever processing at the same time."""
-        with self._lock:
-            return self._peak_processing
-
-    def reset(self) -> None:
-        """Forget recorded requests and callback attempts (tasks, and so external_task_ids, stay)."""
-        with self._lock:
-            self._requests.clear()
-            self._deliveries.clear()
-
-    def wait_until_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until no task is queued or processing and no callback is pending. False on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                busy = self._processing > 0 or bool(self._queue) or any(t.is_alive() for t in self._senders)
-            if not busy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-
     # ------------------------------------------------------------------------------------------------ API
-
-    def _scaled(self, simulated_seconds: float) -> float:
-        return max(0.0, simulated_seconds) / self.time_factor
-
-    def _pause(self, simulated_seconds: float) -> bool:
-        """Sleep for a simulated duration; False when the simulator is stopping."""
-        return pause(self._stopping, self._scaled(simulated_seconds))
 
     def _account(self, header: str | None) -> str | None:
         """The calling account (its key), or None when the request is not authorised."""
@@ -438,7 +318,7 @@ class CometApiSimulator:
     def _injected_error(self, status: int) -> Answer:
         if status in KLING_LIMIT_MESSAGES:
             return 429, kling_error(status, KLING_LIMIT_MESSAGES[status]), {}
-        return status, gateway_error(_status_message(status)), {}
+        return status, gateway_error(status_message(status)), {}
 
     def _create(self, account: str, raw: bytes, body: Any) -> Answer:
         plan = self._faults
@@ -495,37 +375,19 @@ class CometApiSimulator:
             return 404, kling_error(1203, "task not found"), {}
         return 200, _envelope(data), {}
 
-    def _record(self, method: str, path: str, query: dict[str, str], body: Any) -> Json:
-        record: Json = {"method": method, "path": path, "query": query, "json": body, "at": _iso_now(), "status": None}
-        with self._lock:
-            self._requests.append(record)
-        return record
-
     # ------------------------------------------------------------------------------------------------ processing
 
-    def _work(self) -> None:
-        while True:
-            with self._work_ready:
-                while not self._queue and not self._stopping.is_set():
-                    self._work_ready.wait()
-                if self._stopping.is_set():
-                    return
-                task = self._tasks[self._queue.popleft()]
-                self._processing += 1
-                self._peak_processing = max(self._peak_processing, self._processing)
-                self._change_status_locked(task, "processing")
-            try:
-                self._process(task)
-            finally:
-                with self._lock:
-                    self._processing -= 1
+    def _begin_locked(self, job_id: str) -> _Task:
+        task = self._tasks[job_id]
+        self._change_status_locked(task, "processing")
+        return task
 
     def _process(self, task: _Task) -> None:
         started = time.monotonic()
         plan = self._faults
         try:
-            image = self._download(task.image, "image")
-            audio = self._download(task.sound_file, "sound_file")
+            image = download_input(task.image, "image", _TaskFailed)
+            audio = download_input(task.sound_file, "sound_file", _TaskFailed)
             if self._stopping.is_set():
                 return
             failure: str | None = None
@@ -556,18 +418,6 @@ class CometApiSimulator:
             with self._lock:
                 self._change_status_locked(task, "failed", f"internal server error: {exc}")
 
-    def _download(self, url: str, what: str) -> bytes:
-        try:
-            with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as client:
-                response = client.get(url)
-        except httpx.HTTPError as exc:
-            raise _TaskFailed(f"media fetch failed: {what}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise _TaskFailed(f"media fetch failed: {what}: HTTP {response.status_code}")
-        if not response.content:
-            raise _TaskFailed(f"media fetch failed: {what}: empty body")
-        return response.content
-
     def _change_status_locked(self, task: _Task, status: str, message: str = "") -> None:
         """Move `task` to `status` and queue its callback. The caller holds the lock, so the callback (sent by
         another thread that needs the lock) cannot go out before a query can see the new status."""
@@ -587,7 +437,7 @@ class CometApiSimulator:
         task.changes += 1
         if lose:
             self._deliveries.append(
-                {"task_id": task.task_id, "task_status": task.status, "url": url, "lost": True, "at": _iso_now()}
+                {"task_id": task.task_id, "task_status": task.status, "url": url, "lost": True, "at": iso_now()}
             )
             return
         body = json.dumps(task.callback_body(self._base_url), separators=(",", ":")).encode()
@@ -628,7 +478,7 @@ class CometApiSimulator:
                 "url": url,
                 "attempt": attempt,
                 "duplicate": duplicate,
-                "at": _iso_now(),
+                "at": iso_now(),
                 "status": status,
                 "error": error,
             }
@@ -648,6 +498,9 @@ class CometApiSimulator:
             logger.debug("callback %s for %s gave up after %d attempts", callback.status, task_id, CALLBACK_ATTEMPTS)
 
     # ------------------------------------------------------------------------------------------------ outputs
+
+    def inspections(self) -> dict[str, Callable[[], Any]]:
+        return {**super().inspections(), "/_sim/tasks": self.tasks, "/_sim/callbacks": self.callback_deliveries}
 
     def _output(self, task_id: str) -> Path | None:
         with self._lock:
@@ -670,7 +523,7 @@ def _validate_create(raw: bytes, body: Any) -> dict[str, Any]:
     image = body.get("image")
     if image in (None, ""):
         raise _Invalid("image is required")
-    if not _is_http_url(image):
+    if not is_http_url(image):
         raise _Invalid("image must be an http(s) URL (the simulator does not take base64)")
     sound_file, audio_id = body.get("sound_file"), body.get("audio_id")
     if audio_id not in (None, ""):
@@ -679,7 +532,7 @@ def _validate_create(raw: bytes, body: Any) -> dict[str, Any]:
         raise _Invalid("audio_id is not supported by the simulator: send sound_file")
     if sound_file in (None, ""):
         raise _Invalid("sound_file is required")
-    if not _is_http_url(sound_file):
+    if not is_http_url(sound_file):
         raise _Invalid("sound_file must be an http(s) URL (the simulator does not take base64)")
     prompt = body.get("prompt")
     if prompt is None or (isinstance(prompt, str) and not prompt.strip()):
@@ -692,7 +545,7 @@ def _validate_create(raw: bytes, body: Any) -> dict[str, Any]:
     if mode not in MODES:
         raise _Invalid("mode must be std or pro")
     callback_url = body.get("callback_url") or None
-    if callback_url is not None and not _is_http_url(callback_url):
+    if callback_url is not None and not is_http_url(callback_url):
         raise _Invalid("callback_url must be an http(s) URL")
     external = body.get("external_task_id")
     if external is not None and not isinstance(external, str):
@@ -707,49 +560,16 @@ def _validate_create(raw: bytes, body: Any) -> dict[str, Any]:
     }
 
 
-class _Handler(JsonHandler):
+class _Handler(SimulatorHandler):
     server_version = "CometApiSimulator/1.0"
+    fault_plan_type = CometFaultPlan
 
     @property
     def sim(self) -> CometApiSimulator:
         simulator: CometApiSimulator = self.server.owner
         return simulator
 
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        split = urlsplit(self.path)
-        path = split.path
-        raw = self.read_body()
-        if path.startswith("/_sim/"):
-            self._control(method, path, raw)
-        elif path.startswith(OUTPUTS_PREFIX) and method in ("GET", "HEAD"):
-            self._serve_output(path.removeprefix(OUTPUTS_PREFIX).removesuffix(".mp4"))
-        else:
-            self._api(method, path, dict(parse_qsl(split.query, keep_blank_values=True)), raw)
-
-    # ---------------------------------------------------------------- API
-
-    def _api(self, method: str, path: str, query: dict[str, str], raw: bytes) -> None:
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-        record = self.sim._record(method, path, query, body)
-        status, payload, headers = self._answer(method, path, raw, body)
-        record["status"] = status
-        self.send_json(status, payload, headers)
-
-    def _answer(self, method: str, path: str, raw: bytes, body: Any) -> Answer:
+    def answer(self, method: str, path: str, query: dict[str, str], raw: bytes, body: Any) -> Answer:
         sim = self.sim
         sim._pause(sim.faults.latency_seconds)
         header = self.headers.get("Authorization")
@@ -766,42 +586,6 @@ class _Handler(JsonHandler):
                 return 405, kling_error(1202, "invalid request method"), {"Allow": "GET"}
             return sim._query(account, reference)
         return 404, gateway_error(f"Invalid URL ({method} {path})"), {}
-
-    # ---------------------------------------------------------------- outputs
-
-    def _serve_output(self, task_id: str) -> None:
-        video = self.sim._output(task_id)
-        if video is None:
-            self.send_json(404, {"message": "not found"})
-            return
-        plan = self.sim.faults
-        self.send_file(video, "video/mp4", truncate=self.command == "GET" and plan.should(plan.truncated_download_rate))
-
-    # ---------------------------------------------------------------- inspection
-
-    def _control(self, method: str, path: str, raw: bytes) -> None:
-        sim = self.sim
-        if method == "GET" and path == "/_sim/requests":
-            self.send_json(200, sim.requests())
-        elif method == "GET" and path == "/_sim/tasks":
-            self.send_json(200, sim.tasks())
-        elif method == "GET" and path == "/_sim/callbacks":
-            self.send_json(200, sim.callback_deliveries())
-        elif method == "GET" and path == "/_sim/faults":
-            self.send_json(200, sim.faults.model_dump())
-        elif method == "POST" and path == "/_sim/faults":
-            try:
-                plan = CometFaultPlan.model_validate_json(raw or b"{}")
-            except ValidationError as exc:
-                self.send_json(400, {"message": "invalid fault plan", "errors": json.loads(exc.json())})
-                return
-            sim.set_faults(plan)
-            self.send_json(200, plan.model_dump())
-        elif method == "POST" and path == "/_sim/reset":
-            sim.reset()
-            self.send_json(200, {"reset": True})
-        else:
-            self.send_json(404, {"message": "not found"})
 
 
 __all__ = [

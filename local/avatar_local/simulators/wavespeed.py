@@ -65,34 +65,44 @@ replace the fault plan; ``POST /_sim/reset`` forgets recorded requests and deliv
 `reset`, `wait_until_idle`.
 
 The server is quiet (no access log on stderr; debug logging on the ``avatar_local.wavespeed`` logger) and `stop`
-closes the listener, open connections, processing workers and webhook senders promptly.
+closes the listener, open connections, processing workers and webhook senders promptly. The generic parts (server,
+lifecycle, workers, input downloads, retried POSTs) are `avatar_local.simulators.common`'s.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import hmac
 import json
 import logging
 import math
-import shutil
-import socket
-import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import parse_qsl, urlsplit
+from typing import Any, ClassVar, Final
 
 import httpx
-from pydantic import ValidationError
 
+from avatar_local.simulators.common import (
+    MAX_PROMPT_CHARS,
+    OUTPUTS_PREFIX,
+    WEBHOOK_TIMEOUT,
+    Answer,
+    Json,
+    SimulatorCore,
+    SimulatorHandler,
+    bearer_token,
+    download_input,
+    is_http_url,
+    iso_now,
+    post_with_retries,
+    status_message,
+    token_matches,
+)
 from avatar_local.simulators.faults import FAILURE_MESSAGES, FaultPlan
 from avatar_local.simulators.media import MediaError, render_avatar_video
 
@@ -106,24 +116,10 @@ MODELS: Final[dict[str, str]] = {
 }
 PREDICTIONS_PREFIX: Final = "/api/v3/predictions/"
 SECRET_PATH: Final = "/api/v3/webhook/secret"  # noqa: S105 - a URL path
-OUTPUTS_PREFIX: Final = "/outputs/"
 TERMINAL: Final = frozenset({"completed", "failed"})
 
 WEBHOOK_ATTEMPTS: Final = 5
 WEBHOOK_BACKOFF_SECONDS: Final = 0.5  # simulated; doubles after each failed attempt
-DOWNLOAD_TIMEOUT: Final = httpx.Timeout(15.0, connect=5.0)
-WEBHOOK_TIMEOUT: Final = httpx.Timeout(10.0, connect=5.0)
-STOP_JOIN_SECONDS: Final = 5.0
-MAX_PROMPT_CHARS: Final = 2500
-
-Json = dict[str, Any]
-
-
-def _iso_now() -> str:
-    """UTC now as ISO-8601 with nanoseconds and a Z, like the provider's ``created_at``."""
-    ns = time.time_ns()
-    seconds, fraction = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction:09d}Z"
 
 
 def sign_webhook(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
@@ -185,41 +181,12 @@ class _Prediction:
         return data
 
 
-class _Server(ThreadingHTTPServer):
-    """A threading HTTP server that stays quiet and can cut its open (keep-alive) connections on stop."""
-
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], simulator: WaveSpeedSimulator) -> None:
-        self.simulator = simulator
-        self._open: set[socket.socket] = set()
-        self._open_lock = threading.Lock()
-        super().__init__(address, _Handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self._open_lock:
-            self._open.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._open_lock:
-            self._open.discard(request)
-        super().shutdown_request(request)
-
-    def close_open_connections(self) -> None:
-        with self._open_lock:
-            connections = list(self._open)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.debug("error while serving %s", client_address, exc_info=True)
-
-
-class WaveSpeedSimulator:
+class WaveSpeedSimulator(SimulatorCore[_Prediction]):
     """The WaveSpeedAI avatar API on ``host:port`` (port 0: any free port). See the module docstring."""
+
+    display_name = "WaveSpeed"
+    thread_prefix = "wavespeed-sim"
+    log = logger
 
     def __init__(
         self,
@@ -232,109 +199,21 @@ class WaveSpeedSimulator:
         max_concurrent: int = 3,
         submissions_per_minute: int | None = None,
     ) -> None:
-        if time_factor <= 0:
-            raise ValueError("time_factor must be positive")
-        if max_concurrent < 1:
-            raise ValueError("max_concurrent must be at least 1")
+        self.check_settings(time_factor, max_concurrent)
         if submissions_per_minute is not None and submissions_per_minute < 1:
             raise ValueError("submissions_per_minute must be at least 1 (or None for no limit)")
         if not webhook_secret.removeprefix(SECRET_PREFIX):
             raise ValueError("webhook_secret is empty")
         self.api_key = api_key
         self.webhook_secret = webhook_secret
-        self.time_factor = time_factor
-        self.max_concurrent = max_concurrent
         self.submissions_per_minute = submissions_per_minute
-        self._faults = faults if faults is not None else FaultPlan()
-
-        self._lock = threading.Lock()
-        self._work_ready = threading.Condition(self._lock)
-        self._stopping = threading.Event()
         self._predictions: dict[str, _Prediction] = {}
-        self._queue: collections.deque[str] = collections.deque()
-        self._processing = 0
-        self._peak_processing = 0
         self._recent_submissions: collections.deque[float] = collections.deque()
-        self._requests: list[Json] = []
-        self._deliveries: list[Json] = []
-        self._senders: set[threading.Thread] = set()
-
-        self._server = _Server((host, port), self)
-        bound_host, bound_port = self._server.server_address[:2]
-        public_host = "127.0.0.1" if bound_host in ("0.0.0.0", "") else str(bound_host)  # noqa: S104 - a check
-        self._base_url = f"http://{public_host}:{bound_port}"
-        self._server_thread: threading.Thread | None = None
-        self._workers: list[threading.Thread] = []
-        self._workdir: Path | None = None
-        self._stopped = False
-
-    # ------------------------------------------------------------------------------------------------ lifecycle
-
-    @property
-    def base_url(self) -> str:
-        """``http://host:port`` of the running simulator, without a trailing slash."""
-        return self._base_url
-
-    @property
-    def faults(self) -> FaultPlan:
-        return self._faults
-
-    def start(self) -> WaveSpeedSimulator:
-        """Serve in a daemon thread and start the processing workers. Returns self."""
-        if self._stopped:
-            raise RuntimeError("a stopped simulator cannot be restarted; create a new one")
-        if self._server_thread is not None:
-            return self
-        self._workdir = Path(tempfile.mkdtemp(prefix="wavespeed-sim-"))
-        for index in range(self.max_concurrent):
-            worker = threading.Thread(target=self._work, name=f"wavespeed-sim-worker-{index}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        self._server_thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="wavespeed-sim-http", daemon=True
+        super().__init__(
+            host, port, _Handler, faults if faults is not None else FaultPlan(), time_factor, max_concurrent
         )
-        self._server_thread.start()
-        logger.debug("WaveSpeed simulator listening on %s", self._base_url)
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, cut open connections, end workers and webhook senders, delete rendered videos."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._stopping.set()
-        with self._work_ready:
-            self._work_ready.notify_all()
-        if self._server_thread is not None:
-            self._server.shutdown()
-        self._server.server_close()
-        self._server.close_open_connections()
-        deadline = time.monotonic() + STOP_JOIN_SECONDS
-        with self._lock:
-            senders = list(self._senders)
-        for thread in [*self._workers, *senders]:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        if self._server_thread is not None:
-            self._server_thread.join(max(0.0, deadline - time.monotonic()))
-        if self._workdir is not None:
-            shutil.rmtree(self._workdir, ignore_errors=True)
-
-    def __enter__(self) -> WaveSpeedSimulator:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------------------------------------ inspection
-
-    def set_faults(self, plan: FaultPlan) -> None:
-        """Replace the fault plan; it applies to requests and predictions from now on."""
-        self._faults = plan
-
-    def requests(self) -> list[Json]:
-        """Every API request received so far (oldest first)."""
-        with self._lock:
-            return [dict(record) for record in self._requests]
 
     def submissions(self) -> list[Json]:
         """The submit requests among `requests`, whatever their answer."""
@@ -358,48 +237,11 @@ class WaveSpeedSimulator:
         with self._lock:
             return [dict(record) for record in self._deliveries]
 
-    @property
-    def peak_processing(self) -> int:
-        """The most predictions that were ever processing at the same time."""
-        with self._lock:
-            return self._peak_processing
-
-    def reset(self) -> None:
-        """Forget recorded requests and webhook deliveries (predictions stay)."""
-        with self._lock:
-            self._requests.clear()
-            self._deliveries.clear()
-
-    def wait_until_idle(self, timeout: float = 30.0) -> bool:
-        """Wait until no prediction is queued or processing and no webhook is being sent. False on timeout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                busy = self._processing > 0 or bool(self._queue) or any(t.is_alive() for t in self._senders)
-            if not busy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
-
     # ------------------------------------------------------------------------------------------------ API
 
-    def _scaled(self, simulated_seconds: float) -> float:
-        return max(0.0, simulated_seconds) / self.time_factor
-
-    def _pause(self, simulated_seconds: float) -> bool:
-        """Sleep for a simulated duration; False when the simulator is stopping."""
-        seconds = self._scaled(simulated_seconds)
-        if seconds > 0:
-            return not self._stopping.wait(seconds)
-        return not self._stopping.is_set()
-
     def _authorised(self, header: str | None) -> bool:
-        scheme, _, token = (header or "").strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            return False
-        return self.api_key is None or hmac.compare_digest(token.encode(), self.api_key.encode())
+        token = bearer_token(header)
+        return token is not None and token_matches(token, self.api_key)
 
     def _submit(self, path: str, query: dict[str, str], body: Any) -> tuple[int, Json, dict[str, str]]:
         plan = self._faults
@@ -416,7 +258,7 @@ class WaveSpeedSimulator:
         if plan.should(plan.submit_error_rate):
             status = plan.submit_error_status
             headers = {"Retry-After": "1"} if status in (429, 503) else {}
-            return status, {"code": status, "message": _status_message(status)}, headers
+            return status, {"code": status, "message": status_message(status)}, headers
 
         if not isinstance(body, dict):
             return 200, _envelope_error(1401, "invalid param: the body must be a JSON object"), {}
@@ -424,7 +266,7 @@ class WaveSpeedSimulator:
             if body.get(name) in (None, ""):
                 return 200, _envelope_error(1400, f"missing param: {name}"), {}
         for name in ("image", "audio"):
-            if not _is_http_url(body[name]):
+            if not is_http_url(body[name]):
                 return 200, _envelope_error(1401, f"invalid param: {name} must be an http(s) URL"), {}
         prompt = body.get("prompt")
         if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
@@ -434,7 +276,7 @@ class WaveSpeedSimulator:
                 {},
             )
         webhook = query.get("webhook") or body.get("webhook_url") or None
-        if webhook is not None and not _is_http_url(webhook):
+        if webhook is not None and not is_http_url(webhook):
             return 200, _envelope_error(1401, "invalid param: webhook must be an http(s) URL"), {}
 
         with self._work_ready:
@@ -447,7 +289,7 @@ class WaveSpeedSimulator:
                 audio=body["audio"],
                 prompt=prompt,
                 webhook_url=webhook,
-                created_at=_iso_now(),
+                created_at=iso_now(),
                 created_monotonic=time.monotonic(),
                 # Drawn now, in submission order, so a seed gives the same outcomes run after run.
                 inject_failure=plan.should(plan.fail_rate),
@@ -465,43 +307,25 @@ class WaveSpeedSimulator:
         if plan.should(plan.result_error_rate):
             status = plan.result_error_status
             headers = {"Retry-After": "1"} if status in (429, 503) else {}
-            return status, {"code": status, "message": _status_message(status)}, headers
+            return status, {"code": status, "message": status_message(status)}, headers
         data = self.prediction(prediction_id)
         if data is None:
             return 404, {"code": 404, "message": "prediction not found", "data": None}, {}
         return 200, {"code": 200, "message": "success", "data": data}, {}
 
-    def _record(self, method: str, path: str, query: dict[str, str], body: Any) -> Json:
-        record: Json = {"method": method, "path": path, "query": query, "json": body, "at": _iso_now(), "status": None}
-        with self._lock:
-            self._requests.append(record)
-        return record
-
     # ------------------------------------------------------------------------------------------------ processing
 
-    def _work(self) -> None:
-        while True:
-            with self._work_ready:
-                while not self._queue and not self._stopping.is_set():
-                    self._work_ready.wait()
-                if self._stopping.is_set():
-                    return
-                prediction = self._predictions[self._queue.popleft()]
-                prediction.status = "processing"
-                self._processing += 1
-                self._peak_processing = max(self._peak_processing, self._processing)
-            try:
-                self._process(prediction)
-            finally:
-                with self._lock:
-                    self._processing -= 1
+    def _begin_locked(self, job_id: str) -> _Prediction:
+        prediction = self._predictions[job_id]
+        prediction.status = "processing"
+        return prediction
 
     def _process(self, prediction: _Prediction) -> None:
         started = time.monotonic()
         plan = self._faults
         try:
-            image = self._download(prediction.image, "image")
-            audio = self._download(prediction.audio, "audio")
+            image = download_input(prediction.image, "image", _fetch_failed)
+            audio = download_input(prediction.audio, "audio", _fetch_failed)
             if self._stopping.is_set():
                 return
             if prediction.inject_failure:
@@ -526,18 +350,6 @@ class WaveSpeedSimulator:
         except Exception as exc:  # a simulator bug must still end the prediction, as the provider's 5000 would
             logger.exception("WaveSpeed simulator failed on prediction %s", prediction.id)
             self._finish(prediction, started, "failed", code=5000, error=f"internal server error: {exc}")
-
-    def _download(self, url: str, what: str) -> bytes:
-        try:
-            with httpx.Client(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True) as client:
-                response = client.get(url)
-        except httpx.HTTPError as exc:
-            raise _Rejected(1402, f"media fetch failed: {what}: {type(exc).__name__}: {exc}") from exc
-        if response.status_code != 200:
-            raise _Rejected(1402, f"media fetch failed: {what}: HTTP {response.status_code}")
-        if not response.content:
-            raise _Rejected(1402, f"media fetch failed: {what}: empty body")
-        return response.content
 
     def _finish(
         self, prediction: _Prediction, started: float, status: str, *, code: int | None = None, error: str = ""
@@ -572,7 +384,7 @@ class WaveSpeedSimulator:
                         "prediction_id": prediction.id,
                         "url": url,
                         "lost": True,
-                        "at": _iso_now(),
+                        "at": iso_now(),
                     }
                 )
             return
@@ -596,46 +408,60 @@ class WaveSpeedSimulator:
             return
         with httpx.Client(timeout=WEBHOOK_TIMEOUT) as client:
             for copy in range(copies):
+                if self._stopping.is_set():
+                    return
                 self._deliver(client, prediction_id, url, webhook_id, body, duplicate=copy > 0)
 
     def _deliver(
         self, client: httpx.Client, prediction_id: str, url: str, webhook_id: str, body: bytes, *, duplicate: bool
     ) -> None:
-        for attempt in range(1, WEBHOOK_ATTEMPTS + 1):
-            if self._stopping.is_set():
-                return
+        sent_at = ""
+
+        def headers() -> dict[str, str]:
+            nonlocal sent_at
             timestamp = str(int(time.time()))
-            headers = {
+            sent_at = iso_now()
+            return {
                 "Content-Type": "application/json",
                 "webhook-id": webhook_id,
                 "webhook-timestamp": timestamp,
                 "webhook-signature": sign_webhook(self.webhook_secret, webhook_id, timestamp, body),
             }
-            record: Json = {
+
+        def record(attempt: int, status: int | None, error: str | None) -> None:
+            entry: Json = {
                 "webhook_id": webhook_id,
                 "prediction_id": prediction_id,
                 "url": url,
                 "attempt": attempt,
                 "duplicate": duplicate,
-                "at": _iso_now(),
-                "status": None,
-                "error": None,
+                "at": sent_at,
+                "status": status,
+                "error": error,
             }
-            try:
-                response = client.post(url, content=body, headers=headers)
-                record["status"] = response.status_code
-            except httpx.HTTPError as exc:
-                record["error"] = f"{type(exc).__name__}: {exc}"
             with self._lock:
-                self._deliveries.append(record)
-            status = record["status"]
-            if status is not None and status != 429 and status < 500:
-                return  # delivered (or refused for good: a 4xx is the receiver's final word)
-            if attempt < WEBHOOK_ATTEMPTS and not self._pause(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1)):
-                return
-        logger.debug("webhook %s for %s gave up after %d attempts", webhook_id, prediction_id, WEBHOOK_ATTEMPTS)
+                self._deliveries.append(entry)
+
+        delivered = post_with_retries(
+            client,
+            url,
+            body,
+            headers=headers,
+            attempts=WEBHOOK_ATTEMPTS,
+            backoff=lambda attempt: self._pause(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1)),
+            record=record,
+        )
+        if not delivered and not self._stopping.is_set():
+            logger.debug("webhook %s for %s gave up after %d attempts", webhook_id, prediction_id, WEBHOOK_ATTEMPTS)
 
     # ------------------------------------------------------------------------------------------------ outputs
+
+    def inspections(self) -> dict[str, Callable[[], Any]]:
+        return {
+            **super().inspections(),
+            "/_sim/predictions": self.predictions,
+            "/_sim/webhooks": self.webhook_deliveries,
+        }
 
     def _output(self, prediction_id: str) -> Path | None:
         with self._lock:
@@ -650,104 +476,21 @@ def _envelope_error(code: int, message: str) -> Json:
     return {"code": code, "message": message, "data": None}
 
 
-def _status_message(status: int) -> str:
-    return {
-        429: "rate limit exceeded",
-        500: "internal server error",
-        502: "bad gateway",
-        503: "service unavailable",
-        504: "gateway timeout",
-    }.get(status, "server error")
+def _fetch_failed(message: str) -> _Rejected:
+    return _Rejected(1402, message)
 
 
-def _is_http_url(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    parts = urlsplit(value.strip())
-    return parts.scheme in ("http", "https") and bool(parts.netloc)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(SimulatorHandler):
     server_version = "WaveSpeedSimulator/1.0"
-    server: _Server
+    api_prefix = "/api/"
+    not_found: ClassVar[Json] = {"code": 404, "message": "not found"}
 
     @property
     def sim(self) -> WaveSpeedSimulator:
-        return self.server.simulator
+        simulator: WaveSpeedSimulator = self.server.owner
+        return simulator
 
-    def log_message(self, format: str, *args: Any) -> None:
-        logger.debug("%s - %s", self.address_string(), format % args)
-
-    # ---------------------------------------------------------------- plumbing
-
-    def _read_body(self) -> bytes:
-        """The whole request body (Content-Length or chunked), so a keep-alive connection stays in step."""
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks: list[bytes] = []
-            while size := int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16):
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()  # the CRLF after each chunk
-            while self.rfile.readline().strip():  # optional trailers, up to the blank line
-                pass
-            return b"".join(chunks)
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = 0
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        split = urlsplit(self.path)
-        path = split.path
-        query = dict(parse_qsl(split.query, keep_blank_values=True))
-        raw = self._read_body()
-        if path.startswith("/_sim/"):
-            self._control(method, path, raw)
-        elif path.startswith(OUTPUTS_PREFIX) and method in ("GET", "HEAD"):
-            self._serve_output(path.removeprefix(OUTPUTS_PREFIX).removesuffix(".mp4"))
-        elif path.startswith("/api/"):
-            self._api(method, path, query, raw)
-        else:
-            self._send_json(404, {"code": 404, "message": "not found"})
-
-    # ---------------------------------------------------------------- API
-
-    def _api(self, method: str, path: str, query: dict[str, str], raw: bytes) -> None:
-        body: Any = None
-        if raw:
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-        record = self.sim._record(method, path, query, body)
-        status, payload, headers = self._answer(method, path, query, raw, body)
-        record["status"] = status
-        self._send_json(status, payload, headers)
-
-    def _answer(
-        self, method: str, path: str, query: dict[str, str], raw: bytes, body: Any
-    ) -> tuple[int, Json, dict[str, str]]:
+    def answer(self, method: str, path: str, query: dict[str, str], raw: bytes, body: Any) -> Answer:
         sim = self.sim
         sim._pause(sim.faults.latency_seconds)
         if not sim._authorised(self.headers.get("Authorization")):
@@ -765,60 +508,6 @@ class _Handler(BaseHTTPRequestHandler):
             if rest and "/" not in rest:
                 return sim._result(rest)
         return 404, {"code": 404, "message": "not found"}, {}
-
-    # ---------------------------------------------------------------- outputs
-
-    def _serve_output(self, prediction_id: str) -> None:
-        video = self.sim._output(prediction_id)
-        if video is None:
-            self._send_json(404, {"code": 404, "message": "not found"})
-            return
-        data = video.read_bytes()
-        plan = self.sim.faults
-        truncate = self.command == "GET" and plan.should(plan.truncated_download_rate)
-        self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(len(data)))
-        if truncate:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        if not truncate:
-            self.wfile.write(data)
-            return
-        # Promise every byte, send half, then hang up: a CDN connection dropped mid-transfer.
-        self.wfile.write(data[: len(data) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-        with contextlib.suppress(OSError):
-            self.connection.shutdown(socket.SHUT_RDWR)
-
-    # ---------------------------------------------------------------- inspection
-
-    def _control(self, method: str, path: str, raw: bytes) -> None:
-        sim = self.sim
-        if method == "GET" and path == "/_sim/requests":
-            self._send_json(200, sim.requests())
-        elif method == "GET" and path == "/_sim/predictions":
-            self._send_json(200, sim.predictions())
-        elif method == "GET" and path == "/_sim/webhooks":
-            self._send_json(200, sim.webhook_deliveries())
-        elif method == "GET" and path == "/_sim/faults":
-            self._send_json(200, sim.faults.model_dump())
-        elif method == "POST" and path == "/_sim/faults":
-            try:
-                plan = FaultPlan.model_validate_json(raw or b"{}")
-            except ValidationError as exc:
-                self._send_json(400, {"message": "invalid fault plan", "errors": json.loads(exc.json())})
-                return
-            sim.set_faults(plan)
-            self._send_json(200, plan.model_dump())
-        elif method == "POST" and path == "/_sim/reset":
-            sim.reset()
-            self._send_json(200, {"reset": True})
-        else:
-            self._send_json(404, {"message": "not found"})
 
 
 __all__ = [
