@@ -20,7 +20,7 @@ MAX_WRITE_ATTEMPTS = 5
 
 
 class UnknownTaskError(LookupError):
-    pass
+    """No task with that id in the table."""
 
 
 @dataclass

@@ -35,7 +35,7 @@ NewsAction = Literal["recorded", "unchanged", "deferred"]
 
 
 class UnknownProviderError(LookupError):
-    pass
+    """A callback for a provider this stack has no adapter for (or no API key yet)."""
 
 
 # Provider news can only move a task that is at the provider; what follows is ours to decide.
