@@ -10,8 +10,10 @@ Every reason names the file, what was measured and the limit, so the user can fi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import TypeVar
 
 from avatar_pipeline.media_checks import (
     AudioFacts,
@@ -24,6 +26,7 @@ from avatar_pipeline.media_checks import (
 from avatar_pipeline.models import MediaRole, ProviderName, S3Object
 
 MIB = 1024 * 1024
+Facts = TypeVar("Facts", ImageFacts, AudioFacts)
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 
@@ -188,32 +191,39 @@ def validate_pair(
     say nothing about the upload and must not reject it.
     """
     limits = INPUT_LIMITS[provider]
-    image_problems, image_facts, image_bytes = _image_stage(image_source, image, limits, provider)
-    audio_problems, audio_facts, audio_bytes = _audio_stage(audio_source, audio, limits, provider)
+    image_problems, image_facts, image_bytes = _stage(
+        image_source,
+        image,
+        limits.max_image_bytes,
+        provider,
+        inspect_image,
+        lambda facts, name: check_image(facts, name, limits),
+    )
+    audio_problems, audio_facts, audio_bytes = _stage(
+        audio_source,
+        audio,
+        limits.max_audio_bytes,
+        provider,
+        inspect_audio,
+        lambda facts, name: check_audio(facts, name, limits),
+    )
     return PairReport(image_problems + audio_problems, image_facts, audio_facts, image_bytes, audio_bytes)
 
 
-def _image_stage(
-    source: RandomAccessSource, obj: S3Object, limits: InputLimits, provider: ProviderName
-) -> tuple[list[str], ImageFacts | None, int]:
-    size_problem = check_size(obj, limits.max_image_bytes, provider)
+def _stage(
+    source: RandomAccessSource,
+    obj: S3Object,
+    max_bytes: int,
+    provider: ProviderName,
+    inspect: Callable[[RangeReader, str], Facts | str],
+    check: Callable[[Facts, str], list[str]],
+) -> tuple[list[str], Facts | None, int]:
+    """One file: its size from the event (nothing read), then its content, then the provider's limits."""
+    size_problem = check_size(obj, max_bytes, provider)
     if size_problem:
         return [size_problem], None, 0
     reader = RangeReader(source, name=obj.file_name)
-    inspected = inspect_image(reader, obj.file_name)
+    inspected = inspect(reader, obj.file_name)
     if isinstance(inspected, str):
         return [inspected], None, reader.bytes_fetched
-    return check_image(inspected, obj.file_name, limits), inspected, reader.bytes_fetched
-
-
-def _audio_stage(
-    source: RandomAccessSource, obj: S3Object, limits: InputLimits, provider: ProviderName
-) -> tuple[list[str], AudioFacts | None, int]:
-    size_problem = check_size(obj, limits.max_audio_bytes, provider)
-    if size_problem:
-        return [size_problem], None, 0
-    reader = RangeReader(source, name=obj.file_name)
-    inspected = inspect_audio(reader, obj.file_name)
-    if isinstance(inspected, str):
-        return [inspected], None, reader.bytes_fetched
-    return check_audio(inspected, obj.file_name, limits), inspected, reader.bytes_fetched
+    return check(inspected, obj.file_name), inspected, reader.bytes_fetched
