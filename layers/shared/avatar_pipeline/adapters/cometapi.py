@@ -73,10 +73,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
+from avatar_pipeline.adapters.http_provider import HttpProvider
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
-    call_with_retry,
     parse_retry_after,
     raise_transport_error,
 )
@@ -209,10 +209,11 @@ class CometGatewayError(BaseModel):
     error: CometGatewayErrorDetail
 
 
-class CometApiProvider:
+class CometApiProvider(HttpProvider):
     """CometAPI's Kling avatar image-to-video API (std and pro) behind the `VideoProvider` protocol."""
 
     name = "cometapi"
+    display_name = "CometAPI"
     # No signed callbacks: the domain authenticates them with a per-task token and confirms them with `fetch`.
     callback_auth: Literal["signature", "task_token"] = "task_token"
 
@@ -231,32 +232,10 @@ class CometApiProvider:
         if len(default_prompt) > MAX_PROMPT_CHARS:
             raise ValueError(f"default_prompt is longer than {MAX_PROMPT_CHARS} characters")
         self._api_key = api_key
-        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-        self._base_url = base_url.rstrip("/")
         self._default_prompt = default_prompt
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
-        self._retry = retry if retry is not None else RetryPolicy()
-
-    def __repr__(self) -> str:
-        return f"CometApiProvider(base_url={self._base_url!r})"
-
-    def close(self) -> None:
-        """Close the HTTP client if this provider created it."""
-        if self._owns_client:
-            self._client.close()
+        super().__init__(api_key, base_url, client, retry, DEFAULT_TIMEOUT)
 
     # ---------------------------------------------------------------- submit / fetch
-
-    def submit(self, request: SubmissionRequest) -> ProviderJob:
-        """Create a task. Retries only answers that prove the request was not taken."""
-        return call_with_retry(lambda: self._submit_once(request), self._retry, description="CometAPI submit")
-
-    def fetch(self, provider_task_id: str) -> ProviderJob:
-        """The task's current state."""
-        if not provider_task_id:
-            raise ValueError("provider_task_id is empty")
-        return call_with_retry(lambda: self._fetch_once(provider_task_id), self._retry, description="CometAPI fetch")
 
     def _request_body(self, request: SubmissionRequest) -> dict[str, str]:
         """The JSON body of a create call (the prompt always present: ours, or the default)."""

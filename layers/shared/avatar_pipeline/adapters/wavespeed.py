@@ -61,10 +61,10 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from avatar_pipeline.adapters.http_provider import HttpProvider
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
-    call_with_retry,
     parse_retry_after,
     raise_transport_error,
 )
@@ -134,10 +134,11 @@ class WaveSpeedEnvelope(BaseModel):
     data: Any = None
 
 
-class WaveSpeedProvider:
+class WaveSpeedProvider(HttpProvider):
     """The WaveSpeedAI Kling v1 AI Avatar API (std and pro) behind the `VideoProvider` protocol."""
 
     name = "wavespeed"
+    display_name = "WaveSpeed"
     callback_auth: Literal["signature", "task_token"] = "signature"  # webhooks are HMAC-signed
 
     def __init__(
@@ -157,31 +158,9 @@ class WaveSpeedProvider:
             # An empty HMAC key is known to everyone: accepting it would let anyone forge callbacks.
             raise ValueError("a WaveSpeed webhook secret is empty")
         self._signing_keys: tuple[bytes, ...] = tuple(keys)
-        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-        self._base_url = base_url.rstrip("/")
-        self._owns_client = client is None
-        self._client = client if client is not None else httpx.Client(timeout=DEFAULT_TIMEOUT)
-        self._retry = retry if retry is not None else RetryPolicy()
-
-    def __repr__(self) -> str:
-        return f"WaveSpeedProvider(base_url={self._base_url!r})"
-
-    def close(self) -> None:
-        """Close the HTTP client if this provider created it."""
-        if self._owns_client:
-            self._client.close()
+        super().__init__(api_key, base_url, client, retry, DEFAULT_TIMEOUT)
 
     # ---------------------------------------------------------------- submit / fetch
-
-    def submit(self, request: SubmissionRequest) -> ProviderJob:
-        """Start a prediction. Retries only answers that prove the request was not taken."""
-        return call_with_retry(lambda: self._submit_once(request), self._retry, description="WaveSpeed submit")
-
-    def fetch(self, provider_task_id: str) -> ProviderJob:
-        """The prediction's current state."""
-        if not provider_task_id:
-            raise ValueError("provider_task_id is empty")
-        return call_with_retry(lambda: self._fetch_once(provider_task_id), self._retry, description="WaveSpeed fetch")
 
     def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
         body: dict[str, str] = {"image": request.image_url, "audio": request.audio_url}

@@ -1,0 +1,60 @@
+"""What both provider adapters share: the bearer key, one httpx client, and retries of transient errors only."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import httpx
+
+from avatar_pipeline.adapters.http_retry import RetryPolicy, call_with_retry
+from avatar_pipeline.models import ProviderJob, SubmissionRequest
+
+
+class HttpProvider:
+    """Base of the provider adapters: subclasses say how one submit and one fetch go (`_submit_once`,
+    `_fetch_once`); this class retries them on `ProviderTransientError` only — answers proving the request was not
+    taken — so a submit whose outcome is unknown is never sent twice."""
+
+    display_name: ClassVar[str]
+
+    def __init__(
+        self,
+        api_key: str,
+        base_url: str,
+        client: httpx.Client | None,
+        retry: RetryPolicy | None,
+        timeout: httpx.Timeout,
+    ) -> None:
+        self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
+        self._base_url = base_url.rstrip("/")
+        self._owns_client = client is None
+        self._client = client if client is not None else httpx.Client(timeout=timeout)
+        self._retry = retry if retry is not None else RetryPolicy()
+
+    def __repr__(self) -> str:  # never the key
+        return f"{type(self).__name__}(base_url={self._base_url!r})"
+
+    def close(self) -> None:
+        """Close the HTTP client if this provider created it."""
+        if self._owns_client:
+            self._client.close()
+
+    def submit(self, request: SubmissionRequest) -> ProviderJob:
+        """Create the provider's task. Retries only answers that prove the request was not taken."""
+        return call_with_retry(
+            lambda: self._submit_once(request), self._retry, description=f"{self.display_name} submit"
+        )
+
+    def fetch(self, provider_task_id: str) -> ProviderJob:
+        """The provider's task as it stands now."""
+        if not provider_task_id:
+            raise ValueError("provider_task_id is empty")
+        return call_with_retry(
+            lambda: self._fetch_once(provider_task_id), self._retry, description=f"{self.display_name} fetch"
+        )
+
+    def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
+        raise NotImplementedError
+
+    def _fetch_once(self, provider_task_id: str) -> ProviderJob:
+        raise NotImplementedError
