@@ -3,7 +3,7 @@
 from urllib.parse import unquote_plus
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
-from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -36,11 +36,6 @@ def lambda_handler(event: S3Event, context: LambdaContext) -> dict[str, list[dic
         logger.append_keys(key=upload.key)
         outcome = handle_upload(pipeline(), upload)
         metrics.add_metric(name=f"Upload_{outcome.action}", unit=MetricUnit.Count, value=1)
-        if outcome.provider and outcome.estimated_cost_usd:
-            with single_metric(
-                name="EstimatedCostUsd", unit=MetricUnit.NoUnit, value=float(outcome.estimated_cost_usd)
-            ) as metric:
-                metric.add_dimension(name="provider", value=outcome.provider)
         logger.info("upload handled", extra={"action": outcome.action, "job": outcome.job, "task_id": outcome.task_id})
         results.append({"key": upload.key, "action": outcome.action, "task_id": outcome.task_id})
     return {"results": results}

@@ -291,6 +291,16 @@ class RecordingNotifier:
 # --- the provider --------------------------------------------------------------------------------------------
 
 
+class RecordingMeter:
+    """`ports.UsageMeter` that keeps what it is told."""
+
+    def __init__(self) -> None:
+        self.submissions: list[tuple[str, str | None]] = []
+
+    def record_submission(self, provider: str, estimated_cost_usd: str | None) -> None:
+        self.submissions.append((provider, estimated_cost_usd))
+
+
 class ScriptedProvider:
     """`ports.VideoProvider` named "wavespeed" whose answers are scripted call by call.
 
@@ -390,6 +400,7 @@ def make_context(**overrides: Any) -> PipelineContext:
         "media": FakeMediaStore(),
         "notifier": RecordingNotifier(),
         "providers": {provider.name: provider},
+        "meter": RecordingMeter(),
         "clock": FakeClock(),
     }
     unknown = set(overrides) - set(parts)

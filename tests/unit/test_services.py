@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from support.fakes import BUCKET, T0, Copy, World, make_world, upload
+from support.fakes import BUCKET, T0, Copy, RecordingMeter, World, make_world, upload
 
 from avatar_pipeline.errors import (
     CallbackMismatchError,
@@ -1067,3 +1067,18 @@ def test_an_input_replaced_while_being_checked_waits_for_its_new_version(w: Worl
     # Then the pair goes through with it
     assert outcome.action == "submitted"
     assert stored(w, outcome.task_id).image == newer
+
+
+def test_every_accepted_submission_is_metered_once_with_its_cost_whoever_made_it(w: World) -> None:
+    # Given the first submission is turned away, and the poller's retry is accepted
+    w.provider.script_submit(ProviderTransientError("HTTP 429"), ProviderJob(provider_task_id="ws-9", status=P.QUEUED))
+    outcome = deliver_pair(w)
+    assert outcome.action == "retry-scheduled"
+    meter = w.ctx.meter
+    assert isinstance(meter, RecordingMeter)
+    assert meter.submissions == []
+    # When the poller retries after the wait
+    w.clock.advance(w.ctx.settings.submit_retry_after_seconds)
+    run_poll(w)
+    # Then the one accepted submission is counted once, with the task's estimated cost
+    assert meter.submissions == [("wavespeed", stored(w, outcome.task_id).estimated_cost_usd)]

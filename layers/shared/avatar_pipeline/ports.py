@@ -94,3 +94,9 @@ class VideoProvider(Protocol):
     def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
         """Authenticate and parse a callback. Raises WebhookAuthError or WebhookPayloadError."""
         ...
+
+
+class UsageMeter(Protocol):
+    def record_submission(self, provider: str, estimated_cost_usd: str | None) -> None:
+        """A task was accepted by `provider` (and will be billed): count it and add up its estimated cost."""
+        ...

@@ -14,6 +14,7 @@ from botocore.config import Config
 
 from avatar_pipeline.adapters.cometapi import CometApiProvider
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
+from avatar_pipeline.adapters.metrics import EmfUsageMeter
 from avatar_pipeline.adapters.s3 import S3MediaStore
 from avatar_pipeline.adapters.sns import SnsNotifier
 from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
@@ -94,5 +95,6 @@ def pipeline() -> PipelineContext:
             session.client("sns", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})),
             settings.topic_arn,
         ),
+        meter=EmfUsageMeter(),
         providers=SecretBackedProviders(settings, SecretsProvider(boto3_client=session.client("secretsmanager")), http),
     )

@@ -52,8 +52,6 @@ class UploadOutcome:
     action: UploadAction
     job: str | None = None
     task_id: str | None = None
-    provider: str | None = None
-    estimated_cost_usd: str | None = None
 
 
 def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
@@ -376,13 +374,8 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
         return None  # a callback already moved it on, and recorded the provider's id with it
 
     ctx.update_task(claimed, record_acceptance)
-    outcome = UploadOutcome(
-        "submitted",
-        job=claimed.job,
-        task_id=claimed.task_id,
-        provider=claimed.provider,
-        estimated_cost_usd=claimed.estimated_cost_usd,
-    )
+    ctx.meter.record_submission(claimed.provider, claimed.estimated_cost_usd)
+    outcome = UploadOutcome("submitted", job=claimed.job, task_id=claimed.task_id)
     logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
     return outcome
 
