@@ -73,7 +73,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, truncate
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -118,11 +118,8 @@ _STATUSES: Final[Mapping[str, ProviderJobStatus]] = {
     "succeed": ProviderJobStatus.SUCCEEDED,
     "failed": ProviderJobStatus.FAILED,
 }
-_MAX_MESSAGE_CHARS: Final = 500
 _MASK: Final = "***"
 MIN_MASKED_KEY_LENGTH: Final = 8
-
-# Transport failures that happen before any byte of the request reaches the provider.
 
 
 def parse_duration(value: object) -> float | None:
@@ -305,7 +302,7 @@ class CometApiProvider(HttpProvider):
         try:
             envelope = CometEnvelope.model_validate(payload)
         except ValidationError as exc:
-            raise unusable(f"CometAPI {operation}: unexpected answer: {_summarise(exc)}") from exc
+            raise unusable(f"CometAPI {operation}: unexpected answer: {summarise(exc)}") from exc
         return _parse_task(envelope.data, unusable, f"CometAPI {operation} answer")
 
     def _raise_error(self, response: httpx.Response, payload: Any, operation: str) -> NoReturn:
@@ -380,7 +377,7 @@ class CometApiProvider(HttpProvider):
         """Provider text fit for a message: the API key masked out (gateways may echo it), and bounded."""
         # Short keys are not masked: replacing a few common letters would garble every message, and hide nothing.
         masked = text.replace(self._api_key, _MASK) if len(self._api_key) >= MIN_MASKED_KEY_LENGTH else text
-        return _truncate(masked)
+        return truncate(masked)
 
 
 # -------------------------------------------------------------------- mapping helpers
@@ -412,8 +409,7 @@ def _task_to_job(task: CometTask) -> ProviderJob | None:
             provider_task_id=task.task_id,
             status=status,
             error_code=None if task.code in (None, "", 0) else str(task.code),
-            error_message=_truncate(task.task_status_msg or "")
-            or "CometAPI reported the task failed without a message",
+            error_message=truncate(task.task_status_msg or "") or "CometAPI reported the task failed without a message",
         )
     return ProviderJob(provider_task_id=task.task_id, status=status)
 
@@ -425,10 +421,10 @@ def _parse_task(data: object, error: type[Exception], what: str) -> ProviderJob:
     try:
         task = CometTask.model_validate(data)
     except ValidationError as exc:
-        raise error(f"{what} is not a task: {_summarise(exc)}") from exc
+        raise error(f"{what} is not a task: {summarise(exc)}") from exc
     job = task_to_job(task)
     if job is None:
-        raise error(f"{what}: task {task.task_id} has an unknown status {_truncate(task.task_status)!r}")
+        raise error(f"{what}: task {task.task_id} has an unknown status {truncate(task.task_status)!r}")
     return job
 
 
@@ -448,11 +444,3 @@ def _numeric_code(value: object) -> int | None:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return None
-
-
-def _summarise(exc: ValidationError) -> str:
-    return _truncate("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."

@@ -5,9 +5,22 @@ from __future__ import annotations
 from typing import ClassVar
 
 import httpx
+from pydantic import ValidationError
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, call_with_retry
 from avatar_pipeline.models import ProviderJob, SubmissionRequest
+
+# Provider text quoted in our messages (task reasons, notifications) is kept short.
+MAX_MESSAGE_CHARS = 500
+
+
+def truncate(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+def summarise(exc: ValidationError) -> str:
+    """A provider answer's validation errors, one line: where, and what was wrong."""
+    return truncate("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
 
 
 class HttpProvider:

@@ -61,7 +61,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, truncate
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -106,10 +106,7 @@ _STATUSES: Final[Mapping[str, ProviderJobStatus]] = {
     "completed": ProviderJobStatus.SUCCEEDED,
     "failed": ProviderJobStatus.FAILED,
 }
-_MAX_MESSAGE_CHARS: Final = 500
 _TIMESTAMP_RE: Final = re.compile(r"[0-9]{1,12}")
-
-# Transport failures that happen before any byte of the request reaches the provider.
 
 
 class WaveSpeedPrediction(BaseModel):
@@ -263,7 +260,7 @@ def _job_from_response(response: httpx.Response, operation: str, *, unusable: ty
     try:
         envelope = WaveSpeedEnvelope.model_validate(payload)
     except ValidationError as exc:
-        raise unusable(f"WaveSpeed {operation}: unexpected answer: {_summarise(exc)}") from exc
+        raise unusable(f"WaveSpeed {operation}: unexpected answer: {summarise(exc)}") from exc
     if envelope.code != 200:
         _raise_envelope_error(envelope, operation)
     return _parse_prediction(envelope.data, unusable, f"WaveSpeed {operation} answer")
@@ -276,7 +273,7 @@ def _parse_prediction(data: object, error: type[Exception], what: str) -> Provid
     try:
         prediction = WaveSpeedPrediction.model_validate(data)
     except ValidationError as exc:
-        raise error(f"{what} is not a prediction: {_summarise(exc)}") from exc
+        raise error(f"{what} is not a prediction: {summarise(exc)}") from exc
     job = prediction_to_job(prediction)
     if job is None:
         raise error(f"{what}: prediction {prediction.id} has an unknown status {prediction.status!r}")
@@ -305,7 +302,7 @@ def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str) -> NoRetu
     code = envelope.code
     data_error = envelope.data.get("error") if isinstance(envelope.data, dict) else None
     detail = envelope.message or data_error or "no message"
-    message = f"WaveSpeed {operation}: error code {code}: {_truncate(str(detail))}"
+    message = f"WaveSpeed {operation}: error code {code}: {truncate(str(detail))}"
     if 1000 <= code <= 1999:
         raise ProviderInputError(message, code=str(code))
     transient = 5000 <= code <= 5999 or code == 429 or 500 <= code <= 599
@@ -323,21 +320,13 @@ def _error_details(response: httpx.Response) -> tuple[str | None, str]:
     try:
         payload = response.json()
     except ValueError:
-        return None, _truncate(response.text.strip())
+        return None, truncate(response.text.strip())
     if not isinstance(payload, dict):
-        return None, _truncate(json.dumps(payload))
+        return None, truncate(json.dumps(payload))
     raw_code = payload.get("code")
     code = str(raw_code) if isinstance(raw_code, int | str) and not isinstance(raw_code, bool) else None
     for key in ("message", "error", "detail"):
         value = payload.get(key)
         if value:
-            return code, _truncate(value if isinstance(value, str) else json.dumps(value))
+            return code, truncate(value if isinstance(value, str) else json.dumps(value))
     return code, ""
-
-
-def _summarise(exc: ValidationError) -> str:
-    return _truncate("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
-
-
-def _truncate(text: str) -> str:
-    return text if len(text) <= _MAX_MESSAGE_CHARS else text[: _MAX_MESSAGE_CHARS - 3] + "..."
