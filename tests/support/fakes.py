@@ -11,7 +11,7 @@ import functools
 import hashlib
 import itertools
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -221,6 +221,8 @@ class FakeMediaStore:
         self.lock = threading.Lock()
         self.objects: dict[tuple[str, str], bytes] = {}
         self.copies: list[Copy] = []
+        self.discarded: list[tuple[str, str]] = []
+        self.keep_alive: Callable[[], None] = lambda: None
         self.presigned: list[tuple[S3Object, int]] = []
         self._downloads: dict[str, _Script] = {}
 
@@ -252,8 +254,17 @@ class FakeMediaStore:
             data = sample_audio() if obj.key.lower().endswith(AUDIO_SUFFIXES) else sample_image()
         return BytesSource(data)
 
-    def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
+    def discard_partial_copies(self, bucket: str, key: str) -> int:
         with self.lock:
+            self.discarded.append((bucket, key))
+        return 0
+
+    def copy_from_url(
+        self, url: str, bucket: str, key: str, max_bytes: int, keep_alive: Callable[[], None] = lambda: None
+    ) -> S3Object:
+        with self.lock:
+            # A scripted download (a callable) may call it, as bytes flowing through a real copy would.
+            self.keep_alive = keep_alive
             self.copies.append(Copy(url, bucket, key, max_bytes))
             script = self._downloads.get(url)
             if not script:

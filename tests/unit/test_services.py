@@ -7,7 +7,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,7 +28,15 @@ from avatar_pipeline.errors import (
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, S3Object, Task, TaskStatus
 from avatar_pipeline.pairing import content_id
 from avatar_pipeline.services.context import UnknownTaskError
-from avatar_pipeline.services.finishing import FINALIZE_GRACE, NOTIFY_LEASE, announce, finalize_output, output_key
+from avatar_pipeline.services.finishing import (
+    COPY_LEASE,
+    COPY_LEASE_MARGIN,
+    FINALIZE_GRACE,
+    NOTIFY_LEASE,
+    announce,
+    finalize_output,
+    output_key,
+)
 from avatar_pipeline.services.intake import SUBMIT_LEASE, UploadOutcome, handle_upload
 from avatar_pipeline.services.tracking import (
     POLL_SAFETY_MARGIN,
@@ -710,11 +718,11 @@ def test_a_finalize_attempt_that_died_is_handed_back_after_its_lease(w: World) -
     with pytest.raises(RuntimeError):
         finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
     assert stored(w, task.task_id).status is S.FINALIZING
-    # When the poller runs while the lease (plus its margin) still holds, it leaves it alone
-    w.clock.advance(FINALIZE_TIME.total_seconds() + 59)
+    # When the poller runs while the copy lease (plus its margin) still holds, it leaves it alone
+    w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds() - 1)
     run_poll(w)
     assert stored(w, task.task_id).status is S.FINALIZING
-    # When it runs after
+    # When it runs after: a minute and a quarter after the attempt died, not at the end of the function's timeout
     w.clock.advance(1)
     report = run_poll(w)
     # Then it hands the task back to finalize
@@ -731,7 +739,7 @@ def test_finalize_fails_for_good_after_max_attempts(w: World) -> None:
     for _ in range(w.ctx.settings.finalize_max_attempts):
         with pytest.raises(RuntimeError):
             finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
-        w.clock.advance(FINALIZE_TIME.total_seconds() + 60)
+        w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds())
         actions.append(run_poll(w).actions)
     # Then the poller hands it back until the attempts are used up, then fails it
     assert actions == [{"finalize-redriven": 1}, {"finalize-redriven": 1}, {"finalize-failed": 1}]
@@ -740,6 +748,78 @@ def test_finalize_fails_for_good_after_max_attempts(w: World) -> None:
     assert task.reason is not None
     assert task.reason.startswith("copying the video did not finish after 3 attempts")
     assert len(w.media.copies) == 3
+    # and the parts the last attempt left behind are discarded
+    assert w.media.discarded[-1] == (BUCKET, output_key(task))
+
+
+def test_a_long_copy_renews_its_lease_while_bytes_flow(w: World) -> None:
+    # Given a copy that takes three leases' worth of time, with bytes flowing throughout
+    seen: list[datetime] = []
+
+    def slow_download() -> bytes:
+        for _ in range(6):
+            w.clock.advance(COPY_LEASE.total_seconds() / 2)
+            w.media.keep_alive()
+            lease = stored(w, task.task_id).lease_until
+            assert lease is not None and lease > w.clock.now
+            seen.append(lease)
+            assert run_poll(w).actions["finalize-redriven"] == 0
+        return VIDEO
+
+    task = output_ready(w, slow_download)
+    # When finalize runs
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the lease was pushed forward as it went, the poller never took the task away, and the copy completed
+    assert action == "completed"
+    assert seen == sorted(seen) and len(set(seen)) == 6
+    assert stored(w, task.task_id).status is S.COMPLETED
+
+
+def test_a_copy_whose_task_was_taken_over_stops_without_touching_it(w: World) -> None:
+    # Given a copy stalls past its lease and the poller hands the task to another attempt meanwhile
+
+    def stalled_download() -> bytes:
+        w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds())
+        assert run_poll(w).actions == {"finalize-redriven": 1}
+        w.media.keep_alive()  # the stalled copy gets bytes again
+        return VIDEO
+
+    task = output_ready(w, stalled_download)
+    # When the stalled copy notices
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then it gives up quietly and leaves the task to the new attempt
+    assert action == "skipped"
+    task = stored(w, task.task_id)
+    assert task.status is S.OUTPUT_READY
+    assert task.finalize_attempts == 1
+
+
+def test_a_copy_stops_when_its_invocation_runs_out_of_time(w: World) -> None:
+    # Given a copy still going when its function's time is up
+
+    def endless_download() -> bytes:
+        w.clock.advance(FINALIZE_TIME.total_seconds())
+        w.media.keep_alive()
+        return VIDEO
+
+    task = output_ready(w, endless_download)
+    # When the copy's keep-alive sees it
+    with pytest.raises(OutputCopyInterruptedError, match="did not finish within the function's time"):
+        finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the task is released for the next attempt, saying why
+    task = stored(w, task.task_id)
+    assert task.status is S.FINALIZING
+    assert task.lease_until is not None and task.lease_until <= w.clock.now
+    assert task.reason == "copy interrupted: the copy did not finish within the function's time"
+
+
+def test_each_copy_attempt_first_discards_parts_left_by_dead_attempts(w: World) -> None:
+    # Given a task whose video is ready
+    task = output_ready(w)
+    # When finalize runs
+    finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then unfinished uploads to the output key were discarded before the copy
+    assert w.media.discarded == [(BUCKET, output_key(task))]
 
 
 def test_poll_stops_early_when_time_is_short(w: World) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Literal, Protocol
 
@@ -67,11 +67,18 @@ class MediaStore(Protocol):
         """The object's bytes, read on demand (validation reads headers and tails, not whole files)."""
         ...
 
-    def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
+    def copy_from_url(
+        self, url: str, bucket: str, key: str, max_bytes: int, keep_alive: Callable[[], None]
+    ) -> S3Object:
         """Stream an HTTPS download into S3 (multipart, constant memory) and check it is an MP4.
 
-        Raises OutputUnusableError (permanent) or OutputCopyInterruptedError (worth retrying).
+        `keep_alive` is called as bytes flow; whatever it raises ends the copy (and is raised again), leaving no
+        partial upload behind. Raises OutputUnusableError (permanent) or OutputCopyInterruptedError (worth retrying).
         """
+        ...
+
+    def discard_partial_copies(self, bucket: str, key: str) -> int:
+        """Abort unfinished multipart uploads to `key` (left by copies that died); returns how many."""
         ...
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -108,7 +109,9 @@ class S3MediaStore:
     def source(self, obj: S3Object) -> S3RangeSource:
         return S3RangeSource(self._s3, obj)
 
-    def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
+    def copy_from_url(
+        self, url: str, bucket: str, key: str, max_bytes: int, keep_alive: Callable[[], None] = lambda: None
+    ) -> S3Object:
         if max_bytes > self._part_size * MAX_PARTS:
             raise ValueError(f"max_bytes {max_bytes} needs more than {MAX_PARTS} parts of {self._part_size} bytes")
         source = _redact(url)
@@ -127,7 +130,7 @@ class S3MediaStore:
                     raise OutputUnusableError(
                         f"the provider's output at {source} is {promised} bytes, more than the {max_bytes} allowed"
                     )
-                return self._stream_to_s3(response, promised, source, bucket, key, max_bytes)
+                return self._stream_to_s3(response, promised, source, bucket, key, max_bytes, keep_alive)
         except httpx.InvalidURL as exc:
             raise OutputUnusableError(f"the provider's output URL {source} is not a valid URL: {exc}") from exc
         except httpx.HTTPError as exc:
@@ -145,6 +148,7 @@ class S3MediaStore:
         bucket: str,
         key: str,
         max_bytes: int,
+        keep_alive: Callable[[], None],
     ) -> S3Object:
         upload_id: str | None = None
         parts: list[dict[str, Any]] = []
@@ -153,6 +157,7 @@ class S3MediaStore:
         total = 0
         try:
             for chunk in response.iter_bytes():
+                keep_alive()
                 if not chunk:
                     continue
                 total += len(chunk)
@@ -196,6 +201,15 @@ class S3MediaStore:
         etag = str(completed.get("ETag", "")).strip('"')
         logger.info("copied %s to s3://%s/%s: %d bytes in %d parts", source, bucket, key, total, len(parts))
         return S3Object(bucket=bucket, key=key, etag=etag, size=total)
+
+    def discard_partial_copies(self, bucket: str, key: str) -> int:
+        listing = self._s3.list_multipart_uploads(Bucket=bucket, Prefix=key)
+        stale = [upload["UploadId"] for upload in listing.get("Uploads", []) if upload["Key"] == key]
+        for upload_id in stale:
+            self._abort(bucket, key, upload_id)
+        if stale:
+            logger.info("aborted %d unfinished upload(s) of s3://%s/%s", len(stale), bucket, key)
+        return len(stale)
 
     def _create_upload(self, bucket: str, key: str) -> str:
         created = self._s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType=VIDEO_CONTENT_TYPE)

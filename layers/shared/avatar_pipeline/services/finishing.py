@@ -18,6 +18,11 @@ logger = Logger(child=True)
 # How long an OUTPUT_READY task may wait for finalize before the poller hands it over again: longer than the
 # finalize function's 15-minute timeout.
 FINALIZE_GRACE = timedelta(seconds=960)
+# A copy holds the task for this long and renews the hold while bytes flow, so a copy that died (its Lambda killed
+# mid-copy) is handed to the next attempt within about a minute, not at the end of the function's timeout.
+COPY_LEASE = timedelta(seconds=60)
+# The poller looks at a held task this long after its hold would run out.
+COPY_LEASE_MARGIN = timedelta(seconds=15)
 # How long one notifier holds the right to publish a task's notification.
 NOTIFY_LEASE = timedelta(seconds=60)
 
@@ -29,6 +34,10 @@ def output_key(task: Task) -> str:
     return f"outputs/{task.job}/{task.task_id}.mp4"
 
 
+class CopyLeaseLostError(OutputCopyInterruptedError):
+    """Another attempt took the task over while this one was copying: this one stops."""
+
+
 def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta) -> FinalizeAction:
     """Copy a ready video into outputs/ and complete the task.
 
@@ -36,6 +45,7 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
     retry (the stream's, or the poller's hand-over) makes that attempt.
     """
     now = ctx.clock()
+    deadline = now + time_left
 
     def claim(current: Task) -> Task | None:
         lease_over = current.status is TaskStatus.FINALIZING and (current.lease_until or now) <= now
@@ -45,7 +55,7 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
             why = f"copying the video did not finish after {current.finalize_attempts} attempts: {current.reason}"
             return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
         attempt = current.finalize_attempts + 1
-        lease_until = now + time_left
+        lease_until = min(now + COPY_LEASE, deadline)
         return transition(
             current,
             TaskStatus.FINALIZING,
@@ -53,13 +63,14 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
             now=now,
             finalize_attempts=attempt,
             lease_until=lease_until,
-            next_check_at=lease_until + timedelta(seconds=60),
+            next_check_at=lease_until + COPY_LEASE_MARGIN,
         )
 
     claimed = ctx.update_task(task, claim)
     if claimed is None:
         return "skipped"
     if claimed.status is TaskStatus.FAILED:
+        ctx.media.discard_partial_copies(ctx.settings.media_bucket, output_key(claimed))
         return "failed"
     assert claimed.provider_output_url is not None
     attempt = claimed.finalize_attempts
@@ -68,10 +79,40 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
     def still_ours(current: Task) -> bool:
         return current.status is TaskStatus.FINALIZING and current.finalize_attempts == attempt
 
+    held_until = claimed.lease_until or now
+
+    def keep_alive() -> None:
+        """Called as bytes flow: renew the hold when half of it is used, and stop when the task is someone else's
+        or this invocation's time is up."""
+        nonlocal held_until
+        moment = ctx.clock()
+        if moment >= deadline:
+            raise OutputCopyInterruptedError("the copy did not finish within the function's time")
+        if held_until - moment > COPY_LEASE / 2:
+            return
+        renewed_until = min(moment + COPY_LEASE, deadline)
+
+        def renew(current: Task) -> Task | None:
+            if not still_ours(current):
+                return None
+            return touch(
+                current, now=moment, lease_until=renewed_until, next_check_at=renewed_until + COPY_LEASE_MARGIN
+            )
+
+        if ctx.update_task(claimed.task_id, renew) is None:
+            raise CopyLeaseLostError(f"copy attempt {attempt} was taken over by another attempt")
+        held_until = renewed_until
+
+    bucket, key = ctx.settings.media_bucket, output_key(claimed)
+    # Parts left behind by an attempt that died mid-copy are of no use to anyone.
+    ctx.media.discard_partial_copies(bucket, key)
     try:
         output = ctx.media.copy_from_url(
-            claimed.provider_output_url, ctx.settings.media_bucket, output_key(claimed), ctx.settings.max_output_bytes
+            claimed.provider_output_url, bucket, key, ctx.settings.max_output_bytes, keep_alive
         )
+    except CopyLeaseLostError as error:
+        logger.warning("copy abandoned", extra={"task_id": claimed.task_id, "reason": str(error)})
+        return "skipped"
     except OutputUnusableError as error:
         _fail_if(ctx, claimed, still_ours, f"the provider's video could not be used: {error}")
         return "failed"

@@ -18,7 +18,7 @@ from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
-from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce
+from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, output_key
 from avatar_pipeline.services.intake import cut_pair, retry_submission
 from avatar_pipeline.state_machine import begin, can_transition, touch, transition
 
@@ -287,8 +287,10 @@ def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
 
     if task.finalize_attempts >= ctx.settings.finalize_max_attempts:
         why = f"copying the video did not finish after {task.finalize_attempts} attempts; last note: {task.reason}"
-        ended = ctx.end_task(task, TaskStatus.FAILED, why, provided=abandoned)
-        return "finalize-failed" if ended else "skipped"
+        if not ctx.end_task(task, TaskStatus.FAILED, why, provided=abandoned):
+            return "skipped"
+        ctx.media.discard_partial_copies(ctx.settings.media_bucket, output_key(task))
+        return "finalize-failed"
 
     def hand_back(current: Task) -> Task | None:
         if not abandoned(current):
