@@ -3,6 +3,7 @@
 A worker process gets the function's environment (resolved from template.yaml) before it imports the handler, so
 module-level state — Powertools objects, cached clients, settings — is per function exactly as in Lambda, and one
 function's environment never leaks into another's. Invocations go through a queue; a worker handles one at a time.
+A worker that dies mid-invocation fails that invocation (Lambda's "Runtime exited with error") and is replaced.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import traceback
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
+
+from avatar_local.aws_faults import AwsFaultPlan, install
 
 
 class InvocationError(Exception):
@@ -36,6 +39,7 @@ class FunctionRuntime:
     timeout_seconds: int
     memory_mb: int
     log_path: str | None = None  # the function's "CloudWatch log group": its stdout and stderr
+    faults: AwsFaultPlan = field(default_factory=AwsFaultPlan)
 
 
 @dataclass
@@ -55,19 +59,22 @@ class _LambdaContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
-def _worker_main(runtime: FunctionRuntime, requests: Any, responses: Any) -> None:
+def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses: Any) -> None:
     if runtime.log_path:
         log = open(runtime.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
         sys.stdout = sys.stderr = log
     os.environ.update(runtime.environment)
+    install(runtime.faults, runtime.name, number, before_crash=lambda: _flush(responses))
     for path in reversed(runtime.code_paths):
         sys.path.insert(0, path)
     handler = getattr(__import__(runtime.module, fromlist=[runtime.attribute]), runtime.attribute)
+    responses.put(("ready", os.getpid()))
     while True:
         message = requests.get()
         if message is None:
             return
         request_id, event = message
+        responses.put(("started", request_id, os.getpid()))
         context = _LambdaContext(
             function_name=runtime.name,
             memory_limit_in_mb=runtime.memory_mb,
@@ -77,9 +84,15 @@ def _worker_main(runtime: FunctionRuntime, requests: Any, responses: Any) -> Non
             deadline=time.monotonic() + runtime.timeout_seconds,
         )
         try:
-            responses.put((request_id, True, handler(event, context)))
+            responses.put(("done", request_id, True, handler(event, context)))
         except Exception:
-            responses.put((request_id, False, traceback.format_exc()))
+            responses.put(("done", request_id, False, traceback.format_exc()))
+
+
+def _flush(responses: Any) -> None:
+    """Push out the messages still buffered in this process (a multiprocessing queue sends from a thread)."""
+    responses.close()
+    responses.join_thread()
 
 
 @dataclass
@@ -96,44 +109,79 @@ class FunctionPool:
 
     def __init__(self, runtime: FunctionRuntime, workers: int = 1) -> None:
         self.runtime = runtime
-        spawn = multiprocessing.get_context("spawn")
-        self._requests = spawn.Queue()
-        self._responses = spawn.Queue()
+        self._spawn = multiprocessing.get_context("spawn")
+        self._requests = self._spawn.Queue()
+        self._responses = self._spawn.Queue()
         self._pending: dict[str, _Pending] = {}
+        self._running: dict[int, str] = {}  # worker pid -> the request it is handling
+        self._ready: set[int] = set()  # workers whose handler imported
+        self._broken: str | None = None
         self._lock = threading.Lock()
-        self._processes: list[SpawnProcess] = [
-            spawn.Process(
-                target=_worker_main,
-                args=(runtime, self._requests, self._responses),
-                name=f"lambda-{runtime.name}-{n}",
-                daemon=True,
-            )
-            for n in range(workers)
-        ]
-        for process in self._processes:
-            process.start()
+        self._numbers = itertools.count()
+        self._stopping = False
+        self._processes: list[SpawnProcess] = [self._start_worker() for _ in range(workers)]
         self._collector = threading.Thread(target=self._collect, name=f"results-{runtime.name}", daemon=True)
         self._collector.start()
+
+    def _start_worker(self) -> SpawnProcess:
+        number = next(self._numbers)
+        process = self._spawn.Process(
+            target=_worker_main,
+            args=(self.runtime, number, self._requests, self._responses),
+            name=f"lambda-{self.runtime.name}-{number}",
+            daemon=True,
+        )
+        process.start()
+        return process
 
     def _collect(self) -> None:
         while True:
             try:
                 message = self._responses.get(timeout=0.5)
             except queue.Empty:
-                if not any(process.is_alive() for process in self._processes):
-                    self._fail_all("the function's worker processes exited")
-                    return
+                self._replace_dead_workers()
                 continue
             except (EOFError, OSError):
                 return
             if message is None:
                 return
-            request_id, ok, payload = message
+            if message[0] == "ready":
+                self._ready.add(message[1])
+                continue
+            if message[0] == "started":
+                _, request_id, pid = message
+                with self._lock:
+                    self._running[pid] = request_id
+                continue
+            _, request_id, ok, payload = message
             with self._lock:
-                pending = self._pending.pop(request_id, None)
-            if pending is not None:
-                pending.ok, pending.payload = ok, payload
-                pending.done.set()
+                self._running = {pid: rid for pid, rid in self._running.items() if rid != request_id}
+            self._settle(request_id, ok, payload)
+
+    def _replace_dead_workers(self) -> None:
+        """A worker that died takes its invocation with it; Lambda reports that invocation as failed."""
+        if self._stopping or self._broken:
+            return
+        for index, process in enumerate(self._processes):
+            if process.is_alive():
+                continue
+            if process.pid not in self._ready:
+                # It died importing the handler: so would every replacement (Lambda's init error).
+                self._broken = f"{self.runtime.name} could not start: its worker exited with status {process.exitcode}"
+                self._fail_all(self._broken)
+                return
+            with self._lock:
+                request_id = self._running.pop(process.pid or -1, None)
+            if request_id is not None:
+                self._settle(request_id, False, f"Runtime exited with error: exit status {process.exitcode}")
+            self._processes[index] = self._start_worker()
+
+    def _settle(self, request_id: str, ok: bool, payload: Any) -> None:
+        with self._lock:
+            pending = self._pending.pop(request_id, None)
+        if pending is not None:
+            pending.ok, pending.payload = ok, payload
+            pending.done.set()
 
     def _fail_all(self, reason: str) -> None:
         with self._lock:
@@ -144,6 +192,8 @@ class FunctionPool:
 
     def invoke(self, event: Any) -> Any:
         """Run the handler on `event` and return its result; raises InvocationError when the handler fails."""
+        if self._broken:
+            raise InvocationError(self._broken)
         request_id = f"{self.runtime.name}-{next(self._ids):08d}"
         pending = _Pending()
         with self._lock:
@@ -159,6 +209,7 @@ class FunctionPool:
         return pending.payload
 
     def stop(self) -> None:
+        self._stopping = True
         for _ in self._processes:
             self._requests.put(None)
         for process in self._processes:

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from avatar_local.aws import EmbeddedAws, create_resources, secret_json, subscribe_queue
+from avatar_local.aws_faults import AwsFaultPlan
 from avatar_local.runtime import FunctionPool, FunctionRuntime
 from avatar_local.simulators.cometapi import CometApiSimulator
 from avatar_local.simulators.faults import FaultPlan
@@ -69,6 +70,7 @@ class LocalStackConfig:
     )
     poll_interval_seconds: float = 2.0
     faults: FaultPlan = field(default_factory=FaultPlan)
+    aws_faults: AwsFaultPlan = field(default_factory=AwsFaultPlan)
     time_factor: float = 1.0
     state_dir: Path | None = None
     workers_per_function: int = 1
@@ -193,6 +195,7 @@ class LocalStack:
             timeout_seconds=spec.timeout,
             memory_mb=spec.memory_size,
             log_path=str(self.config.local_dir / "logs" / f"{spec.logical_id}.log"),
+            faults=self.config.aws_faults,
         )
 
     def _failure_destination(self, spec: FunctionSpec, resolver: Resolver) -> tuple[int, str | None]:
@@ -217,7 +220,11 @@ class LocalStack:
                 bucket = refs[props["Bucket"]["Ref"]]
                 queue_url = self._route_bucket_events(bucket, spec.logical_id, event.name, props)
                 self._workers.append(
-                    Worker(f"s3-{spec.logical_id}", s3_notification_pump(self.aws, queue_url, invoker), 0.0)
+                    Worker(
+                        f"s3-{spec.logical_id}",
+                        s3_notification_pump(self.aws, queue_url, invoker, self.config.aws_faults),
+                        0.0,
+                    )
                 )
             elif event.type == "Api":
                 api = self.template["Resources"][props["RestApiId"]["Ref"]]["Properties"]

@@ -22,8 +22,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from avatar_local.aws import EmbeddedAws
+from avatar_local.aws_faults import AwsFaultPlan
 from avatar_local.event_filter import matches_any
 from avatar_local.runtime import FunctionPool, InvocationError
+from avatar_local.simulators.faults import SeededDecider
 
 logger = logging.getLogger("avatar_local")
 
@@ -111,9 +113,22 @@ class Worker:
         self._thread.join(timeout=10)
 
 
-def s3_notification_pump(aws: EmbeddedAws, queue_url: str, invoker: AsyncInvoker) -> Callable[[], None]:
-    """S3 → function: moto delivers the bucket's notifications to a queue; each becomes an async invocation."""
+def s3_notification_pump(
+    aws: EmbeddedAws, queue_url: str, invoker: AsyncInvoker, faults: AwsFaultPlan
+) -> Callable[[], None]:
+    """S3 → function: moto delivers the bucket's notifications to a queue; each becomes an async invocation.
+
+    The fault plan may deliver a notification twice, or hold each back a random while so they arrive out of order.
+    """
     sqs = aws.client("sqs")
+    decider = SeededDecider(faults.seed)
+
+    def deliver(event: dict[str, Any]) -> None:
+        delay = decider.uniform(faults.s3_event_max_delay_seconds)
+        if delay:
+            threading.Timer(delay, invoker.submit, args=(event,)).start()
+        else:
+            invoker.submit(event)
 
     def step() -> None:
         batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
@@ -121,7 +136,9 @@ def s3_notification_pump(aws: EmbeddedAws, queue_url: str, invoker: AsyncInvoker
             event = json.loads(message["Body"])
             # S3 sends queue destinations an s3:TestEvent when notifications are configured; Lambda never sees one.
             if "Records" in event:
-                invoker.submit(event)
+                deliver(event)
+                if decider.should(faults.s3_duplicate_event_rate):
+                    deliver(event)
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 
     return step

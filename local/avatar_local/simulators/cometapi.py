@@ -51,8 +51,9 @@ When ``callback_url`` is set, every status change after creation (``processing``
 is POSTed there as the bare task ``{"task_id", "task_status", "task_status_msg", "created_at", "updated_at",
 "task_result"}`` (``task_result`` is ``{}`` until ``succeed``), ``Content-Type: application/json``, with no
 signature (CometAPI documents none). A callback goes out only after its status is visible through GET, and a task's
-callbacks go out one at a time in status order. Each is retried on connection errors, 429 and 5xx with exponential
-backoff (up to `CALLBACK_ATTEMPTS` attempts); another 4xx ends it.
+callbacks go out one at a time in the order they fall due (status order, unless jitter reorders them). Each is
+retried on connection errors, 429 and 5xx with exponential backoff (up to `CALLBACK_ATTEMPTS` attempts); another
+4xx ends it.
 
 Faults
 ------
@@ -61,8 +62,10 @@ errors on creates (``submit_error_rate``/``submit_error_status``) and queries (`
 ``result_error_status``): 429 and 5xx come gateway-style, and with a `CometFaultPlan` 1302 or 1303 come Kling-style
 as HTTP 429 ``{"code": 1303, "message": "...concurrency limit..."}`` (no ``Retry-After`` either way: CometAPI
 publishes no limits, clients must back off on their own); tasks that end ``failed`` with the plan's
-``fail_message`` (``fail_rate``); callbacks lost (never sent), duplicated (sent twice) or delayed (each by
-``webhook_delay_seconds`` after its status change); output downloads that promise the full ``Content-Length`` and
+``fail_message`` (``fail_rate``); creates carried out but never answered (``lost_answer_rate``: the connection
+closes); callbacks lost (never sent), duplicated (sent twice) or delayed (each copy by ``webhook_delay_seconds``
+plus a random share of ``webhook_jitter_seconds`` after its status change, so with jitter they can overtake each
+other); output downloads that promise the full ``Content-Length`` and
 hang up after half the bytes (``truncated_download_rate``); and the minimum ``processing_seconds``. Per-task
 decisions (fail; lose or duplicate each of its two callbacks) are drawn when it is created, so the same seed and the
 same sequence of requests give the same outcomes.
@@ -114,7 +117,7 @@ from avatar_local.simulators.common import (
     status_message,
     token_matches,
 )
-from avatar_local.simulators.faults import FaultPlan
+from avatar_local.simulators.faults import AnswerLost, FaultPlan
 from avatar_local.simulators.media import MediaError, probe_media, render_avatar_video
 
 logger = logging.getLogger("avatar_local.cometapi")
@@ -132,6 +135,7 @@ KLING_LIMIT_MESSAGES: Final[dict[int, str]] = {
 
 CALLBACK_ATTEMPTS: Final = 5
 CALLBACK_BACKOFF_SECONDS: Final = 0.5  # simulated; doubles after each failed attempt
+CALLBACK_SCHEDULER_TICK: Final = 0.05  # real seconds between looks at a task's queued callbacks
 THREAD_PREFIX: Final = "cometapi-sim"
 
 
@@ -190,7 +194,7 @@ class _Callback:
     status: str
     body: bytes
     due: float  # time.monotonic() when it may go out
-    copies: int
+    duplicate: bool = False  # a second delivery of the same status change
 
 
 @dataclass
@@ -360,6 +364,8 @@ class CometApiSimulator(SimulatorCore[_Task]):
             self._queue.append(task_id)
             data = task.view(self._base_url, created=True)
             self._work_ready.notify()
+        if plan.should(plan.lost_answer_rate):
+            raise AnswerLost(task_id)
         return 200, _envelope(data), {}
 
     def _query(self, account: str, reference: str) -> Answer:
@@ -441,8 +447,10 @@ class CometApiSimulator(SimulatorCore[_Task]):
             )
             return
         body = json.dumps(task.callback_body(self._base_url), separators=(",", ":")).encode()
-        due = time.monotonic() + self._scaled(self._faults.webhook_delay_seconds)
-        task.outbox.append(_Callback(task.status, body, due, 2 if duplicate else 1))
+        now = time.monotonic()
+        task.outbox.append(_Callback(task.status, body, now + self._scaled(self._faults.delivery_delay())))
+        if duplicate:
+            task.outbox.append(_Callback(task.status, body, now + self._scaled(self._faults.delivery_delay()), True))
         if task.sender is None:
             sender = threading.Thread(
                 target=self._send_callbacks, args=(task,), name=f"{THREAD_PREFIX}-callback-{task.task_id}", daemon=True
@@ -453,7 +461,7 @@ class CometApiSimulator(SimulatorCore[_Task]):
             sender.start()
 
     def _send_callbacks(self, task: _Task) -> None:
-        """Send `task`'s queued callbacks one after another, each no earlier than its due time."""
+        """Send `task`'s queued callbacks one at a time, each when it is due, the earliest due first."""
         url = task.callback_url
         assert url is not None
         with httpx.Client(timeout=WEBHOOK_TIMEOUT) as client:
@@ -462,22 +470,24 @@ class CometApiSimulator(SimulatorCore[_Task]):
                     if not task.outbox or self._stopping.is_set():
                         task.sender = None
                         return
-                    callback = task.outbox.popleft()
-                if not pause(self._stopping, callback.due - time.monotonic()):
-                    continue  # stopping: the next turn ends the loop
-                for copy in range(callback.copies):
-                    if self._stopping.is_set():
-                        break
-                    self._deliver(client, task.task_id, url, callback, duplicate=copy > 0)
+                    callback = min(task.outbox, key=lambda queued: queued.due)
+                    wait = callback.due - time.monotonic()
+                    if wait <= 0:
+                        task.outbox.remove(callback)
+                if wait > 0:
+                    # Short naps: a callback queued meanwhile may be due sooner than this one.
+                    pause(self._stopping, min(wait, CALLBACK_SCHEDULER_TICK))
+                    continue
+                self._deliver(client, task.task_id, url, callback)
 
-    def _deliver(self, client: httpx.Client, task_id: str, url: str, callback: _Callback, *, duplicate: bool) -> None:
+    def _deliver(self, client: httpx.Client, task_id: str, url: str, callback: _Callback) -> None:
         def record(attempt: int, status: int | None, error: str | None) -> None:
             entry: Json = {
                 "task_id": task_id,
                 "task_status": callback.status,
                 "url": url,
                 "attempt": attempt,
-                "duplicate": duplicate,
+                "duplicate": callback.duplicate,
                 "at": iso_now(),
                 "status": status,
                 "error": error,

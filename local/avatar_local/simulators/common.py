@@ -27,7 +27,7 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 from pydantic import ValidationError
 
-from avatar_local.simulators.faults import FaultPlan
+from avatar_local.simulators.faults import AnswerLost, FaultPlan
 
 logger = logging.getLogger("avatar_local.simulators")
 
@@ -520,7 +520,12 @@ class SimulatorHandler(JsonHandler):
             except ValueError:
                 body = None
         record = self.core._record(method, path, query, body)
-        status, payload, headers = self.answer(method, path, query, raw, body)
+        try:
+            status, payload, headers = self.answer(method, path, query, raw, body)
+        except AnswerLost:
+            record["status"] = "lost"
+            self.close_connection = True  # hang up without a word, as a timed-out or broken connection would
+            return
         record["status"] = status
         self.send_json(status, payload, headers)
 

@@ -47,6 +47,13 @@ class SeededDecider:
         with self._lock:
             return self._random.random() < rate
 
+    def uniform(self, high: float) -> float:
+        """A number drawn evenly from [0, high); 0 without drawing when `high` is 0."""
+        if high <= 0:
+            return 0.0
+        with self._lock:
+            return self._random.uniform(0.0, high)
+
 
 class FaultPlan(BaseModel):
     """What a simulator should get wrong. The defaults inject nothing except a short processing time."""
@@ -69,9 +76,16 @@ class FaultPlan(BaseModel):
     fail_code: int = 1403
     """Code of an injected failure: one of the documented prediction error codes (see FAILURE_MESSAGES)."""
 
+    lost_answer_rate: Rate = 0.0
+    """Submits that are carried out but whose answer never comes back: the connection closes first, as on a timeout
+    (the client cannot tell whether the job exists)."""
+
     lost_webhook_rate: Rate = 0.0
     duplicate_webhook_rate: Rate = 0.0
     webhook_delay_seconds: float = Field(default=0.0, ge=0.0)
+    webhook_jitter_seconds: float = Field(default=0.0, ge=0.0)
+    """Each delivery (a duplicate too) waits a further random time up to this long, so deliveries overtake each
+    other."""
 
     truncated_download_rate: Rate = 0.0
     """Output downloads that announce the full Content-Length but close the connection halfway."""
@@ -105,3 +119,11 @@ class FaultPlan(BaseModel):
     def should(self, rate: float) -> bool:
         """A repeatable decision with probability `rate`, drawn from this plan's seeded random source."""
         return self._decider.should(rate)
+
+    def delivery_delay(self) -> float:
+        """Simulated seconds a webhook delivery waits: the fixed delay plus a random share of the jitter."""
+        return self.webhook_delay_seconds + self._decider.uniform(self.webhook_jitter_seconds)
+
+
+class AnswerLost(Exception):
+    """Raised by a simulator after doing what was asked, so that the request gets no answer at all."""

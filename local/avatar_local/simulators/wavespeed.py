@@ -50,8 +50,10 @@ Deliveries run on background threads and are retried on connection errors, 429 a
 Faults
 ------
 A seeded `FaultPlan` (replaceable at run time): ``latency_seconds`` before answering any API request; 429/5xx
-answers to submits (``submit_error_rate``) or result queries (``result_error_rate``); predictions that end
-``failed`` with ``fail_code`` (``fail_rate``); webhooks lost, duplicated or delayed; output downloads that promise
+answers to submits (``submit_error_rate``) or result queries (``result_error_rate``); submits carried out but
+never answered (``lost_answer_rate``: the connection closes); predictions that end ``failed`` with ``fail_code``
+(``fail_rate``); webhooks lost, duplicated or delayed (``webhook_delay_seconds`` plus a random share of
+``webhook_jitter_seconds`` before each copy); output downloads that promise
 the full ``Content-Length`` and close the connection after half the bytes (``truncated_download_rate``); and the
 minimum ``processing_seconds``. Per-prediction decisions (fail, lose or duplicate its webhook) are drawn when it is
 submitted, so the same seed and the same sequence of requests give the same outcomes.
@@ -103,7 +105,7 @@ from avatar_local.simulators.common import (
     status_message,
     token_matches,
 )
-from avatar_local.simulators.faults import FAILURE_MESSAGES, FaultPlan
+from avatar_local.simulators.faults import FAILURE_MESSAGES, AnswerLost, FaultPlan
 from avatar_local.simulators.media import MediaError, render_avatar_video
 
 logger = logging.getLogger("avatar_local.wavespeed")
@@ -300,6 +302,8 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
             self._queue.append(prediction.id)
             data = prediction.view(self._base_url)
             self._work_ready.notify()
+        if plan.should(plan.lost_answer_rate):
+            raise AnswerLost(prediction.id)
         return 200, {"code": 200, "message": "success", "data": data}, {}
 
     def _result(self, prediction_id: str) -> tuple[int, Json, dict[str, str]]:
@@ -389,10 +393,10 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
                 )
             return
         copies = 2 if prediction.duplicate_webhook else 1
-        delay = self._faults.webhook_delay_seconds
+        delays = [self._faults.delivery_delay() for _ in range(copies)]
         thread = threading.Thread(
             target=self._send_webhook,
-            args=(prediction.id, url, webhook_id, body, copies, delay),
+            args=(prediction.id, url, webhook_id, body, delays),
             name=f"wavespeed-sim-webhook-{prediction.id[:8]}",
             daemon=True,
         )
@@ -401,14 +405,11 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
             self._senders.add(thread)
         thread.start()
 
-    def _send_webhook(
-        self, prediction_id: str, url: str, webhook_id: str, body: bytes, copies: int, delay: float
-    ) -> None:
-        if not self._pause(delay):
-            return
+    def _send_webhook(self, prediction_id: str, url: str, webhook_id: str, body: bytes, delays: list[float]) -> None:
+        """One delivery per delay (a duplicate is a second one, with the same webhook-id), each after its wait."""
         with httpx.Client(timeout=WEBHOOK_TIMEOUT) as client:
-            for copy in range(copies):
-                if self._stopping.is_set():
+            for copy, delay in enumerate(delays):
+                if not self._pause(delay):
                     return
                 self._deliver(client, prediction_id, url, webhook_id, body, duplicate=copy > 0)
 
