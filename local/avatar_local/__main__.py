@@ -1,4 +1,5 @@
-"""`python -m avatar_local up` runs the local stack until Ctrl-C; `demo` runs one sample job through it."""
+"""`python -m avatar_local up` runs the local stack until Ctrl-C; `demo` runs one sample job through it; `chaos` runs
+many pairs through it under injected faults and counts the harm done."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from avatar_cli.client import PipelineClient, StackTarget, describe_transition
+from avatar_local import chaos
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_local.stack import LocalStack, LocalStackConfig, StackInfo
 from avatar_pipeline.models import JobOptions, TaskStatus
@@ -93,9 +95,13 @@ def _next_notification(stack: LocalStack, info: StackInfo, timeout: float) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avatar_local")
-    parser.add_argument("command", choices=["up", "demo"])
+    parser.add_argument("command", choices=["up", "demo", "chaos"])
     parser.add_argument("--state-dir", type=Path, help="where stack.json, logs and outputs go (default .local/)")
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "chaos":
+        return chaos.main(rest, state_dir=args.state_dir)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     stack = LocalStack(LocalStackConfig(state_dir=args.state_dir))
     return up(stack) if args.command == "up" else demo(stack)
 

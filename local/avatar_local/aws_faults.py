@@ -64,12 +64,14 @@ def install(plan: AwsFaultPlan, function_name: str, worker_number: int, before_c
     def inject(request: Any, event_name: str, **_: Any) -> AWSResponse | None:
         service, operation = event_name.split(".", 2)[1:]
         if f"{service}.{operation}" in plan.crash_operations and decider.should(plan.crash_rate):
-            print(f"chaos: {function_name} worker dies during {service}.{operation}", flush=True)
+            _note(f"crashed {function_name} worker {worker_number} during {service}.{operation}")
             before_crash()
             os._exit(CRASH_EXIT_STATUS)
         if service == "dynamodb" and decider.should(plan.dynamodb_throttle_rate):
+            _note(f"throttled {service}.{operation}")
             return _dynamodb_throttled(request.url)
         if service == "sns" and operation == "Publish" and decider.should(plan.sns_publish_error_rate):
+            _note(f"sns-failed {service}.{operation}")
             return _sns_internal_failure(request.url)
         return None
 
@@ -80,6 +82,11 @@ def install(plan: AwsFaultPlan, function_name: str, worker_number: int, before_c
         self.register("before-send", inject)
 
     botocore.session.Session.__init__ = init_with_faults  # type: ignore[method-assign]
+
+
+def _note(what: str) -> None:
+    """One line in the function's log per injected fault (a chaos run counts them)."""
+    print(f"chaos: {what}", flush=True)
 
 
 class _RawBody:

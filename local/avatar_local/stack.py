@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,7 @@ class LocalStack:
         self._gateway: ApiGateway | None = None
         self.info: StackInfo | None = None
         self.wired_events: list[tuple[str, str]] = []  # (function, event) pairs given a local source
+        self.injected: Counter[str] = Counter()  # faults injected by the local event sources
 
     # --- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> StackInfo:
@@ -222,7 +224,7 @@ class LocalStack:
                 self._workers.append(
                     Worker(
                         f"s3-{spec.logical_id}",
-                        s3_notification_pump(self.aws, queue_url, invoker, self.config.aws_faults),
+                        s3_notification_pump(self.aws, queue_url, invoker, self.config.aws_faults, self.injected),
                         0.0,
                     )
                 )

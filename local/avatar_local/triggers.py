@@ -14,6 +14,7 @@ import re
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -114,11 +115,12 @@ class Worker:
 
 
 def s3_notification_pump(
-    aws: EmbeddedAws, queue_url: str, invoker: AsyncInvoker, faults: AwsFaultPlan
+    aws: EmbeddedAws, queue_url: str, invoker: AsyncInvoker, faults: AwsFaultPlan, injected: Counter[str]
 ) -> Callable[[], None]:
     """S3 → function: moto delivers the bucket's notifications to a queue; each becomes an async invocation.
 
-    The fault plan may deliver a notification twice, or hold each back a random while so they arrive out of order.
+    The fault plan may deliver a notification twice, or hold each back a random while so they arrive out of order;
+    `injected` counts the duplicates.
     """
     sqs = aws.client("sqs")
     decider = SeededDecider(faults.seed)
@@ -138,6 +140,7 @@ def s3_notification_pump(
             if "Records" in event:
                 deliver(event)
                 if decider.should(faults.s3_duplicate_event_rate):
+                    injected["s3-duplicate"] += 1
                     deliver(event)
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
 

@@ -313,6 +313,7 @@ class SimulatorCore(Generic[JobT]):
         self._queue: collections.deque[str] = collections.deque()
         self._processing = 0
         self._peak_processing = 0
+        self.truncated_downloads = 0  # output downloads cut off halfway by the fault plan
         self._requests: list[Json] = []
         self._deliveries: list[Json] = []
         self._senders: set[threading.Thread] = set()
@@ -535,7 +536,11 @@ class SimulatorHandler(JsonHandler):
             self.send_json(404, self.not_found)
             return
         plan = self.core.faults
-        self.send_file(video, "video/mp4", truncate=self.command == "GET" and plan.should(plan.truncated_download_rate))
+        truncate = self.command == "GET" and plan.should(plan.truncated_download_rate)
+        if truncate:
+            with self.core._lock:
+                self.core.truncated_downloads += 1
+        self.send_file(video, "video/mp4", truncate=truncate)
 
     def control(self, method: str, path: str, raw: bytes) -> None:
         core = self.core
