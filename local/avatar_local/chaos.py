@@ -209,6 +209,7 @@ def run_chaos(config: ChaosConfig, state_dir: Path | None = None, say: Callable[
     drops = plan_drops(config)
     stack = LocalStack(
         LocalStackConfig(
+            stack_name="avatar-chaos",  # its own resource names, apart from any other local stack in this process
             parameters=PARAMETERS,
             faults=provider_faults(config.seed),
             aws_faults=aws_faults(config.seed),

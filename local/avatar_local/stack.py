@@ -143,6 +143,8 @@ class LocalStack:
             worker.stop()
         for invoker in self._invokers:
             invoker.stop()
+        for pump in self._stream_pumps:
+            pump.stop()
         if self._gateway is not None:
             self._gateway.stop()
         for pool in self.pools.values():
@@ -254,6 +256,7 @@ class LocalStack:
                     filters=[json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", [])],
                     failure_queue_url=self._queue_url_for(resolver.resolve(destination)) if destination else None,
                     report_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                    parallelization=int(props.get("ParallelizationFactor", 1)),
                 )
                 self._stream_pumps.append(pump)
                 self._workers.append(Worker(f"stream-{spec.logical_id}", pump.step, 0.2))

@@ -8,6 +8,8 @@ then sent to the on-failure destination.
 from __future__ import annotations
 
 import base64
+import collections
+import itertools
 import json
 import logging
 import re
@@ -148,7 +150,11 @@ def s3_notification_pump(
 
 
 class StreamPump:
-    """DynamoDB stream → function, with the event source mapping's filters, batching, retries and destination."""
+    """DynamoDB stream → function, with the event source mapping's filters, batching, retries and destination.
+
+    Like Lambda with a `ParallelizationFactor`, up to that many batches run at once, and the records of one item (one
+    partition key) are delivered in order, one batch at a time; a batch holds records of one item only.
+    """
 
     def __init__(
         self,
@@ -161,6 +167,7 @@ class StreamPump:
         filters: list[dict[str, Any]],
         failure_queue_url: str | None,
         report_item_failures: bool,
+        parallelization: int = 1,
     ) -> None:
         self._streams = aws.client("dynamodbstreams")
         self._aws = aws
@@ -172,12 +179,18 @@ class StreamPump:
         self._failure_queue_url = failure_queue_url
         self._report_item_failures = report_item_failures
         self._iterators: dict[str, str | None] = {}
-        self._backlog: list[dict[str, Any]] = []
+        self._backlog: dict[str, collections.deque[dict[str, Any]]] = {}  # partition key -> its records, in order
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(
+            max_workers=parallelization, thread_name_prefix=f"stream-{pool.runtime.name}"
+        )
         self.delivered = 0
 
     @property
     def busy(self) -> bool:
-        return bool(self._backlog)
+        with self._lock:
+            return bool(self._in_flight) or any(self._backlog.values())
 
     def _read_new_records(self) -> None:
         description = self._streams.describe_stream(StreamArn=self._stream_arn)["StreamDescription"]
@@ -195,7 +208,9 @@ class StreamPump:
             for record in page["Records"]:
                 lambda_record = self._as_lambda_record(record)
                 if not self._filters or matches_any(self._filters, lambda_record):
-                    self._backlog.append(lambda_record)
+                    item = json.dumps(lambda_record["dynamodb"].get("Keys", {}), sort_keys=True)
+                    with self._lock:
+                        self._backlog.setdefault(item, collections.deque()).append(lambda_record)
 
     def _as_lambda_record(self, record: dict[str, Any]) -> dict[str, Any]:
         record = json.loads(json.dumps(record, default=str))
@@ -207,10 +222,33 @@ class StreamPump:
 
     def step(self) -> None:
         self._read_new_records()
-        while self._backlog:
-            batch = self._backlog[: self._batch_size]
-            delivered = self._deliver(batch)
-            self._backlog = self._backlog[delivered:]
+        with self._lock:
+            ready = [item for item, records in self._backlog.items() if records and item not in self._in_flight]
+            self._in_flight.update(ready)
+        for item in ready:
+            self._executor.submit(self._drain, item)
+
+    def _drain(self, item: str) -> None:
+        """Deliver one item's records in order, a batch at a time, until none is left."""
+        try:
+            while True:
+                with self._lock:
+                    records = self._backlog[item]
+                    batch = list(itertools.islice(records, self._batch_size))
+                if not batch:
+                    return
+                done = self._deliver(batch)
+                with self._lock:
+                    for _ in range(done):
+                        records.popleft()
+        except Exception:
+            logger.exception("%s: delivering stream records failed", self._pool.runtime.name)
+        finally:
+            with self._lock:
+                self._in_flight.discard(item)
+
+    def stop(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     def _deliver(self, batch: list[dict[str, Any]]) -> int:
         """Deliver a batch with retries; returns how many records are done with (processed or sent away)."""
