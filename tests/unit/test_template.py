@@ -405,6 +405,30 @@ def test_policies_are_scoped_no_wildcard_actions_on_wildcard_resources(resources
                 assert statement["Resource"] != "*", (function, statement)
 
 
+def test_no_function_may_delete_objects(resources: dict[str, Any]) -> None:
+    """Given user uploads are only ever removed by the lifecycle rule, then no function is allowed to delete an
+    object, and the SAM policy templates used for the bucket are read-only ones."""
+    for function in FUNCTIONS:
+        for policy in props(resources, function)["Policies"]:
+            assert not {"S3CrudPolicy", "S3FullAccessPolicy", "S3WritePolicy"} & set(policy), (function, policy)
+            for statement in policy.get("Statement", []):
+                actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+                assert not any(a.startswith("s3:Delete") for a in actions), (function, statement)
+
+
+def test_finalize_may_find_and_abort_unfinished_copies_of_outputs_only(resources: dict[str, Any]) -> None:
+    statements = {
+        statement["Sid"]: statement
+        for policy in props(resources, "FinalizeFunction")["Policies"]
+        for statement in policy.get("Statement", [])
+    }
+    bucket_arn = "arn:${AWS::Partition}:s3:::${AWS::StackName}-${AWS::AccountId}-${AWS::Region}-media"
+    assert statements["ListUnfinishedCopies"]["Action"] == "s3:ListBucketMultipartUploads"
+    assert statements["ListUnfinishedCopies"]["Resource"] == {"Fn::Sub": bucket_arn}
+    assert "s3:AbortMultipartUpload" in statements["WriteOutputsMultipart"]["Action"]
+    assert statements["WriteOutputsMultipart"]["Resource"] == {"Fn::Sub": bucket_arn + "/outputs/*"}
+
+
 def test_queues_and_topic_are_encrypted(resources: dict[str, Any]) -> None:
     """Given failure queues and the topic carry task details, then they are encrypted at rest."""
     for queue in ("AsyncFailureQueue", "FinalizeFailureQueue"):
