@@ -68,7 +68,7 @@ class MediaStore(Protocol):
         ...
 
     def copy_from_url(self, url: str, bucket: str, key: str, max_bytes: int) -> S3Object:
-        """Stream an HTTPS download into S3 (multipart, constant memory) and check it is an MP4.
+        """Stream a download from an allowed host into S3 (multipart, constant memory) and check it is a whole MP4.
 
         Raises OutputUnusableError (permanent) or OutputCopyInterruptedError (worth retrying).
         """
