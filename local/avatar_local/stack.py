@@ -3,8 +3,9 @@
 - AWS: moto in server mode, in this process, with the template's bucket, table, topic, queues and secret.
 - Functions: every AWS::Serverless::Function of the template, with its handler, environment and events.
 - Providers: the WaveSpeed and CometAPI simulators on 127.0.0.1.
-Only two things differ from a deployment, on purpose: AWS endpoints point at the embedded AWS, and the API's public
-URL (`https://<api>.execute-api...`) is the local API gateway's.
+Only three things differ from a deployment, on purpose: AWS endpoints point at the embedded AWS, the API's public
+URL (`https://<api>.execute-api...`) is the local API gateway's, and finalize's download allow-list
+(`AllowedOutputHosts`) names the simulators' http://127.0.0.1 origins, which it would otherwise refuse.
 """
 
 from __future__ import annotations
@@ -113,6 +114,9 @@ class LocalStack:
             parameters={
                 "WaveSpeedBaseUrl": self.simulator.base_url,
                 "CometApiBaseUrl": self.comet_simulator.base_url,
+                # The simulators serve outputs over plain http on 127.0.0.1: trusted by origin, explicitly, since
+                # finalize otherwise refuses both (https and public addresses only).
+                "AllowedOutputHosts": f"{self.simulator.base_url},{self.comet_simulator.base_url}",
                 **config.parameters,
             },
             resource_values={"WebhookApi": LOCAL_API_ID},

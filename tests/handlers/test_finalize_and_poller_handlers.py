@@ -14,13 +14,14 @@ from handlers.helpers import MP3_BYTES, PNG_BYTES, deliver_upload, envelope, moc
 from poller_handler import lambda_handler as poller
 from support.aws import REGION, TABLE, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, sample, stream_event
+from support.mp4 import fake_mp4
 
 from avatar_pipeline.models import Task, TaskStatus
 from avatar_pipeline.wiring import pipeline
 
 PREDICTION_ID = "e" * 32
 OUTPUT_URL = "https://d111111abcdef8.cloudfront.net/output/dave.mp4"
-MP4_BYTES = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2" + b"\x00" * 4096
+MP4_BYTES = fake_mp4(4096)
 
 
 def stored_item(task_id: str) -> dict[str, Any]:
@@ -102,6 +103,29 @@ def test_output_that_is_not_an_mp4_fails_the_task_with_a_reason(
     notifications = stack.notifications()
     assert [n["body"]["status"] for n in notifications] == ["FAILED"]
     assert "MP4" in notifications[0]["body"]["reason"]
+
+
+def test_output_on_a_host_outside_the_allow_list_fails_the_task_without_being_requested(
+    stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
+):
+    # Given a task whose provider output URL is on a host the default allow-list does not name
+    from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+    from avatar_pipeline.services.tracking import record_provider_news
+
+    elsewhere = "https://attacker.example/output/video.mp4?token=s3cr3t"
+    download = provider_http.get(elsewhere).mock(return_value=httpx.Response(200, content=MP4_BYTES))
+    news = ProviderJob(provider_task_id=PREDICTION_ID, status=ProviderJobStatus.SUCCEEDED, output_url=elsewhere)
+    record_provider_news(pipeline(), submitted_task.task_id, news)
+    # When finalize runs, and the FAILED change reaches it
+    response = deliver_stream_change(submitted_task.task_id)
+    deliver_stream_change(submitted_task.task_id)
+    # Then nothing was requested, the task FAILED at once (no retry) and its notification says why, without the token
+    assert response == {"batchItemFailures": []} and download.call_count == 0
+    task = pipeline().tasks.get(submitted_task.task_id)
+    assert task is not None and task.status is TaskStatus.FAILED and task.finalize_attempts == 1
+    assert "not in the allowed output hosts" in (task.reason or "") and "s3cr3t" not in (task.reason or "")
+    notifications = stack.notifications()
+    assert [n["body"]["status"] for n in notifications] == ["FAILED"]
 
 
 def test_orphan_image_times_out_with_one_notification(stack: Stack, provider_http: respx.MockRouter):

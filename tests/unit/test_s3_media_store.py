@@ -1,7 +1,13 @@
-"""S3MediaStore against moto's S3, with the provider's download served by an httpx.MockTransport."""
+"""S3MediaStore against moto's S3, with the provider's download served by an httpx.MockTransport.
+
+The downloads go through a `SafeDownloader` whose policy allows the test CDN (`*.provider.test`); its address checks
+live in the transport, which the MockTransport replaces: test_safe_download.py covers those.
+"""
 
 from __future__ import annotations
 
+import re
+import struct
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
@@ -12,8 +18,11 @@ import httpx
 import pytest
 from botocore.exceptions import ClientError
 from moto import mock_aws
+from support.mp4 import FTYP, MOOV, fake_mp4, mp4_head, real_mp4
+from support.network import PUBLIC_IP, FakeNetwork, FakeResolver, guarded_downloader, http_response
 
 from avatar_pipeline.adapters.s3 import S3MediaStore
+from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, RefusedOutputUrlError, SafeDownloader
 from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
 from avatar_pipeline.models import S3Object
 
@@ -21,20 +30,13 @@ MIB = 1024 * 1024
 BUCKET = "media-bucket"
 KEY = "outputs/job-1/task-1.mp4"
 SOURCE_URL = "https://cdn.provider.test/outputs/abc.mp4"
-MP4_HEAD = b"\x00\x00\x00\x18ftypisom"
+POLICY = OutputUrlPolicy.parse(["*.provider.test"])
 NO_MAX = 2 * 1024 * MIB
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
 
 # --- helpers -------------------------------------------------------------------------------------------------
-
-
-def fake_mp4(size: int) -> bytes:
-    """An MP4 signature followed by a non-repeating-looking filler, so misplaced bytes would show."""
-    filler_size = size - len(MP4_HEAD)
-    pattern = bytes(range(251))  # a prime length, so parts never line up with the pattern
-    return MP4_HEAD + (pattern * (filler_size // len(pattern) + 1))[:filler_size]
 
 
 def chunked(data: bytes, chunk_size: int) -> Iterator[bytes]:
@@ -62,8 +64,8 @@ def serve(
     return handler
 
 
-def http_client(handler: Handler) -> httpx.Client:
-    return httpx.Client(transport=httpx.MockTransport(handler))
+def downloader(handler: Handler) -> SafeDownloader:
+    return SafeDownloader(POLICY, httpx.Client(transport=httpx.MockTransport(handler)))
 
 
 class SpyS3:
@@ -155,7 +157,7 @@ def test_copy_streams_a_large_mp4_into_s3_in_several_parts(s3: Any) -> None:
     # Given a 12 MiB MP4 served in 256 KiB chunks and a store cutting 5 MiB parts
     video = fake_mp4(12 * MIB)
     spy = SpyS3(s3)
-    store = S3MediaStore(spy, http_client(serve(chunked(video, 256 * 1024))), part_size=5 * MIB)
+    store = S3MediaStore(spy, downloader(serve(chunked(video, 256 * 1024))), part_size=5 * MIB)
 
     # When it is copied into the bucket
     result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
@@ -174,9 +176,7 @@ def test_copy_streams_a_large_mp4_into_s3_in_several_parts(s3: Any) -> None:
 def test_copy_of_a_small_mp4_uses_a_single_part(s3: Any) -> None:
     # Given an MP4 smaller than one part, sent with its Content-Length
     video = fake_mp4(300 * 1024)
-    store = S3MediaStore(
-        s3, http_client(serve(chunked(video, 64 * 1024), content_length=len(video))), part_size=5 * MIB
-    )
+    store = S3MediaStore(s3, downloader(serve(chunked(video, 64 * 1024), content_length=len(video))), part_size=5 * MIB)
 
     # When it is copied
     result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
@@ -190,7 +190,7 @@ def test_copy_of_a_small_mp4_uses_a_single_part(s3: Any) -> None:
 def test_copy_reads_enough_bytes_to_recognise_an_mp4_split_across_tiny_chunks(s3: Any) -> None:
     # Given an MP4 whose first chunks are 3 bytes each, so "ftyp" only appears in the third chunk
     video = fake_mp4(4096)
-    store = S3MediaStore(s3, http_client(serve(chunked(video, 3))))
+    store = S3MediaStore(s3, downloader(serve(chunked(video, 3))))
 
     # When it is copied
     result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
@@ -210,7 +210,7 @@ def test_copy_follows_redirects_to_the_file(s3: Any) -> None:
             return httpx.Response(302, headers={"Location": cdn_url})
         return httpx.Response(200, content=iter([video]))
 
-    store = S3MediaStore(s3, http_client(handler))
+    store = S3MediaStore(s3, downloader(handler))
 
     # When it is copied
     store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
@@ -222,10 +222,10 @@ def test_copy_follows_redirects_to_the_file(s3: Any) -> None:
 def test_copy_again_to_the_same_key_overwrites_it(s3: Any) -> None:
     # Given a key that already holds an earlier copy
     first, second = fake_mp4(2000), fake_mp4(3000)
-    S3MediaStore(s3, http_client(serve([first]))).copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+    S3MediaStore(s3, downloader(serve([first]))).copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
 
     # When the copy runs again for the same key
-    result = S3MediaStore(s3, http_client(serve([second]))).copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+    result = S3MediaStore(s3, downloader(serve([second]))).copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
 
     # Then the key holds the latest bytes, once
     assert s3.get_object(Bucket=BUCKET, Key=KEY)["Body"].read() == second
@@ -233,14 +233,99 @@ def test_copy_again_to_the_same_key_overwrites_it(s3: Any) -> None:
     assert s3.list_objects_v2(Bucket=BUCKET)["KeyCount"] == 1
 
 
+def test_copy_of_a_real_mp4_through_the_guarded_transport_is_stored_intact(s3: Any) -> None:
+    # Given a real MP4 (made by ffmpeg) on an allow-listed CDN host that resolves to a public address
+    video = real_mp4()
+    network = FakeNetwork({PUBLIC_IP: http_response(body=video, headers={"Content-Type": "video/mp4"})})
+    downloader = guarded_downloader(POLICY, FakeResolver({"cdn.provider.test": [PUBLIC_IP]}), network)
+
+    # When it is copied through the whole download path (policy, DNS check, TLS to the checked address)
+    result = S3MediaStore(s3, downloader).copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+
+    # Then the object holds it byte for byte, fetched from the checked address
+    assert s3.get_object(Bucket=BUCKET, Key=KEY)["Body"].read() == video
+    assert result.size == len(video)
+    assert network.addresses == [PUBLIC_IP]
+
+
 # --- copy_from_url: what the provider sends is unusable (permanent) -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://cdn.provider.test/outputs/abc.mp4", "is not https"),
+        ("https://evil.example/outputs/abc.mp4", "not in the allowed output hosts"),
+    ],
+)
+def test_copy_of_a_url_the_policy_refuses_is_unusable_and_starts_no_upload(s3: Any, url: str, reason: str) -> None:
+    # Given a URL the policy refuses
+    seen: list[httpx.Request] = []
+    spy = SpyS3(s3)
+    store = S3MediaStore(spy, downloader(serve([fake_mp4(1000)], seen=seen)))
+
+    # When it is copied, Then it is unusable with the reason, nothing was requested and no upload was started
+    with pytest.raises(OutputUnusableError, match=f"the download of {url} was refused: .*{reason}"):
+        store.copy_from_url(url, BUCKET, KEY, NO_MAX)
+    assert seen == [] and spy.calls == []
+    assert not object_exists(s3)
+
+
+def test_copy_from_a_host_resolving_to_a_private_address_is_unusable_and_starts_no_upload(s3: Any) -> None:
+    # Given an allow-listed host whose DNS answers 10.0.0.7
+    network = FakeNetwork({"10.0.0.7": http_response(body=fake_mp4(1000))})
+    spy = SpyS3(s3)
+    store = S3MediaStore(spy, guarded_downloader(POLICY, FakeResolver({"cdn.provider.test": ["10.0.0.7"]}), network))
+
+    # When it is copied, Then it is refused for good (not an interruption), before any connection or upload
+    with pytest.raises(RefusedOutputUrlError, match=re.escape("resolves to 10.0.0.7, private")):
+        store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+    assert network.connections == [] and spy.calls == []
+    assert not object_exists(s3)
+
+
+def test_store_without_a_downloader_refuses_every_url(s3: Any) -> None:
+    # Given a store built without a downloader (an empty allow-list)
+    store = S3MediaStore(s3)
+
+    # When any output is copied, Then it is refused: downloads are only ever allowed on purpose
+    with pytest.raises(RefusedOutputUrlError, match="not in the allowed output hosts"):
+        store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+
+
+def test_copy_rejects_an_mp4_without_its_index_and_leaves_nothing_behind(s3: Any) -> None:
+    # Given 6 MiB that start like an MP4 (ftyp) but hold only media data, no moov box (unplayable)
+    body = FTYP + struct.pack(">I4s", 6 * MIB - len(FTYP), b"mdat") + bytes(6 * MIB - len(FTYP) - 8)
+    spy = SpyS3(s3)
+    store = S3MediaStore(spy, downloader(serve(chunked(body, MIB))), part_size=5 * MIB)
+
+    # When it is copied
+    with pytest.raises(OutputUnusableError, match="is not an MP4 video: it has no 'moov' box"):
+        store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+
+    # Then the upload it started (the ftyp looked right) was aborted: no parts, no object
+    assert spy.calls[0] == "create" and spy.calls[-1] == "abort" and "complete" not in spy.calls
+    assert multipart_uploads(s3) == []
+    assert not object_exists(s3)
+
+
+def test_copy_rejects_an_mp4_whose_last_box_is_cut_short(s3: Any) -> None:
+    # Given an MP4 whose mdat announces 1 MiB but the body (sent without Content-Length) stops after 1000 bytes
+    body = FTYP + MOOV + struct.pack(">I4s", MIB, b"mdat") + bytes(1000)
+    store = S3MediaStore(s3, downloader(serve([body])))
+
+    # When it is copied, Then it is not a usable MP4 and nothing is stored
+    with pytest.raises(OutputUnusableError, match="'mdat' box runs past the end of the file"):
+        store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+    assert multipart_uploads(s3) == []
+    assert not object_exists(s3)
 
 
 def test_copy_rejects_a_body_that_is_not_an_mp4(s3: Any) -> None:
     # Given a URL that serves an HTML error page with status 200
     page = b"<html><body>Access denied</body></html>" * 100
     spy = SpyS3(s3)
-    store = S3MediaStore(spy, http_client(serve(chunked(page, 512))))
+    store = S3MediaStore(spy, downloader(serve(chunked(page, 512))))
 
     # When it is copied
     with pytest.raises(OutputUnusableError, match="is not an MP4"):
@@ -254,7 +339,7 @@ def test_copy_rejects_a_body_that_is_not_an_mp4(s3: Any) -> None:
 
 def test_copy_rejects_a_body_too_short_to_be_an_mp4(s3: Any) -> None:
     # Given a body of five bytes
-    store = S3MediaStore(s3, http_client(serve([b"\x00\x00\x00\x18f"])))
+    store = S3MediaStore(s3, downloader(serve([b"\x00\x00\x00\x18f"])))
 
     # When it is copied, Then it is not an MP4
     with pytest.raises(OutputUnusableError, match="is not an MP4"):
@@ -264,7 +349,7 @@ def test_copy_rejects_a_body_too_short_to_be_an_mp4(s3: Any) -> None:
 
 def test_copy_rejects_an_empty_body(s3: Any) -> None:
     # Given a 200 answer with no bytes at all
-    store = S3MediaStore(s3, http_client(serve([], content_length=0)))
+    store = S3MediaStore(s3, downloader(serve([], content_length=0)))
 
     # When it is copied, Then the output is unusable and nothing is stored
     with pytest.raises(OutputUnusableError, match="empty"):
@@ -275,7 +360,7 @@ def test_copy_rejects_an_empty_body(s3: Any) -> None:
 @pytest.mark.parametrize("status", [403, 404, 410])
 def test_copy_of_an_output_that_is_gone_is_unusable(s3: Any, status: int) -> None:
     # Given a provider URL that answers `status` (expired or deleted output)
-    store = S3MediaStore(s3, http_client(serve([b"gone"], status=status)))
+    store = S3MediaStore(s3, downloader(serve([b"gone"], status=status)))
 
     # When it is copied, Then the failure is permanent and names the status
     with pytest.raises(OutputUnusableError, match=rf"the provider's output is gone \(HTTP {status}\)"):
@@ -285,7 +370,7 @@ def test_copy_of_an_output_that_is_gone_is_unusable(s3: Any, status: int) -> Non
 
 def test_copy_error_messages_leave_out_the_urls_query_string(s3: Any) -> None:
     # Given a presigned provider URL (credentials in the query string) that is gone
-    store = S3MediaStore(s3, http_client(serve([b""], status=404)))
+    store = S3MediaStore(s3, downloader(serve([b""], status=404)))
 
     # When it is copied
     with pytest.raises(OutputUnusableError) as caught:
@@ -300,7 +385,7 @@ def test_copy_of_an_output_announced_larger_than_the_limit_is_unusable_before_an
     # Given an output whose Content-Length exceeds the limit
     video = fake_mp4(2 * MIB)
     spy = SpyS3(s3)
-    store = S3MediaStore(spy, http_client(serve(chunked(video, MIB), content_length=len(video))))
+    store = S3MediaStore(spy, downloader(serve(chunked(video, MIB), content_length=len(video))))
 
     # When it is copied with a 1 MiB limit
     with pytest.raises(OutputUnusableError, match="more than the 1048576"):
@@ -315,7 +400,7 @@ def test_copy_of_a_stream_growing_past_the_limit_is_unusable_and_aborted(s3: Any
     # Given an 11 MiB MP4 without Content-Length, and a 10 MiB limit
     video = fake_mp4(11 * MIB)
     spy = SpyS3(s3)
-    store = S3MediaStore(spy, http_client(serve(chunked(video, MIB))), part_size=5 * MIB)
+    store = S3MediaStore(spy, downloader(serve(chunked(video, MIB))), part_size=5 * MIB)
 
     # When it is copied
     with pytest.raises(OutputUnusableError, match="more than the"):
@@ -337,7 +422,7 @@ def test_copy_of_a_truncated_download_is_interrupted_and_aborted(s3: Any) -> Non
     video = fake_mp4(12 * MIB)
     spy = SpyS3(s3)
     store = S3MediaStore(
-        spy, http_client(serve(chunked(video[: 7 * MIB], MIB), content_length=len(video))), part_size=5 * MIB
+        spy, downloader(serve(chunked(video[: 7 * MIB], MIB), content_length=len(video))), part_size=5 * MIB
     )
 
     # When it is copied
@@ -354,7 +439,7 @@ def test_copy_of_a_truncated_download_is_interrupted_and_aborted(s3: Any) -> Non
 @pytest.mark.parametrize("status", [429, 500, 502, 503])
 def test_copy_from_a_failing_server_is_interrupted(s3: Any, status: int) -> None:
     # Given a provider CDN answering `status`
-    store = S3MediaStore(s3, http_client(serve([b"busy"], status=status)))
+    store = S3MediaStore(s3, downloader(serve([b"busy"], status=status)))
 
     # When it is copied, Then it is worth another attempt
     with pytest.raises(OutputCopyInterruptedError, match=f"HTTP {status}"):
@@ -367,7 +452,7 @@ def test_copy_that_cannot_connect_is_interrupted(s3: Any) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    store = S3MediaStore(s3, http_client(handler))
+    store = S3MediaStore(s3, downloader(handler))
 
     # When it is copied, Then it is worth another attempt
     with pytest.raises(OutputCopyInterruptedError, match="ConnectError"):
@@ -383,7 +468,7 @@ def test_copy_whose_download_times_out_midway_is_interrupted_and_aborted(s3: Any
         raise httpx.ReadTimeout("timed out")
 
     spy = SpyS3(s3)
-    store = S3MediaStore(spy, http_client(serve(stalling())), part_size=5 * MIB)
+    store = S3MediaStore(spy, downloader(serve(stalling())), part_size=5 * MIB)
 
     # When it is copied
     with pytest.raises(OutputCopyInterruptedError, match="ReadTimeout"):
@@ -399,7 +484,7 @@ def test_copy_that_s3_refuses_midway_is_interrupted_and_aborted(s3: Any) -> None
     # Given S3 throttling the second part of a 12 MiB copy
     video = fake_mp4(12 * MIB)
     spy = SpyS3(s3, fail_on_part=2)
-    store = S3MediaStore(spy, http_client(serve(chunked(video, MIB))), part_size=5 * MIB)
+    store = S3MediaStore(spy, downloader(serve(chunked(video, MIB))), part_size=5 * MIB)
 
     # When it is copied
     with pytest.raises(OutputCopyInterruptedError, match="SlowDown"):
@@ -418,14 +503,15 @@ def test_copy_memory_stays_bounded_by_the_part_size() -> None:
     # Given a 64 MiB MP4 streamed in 1 MiB chunks, a 5 MiB part size, and an S3 stand-in that keeps no bytes
     part_size, chunk_size, total_size = 5 * MIB, MIB, 64 * MIB
     pulled: list[int] = []
+    head = mp4_head(total_size)  # ftyp, moov, and an mdat header spanning the rest
 
     def source() -> Iterator[bytes]:
         for index in range(total_size // chunk_size):
             pulled.append(index)
-            yield MP4_HEAD + bytes(chunk_size - len(MP4_HEAD)) if index == 0 else bytes(chunk_size)
+            yield head + bytes(chunk_size - len(head)) if index == 0 else bytes(chunk_size)
 
     s3 = CountingS3()
-    store = S3MediaStore(s3, http_client(serve(source(), content_length=total_size)), part_size=part_size)
+    store = S3MediaStore(s3, downloader(serve(source(), content_length=total_size)), part_size=part_size)
 
     # When it is copied, measuring allocations only around the copy
     started = time.monotonic()

@@ -9,8 +9,10 @@ import boto3
 import httpx
 import pytest
 from moto import mock_aws
+from support.mp4 import fake_mp4
 
 from avatar_pipeline.adapters.s3 import S3MediaStore
+from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownloader
 
 MIB = 1024 * 1024
 BUCKET = "media-bucket"
@@ -53,7 +55,7 @@ def test_discarding_with_nothing_left_behind_does_nothing(s3: Any) -> None:
 
 def test_a_keep_alive_that_stops_the_copy_leaves_no_upload_behind(s3: Any) -> None:
     # Given a download of several parts whose keep-alive stops the copy after the first part went up
-    video = b"\x00\x00\x00\x18ftypisom" + bytes(12 * MIB)
+    video = fake_mp4(12 * MIB)
     chunks = [video[i : i + MIB] for i in range(0, len(video), MIB)]
     looks = 0
 
@@ -66,7 +68,10 @@ def test_a_keep_alive_that_stops_the_copy_leaves_no_upload_behind(s3: Any) -> No
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, headers={"Content-Length": str(len(video))}, content=iter(chunks))
 
-    store = S3MediaStore(s3, http_client=httpx.Client(transport=httpx.MockTransport(handler)), part_size=5 * MIB)
+    downloader = SafeDownloader(
+        OutputUrlPolicy.parse(["*.provider.test"]), httpx.Client(transport=httpx.MockTransport(handler))
+    )
+    store = S3MediaStore(s3, downloader, part_size=5 * MIB)
     # When the copy runs
     with pytest.raises(CopyStopped):
         store.copy_from_url(SOURCE_URL, BUCKET, KEY, 64 * MIB, keep_alive)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,9 @@ from typing import Any
 
 import pytest
 from cfnlint.decode import decode_str
+
+from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
+from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -158,6 +162,26 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
         "DOWNLOAD_URL_EXPIRY_SECONDS": "DownloadUrlExpirySeconds",
     }.items():
         assert env[name] == {"Ref": parameter}, name
+
+
+def test_only_finalize_gets_the_allowed_output_hosts_whose_default_is_the_provider_cdns(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """Given only finalize downloads what providers point at, then it alone gets ALLOWED_OUTPUT_HOSTS, from the
+    AllowedOutputHosts parameter, whose default is the settings' default and accepts the local stack's origins."""
+    assert props(resources, "FinalizeFunction")["Environment"]["Variables"]["ALLOWED_OUTPUT_HOSTS"] == {
+        "Ref": "AllowedOutputHosts"
+    }
+    assert "ALLOWED_OUTPUT_HOSTS" not in template["Globals"]["Function"]["Environment"]["Variables"]
+    for function in set(FUNCTIONS) - {"FinalizeFunction"}:
+        assert "ALLOWED_OUTPUT_HOSTS" not in props(resources, function).get("Environment", {}).get("Variables", {})
+    parameter = template["Parameters"]["AllowedOutputHosts"]
+    assert tuple(parameter["Default"].split(",")) == DEFAULT_ALLOWED_OUTPUT_HOSTS
+    OutputUrlPolicy.parse(parameter["Default"].split(","))  # every default entry is well-formed
+    for accepted in (parameter["Default"], "http://127.0.0.1:8123,http://127.0.0.1:8124", "*.a.test, b.test"):
+        assert re.fullmatch(parameter["AllowedPattern"], accepted), accepted
+    for refused in ("", "*.a.test,", "https://a.test/path?x=1"):
+        assert not re.fullmatch(parameter["AllowedPattern"], refused), refused
 
 
 def test_submit_listens_to_every_object_created_under_inbox(resources: dict[str, Any]) -> None:

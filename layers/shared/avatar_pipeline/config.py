@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avatar_pipeline.models import Mode, ProviderName
+
+# Where the providers' outputs live: WaveSpeed serves them from CloudFront (https://<id>.cloudfront.net/output/...),
+# CometAPI from the Kling CDN; the providers' own domains cover a move to a CDN of theirs.
+DEFAULT_ALLOWED_OUTPUT_HOSTS = ("*.cloudfront.net", "*.wavespeed.ai", "*.klingai.com", "*.cometapi.com")
 
 
 class Settings(BaseModel):
@@ -42,7 +48,17 @@ class Settings(BaseModel):
     submit_retry_after_seconds: int = Field(default=60, alias="SUBMIT_RETRY_AFTER_SECONDS", gt=0)
     finalize_max_attempts: int = Field(default=3, alias="FINALIZE_MAX_ATTEMPTS", gt=0)
     max_output_bytes: int = Field(default=2 * 1024**3, alias="MAX_OUTPUT_BYTES", gt=0)
+    # Hosts finalize may download outputs from: names, `*.suffix` wildcards, or whole origins trusted as they are
+    # (`http://127.0.0.1:8123`, for the local stack's simulators). Separated by commas or whitespace.
+    allowed_output_hosts: tuple[str, ...] = Field(
+        default=DEFAULT_ALLOWED_OUTPUT_HOSTS, alias="ALLOWED_OUTPUT_HOSTS", min_length=1
+    )
     task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
+
+    @field_validator("allowed_output_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        return tuple(part for part in re.split(r"[\s,]+", value) if part) if isinstance(value, str) else value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

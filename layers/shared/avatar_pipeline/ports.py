@@ -70,7 +70,7 @@ class MediaStore(Protocol):
     def copy_from_url(
         self, url: str, bucket: str, key: str, max_bytes: int, keep_alive: Callable[[], None]
     ) -> S3Object:
-        """Stream an HTTPS download into S3 (multipart, constant memory) and check it is an MP4.
+        """Stream a download from an allowed host into S3 (multipart, constant memory) and check it is a whole MP4.
 
         `keep_alive` is called as bytes flow; whatever it raises ends the copy (and is raised again), leaving no
         partial upload behind. Raises OutputUnusableError (permanent) or OutputCopyInterruptedError (worth retrying).

@@ -16,6 +16,7 @@ from avatar_pipeline.adapters.cometapi import CometApiProvider
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.adapters.metrics import EmfUsageMeter
 from avatar_pipeline.adapters.s3 import S3MediaStore
+from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownloader
 from avatar_pipeline.adapters.sns import SnsNotifier
 from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
 from avatar_pipeline.config import Settings
@@ -89,7 +90,8 @@ def pipeline() -> PipelineContext:
             session.resource("dynamodb").Table(settings.task_table_name),
             task_ttl=timedelta(days=settings.task_ttl_days),
         ),
-        media=S3MediaStore(s3, http_client=http),
+        # Downloads get a client of their own: its connections are checked (public addresses only), the API's are not.
+        media=S3MediaStore(s3, SafeDownloader(OutputUrlPolicy.parse(settings.allowed_output_hosts))),
         # Well inside the notify lease (60 s): a slow publish must not outlive the claim that guards it.
         notifier=SnsNotifier(
             session.client("sns", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})),

@@ -9,8 +9,15 @@ from typing import Any
 import httpx
 from botocore.exceptions import BotoCoreError, ClientError
 
+from avatar_pipeline.adapters.safe_download import (
+    OutputUrlPolicy,
+    RefusedOutputUrlError,
+    SafeDownloader,
+    redact_url,
+)
 from avatar_pipeline.errors import InputGoneError, OutputCopyInterruptedError, OutputUnusableError
 from avatar_pipeline.models import S3Object
+from avatar_pipeline.mp4_stream import Mp4StreamCheck, Mp4StructureError
 
 logger = logging.getLogger(__name__)
 
@@ -19,14 +26,9 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 * MIB
-# Provider CDNs can be slow to start and to stream large files: wait long for bytes, short for a connection.
-DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, read=120.0)
 # Statuses that mean the output will never be there, however often we ask.
 GONE_STATUSES = frozenset({403, 404, 410})
 VIDEO_CONTENT_TYPE = "video/mp4"
-# An MP4 (ISO base media file) starts with a box: 4 bytes of size, then the type "ftyp".
-_HEAD_SIZE = 8
-_MP4_BRAND_BOX = b"ftyp"
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _PRESIGN_HANDLER_ID = "avatar_pipeline.adapters.s3.presign_sigv4"
 
@@ -63,20 +65,21 @@ class S3RangeSource:
 
 
 class S3MediaStore:
-    """Implements `ports.MediaStore` with a boto3 S3 client and an httpx client for downloads.
+    """Implements `ports.MediaStore` with a boto3 S3 client and a `SafeDownloader` for provider outputs.
 
     `copy_from_url` holds at most one part (about `part_size` bytes, plus the chunk that tipped it over)
-    in memory, plus the one joined copy handed to `upload_part`; nothing is written to disk.
+    in memory, plus the one joined copy handed to `upload_part`; nothing is written to disk. Without a
+    `downloader`, every output URL is refused (an empty allow-list): downloads are only ever allowed on purpose.
     """
 
     def __init__(
-        self, s3_client: Any, http_client: httpx.Client | None = None, part_size: int = DEFAULT_PART_SIZE
+        self, s3_client: Any, downloader: SafeDownloader | None = None, part_size: int = DEFAULT_PART_SIZE
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (the S3 minimum), got {part_size}")
         self._s3 = s3_client
         _presign_with_sigv4(s3_client)
-        self._http = http_client if http_client is not None else httpx.Client(timeout=DOWNLOAD_TIMEOUT)
+        self._downloader = downloader if downloader is not None else SafeDownloader(OutputUrlPolicy())
         self._part_size = part_size
 
     def presigned_get(self, obj: S3Object, expires_in: int) -> str:
@@ -114,16 +117,9 @@ class S3MediaStore:
     ) -> S3Object:
         if max_bytes > self._part_size * MAX_PARTS:
             raise ValueError(f"max_bytes {max_bytes} needs more than {MAX_PARTS} parts of {self._part_size} bytes")
-        source = _redact(url)
+        source = redact_url(url)
         try:
-            with self._http.stream(
-                "GET",
-                url,
-                # A video gains nothing from compression; asking for identity keeps Content-Length meaningful.
-                headers={"Accept-Encoding": "identity"},
-                follow_redirects=True,
-                timeout=DOWNLOAD_TIMEOUT,
-            ) as response:
+            with self._downloader.open(url) as response:
                 _check_status(response, source)
                 promised = _content_length(response)
                 if promised is not None and promised > max_bytes:
@@ -131,8 +127,8 @@ class S3MediaStore:
                         f"the provider's output at {source} is {promised} bytes, more than the {max_bytes} allowed"
                     )
                 return self._stream_to_s3(response, promised, source, bucket, key, max_bytes, keep_alive)
-        except httpx.InvalidURL as exc:
-            raise OutputUnusableError(f"the provider's output URL {source} is not a valid URL: {exc}") from exc
+        except RefusedOutputUrlError as exc:
+            raise RefusedOutputUrlError(f"the download of {source} was refused: {exc}") from exc
         except httpx.HTTPError as exc:
             raise OutputCopyInterruptedError(
                 f"the download of {source} broke off ({type(exc).__name__}: {exc})"
@@ -155,6 +151,7 @@ class S3MediaStore:
         pending: list[bytes] = []
         pending_size = 0
         total = 0
+        mp4 = Mp4StreamCheck()
         try:
             for chunk in response.iter_bytes():
                 keep_alive()
@@ -165,12 +162,12 @@ class S3MediaStore:
                     raise OutputUnusableError(
                         f"the provider's output at {source} is more than the {max_bytes} bytes allowed"
                     )
+                _feed(mp4, chunk, source)
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if upload_id is None:
-                    if pending_size < _HEAD_SIZE:
-                        continue
-                    _check_mp4(_head(pending), source)
+                    if not mp4.recognised:
+                        continue  # no upload until the ftyp box says this is an MP4
                     upload_id = self._create_upload(bucket, key)
                 if pending_size >= self._part_size:
                     parts.append(self._upload_part(bucket, key, upload_id, len(parts) + 1, pending))
@@ -183,8 +180,9 @@ class S3MediaStore:
                 )
             if total == 0:
                 raise OutputUnusableError(f"the provider's output at {source} is empty")
-            if upload_id is None:
-                raise _not_mp4(source)  # fewer than 8 bytes in all: too short to be an MP4
+            # The whole file has gone by: only now can a missing moov/mdat or a cut-off last box show.
+            _finish(mp4, source)
+            assert upload_id is not None  # a recognised MP4 started the upload
             if pending:
                 parts.append(self._upload_part(bucket, key, upload_id, len(parts) + 1, pending))
                 pending.clear()
@@ -274,28 +272,22 @@ def _content_length(response: httpx.Response) -> int | None:
     return length if length >= 0 else None
 
 
-def _head(chunks: list[bytes]) -> bytes:
-    """The first few bytes of the buffered chunks, without joining them all."""
-    head = b""
-    for chunk in chunks:
-        head += chunk[: _HEAD_SIZE - len(head)]
-        if len(head) >= _HEAD_SIZE:
-            break
-    return head
+def _feed(mp4: Mp4StreamCheck, chunk: bytes, source: str) -> None:
+    try:
+        mp4.feed(chunk)
+    except Mp4StructureError as exc:
+        raise _not_mp4(source, exc) from exc
 
 
-def _check_mp4(head: bytes, source: str) -> None:
-    if len(head) < _HEAD_SIZE or head[4:_HEAD_SIZE] != _MP4_BRAND_BOX:
-        raise _not_mp4(source)
+def _finish(mp4: Mp4StreamCheck, source: str) -> None:
+    try:
+        mp4.finish()
+    except Mp4StructureError as exc:
+        raise _not_mp4(source, exc) from exc
 
 
-def _not_mp4(source: str) -> OutputUnusableError:
-    return OutputUnusableError(f"the provider's output at {source} is not an MP4 (no 'ftyp' box at the start)")
-
-
-def _redact(url: str) -> str:
-    """The URL without its query string: presigned provider links carry credentials there."""
-    return url.split("?", 1)[0].split("#", 1)[0]
+def _not_mp4(source: str, reason: Mp4StructureError) -> OutputUnusableError:
+    return OutputUnusableError(f"the provider's output at {source} is not an MP4 video: {reason}")
 
 
 def _error_code(exc: ClientError) -> str:
