@@ -94,8 +94,8 @@ def test_duplicate_webhook_is_acknowledged_and_changes_nothing(submitted_task: T
     recorded = pipeline().tasks.get(submitted_task.task_id)
     # When the provider delivers the same webhook again
     answer = callback(submitted_task.task_id, completed(), webhook_id="msg_dup")
-    # Then 200 with no change: same version, one OUTPUT_READY in history
-    assert answer == {"status": 200, "body": {"message": "unchanged"}}
+    # Then 200, a duplicate, with no change: same version, one OUTPUT_READY in history
+    assert answer == {"status": 200, "body": {"message": "duplicate"}}
     again = pipeline().tasks.get(submitted_task.task_id)
     assert recorded is not None and again is not None and again.version == recorded.version
     assert [h.to_status for h in again.history].count(TaskStatus.OUTPUT_READY) == 1
