@@ -20,6 +20,9 @@ WEBHOOK_SECRET = "whsec_test_events_secret"
 API_KEY = "test-api-key"
 WAVESPEED_BASE_URL = "https://api.wavespeed.test"
 WEBHOOK_BASE_URL = "https://hooks.example.test/v1"
+COMETAPI_SECRET_ID = "avatar-cometapi-test"
+COMETAPI_API_KEY = "test-cometapi-key"
+COMETAPI_BASE_URL = "https://api.cometapi.test"
 
 
 def template() -> dict[str, Any]:
@@ -99,3 +102,11 @@ def create_stack() -> Stack:
         Name=SECRET_ID, SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET})
     )
     return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID, IDEMPOTENCY_TABLE)
+
+
+def configure_cometapi() -> dict[str, str]:
+    """Inside an active moto mock: CometAPI's secret; returns the environment that makes it a second provider."""
+    boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name=COMETAPI_SECRET_ID, SecretString=json.dumps({"api_key": COMETAPI_API_KEY})
+    )
+    return {"COMETAPI_SECRET_ID": COMETAPI_SECRET_ID, "COMETAPI_BASE_URL": COMETAPI_BASE_URL}
