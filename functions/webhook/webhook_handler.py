@@ -9,10 +9,15 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from avatar_pipeline.errors import CallbackMismatchError, WebhookAuthError, WebhookPayloadError
+from avatar_pipeline.errors import (
+    CallbackMismatchError,
+    DeliveryInProgressError,
+    WebhookAuthError,
+    WebhookPayloadError,
+)
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.tracking import UnknownProviderError, receive_callback
-from avatar_pipeline.wiring import pipeline
+from avatar_pipeline.wiring import DELIVERY_IDEMPOTENCY, pipeline
 
 logger = Logger()
 tracer = Tracer()
@@ -55,6 +60,9 @@ def provider_callback(provider: str) -> Response[dict[str, str]]:
     except CallbackMismatchError as error:
         logger.warning("callback for another task", extra={"error": str(error)})
         return _answer(HTTPStatus.CONFLICT, str(error))
+    except DeliveryInProgressError as error:
+        # A status webhook senders retry, unlike 409 (final to some), and no 5xx (which would be our failure).
+        return _answer(HTTPStatus.TOO_MANY_REQUESTS, f"{error}; retry later")
     metrics.add_metric(name=f"Callback_{action}", unit=MetricUnit.Count, value=1)
     return _answer(HTTPStatus.ACCEPTED if action == "deferred" else HTTPStatus.OK, action)
 
@@ -63,4 +71,5 @@ def provider_callback(provider: str) -> Response[dict[str, str]]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    DELIVERY_IDEMPOTENCY.register_lambda_context(context)
     return app.resolve(event, context)

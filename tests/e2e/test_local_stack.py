@@ -77,6 +77,12 @@ def test_duplicated_webhook_gives_one_notification(e2e: E2E) -> None:
     assert task.status is TaskStatus.COMPLETED, task.reason
     assert [h.to_status for h in task.history].count(TaskStatus.OUTPUT_READY) == 1
     assert len(e2e.notifications("e2e-dup-webhook", settle=5.0)) == 1
+    # And both copies were acknowledged at once (the second as a duplicate), so WaveSpeed retried neither
+    deliveries = e2e.stack.simulator.webhook_deliveries()
+    copies = [
+        (d["duplicate"], d["attempt"], d["status"]) for d in deliveries if d["prediction_id"] == task.provider_task_id
+    ]
+    assert copies == [(False, 1, 200), (True, 1, 200)]
 
 
 def test_failed_provider_task_gives_a_failed_notification_with_the_reason(e2e: E2E) -> None:

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 import respx
-from support.aws import WAVESPEED_BASE_URL
+from support.aws import WAVESPEED_BASE_URL, Stack, configure_cometapi
 
 
 @pytest.fixture
@@ -18,3 +18,13 @@ def provider_http() -> Iterator[respx.MockRouter]:
 @pytest.fixture
 def wavespeed_base() -> str:
     return WAVESPEED_BASE_URL
+
+
+@pytest.fixture
+def cometapi(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CometAPI configured as a second provider: its secret in moto, its secret id and base URL in the environment."""
+    from avatar_pipeline import wiring
+
+    for name, value in configure_cometapi().items():
+        monkeypatch.setenv(name, value)
+    wiring.pipeline.cache_clear()  # built again, from the environment as it is now

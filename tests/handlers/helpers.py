@@ -9,7 +9,7 @@ from typing import Any
 import boto3
 import httpx
 import respx
-from support.aws import REGION, WAVESPEED_BASE_URL, Stack
+from support.aws import COMETAPI_BASE_URL, REGION, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, s3_created
 
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
@@ -57,6 +57,28 @@ def envelope(data: dict[str, Any]) -> httpx.Response:
 def mock_wavespeed_submit(router: respx.MockRouter, prediction_id: str = "a" * 32) -> respx.Route:
     return router.post(url__regex=rf"{WAVESPEED_BASE_URL}/api/v3/kwaivgi/kling-v1-ai-avatar-(standard|pro)").mock(
         return_value=envelope(prediction(prediction_id, "created"))
+    )
+
+
+def comet_task(task_id: str, status: str, **extra: Any) -> dict[str, Any]:
+    """A CometAPI (Kling) task object, as in its answers' ``data`` and as the body of its callbacks."""
+    return {"task_id": task_id, "task_status": status, "created_at": 1748779200000, **extra}
+
+
+def comet_answer(data: dict[str, Any]) -> httpx.Response:
+    return httpx.Response(200, json={"code": 0, "message": "SUCCEED", "request_id": "req-1", "data": data})
+
+
+def mock_cometapi_submit(router: respx.MockRouter, task_id: str) -> respx.Route:
+    return router.post(f"{COMETAPI_BASE_URL}/kling/v1/videos/avatar/image2video").mock(
+        return_value=comet_answer(comet_task(task_id, "submitted"))
+    )
+
+
+def mock_cometapi_query(router: respx.MockRouter, data: dict[str, Any]) -> respx.Route:
+    """CometAPI's answer to our query about the task `data` describes."""
+    return router.get(f"{COMETAPI_BASE_URL}/kling/v1/videos/avatar/image2video/{data['task_id']}").mock(
+        return_value=comet_answer(data)
     )
 
 

@@ -1,32 +1,47 @@
-"""The webhook function against moto: authenticate, record with a conditional write, answer fast."""
+"""The webhook function against moto: authenticate, process each delivery once, record with a conditional write.
+
+Every refusal is checked twice: the HTTP status the provider gets, and a task left exactly as it was (same version,
+status and history).
+"""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import uuid
 from datetime import timedelta
+from typing import Any
 
+import boto3
 import pytest
 import respx
 from handlers.helpers import (
     MP3_BYTES,
     PNG_BYTES,
+    comet_task,
     deliver_upload,
     envelope,
+    mock_cometapi_query,
+    mock_cometapi_submit,
     mock_wavespeed_submit,
     prediction,
+    upload,
 )
-from support.aws import WAVESPEED_BASE_URL, WEBHOOK_SECRET, Stack
+from support.aws import API_KEY, REGION, WAVESPEED_BASE_URL, WEBHOOK_SECRET, Stack
 from support.events import FakeLambdaContext, api_post, sample, signed_headers
-from webhook_handler import lambda_handler
+from webhook_handler import MAX_BODY_BYTES, lambda_handler
 
+from avatar_pipeline import wiring
 from avatar_pipeline.models import Task, TaskStatus
 from avatar_pipeline.services.tracking import poll
 from avatar_pipeline.wiring import pipeline
 
 PREDICTION_ID = "c" * 32
+COMET_TASK_ID = "831922345719271433"
 OUTPUT_URL = "https://d111111abcdef8.cloudfront.net/output/video.mp4"
+RECORDED = {"status": 200, "body": {"message": "recorded"}}
+DUPLICATE = {"status": 200, "body": {"message": "duplicate"}}
 
 
 @pytest.fixture
@@ -39,96 +54,205 @@ def submitted_task(stack: Stack, provider_http: respx.MockRouter) -> Task:
     return task
 
 
+@pytest.fixture
+def cometapi_task(cometapi: None, stack: Stack, provider_http: respx.MockRouter) -> Task:
+    mock_cometapi_submit(provider_http, COMET_TASK_ID)
+    upload(stack, "inbox/dora/job.json", json.dumps({"provider": "cometapi"}).encode())
+    deliver_upload(stack, "inbox/dora/face.png", PNG_BYTES)
+    task_id = deliver_upload(stack, "inbox/dora/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    task = pipeline().tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.SUBMITTED and task.provider == "cometapi"
+    return task
+
+
+# --- requests and checks -------------------------------------------------------------------------------------
+
+
+def post(provider: str, query: dict[str, str], body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """``POST /webhooks/<provider>?<query>`` through the handler: the answer's status and JSON body."""
+    response = lambda_handler(api_post(provider, query, body, headers), FakeLambdaContext())
+    return {"status": response["statusCode"], "body": json.loads(response["body"])}
+
+
+def new_webhook_id() -> str:
+    return f"msg_{uuid.uuid4().hex}"
+
+
 def callback(
     task_id: str | None,
     body: dict | bytes,
     *,
     secret: str = WEBHOOK_SECRET,
-    webhook_id: str = "msg_1",
+    webhook_id: str | None = None,
     timestamp: int | None = None,
-) -> dict:
+) -> dict[str, Any]:
+    """A WaveSpeed webhook about the task, signed with `secret`: a new delivery unless `webhook_id` names one."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = signed_headers(raw, secret, webhook_id, timestamp or int(time.time()))
-    response = lambda_handler(api_post("wavespeed", task_id, raw, headers), FakeLambdaContext())
-    return {"status": response["statusCode"], "body": json.loads(response["body"])}
+    headers = signed_headers(raw, secret, webhook_id or new_webhook_id(), timestamp or int(time.time()))
+    return post("wavespeed", {"task_id": task_id} if task_id else {}, raw, headers)
+
+
+def comet_callback(task_id: str, body: dict, token: str | None) -> dict[str, Any]:
+    """A CometAPI callback about the task (unsigned), with `token` in its URL when one is given."""
+    query = {"task_id": task_id} | ({"token": token} if token is not None else {})
+    return post("cometapi", query, json.dumps(body).encode(), {"content-type": "application/json"})
 
 
 def completed() -> dict:
     return prediction(PREDICTION_ID, "completed", outputs=[OUTPUT_URL])
 
 
+def stored(task_id: str) -> Task:
+    task = pipeline().tasks.get(task_id)
+    assert task is not None
+    return task
+
+
+def assert_untouched(before: Task) -> None:
+    after = stored(before.task_id)
+    assert (after.version, after.status, after.history) == (before.version, before.status, before.history)
+
+
+def mark_completed(task_id: str) -> Task:
+    """Move the task on to COMPLETED, as finalize would."""
+    task = stored(task_id)
+    done = task.model_copy(update={"status": TaskStatus.COMPLETED, "version": task.version + 1})
+    pipeline().tasks.replace(done, expected=task)
+    return stored(task_id)
+
+
+def emitted_metrics(stdout: str) -> dict[str, float]:
+    """The metrics in the embedded-metric-format lines Powertools printed (other lines are logs), summed by name."""
+    totals: dict[str, float] = {}
+    for line in stdout.splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        for directive in record.get("_aws", {}).get("CloudWatchMetrics", []):
+            for metric in directive["Metrics"]:
+                totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(record[metric["Name"]])
+    return totals
+
+
+# --- accepted ------------------------------------------------------------------------------------------------
+
+
 def test_signed_completion_moves_the_task_to_output_ready(submitted_task: Task):
     # When WaveSpeed calls back, signed, with the finished prediction
     answer = callback(submitted_task.task_id, completed())
     # Then it is recorded and the task is ready for finalize
-    assert answer == {"status": 200, "body": {"message": "recorded"}}
-    task = pipeline().tasks.get(submitted_task.task_id)
-    assert task is not None and task.status is TaskStatus.OUTPUT_READY
+    assert answer == RECORDED
+    task = stored(submitted_task.task_id)
+    assert task.status is TaskStatus.OUTPUT_READY
     assert task.provider_output_url == OUTPUT_URL
 
 
-def test_forged_signature_is_refused_without_any_change(submitted_task: Task):
-    # When someone signs with a secret that is not ours
-    answer = callback(submitted_task.task_id, completed(), secret="whsec_not_the_secret")
-    # Then 401, and the task is untouched
-    assert answer["status"] == 401
-    task = pipeline().tasks.get(submitted_task.task_id)
-    assert task is not None and task.version == submitted_task.version and task.status is TaskStatus.SUBMITTED
-
-
-def test_stale_timestamp_is_refused(submitted_task: Task):
-    answer = callback(submitted_task.task_id, completed(), timestamp=int(time.time()) - 301)
-    assert answer["status"] == 401
-    assert pipeline().tasks.get(submitted_task.task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]
-
-
-def test_signed_but_malformed_body_is_a_bad_request(submitted_task: Task):
-    answer = callback(submitted_task.task_id, b'{"id": "x", "status": ')
-    assert answer["status"] == 400
-    assert pipeline().tasks.get(submitted_task.task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]
-
-
-def test_duplicate_webhook_is_acknowledged_and_changes_nothing(submitted_task: Task):
-    # Given the completion was recorded once
-    callback(submitted_task.task_id, completed(), webhook_id="msg_dup")
-    recorded = pipeline().tasks.get(submitted_task.task_id)
-    # When the provider delivers the same webhook again
-    answer = callback(submitted_task.task_id, completed(), webhook_id="msg_dup")
-    # Then 200 with no change: same version, one OUTPUT_READY in history
-    assert answer == {"status": 200, "body": {"message": "unchanged"}}
-    again = pipeline().tasks.get(submitted_task.task_id)
-    assert recorded is not None and again is not None and again.version == recorded.version
-    assert [h.to_status for h in again.history].count(TaskStatus.OUTPUT_READY) == 1
+def test_two_secrets_are_valid_at_once_while_rotating(submitted_task: Task, stack: Stack):
+    # Given the secret holds the old and the new webhook secret, and the one before them is retired
+    boto3.client("secretsmanager", region_name=REGION).put_secret_value(
+        SecretId=stack.secret_id,
+        SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": "whsec_old_secret, whsec_new_secret"}),
+    )
+    wiring.pipeline.cache_clear()  # read again, as every container does once its copy is 5 minutes old
+    # When a callback signed with the retired secret comes
+    retired = callback(submitted_task.task_id, prediction(PREDICTION_ID, "processing"), secret=WEBHOOK_SECRET)
+    # Then it is refused and changes nothing
+    assert retired["status"] == 401
+    assert_untouched(submitted_task)
+    # When WaveSpeed signs one callback with the old secret and the next with the new one
+    old = callback(submitted_task.task_id, prediction(PREDICTION_ID, "processing"), secret="whsec_old_secret")
+    new = callback(submitted_task.task_id, completed(), secret="whsec_new_secret")
+    # Then both are recorded
+    assert old == new == RECORDED
+    assert [h.to_status for h in stored(submitted_task.task_id).history][-2:] == [
+        TaskStatus.PROCESSING,
+        TaskStatus.OUTPUT_READY,
+    ]
 
 
 def test_late_webhook_after_completion_cannot_move_the_task_back(submitted_task: Task):
     # Given the task completed
-    context = pipeline()
-    task = context.tasks.get(submitted_task.task_id)
-    assert task is not None
-    done = task.model_copy(update={"status": TaskStatus.COMPLETED, "version": task.version + 1})
-    context.tasks.replace(done, expected=task)
-    # When a late "failed" callback arrives for it
+    done = mark_completed(submitted_task.task_id)
+    # When a late "failed" callback arrives for it (a delivery of its own)
     answer = callback(submitted_task.task_id, prediction(PREDICTION_ID, "failed", error="late", code=5000))
     # Then it is acknowledged, and the task stays COMPLETED
     assert answer == {"status": 200, "body": {"message": "unchanged"}}
-    assert context.tasks.get(submitted_task.task_id).status is TaskStatus.COMPLETED  # type: ignore[union-attr]
+    assert_untouched(done)
 
 
-def test_callback_for_an_unknown_task_is_not_found(stack: Stack, provider_http: respx.MockRouter):
-    assert callback("no-such-task", completed())["status"] == 404
+# --- each delivery once --------------------------------------------------------------------------------------
 
 
-def test_callback_about_another_prediction_is_a_conflict(submitted_task: Task):
-    answer = callback(submitted_task.task_id, prediction("d" * 32, "completed", outputs=[OUTPUT_URL]))
-    assert answer["status"] == 409
-    assert pipeline().tasks.get(submitted_task.task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]
+def test_replayed_delivery_is_acknowledged_as_a_duplicate_and_changes_nothing(submitted_task: Task):
+    # Given a completion delivered and recorded
+    raw = json.dumps(completed()).encode()
+    headers = signed_headers(raw, WEBHOOK_SECRET, "msg_once", int(time.time()))
+    assert post("wavespeed", {"task_id": submitted_task.task_id}, raw, headers) == RECORDED
+    recorded = stored(submitted_task.task_id)
+    # When the same delivery comes again: as captured (same signature), and as WaveSpeed retries it (signed afresh)
+    replayed = post("wavespeed", {"task_id": submitted_task.task_id}, raw, headers)
+    retried = callback(submitted_task.task_id, completed(), webhook_id="msg_once", timestamp=int(time.time()) + 1)
+    # Then both are acknowledged as duplicates, and the task is exactly as the first delivery left it
+    assert replayed == retried == DUPLICATE
+    assert_untouched(recorded)
 
 
-def test_sample_event_is_understood_by_the_handler(stack: Stack, provider_http: respx.MockRouter):
-    # The checked-in sample event is signed with the test secret, but its timestamp is long past: refused as stale.
-    response = lambda_handler(sample("webhook_wavespeed_completed.json"), FakeLambdaContext())
-    assert response["statusCode"] == 401
+def test_replay_of_a_delivery_for_a_task_since_completed_is_a_duplicate(submitted_task: Task):
+    # Given the completion was recorded, and the task has since been finalized
+    assert callback(submitted_task.task_id, completed(), webhook_id="msg_done") == RECORDED
+    done = mark_completed(submitted_task.task_id)
+    # When that delivery is replayed
+    answer = callback(submitted_task.task_id, completed(), webhook_id="msg_done")
+    # Then it is a duplicate, and the COMPLETED task is untouched
+    assert answer == DUPLICATE
+    assert_untouched(done)
+
+
+def test_delivery_that_failed_midway_is_processed_when_the_provider_retries_it(
+    submitted_task: Task, monkeypatch: pytest.MonkeyPatch
+):
+    # Given the task table fails the first delivery's write
+    tasks = pipeline().tasks
+    write = tasks.replace
+    failures = [RuntimeError("DynamoDB is unavailable")]
+
+    def replace_failing_once(new: Task, *, expected: Task) -> None:
+        if failures:
+            raise failures.pop()
+        write(new, expected=expected)
+
+    monkeypatch.setattr(tasks, "replace", replace_failing_once)
+    with pytest.raises(RuntimeError, match="unavailable"):
+        callback(submitted_task.task_id, completed(), webhook_id="msg_retry")  # API Gateway answers 502
+    assert_untouched(submitted_task)
+    # When WaveSpeed retries the delivery
+    answer = callback(submitted_task.task_id, completed(), webhook_id="msg_retry")
+    # Then it is processed (the failed attempt was not remembered), once
+    assert answer == RECORDED
+    assert stored(submitted_task.task_id).status is TaskStatus.OUTPUT_READY
+    assert callback(submitted_task.task_id, completed(), webhook_id="msg_retry") == DUPLICATE
+
+
+def test_duplicate_arriving_while_the_first_is_processed_is_asked_to_retry(
+    submitted_task: Task, monkeypatch: pytest.MonkeyPatch
+):
+    # Given a delivery whose twin arrives while it is being processed (here: as it reads the task)
+    tasks = pipeline().tasks
+    read = tasks.get
+    twin: list[dict[str, Any]] = []
+
+    def read_as_the_twin_arrives(task_id: str) -> Task | None:
+        if not twin:
+            twin.append(callback(submitted_task.task_id, completed(), webhook_id="msg_twins"))
+        return read(task_id)
+
+    monkeypatch.setattr(tasks, "get", read_as_the_twin_arrives)
+    # When the first is processed
+    first = callback(submitted_task.task_id, completed(), webhook_id="msg_twins")
+    # Then the twin was answered 429 (WaveSpeed tries again later) while the first recorded the news
+    assert [answer["status"] for answer in twin] == [429]
+    assert first == RECORDED
+    # And the twin's retry, once the first is done, is a duplicate
+    assert callback(submitted_task.task_id, completed(), webhook_id="msg_twins") == DUPLICATE
+    assert [h.to_status for h in stored(submitted_task.task_id).history].count(TaskStatus.OUTPUT_READY) == 1
 
 
 def test_webhook_and_poller_racing_produce_one_transition(submitted_task: Task, provider_http: respx.MockRouter):
@@ -156,6 +280,132 @@ def test_webhook_and_poller_racing_produce_one_transition(submitted_task: Task, 
     for thread in threads:
         thread.join()
     # Then exactly one of them moved the task
-    task = context.tasks.get(submitted_task.task_id)
-    assert task is not None and task.status is TaskStatus.OUTPUT_READY
+    task = stored(submitted_task.task_id)
+    assert task.status is TaskStatus.OUTPUT_READY
     assert [h.to_status for h in task.history].count(TaskStatus.OUTPUT_READY) == 1
+
+
+# --- refused: not authentic ----------------------------------------------------------------------------------
+
+
+def test_forged_signature_is_refused_without_any_change(submitted_task: Task):
+    # When someone sends a completion with a made-up signature
+    raw = json.dumps(completed()).encode()
+    headers = signed_headers(raw, WEBHOOK_SECRET, new_webhook_id(), int(time.time()))
+    headers["webhook-signature"] = "v3," + "0" * 64
+    answer = post("wavespeed", {"task_id": submitted_task.task_id}, raw, headers)
+    # Then 401, and the task is untouched
+    assert answer["status"] == 401
+    assert_untouched(submitted_task)
+
+
+def test_callback_signed_with_another_secret_is_refused(submitted_task: Task):
+    answer = callback(submitted_task.task_id, completed(), secret="whsec_not_the_secret")
+    assert answer["status"] == 401
+    assert_untouched(submitted_task)
+
+
+@pytest.mark.parametrize("skew", [-301, 301], ids=["stale", "future"])
+def test_timestamp_more_than_300_s_away_is_refused(submitted_task: Task, skew: int):
+    # When a validly signed callback's timestamp is over 5 minutes in the past or in the future
+    answer = callback(submitted_task.task_id, completed(), timestamp=int(time.time()) + skew)
+    # Then 401, and the task is untouched
+    assert answer["status"] == 401
+    assert_untouched(submitted_task)
+
+
+def test_failed_authentication_is_counted(submitted_task: Task, capsys: pytest.CaptureFixture[str]):
+    capsys.readouterr()  # what the fixtures printed
+    # When a callback fails authentication
+    callback(submitted_task.task_id, completed(), secret="whsec_not_the_secret")
+    # Then the WebhookAuthFailure metric (the one to alarm on) counts it, next to the answer's status
+    assert emitted_metrics(capsys.readouterr().out) == {"WebhookAuthFailure": 1, "CallbackAnswered401": 1}
+
+
+def test_sample_event_is_understood_by_the_handler(stack: Stack, provider_http: respx.MockRouter):
+    # The checked-in sample event is signed with the test secret, but its timestamp is long past: refused as stale.
+    response = lambda_handler(sample("webhook_wavespeed_completed.json"), FakeLambdaContext())
+    assert response["statusCode"] == 401
+
+
+def test_cometapi_callback_with_a_wrong_or_no_token_is_refused_unconfirmed(
+    cometapi_task: Task, provider_http: respx.MockRouter
+):
+    # Given CometAPI would confirm that the task failed
+    body = comet_task(COMET_TASK_ID, "failed", task_status_msg="content refused")
+    query = mock_cometapi_query(provider_http, body)
+    # When its callback comes with a wrong token, or none
+    wrong = comet_callback(cometapi_task.task_id, body, token="not-the-token")
+    missing = comet_callback(cometapi_task.task_id, body, token=None)
+    # Then both are refused without asking CometAPI, and the task is untouched
+    assert (wrong["status"], missing["status"]) == (401, 401)
+    assert not query.called
+    assert_untouched(cometapi_task)
+    # While the same callback with the task's token is confirmed and recorded
+    assert comet_callback(cometapi_task.task_id, body, token=cometapi_task.callback_token) == RECORDED
+    assert stored(cometapi_task.task_id).status is TaskStatus.FAILED
+
+
+# --- refused: authentic, but not for this task ---------------------------------------------------------------
+
+
+def test_callback_about_another_prediction_is_a_conflict(submitted_task: Task):
+    answer = callback(submitted_task.task_id, prediction("d" * 32, "completed", outputs=[OUTPUT_URL]))
+    assert answer["status"] == 409
+    assert_untouched(submitted_task)
+
+
+def test_wavespeed_callback_for_a_cometapi_task_is_a_conflict(cometapi_task: Task):
+    # When WaveSpeed, validly signed, calls back about a task CometAPI is making
+    answer = callback(cometapi_task.task_id, prediction(COMET_TASK_ID, "completed", outputs=[OUTPUT_URL]))
+    # Then 409: authentic, but addressed to a task of another provider; the task is untouched
+    assert answer["status"] == 409
+    assert_untouched(cometapi_task)
+
+
+def test_cometapi_callback_for_a_wavespeed_task_is_refused(cometapi: None, submitted_task: Task):
+    body = comet_task(PREDICTION_ID, "succeed", task_result={"videos": [{"id": "v", "url": OUTPUT_URL}]})
+    # When /webhooks/cometapi is called about a WaveSpeed task: with no token, and with the task's own token (which
+    # only a CometAPI task's callback URL carries, so it could only have leaked)
+    anonymous = comet_callback(submitted_task.task_id, body, token=None)
+    leaked = comet_callback(submitted_task.task_id, body, token=submitted_task.callback_token)
+    # Then 401 (nothing proves who is calling) and 409 (the token is right, but the task is not CometAPI's)
+    assert (anonymous["status"], leaked["status"]) == (401, 409)
+    assert_untouched(submitted_task)
+
+
+# --- refused: not a callback we can take ---------------------------------------------------------------------
+
+
+def test_body_over_the_size_cap_is_refused(submitted_task: Task):
+    # When a validly signed callback's body is over 256 KiB
+    answer = callback(submitted_task.task_id, completed() | {"padding": "x" * MAX_BODY_BYTES})
+    # Then 413, and the task is untouched
+    assert answer["status"] == 413
+    assert_untouched(submitted_task)
+
+
+def test_signed_but_malformed_json_is_a_bad_request(submitted_task: Task):
+    answer = callback(submitted_task.task_id, b'{"id": "x", "status": ')
+    assert answer["status"] == 400
+    assert_untouched(submitted_task)
+
+
+def test_callback_without_a_task_id_is_a_bad_request(submitted_task: Task):
+    answer = callback(None, completed())
+    assert answer == {"status": 400, "body": {"message": "task_id query parameter missing"}}
+    assert_untouched(submitted_task)
+
+
+def test_callback_for_an_unknown_task_is_not_found(submitted_task: Task):
+    answer = callback("no-such-task", completed())
+    assert answer["status"] == 404
+    assert_untouched(submitted_task)
+
+
+def test_callback_to_an_unknown_provider_is_not_found(submitted_task: Task):
+    raw = json.dumps(completed()).encode()
+    headers = signed_headers(raw, WEBHOOK_SECRET, new_webhook_id(), int(time.time()))
+    answer = post("acme", {"task_id": submitted_task.task_id}, raw, headers)
+    assert answer == {"status": 404, "body": {"message": "no provider called 'acme'"}}
+    assert_untouched(submitted_task)

@@ -14,11 +14,15 @@ ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 BUCKET = "avatar-media-test"
 TABLE = "avatar-tasks-test"
+IDEMPOTENCY_TABLE = "avatar-idempotency-test"
 SECRET_ID = "avatar-wavespeed-test"
 WEBHOOK_SECRET = "whsec_test_events_secret"
 API_KEY = "test-api-key"
 WAVESPEED_BASE_URL = "https://api.wavespeed.test"
 WEBHOOK_BASE_URL = "https://hooks.example.test/v1"
+COMETAPI_SECRET_ID = "avatar-cometapi-test"
+COMETAPI_API_KEY = "test-cometapi-key"
+COMETAPI_BASE_URL = "https://api.cometapi.test"
 
 
 def template() -> dict[str, Any]:
@@ -27,13 +31,14 @@ def template() -> dict[str, Any]:
     return dict(decoded)
 
 
-def table_definition() -> dict[str, Any]:
-    """The TaskTable's key schema and indexes, taken from template.yaml so tests and deployment agree."""
-    props = template()["Resources"]["TaskTable"]["Properties"]
+def table_definition(logical_id: str = "TaskTable") -> dict[str, Any]:
+    """A table's key schema, indexes and stream, taken from template.yaml so tests and deployment agree."""
+    props = template()["Resources"][logical_id]["Properties"]
     keep = ("KeySchema", "AttributeDefinitions", "GlobalSecondaryIndexes", "BillingMode")
     definition = {name: props[name] for name in keep if name in props}
-    # CloudFormation implies StreamEnabled from the view type; the DynamoDB API wants it said.
-    definition["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+    if "StreamSpecification" in props:
+        # CloudFormation implies StreamEnabled from the view type; the DynamoDB API wants it said.
+        definition["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
     return definition
 
 
@@ -44,10 +49,12 @@ class Stack:
     topic_arn: str
     notifications_queue_url: str
     secret_id: str
+    idempotency_table: str
 
     def environment(self) -> dict[str, str]:
         return {
             "TASK_TABLE_NAME": self.table,
+            "IDEMPOTENCY_TABLE_NAME": self.idempotency_table,
             "MEDIA_BUCKET": self.bucket,
             "TOPIC_ARN": self.topic_arn,
             "WEBHOOK_BASE_URL": WEBHOOK_BASE_URL,
@@ -79,9 +86,12 @@ class Stack:
 
 
 def create_stack() -> Stack:
-    """Inside an active moto mock: bucket, task table, topic with a queue subscribed, provider secret."""
+    """Inside an active moto mock: bucket, task and idempotency tables, topic with a queue subscribed, WaveSpeed's
+    secret."""
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
-    boto3.client("dynamodb", region_name=REGION).create_table(TableName=TABLE, **table_definition())
+    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    dynamodb.create_table(TableName=TABLE, **table_definition())
+    dynamodb.create_table(TableName=IDEMPOTENCY_TABLE, **table_definition("IdempotencyTable"))
     sns = boto3.client("sns", region_name=REGION)
     topic_arn = sns.create_topic(Name="avatar-notifications-test")["TopicArn"]
     sqs = boto3.client("sqs", region_name=REGION)
@@ -91,4 +101,12 @@ def create_stack() -> Stack:
     boto3.client("secretsmanager", region_name=REGION).create_secret(
         Name=SECRET_ID, SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET})
     )
-    return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID)
+    return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID, IDEMPOTENCY_TABLE)
+
+
+def configure_cometapi() -> dict[str, str]:
+    """Inside an active moto mock: CometAPI's secret; returns the environment that makes it a second provider."""
+    boto3.client("secretsmanager", region_name=REGION).create_secret(
+        Name=COMETAPI_SECRET_ID, SecretString=json.dumps({"api_key": COMETAPI_API_KEY})
+    )
+    return {"COMETAPI_SECRET_ID": COMETAPI_SECRET_ID, "COMETAPI_BASE_URL": COMETAPI_BASE_URL}

@@ -48,13 +48,14 @@ def signed_headers(body: bytes, secret: str, webhook_id: str, timestamp: int) ->
     }
 
 
-def api_post(path_provider: str, task_id: str | None, body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+def api_post(path_provider: str, query: dict[str, str], body: bytes, headers: dict[str, str]) -> dict[str, Any]:
+    """API Gateway's proxy event for ``POST /webhooks/<path_provider>?<query>``."""
     event = sample("webhook_wavespeed_completed.json")
     event = copy.deepcopy(event)
     event["path"] = f"/webhooks/{path_provider}"
     event["pathParameters"] = {"provider": path_provider}
-    event["queryStringParameters"] = {"task_id": task_id} if task_id else None
-    event["multiValueQueryStringParameters"] = {"task_id": [task_id]} if task_id else None
+    event["queryStringParameters"] = dict(query) or None
+    event["multiValueQueryStringParameters"] = {name: [value] for name, value in query.items()} or None
     event["headers"] = headers
     event["multiValueHeaders"] = {k: [v] for k, v in headers.items()}
     event["body"] = body.decode()

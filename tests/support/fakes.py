@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_pipeline.config import Settings
+from avatar_pipeline.errors import DeliveryInProgressError
 from avatar_pipeline.media_checks import BytesSource
 from avatar_pipeline.models import (
     Notification,
@@ -29,7 +30,7 @@ from avatar_pipeline.models import (
     Task,
 )
 from avatar_pipeline.pairing import AUDIO_EXTENSIONS
-from avatar_pipeline.ports import ConflictError
+from avatar_pipeline.ports import ConflictError, OutcomeT
 from avatar_pipeline.services.context import PipelineContext
 
 AUDIO_SUFFIXES = tuple(AUDIO_EXTENSIONS)
@@ -299,6 +300,35 @@ class RecordingNotifier:
             return f"msg-{next(self._ids)}"
 
 
+# --- callback deliveries -------------------------------------------------------------------------------------
+
+
+class InMemoryDeliveryLog:
+    """`ports.DeliveryLog` in a dict: an id is claimed while its delivery is processed and remembered only once that
+    returned, as the Powertools Idempotency adapter does."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.processed: dict[str, Any] = {}  # delivery id -> what processing it returned
+        self._in_progress: set[str] = set()
+
+    def once(self, delivery_id: str, process: Callable[[], OutcomeT]) -> tuple[OutcomeT, bool]:
+        with self.lock:
+            if delivery_id in self.processed:
+                return self.processed[delivery_id], True
+            if delivery_id in self._in_progress:
+                raise DeliveryInProgressError(f"delivery {delivery_id} is being processed")
+            self._in_progress.add(delivery_id)
+        try:
+            outcome = process()
+        finally:
+            with self.lock:
+                self._in_progress.discard(delivery_id)
+        with self.lock:
+            self.processed[delivery_id] = outcome
+        return outcome, False
+
+
 # --- the provider --------------------------------------------------------------------------------------------
 
 
@@ -315,7 +345,8 @@ class RecordingMeter:
 class ScriptedProvider:
     """`ports.VideoProvider` named "wavespeed" whose answers are scripted call by call.
 
-    Unscripted, `submit` accepts (QUEUED, id "ws-<n>") and `fetch` answers QUEUED.
+    Unscripted, `submit` accepts (QUEUED, id "ws-<n>") and `fetch` answers QUEUED. A callback's delivery id is its
+    ``webhook-id`` header, as WaveSpeed's.
     """
 
     name = "wavespeed"
@@ -373,6 +404,9 @@ class ScriptedProvider:
             result = self._callback.next()
         return _play(result)  # type: ignore[no-any-return]
 
+    def delivery_id(self, headers: Mapping[str, str]) -> str | None:
+        return headers.get("webhook-id")
+
 
 # --- time ----------------------------------------------------------------------------------------------------
 
@@ -401,7 +435,8 @@ def make_settings(**env: str) -> Settings:
 
 def make_context(**overrides: Any) -> PipelineContext:
     """A PipelineContext on fresh fakes. Override any part: settings (Settings, or a dict of environment
-    variables merged into the test environment), tasks, media, notifier, provider, providers, clock."""
+    variables merged into the test environment), tasks, media, notifier, provider, providers, meter, deliveries,
+    clock."""
     settings = overrides.pop("settings", None)
     if not isinstance(settings, Settings):
         settings = make_settings(**(settings or {}))
@@ -412,6 +447,7 @@ def make_context(**overrides: Any) -> PipelineContext:
         "notifier": RecordingNotifier(),
         "providers": {provider.name: provider},
         "meter": RecordingMeter(),
+        "deliveries": InMemoryDeliveryLog(),
         "clock": FakeClock(),
     }
     unknown = set(overrides) - set(parts)
@@ -431,6 +467,7 @@ class World:
     notifier: RecordingNotifier
     provider: ScriptedProvider
     clock: FakeClock
+    deliveries: InMemoryDeliveryLog
 
 
 def make_world(**overrides: Any) -> World:
@@ -439,9 +476,10 @@ def make_world(**overrides: Any) -> World:
     assert isinstance(ctx.media, FakeMediaStore)
     assert isinstance(ctx.notifier, RecordingNotifier)
     assert isinstance(ctx.clock, FakeClock)
+    assert isinstance(ctx.deliveries, InMemoryDeliveryLog)
     provider = ctx.providers["wavespeed"]
     assert isinstance(provider, ScriptedProvider)
-    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock)
+    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock, ctx.deliveries)
 
 
 def upload(key: str, etag: str = "etag-1", size: int = 100_000, bucket: str = BUCKET) -> S3Object:

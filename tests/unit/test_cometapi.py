@@ -466,6 +466,11 @@ def test_callback_bare_succeed_body_is_parsed(provider: CometApiProvider) -> Non
     assert job.output_url == OUTPUT_URL
 
 
+def test_callbacks_name_no_delivery(provider: CometApiProvider) -> None:
+    # CometAPI gives its callbacks no id: each is a hint the domain confirms, so repeats need no deduplication
+    assert provider.delivery_id({"webhook-id": "msg_1", "X-Request-Id": "req-1"}) is None
+
+
 def test_callback_wrapped_in_an_envelope_is_parsed(provider: CometApiProvider) -> None:
     # Given a callback body wrapped in {"code": 0, "data": {...}}
     body = json.dumps(envelope(task("failed", task_status_msg="audio too short"))).encode()

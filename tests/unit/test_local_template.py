@@ -534,6 +534,7 @@ def specs(template: dict[str, Any]) -> dict[str, FunctionSpec]:
 
 RESOURCE_VALUES = {
     "TaskTable": "avatar-local-TaskTable",
+    "IdempotencyTable": "avatar-local-IdempotencyTable",
     "NotificationTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:avatar-local-NotificationTopic",
     "WaveSpeedSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-WaveSpeedSecret-AbCdEf",
     "CometApiSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-CometApiSecret-GhIjKl",
@@ -736,6 +737,11 @@ def test_only_submit_and_poller_get_the_webhook_url(template: dict[str, Any], sp
     )
     with pytest.raises(TemplateError, match="WebhookApi"):
         specs["SubmitFunction"].resolved_environment(real_resolver(template, resource_values=without_api))
+
+
+def test_the_webhook_is_told_its_idempotency_table(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
+    environment = specs["WebhookFunction"].resolved_environment(real_resolver(template))
+    assert environment["IDEMPOTENCY_TABLE_NAME"] == RESOURCE_VALUES["IdempotencyTable"]
 
 
 def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:

@@ -15,6 +15,7 @@ from support.fakes import BUCKET, T0, Copy, RecordingMeter, World, make_world, u
 
 from avatar_pipeline.errors import (
     CallbackMismatchError,
+    DeliveryInProgressError,
     InputGoneError,
     OutputCopyInterruptedError,
     OutputUnusableError,
@@ -874,6 +875,90 @@ def test_a_callback_for_an_unknown_task_is_refused(w: World) -> None:
     w.provider.script_callback(news(P.SUCCEEDED))
     with pytest.raises(UnknownTaskError):
         receive_callback(w.ctx, "wavespeed", "no-such-task", {}, b"{}", {})
+
+
+def test_a_repeated_delivery_is_a_duplicate_and_changes_nothing(w: World) -> None:
+    # Given a delivery that was recorded
+    task = submitted(w)
+    w.provider.script_callback(news(P.SUCCEEDED))
+    delivery = {"webhook-id": "msg-1"}
+    assert receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {}) == "recorded"
+    recorded = stored(w, task.task_id)
+    writes = w.tasks.replace_calls
+    # When the provider delivers it again (authenticated again, as every delivery is)
+    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    # Then it is a duplicate: nothing written, the task as the first delivery left it
+    assert outcome == "duplicate"
+    assert len(w.provider.callbacks) == 2
+    assert w.tasks.replace_calls == writes
+    assert stored(w, task.task_id) == recorded
+    assert w.deliveries.processed == {"wavespeed:msg-1": "recorded"}
+
+
+def test_a_delivery_readdressed_to_another_task_is_a_duplicate_too(w: World) -> None:
+    # Given a delivery recorded for one task, and another task at the provider
+    first = submitted(w)
+    other = stored(w, deliver_pair(w, upload("inbox/bob.png"), upload("inbox/bob.mp3")).task_id)
+    w.provider.script_callback(news(P.SUCCEEDED, first.provider_task_id or ""))
+    delivery = {"webhook-id": "msg-1"}
+    assert receive_callback(w.ctx, "wavespeed", first.task_id, delivery, b"{}", {}) == "recorded"
+    # When the same delivery is sent again with the other task's id (the query is not signed)
+    outcome = receive_callback(w.ctx, "wavespeed", other.task_id, delivery, b"{}", {})
+    # Then it is a duplicate, and the other task is untouched
+    assert outcome == "duplicate"
+    assert stored(w, other.task_id) == other
+
+
+def test_only_a_delivery_processed_to_the_end_is_remembered(w: World) -> None:
+    # Given the table fails while the first delivery is processed
+    task = submitted(w)
+    w.provider.script_callback(news(P.SUCCEEDED))
+    delivery = {"webhook-id": "msg-1"}
+    w.tasks.fail_next("get")
+    with pytest.raises(RuntimeError):
+        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    assert w.deliveries.processed == {}
+    # When the provider retries it
+    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    # Then it is processed, not taken for a duplicate
+    assert outcome == "recorded"
+    assert stored(w, task.task_id).status is S.OUTPUT_READY
+
+
+def test_an_unauthentic_delivery_is_not_remembered(w: World) -> None:
+    # Given a forged delivery that reuses a real delivery's id
+    task = submitted(w)
+    w.provider.script_callback(WebhookAuthError("bad signature"), news(P.SUCCEEDED))
+    delivery = {"webhook-id": "msg-1"}
+    with pytest.raises(WebhookAuthError):
+        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    # When the real delivery comes
+    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    # Then the forgery did not use its id up
+    assert outcome == "recorded"
+
+
+def test_a_twin_of_a_delivery_being_processed_is_refused_for_now(w: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a delivery whose twin arrives while it reads the task
+    task = submitted(w)
+    w.provider.script_callback(news(P.SUCCEEDED))
+    delivery = {"webhook-id": "msg-1"}
+    read = w.tasks.get
+    twin: list[BaseException] = []
+
+    def read_as_the_twin_arrives(task_id: str) -> Task | None:
+        if not twin:
+            with pytest.raises(DeliveryInProgressError) as refused:
+                receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+            twin.append(refused.value)
+        return read(task_id)
+
+    monkeypatch.setattr(w.tasks, "get", read_as_the_twin_arrives)
+    # When the first is processed
+    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    # Then the twin was refused as in progress, and the first recorded the news
+    assert len(twin) == 1
+    assert outcome == "recorded"
 
 
 # ============================================================================================== finishing

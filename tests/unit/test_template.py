@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from cfnlint.decode import decode_str
 
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
@@ -400,6 +401,28 @@ def test_task_table_recoverable_expiring_streamed_and_indexed(resources: dict[st
         {"AttributeName": "created_at", "KeyType": "RANGE"},
     ]
     assert (types["job"], types["created_at"]) == ("S", "S")
+
+
+def test_idempotency_table_is_what_powertools_writes_expiring_and_encrypted(resources: dict[str, Any]) -> None:
+    """Given Powertools Idempotency remembers webhook deliveries in IdempotencyTable, then the table is keyed and
+    expires on the attributes its DynamoDB persistence layer writes, bills per request and is encrypted."""
+    table = props(resources, "IdempotencyTable")
+    layer = DynamoDBPersistenceLayer(table_name="any")  # the defaults the wiring uses
+    assert table["BillingMode"] == "PAY_PER_REQUEST"
+    assert table["KeySchema"] == [{"AttributeName": layer.key_attr, "KeyType": "HASH"}]
+    assert table["AttributeDefinitions"] == [{"AttributeName": layer.key_attr, "AttributeType": "S"}]
+    assert table["TimeToLiveSpecification"] == {"AttributeName": layer.expiry_attr, "Enabled": True}
+    assert table["SSESpecification"]["SSEEnabled"] is True
+
+
+def test_only_the_webhook_reaches_the_idempotency_table(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    """Given only the webhook deduplicates deliveries, then it alone gets the table's name and read-write access."""
+    webhook = props(resources, "WebhookFunction")
+    assert webhook["Environment"]["Variables"]["IDEMPOTENCY_TABLE_NAME"] == {"Ref": "IdempotencyTable"}
+    assert {"DynamoDBCrudPolicy": {"TableName": {"Ref": "IdempotencyTable"}}} in webhook["Policies"]
+    assert not references(template["Globals"], "IdempotencyTable")
+    for function in FUNCTIONS.keys() - {"WebhookFunction"}:
+        assert not references(props(resources, function), "IdempotencyTable"), function
 
 
 # --------------------------------------------------------------------------------------------------- security

@@ -585,6 +585,15 @@ def test_callback_header_names_are_case_insensitive(provider: WaveSpeedProvider)
     assert job.error_code == "1402"
 
 
+def test_delivery_id_is_the_signed_webhook_id(provider: WaveSpeedProvider) -> None:
+    # Given a signed callback, its header names in any case
+    headers = {name.title(): value for name, value in sign(callback_body(), webhook_id="msg_2f1c").items()}
+
+    # Then its delivery id is the webhook-id (which WaveSpeed keeps on its retries), and none without one
+    assert provider.delivery_id(headers) == "msg_2f1c"
+    assert provider.delivery_id({}) is None
+
+
 def test_callback_signed_with_base64_decoded_key_is_rejected(provider: WaveSpeedProvider) -> None:
     # Given a callback signed the Standard Webhooks way (base64-decoded key)
     body = callback_body()

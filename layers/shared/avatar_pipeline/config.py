@@ -25,6 +25,8 @@ class Settings(BaseModel):
     topic_arn: str = Field(alias="TOPIC_ARN")
     # Only the functions that submit to providers need it (the webhook function cannot reference its own API).
     webhook_base_url: str = Field(default="", alias="WEBHOOK_BASE_URL")
+    # Only the webhook function needs it: Powertools Idempotency's table, which remembers processed deliveries.
+    idempotency_table_name: str = Field(default="", alias="IDEMPOTENCY_TABLE_NAME")
     default_provider: ProviderName = Field(default="wavespeed", alias="DEFAULT_PROVIDER")
     default_mode: Mode = Field(default="std", alias="DEFAULT_MODE")
     wavespeed_base_url: str = Field(default="https://api.wavespeed.ai", alias="WAVESPEED_BASE_URL")

@@ -45,6 +45,10 @@ class CallbackMismatchError(PipelineError):
     """An authentic callback that does not belong to the task it was addressed to."""
 
 
+class DeliveryInProgressError(PipelineError):
+    """Another delivery of the same callback is being processed right now: the provider should retry this one."""
+
+
 class OutputUnusableError(PipelineError):
     """The provider's output cannot become a video in our bucket (gone, not an MP4, too large)."""
 

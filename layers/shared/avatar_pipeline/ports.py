@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from avatar_pipeline.media_checks import RandomAccessSource
 from avatar_pipeline.models import (
@@ -100,6 +100,25 @@ class VideoProvider(Protocol):
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
         """Authenticate and parse a callback. Raises WebhookAuthError or WebhookPayloadError."""
+        ...
+
+    def delivery_id(self, headers: Mapping[str, str]) -> str | None:
+        """The id the provider gives a callback delivery and keeps on its retries; None when it gives none."""
+        ...
+
+
+OutcomeT = TypeVar("OutcomeT", bound=str)
+
+
+class DeliveryLog(Protocol):
+    def once(self, delivery_id: str, process: Callable[[], OutcomeT]) -> tuple[OutcomeT, bool]:
+        """Process a delivery once: `(what process returned, False)` the first time; for a delivery whose id was
+        processed before, `(what it returned then, True)` without calling `process` again.
+
+        An id is remembered only once `process` has returned: when it raises, nothing is kept and a retry of the
+        delivery is processed afresh. Raises DeliveryInProgressError while another delivery with the same id is
+        being processed.
+        """
         ...
 
 

@@ -9,10 +9,12 @@ from datetime import timedelta
 
 import boto3
 import httpx
+from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from botocore.config import Config
 
 from avatar_pipeline.adapters.cometapi import CometApiProvider
+from avatar_pipeline.adapters.deliveries import IdempotentDeliveryLog, idempotency_config
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.adapters.metrics import EmfUsageMeter
 from avatar_pipeline.adapters.s3 import S3MediaStore
@@ -25,6 +27,9 @@ from avatar_pipeline.services.context import PipelineContext
 
 # Secrets are re-read at most this often, so a rotated key or webhook secret is picked up without a deploy.
 SECRET_MAX_AGE_SECONDS = 300
+# Callback deliveries are remembered for longer than webhook senders retry one (days, not weeks). One config per
+# container, as Powertools has it: the webhook handler registers each invocation's Lambda context on it.
+DELIVERY_IDEMPOTENCY = idempotency_config(remember_for=timedelta(days=7))
 
 
 def split_secrets(value: str) -> list[str]:
@@ -98,5 +103,12 @@ def pipeline() -> PipelineContext:
             settings.topic_arn,
         ),
         meter=EmfUsageMeter(),
+        deliveries=IdempotentDeliveryLog(
+            # A plain client: the resource's own one would serialise Powertools' already typed values again.
+            DynamoDBPersistenceLayer(
+                table_name=settings.idempotency_table_name, boto3_client=session.client("dynamodb")
+            ),
+            DELIVERY_IDEMPOTENCY,
+        ),
         providers=SecretBackedProviders(settings, SecretsProvider(boto3_client=session.client("secretsmanager")), http),
     )

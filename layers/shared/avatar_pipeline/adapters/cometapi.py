@@ -283,6 +283,10 @@ class CometApiProvider(HttpProvider):
             payload = payload["data"]
         return _parse_task(payload, WebhookPayloadError, "CometAPI callback body")
 
+    def delivery_id(self, headers: Mapping[str, str]) -> str | None:
+        """CometAPI names no delivery; repeats are harmless anyway, as each callback is confirmed by a query."""
+        return None
+
     # ---------------------------------------------------------------- answers
 
     def _job_from_response(

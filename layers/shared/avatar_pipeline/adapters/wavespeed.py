@@ -43,7 +43,7 @@ submit could create a second, paid task.
 
 Callbacks: ``webhook-signature: v3,<hex>`` where hex = HMAC-SHA256 over ``"{id}.{timestamp}." + raw body``, keyed
 with the secret minus its ``whsec_`` prefix as literal bytes (not base64-decoded, unlike Standard Webhooks).
-Several secrets may be configured at once for rotation.
+Several secrets may be configured at once for rotation. ``webhook-id`` names the delivery: its retries keep it.
 """
 
 from __future__ import annotations
@@ -182,10 +182,9 @@ class WaveSpeedProvider(HttpProvider):
 
     def parse_callback(self, headers: Mapping[str, str], body: bytes, now: datetime) -> ProviderJob:
         """Authenticate a callback, then parse its body (a bare prediction object)."""
-        lowered = {key.lower(): value for key, value in headers.items()}
-        webhook_id = lowered.get("webhook-id", "").strip()
-        timestamp = lowered.get("webhook-timestamp", "").strip()
-        signature = lowered.get("webhook-signature", "").strip()
+        webhook_id = _header(headers, "webhook-id")
+        timestamp = _header(headers, "webhook-timestamp")
+        signature = _header(headers, "webhook-signature")
         if not (webhook_id and timestamp and signature):
             raise WebhookAuthError("missing webhook-id, webhook-timestamp or webhook-signature header")
         if not _TIMESTAMP_RE.fullmatch(timestamp):
@@ -217,6 +216,10 @@ class WaveSpeedProvider(HttpProvider):
             raise WebhookPayloadError("callback body is not valid JSON") from exc
         return _parse_prediction(payload, WebhookPayloadError, "callback body")
 
+    def delivery_id(self, headers: Mapping[str, str]) -> str | None:
+        """The ``webhook-id`` header: one per webhook, kept on its retries, and covered by the signature."""
+        return _header(headers, "webhook-id") or None
+
 
 # -------------------------------------------------------------------- mapping helpers
 
@@ -243,6 +246,11 @@ def prediction_to_job(prediction: WaveSpeedPrediction) -> ProviderJob | None:
             error_message=prediction.error or "WaveSpeed reported the prediction failed without a message",
         )
     return ProviderJob(provider_task_id=prediction.id, status=status)
+
+
+def _header(headers: Mapping[str, str], name: str) -> str:
+    """A header's value (stripped) whatever the case of its name; empty when it is absent."""
+    return next((value.strip() for key, value in headers.items() if key.lower() == name), "")
 
 
 def _signing_key(secret: str) -> bytes:

@@ -11,7 +11,15 @@ from aws_lambda_powertools import Logger
 from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import ProviderConfigError
 from avatar_pipeline.models import PairSlot, Task, TaskStatus, utcnow
-from avatar_pipeline.ports import ConflictError, MediaStore, Notifier, TaskRepository, UsageMeter, VideoProvider
+from avatar_pipeline.ports import (
+    ConflictError,
+    DeliveryLog,
+    MediaStore,
+    Notifier,
+    TaskRepository,
+    UsageMeter,
+    VideoProvider,
+)
 from avatar_pipeline.state_machine import can_transition, transition
 
 logger = Logger(child=True)
@@ -31,6 +39,7 @@ class PipelineContext:
     notifier: Notifier
     providers: Mapping[str, VideoProvider]
     meter: UsageMeter
+    deliveries: DeliveryLog
     clock: Callable[[], datetime] = field(default=utcnow)
 
     def provider_for(self, task: Task) -> VideoProvider:

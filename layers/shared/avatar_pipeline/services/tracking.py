@@ -15,7 +15,7 @@ from aws_lambda_powertools import Logger
 from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError, WebhookAuthError
 from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.pairing import consume, content_id
-from avatar_pipeline.ports import ConflictError
+from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, output_key
@@ -32,6 +32,8 @@ SUBMIT_TIME_BUDGET = timedelta(seconds=200)
 MAX_DUE_PER_POLL = 500
 
 NewsAction = Literal["recorded", "unchanged", "deferred"]
+# What came of a callback: its news (see NewsAction), or nothing at all for a delivery that was processed before.
+CallbackOutcome = NewsAction | Literal["duplicate"]
 
 
 class UnknownProviderError(LookupError):
@@ -91,44 +93,85 @@ def receive_callback(
     headers: Mapping[str, str],
     body: bytes,
     query: Mapping[str, str],
-) -> NewsAction:
-    """An HTTP callback from a provider: authenticate it first, then record it.
+) -> CallbackOutcome:
+    """An HTTP callback from a provider: authenticate it first, then record it, once per delivery.
 
     Signed callbacks (WaveSpeed) are verified before anything is read from the table. Unsigned ones (CometAPI) must
     carry the task's secret token, and are only hints: what is recorded is the provider's answer to our own query.
-    Raises UnknownProviderError, WebhookAuthError, WebhookPayloadError, UnknownTaskError or CallbackMismatchError.
+    A delivery the provider names (WaveSpeed's webhook-id, kept on its retries) is processed once; a repeat of it is
+    a "duplicate" and changes nothing. Only a delivery processed to the end is remembered: one that failed midway is
+    processed afresh when the provider retries it.
+    Raises UnknownProviderError, WebhookAuthError, WebhookPayloadError, UnknownTaskError, CallbackMismatchError or
+    DeliveryInProgressError.
     """
     provider = ctx.providers.get(provider_name)
     if provider is None:
         raise UnknownProviderError(f"no provider called {provider_name!r}")
+    process: Callable[[], NewsAction]
     if provider.callback_auth == "signature":
         news = provider.parse_callback(headers, body, ctx.clock())
-        task = ctx.tasks.get(task_id)
-        if task is None:
-            raise UnknownTaskError(f"no task {task_id}")
+        process = functools.partial(_record_signed, ctx, provider_name, task_id, news)
     else:
-        task = ctx.tasks.get(task_id)
-        if task is None:
-            raise UnknownTaskError(f"no task {task_id}")
-        token = query.get("token", "")
-        if not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
-            raise WebhookAuthError("the callback's token does not match the task's")
-        _check_addressee(task, provider_name)
-        hint = provider.parse_callback(headers, body, ctx.clock())
-        if task.provider_task_id and hint.provider_task_id != task.provider_task_id:
-            raise CallbackMismatchError(f"callback about {hint.provider_task_id} for task {task_id}")
-        try:
-            news = provider.fetch(hint.provider_task_id)
-        except ProviderError as error:
-            # The hint cannot be confirmed now: the poller asks the provider at once instead, and the callback is
-            # acknowledged (nothing is lost, and the provider is not kept waiting on our retries).
-            logger.warning("callback not confirmed; polling it now", extra={"task_id": task_id, "error": str(error)})
-            _reschedule(ctx, task, ctx.clock())
-            return "deferred"
+        process = functools.partial(_confirm_and_record, ctx, provider, provider_name, task_id, headers, body, query)
+    delivery_id = provider.delivery_id(headers)
+    if delivery_id is None:
+        return process()
+    outcome, replayed = ctx.deliveries.once(f"{provider_name}:{delivery_id}", process)
+    if replayed:
+        logger.info(
+            "delivery already processed",
+            extra={"task_id": task_id, "delivery_id": delivery_id, "first_outcome": outcome},
+        )
+        return "duplicate"
+    return outcome
+
+
+def _record_signed(ctx: PipelineContext, provider_name: str, task_id: str, news: ProviderJob) -> NewsAction:
+    return _record_callback_news(ctx, _existing_task(ctx, task_id), provider_name, news)
+
+
+def _confirm_and_record(
+    ctx: PipelineContext,
+    provider: VideoProvider,
+    provider_name: str,
+    task_id: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    query: Mapping[str, str],
+) -> NewsAction:
+    task = _existing_task(ctx, task_id)
+    token = query.get("token", "")
+    if not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
+        raise WebhookAuthError("the callback's token does not match the task's")
+    _check_addressee(task, provider_name)
+    hint = provider.parse_callback(headers, body, ctx.clock())
+    if task.provider_task_id and hint.provider_task_id != task.provider_task_id:
+        raise CallbackMismatchError(f"callback about {hint.provider_task_id} for task {task_id}")
+    try:
+        news = provider.fetch(hint.provider_task_id)
+    except ProviderError as error:
+        # The hint cannot be confirmed now: the poller asks the provider at once instead, and the callback is
+        # acknowledged (nothing is lost, and the provider is not kept waiting on our retries).
+        logger.warning("callback not confirmed; polling it now", extra={"task_id": task_id, "error": str(error)})
+        _reschedule(ctx, task, ctx.clock())
+        return "deferred"
+    return _record_callback_news(ctx, task, provider_name, news)
+
+
+def _existing_task(ctx: PipelineContext, task_id: str) -> Task:
+    task = ctx.tasks.get(task_id)
+    if task is None:
+        raise UnknownTaskError(f"no task {task_id}")
+    return task
+
+
+def _record_callback_news(ctx: PipelineContext, task: Task, provider_name: str, news: ProviderJob) -> NewsAction:
     _check_addressee(task, provider_name)
     if news.external_id is not None and news.external_id != task.task_id:
         # The provider's own record says this task belongs to another of ours: a leaked or misused token.
-        raise CallbackMismatchError(f"{news.provider_task_id} was created for task {news.external_id}, not {task_id}")
+        raise CallbackMismatchError(
+            f"{news.provider_task_id} was created for task {news.external_id}, not {task.task_id}"
+        )
     return record_provider_news(ctx, task, news)
 
 
