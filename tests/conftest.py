@@ -7,7 +7,7 @@ import pytest
 from moto import mock_aws
 from support.aws import REGION, Stack, create_stack
 
-from avatar_local.moto_dynamodb import serialised_item_writes
+from avatar_local.moto_dynamodb import faithful_dynamodb_writes
 
 # Handler modules build their Powertools objects at import, which happens at collection: set these first.
 os.environ.update(
@@ -36,7 +36,7 @@ def stack(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
     """The pipeline's AWS resources in moto, with the functions' environment pointing at them."""
     from avatar_pipeline import wiring
 
-    with mock_aws(), serialised_item_writes():
+    with mock_aws(), faithful_dynamodb_writes():
         created = create_stack()
         for name, value in created.environment().items():
             monkeypatch.setenv(name, value)

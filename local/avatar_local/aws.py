@@ -11,7 +11,7 @@ from typing import Any
 import boto3
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
-from avatar_local.moto_dynamodb import serialised_item_writes
+from avatar_local.moto_dynamodb import faithful_dynamodb_writes
 from avatar_local.template import Resolver
 
 # Credentials moto accepts; nothing here can reach real AWS.
@@ -22,7 +22,7 @@ class EmbeddedAws:
     def __init__(self, region: str) -> None:
         self.region = region
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._writes = serialised_item_writes()
+        self._writes = faithful_dynamodb_writes()
         self.endpoint_url = ""
 
     def start(self) -> None:
