@@ -13,6 +13,7 @@ import itertools
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -322,12 +323,23 @@ class ApiRoute:
         return found.groupdict() if found and method.upper() == self.method else None
 
 
+class _GatewayServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            # The caller stopped waiting (a webhook sender's timeout): its retry is its business, as with API Gateway.
+            logger.debug("%s went away before its answer", client_address)
+            return
+        logger.exception("local API gateway failed on a request from %s", client_address)
+
+
 class ApiGateway:
     """API Gateway (REST, Lambda proxy integration) on 127.0.0.1: requests in, proxy events to the function."""
 
     def __init__(self, routes: list[ApiRoute]) -> None:
         self.routes = routes
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _GatewayServer(("127.0.0.1", 0), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, name="api-gateway", daemon=True)
 
     @property

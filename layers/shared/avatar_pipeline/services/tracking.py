@@ -329,7 +329,11 @@ def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
         return current.finalize_attempts == task.finalize_attempts and lease_free
 
     if task.finalize_attempts >= ctx.settings.finalize_max_attempts:
-        why = f"copying the video did not finish after {task.finalize_attempts} attempts; last note: {task.reason}"
+        # An attempt that reports its failure ends the task itself at the last attempt; this one never reported.
+        why = (
+            f"copying the video did not finish after {task.finalize_attempts} attempts; the last one stopped without"
+            " a word (its function died or ran out of time mid-copy)"
+        )
         if not ctx.end_task(task, TaskStatus.FAILED, why, provided=abandoned):
             return "skipped"
         ctx.media.discard_partial_copies(ctx.settings.media_bucket, output_key(task))
