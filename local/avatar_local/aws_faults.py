@@ -14,7 +14,6 @@ import logging
 import os
 import uuid
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import botocore.session
@@ -52,11 +51,8 @@ class AwsFaultPlan(BaseModel):
         return any(rate > 0 for rate in (self.dynamodb_throttle_rate, self.sns_publish_error_rate, self.crash_rate))
 
 
-def install(plan: AwsFaultPlan, function_name: str, worker_number: int, before_crash: Callable[[], None]) -> None:
-    """Make every botocore session created in this process from now on carry the plan's faults.
-
-    `before_crash` runs just before the process dies (to flush what it already told its parent).
-    """
+def install(plan: AwsFaultPlan, function_name: str, worker_number: int) -> None:
+    """Make every botocore session created in this process from now on carry the plan's faults."""
     if not plan.touches_functions:
         return
     decider = SeededDecider(zlib.crc32(f"{plan.seed}:{function_name}:{worker_number}".encode()))
@@ -65,7 +61,6 @@ def install(plan: AwsFaultPlan, function_name: str, worker_number: int, before_c
         service, operation = event_name.split(".", 2)[1:]
         if f"{service}.{operation}" in plan.crash_operations and decider.should(plan.crash_rate):
             _note(f"crashed {function_name} worker {worker_number} during {service}.{operation}")
-            before_crash()
             os._exit(CRASH_EXIT_STATUS)
         if service == "dynamodb" and decider.should(plan.dynamodb_throttle_rate):
             _note(f"throttled {service}.{operation}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import queue
 import sys
 import threading
 import time
@@ -64,7 +63,7 @@ def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses
         log = open(runtime.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
         sys.stdout = sys.stderr = log
     os.environ.update(runtime.environment)
-    install(runtime.faults, runtime.name, number, before_crash=lambda: _flush(responses))
+    install(runtime.faults, runtime.name, number)
     for path in reversed(runtime.code_paths):
         sys.path.insert(0, path)
     handler = getattr(__import__(runtime.module, fromlist=[runtime.attribute]), runtime.attribute)
@@ -89,10 +88,8 @@ def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses
             responses.put(("done", request_id, False, traceback.format_exc()))
 
 
-def _flush(responses: Any) -> None:
-    """Push out the messages still buffered in this process (a multiprocessing queue sends from a thread)."""
-    responses.close()
-    responses.join_thread()
+# How often the pool looks for dead workers.
+WATCH_INTERVAL_SECONDS = 0.25
 
 
 @dataclass
@@ -111,7 +108,8 @@ class FunctionPool:
         self.runtime = runtime
         self._spawn = multiprocessing.get_context("spawn")
         self._requests = self._spawn.Queue()
-        self._responses = self._spawn.Queue()
+        # Written synchronously (no feeder thread), so what a worker said before it died has reached the pipe.
+        self._responses = self._spawn.SimpleQueue()
         self._pending: dict[str, _Pending] = {}
         self._running: dict[int, str] = {}  # worker pid -> the request it is handling
         self._ready: set[int] = set()  # workers whose handler imported
@@ -122,6 +120,8 @@ class FunctionPool:
         self._processes: list[SpawnProcess] = [self._start_worker() for _ in range(workers)]
         self._collector = threading.Thread(target=self._collect, name=f"results-{runtime.name}", daemon=True)
         self._collector.start()
+        self._watcher = threading.Thread(target=self._watch, name=f"workers-{runtime.name}", daemon=True)
+        self._watcher.start()
 
     def _start_worker(self) -> SpawnProcess:
         number = next(self._numbers)
@@ -137,10 +137,7 @@ class FunctionPool:
     def _collect(self) -> None:
         while True:
             try:
-                message = self._responses.get(timeout=0.5)
-            except queue.Empty:
-                self._replace_dead_workers()
-                continue
+                message = self._responses.get()
             except (EOFError, OSError):
                 return
             if message is None:
@@ -158,23 +155,36 @@ class FunctionPool:
                 self._running = {pid: rid for pid, rid in self._running.items() if rid != request_id}
             self._settle(request_id, ok, payload)
 
-    def _replace_dead_workers(self) -> None:
-        """A worker that died takes its invocation with it; Lambda reports that invocation as failed."""
-        if self._stopping or self._broken:
-            return
-        for index, process in enumerate(self._processes):
-            if process.is_alive():
-                continue
-            if process.pid not in self._ready:
-                # It died importing the handler: so would every replacement (Lambda's init error).
-                self._broken = f"{self.runtime.name} could not start: its worker exited with status {process.exitcode}"
-                self._fail_all(self._broken)
-                return
-            with self._lock:
-                request_id = self._running.pop(process.pid or -1, None)
-            if request_id is not None:
-                self._settle(request_id, False, f"Runtime exited with error: exit status {process.exitcode}")
-            self._processes[index] = self._start_worker()
+    def _watch(self) -> None:
+        """A worker that died takes its invocation with it; Lambda reports that invocation as failed.
+
+        A dead worker is dealt with at the look after the one that found it dead, so the collector has read what the
+        worker wrote before dying (which request it had started, whether its handler had imported).
+        """
+        found_dead: set[int] = set()
+        while not self._stopping and not self._broken:
+            time.sleep(WATCH_INTERVAL_SECONDS)
+            for index, process in enumerate(self._processes):
+                pid = process.pid or -1
+                if process.is_alive():
+                    continue
+                if pid not in found_dead:
+                    found_dead.add(pid)
+                    continue
+                if self._stopping:
+                    return
+                if pid not in self._ready:
+                    # It died importing the handler: so would every replacement (Lambda's init error).
+                    self._broken = (
+                        f"{self.runtime.name} could not start: its worker exited with status {process.exitcode}"
+                    )
+                    self._fail_all(self._broken)
+                    return
+                with self._lock:
+                    request_id = self._running.pop(pid, None)
+                if request_id is not None:
+                    self._settle(request_id, False, f"Runtime exited with error: exit status {process.exitcode}")
+                self._processes[index] = self._start_worker()
 
     def _settle(self, request_id: str, ok: bool, payload: Any) -> None:
         with self._lock:
