@@ -202,11 +202,12 @@ class FunctionPool:
 
     def invoke(self, event: Any) -> Any:
         """Run the handler on `event` and return its result; raises InvocationError when the handler fails."""
-        if self._broken:
-            raise InvocationError(self._broken)
         request_id = f"{self.runtime.name}-{next(self._ids):08d}"
         pending = _Pending()
         with self._lock:
+            # Checked where the invocation is registered: `stop` and a broken pool fail what is registered by then.
+            if self._broken or self._stopping:
+                raise InvocationError(self._broken or f"{self.runtime.name} is stopped")
             self._pending[request_id] = pending
         self._requests.put((request_id, event))
         # Lambda stops an invocation at its timeout; a little slack covers queueing behind other invocations.
@@ -219,7 +220,8 @@ class FunctionPool:
         return pending.payload
 
     def stop(self) -> None:
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         for _ in self._processes:
             self._requests.put(None)
         for process in self._processes:

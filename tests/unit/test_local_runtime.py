@@ -309,15 +309,6 @@ def test_crash_injected_by_the_fault_plan_fails_the_invocation_with_the_crash_st
     assert after["event"] == {"plain": True}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: invoke() on a stopped pool registers its invocation after stop()'s _fail_all and queues it for workers "
-        "that are gone, so it waits the pool's whole deadline (timeout_seconds x 4 + 30 s) instead of failing at "
-        "once; the same gap (the _broken check is made outside the lock) lets an invoke racing the import-failure "
-        "_fail_all hang the same way"
-    ),
-)
 def test_invoke_after_stop_fails_at_once(make_pool: Callable[..., FunctionPool]) -> None:
     # Given a pool that served an invocation and was then stopped (as the local stack does when it shuts down)
     pool = make_pool(timeout_seconds=1)
