@@ -175,10 +175,10 @@ class FunctionPool:
                     return
                 if pid not in self._ready:
                     # It died importing the handler: so would every replacement (Lambda's init error).
-                    self._broken = (
-                        f"{self.runtime.name} could not start: its worker exited with status {process.exitcode}"
-                    )
-                    self._fail_all(self._broken)
+                    reason = f"{self.runtime.name} could not start: its worker exited with status {process.exitcode}"
+                    with self._lock:
+                        self._broken = reason
+                    self._fail_all(reason)
                     return
                 with self._lock:
                     request_id = self._running.pop(pid, None)
