@@ -22,5 +22,10 @@ def lambda_handler(event: dict, context: LambdaContext) -> dict:
     report = poll(pipeline(), time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis()))
     for action, count in report.actions.items():
         metrics.add_metric(name=f"Poll_{action}", unit=MetricUnit.Count, value=count)
-    logger.info("poll done", extra={"actions": dict(report.actions), "stopped_early": report.stopped_early})
+    oldest_due = report.oldest_due.total_seconds()
+    metrics.add_metric(name="OldestDueSeconds", unit=MetricUnit.Seconds, value=oldest_due)
+    logger.info(
+        "poll done",
+        extra={"actions": dict(report.actions), "stopped_early": report.stopped_early, "oldest_due_s": oldest_due},
+    )
     return {"actions": dict(report.actions), "stopped_early": report.stopped_early}

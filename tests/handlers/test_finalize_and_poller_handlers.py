@@ -170,3 +170,18 @@ def test_sample_stream_event_is_accepted_and_a_vanished_task_is_skipped(stack: S
     # Then the record is done with (no retry loop on something that cannot be finished) and nothing was written
     assert response == {"batchItemFailures": []}
     assert pipeline().tasks.get("task-event-0001") is None
+
+
+def test_poller_reports_how_long_the_most_overdue_task_waited(
+    submitted_task: Task, provider_http: respx.MockRouter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Given a task that fell due ten minutes ago, and a provider still working on it
+    assert submitted_task.next_check_at is not None
+    provider_http.get(f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result").mock(
+        return_value=envelope(prediction(PREDICTION_ID, "processing"))
+    )
+    # When the poller runs then
+    poll_at(submitted_task.next_check_at + timedelta(minutes=10))
+    # Then the stuck-task alarm's metric carries the wait
+    lines = [line for line in capsys.readouterr().out.splitlines() if '"OldestDueSeconds"' in line]
+    assert lines and '"OldestDueSeconds":[600.0]' in lines[-1]

@@ -28,6 +28,7 @@ from avatar_pipeline.models import (
     S3Object,
     SubmissionRequest,
     Task,
+    TaskOutcome,
 )
 from avatar_pipeline.pairing import AUDIO_EXTENSIONS
 from avatar_pipeline.ports import ConflictError, OutcomeT
@@ -337,9 +338,13 @@ class RecordingMeter:
 
     def __init__(self) -> None:
         self.submissions: list[tuple[str, str | None]] = []
+        self.outcomes: list[TaskOutcome] = []
 
     def record_submission(self, provider: str, estimated_cost_usd: str | None) -> None:
         self.submissions.append((provider, estimated_cost_usd))
+
+    def record_outcome(self, outcome: TaskOutcome) -> None:
+        self.outcomes.append(outcome)
 
 
 class ScriptedProvider:
@@ -468,6 +473,7 @@ class World:
     provider: ScriptedProvider
     clock: FakeClock
     deliveries: InMemoryDeliveryLog
+    meter: RecordingMeter
 
 
 def make_world(**overrides: Any) -> World:
@@ -477,9 +483,10 @@ def make_world(**overrides: Any) -> World:
     assert isinstance(ctx.notifier, RecordingNotifier)
     assert isinstance(ctx.clock, FakeClock)
     assert isinstance(ctx.deliveries, InMemoryDeliveryLog)
+    assert isinstance(ctx.meter, RecordingMeter)
     provider = ctx.providers["wavespeed"]
     assert isinstance(provider, ScriptedProvider)
-    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock, ctx.deliveries)
+    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock, ctx.deliveries, ctx.meter)
 
 
 def upload(key: str, etag: str = "etag-1", size: int = 100_000, bucket: str = BUCKET) -> S3Object:

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from support.fakes import BUCKET, T0, Copy, RecordingMeter, World, make_world, upload
+from support.fakes import BUCKET, T0, Copy, World, make_world, upload
 
 from avatar_pipeline.errors import (
     CallbackMismatchError,
@@ -1129,6 +1129,35 @@ def test_announce_skips_a_task_still_in_flight(w: World) -> None:
     assert stored(w, task.task_id) == task
 
 
+def test_an_ended_task_is_counted_once_when_it_is_announced(w: World) -> None:
+    # Given a COMPLETED task whose first announcement fails
+    task = completed(w)
+    w.notifier.fail_next(RuntimeError("SNS throttled"))
+    assert announce(w.ctx, task.task_id) == "deferred"
+    # Then nothing is counted yet
+    assert w.meter.outcomes == []
+    # When the poller publishes it later, and announcing is tried again afterwards
+    w.clock.advance(NOTIFY_LEASE.total_seconds())
+    run_poll(w)
+    assert announce(w.ctx, task.task_id) == "skipped"
+    # Then it is counted exactly once, as completed, with its times
+    assert len(w.meter.outcomes) == 1
+    outcome = w.meter.outcomes[0]
+    assert (outcome.status, outcome.stage, outcome.provider) == (S.COMPLETED, "done", "wavespeed")
+    assert outcome.provider_seconds is not None and 0 < outcome.provider_seconds <= outcome.end_to_end_seconds
+
+
+def test_the_poller_reports_how_long_the_most_overdue_record_has_waited(w: World) -> None:
+    # Given a submitted task that fell due 90 s ago
+    task = submitted(w)
+    assert task.next_check_at is not None
+    w.clock.now = task.next_check_at + timedelta(seconds=90)
+    # When the poller runs
+    report = run_poll(w)
+    # Then it says so
+    assert report.oldest_due == timedelta(seconds=90)
+
+
 def test_a_failed_publish_is_retried_by_the_poller_after_the_lease(w: World) -> None:
     # Given a COMPLETED task and an SNS outage
     task = completed(w)
@@ -1241,8 +1270,7 @@ def test_every_accepted_submission_is_metered_once_with_its_cost_whoever_made_it
     w.provider.script_submit(ProviderTransientError("HTTP 429"), ProviderJob(provider_task_id="ws-9", status=P.QUEUED))
     outcome = deliver_pair(w)
     assert outcome.action == "retry-scheduled"
-    meter = w.ctx.meter
-    assert isinstance(meter, RecordingMeter)
+    meter = w.meter
     assert meter.submissions == []
     # When the poller retries after the wait
     w.clock.advance(w.ctx.settings.submit_retry_after_seconds)

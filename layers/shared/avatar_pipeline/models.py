@@ -219,3 +219,50 @@ class Notification(BaseModel):
         lines += ["", "Inputs:", *(f"  {role}: {uri}" for role, uri in self.inputs.items())]
         lines += ["", f"Task {self.task_id} ({self.provider}), started {self.created_at:%Y-%m-%d %H:%M:%S} UTC"]
         return "\n".join(lines)
+
+
+EndStage = Literal["pairing", "input", "submission", "provider", "copy", "done"]
+
+# Where a task was when it ended, by the status it left: what a failure or time-out is counted under.
+_STAGE_LEFT: dict[TaskStatus | None, EndStage] = {
+    TaskStatus.WAITING_FOR_PAIR: "pairing",
+    TaskStatus.SUBMITTING: "submission",
+    TaskStatus.SUBMITTED: "provider",
+    TaskStatus.PROCESSING: "provider",
+    TaskStatus.OUTPUT_READY: "copy",
+    TaskStatus.FINALIZING: "copy",
+}
+
+
+class TaskOutcome(BaseModel):
+    """How a task ended, for metrics: its status, the stage it ended in, and how long it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: TaskStatus
+    stage: EndStage
+    provider: ProviderName
+    end_to_end_seconds: float
+    provider_seconds: float | None = None  # from the submission to the finished video, when there was one
+
+    @classmethod
+    def of(cls, task: Task) -> TaskOutcome:
+        if not task.status.is_terminal or not task.history:
+            raise ValueError(f"task {task.task_id} has not ended")
+        ended = task.history[-1]
+        stage: EndStage
+        if task.status is TaskStatus.COMPLETED:
+            stage = "done"
+        elif task.status is TaskStatus.REJECTED:
+            stage = "input"
+        else:
+            stage = _STAGE_LEFT.get(ended.from_status, "input")
+        submitted = next((step.at for step in task.history if step.to_status is TaskStatus.SUBMITTING), None)
+        finished = next((step.at for step in task.history if step.to_status is TaskStatus.OUTPUT_READY), None)
+        return cls(
+            status=task.status,
+            stage=stage,
+            provider=task.provider,
+            end_to_end_seconds=(ended.at - task.created_at).total_seconds(),
+            provider_seconds=(finished - submitted).total_seconds() if submitted and finished else None,
+        )

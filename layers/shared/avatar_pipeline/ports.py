@@ -14,6 +14,7 @@ from avatar_pipeline.models import (
     S3Object,
     SubmissionRequest,
     Task,
+    TaskOutcome,
 )
 
 
@@ -125,4 +126,8 @@ class DeliveryLog(Protocol):
 class UsageMeter(Protocol):
     def record_submission(self, provider: str, estimated_cost_usd: str | None) -> None:
         """A task was accepted by `provider` (and will be billed): count it and add up its estimated cost."""
+        ...
+
+    def record_outcome(self, outcome: TaskOutcome) -> None:
+        """A task ended and was announced (once per task): count it by status and stage, and time it."""
         ...

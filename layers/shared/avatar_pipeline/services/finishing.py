@@ -9,7 +9,7 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
-from avatar_pipeline.models import Notification, Task, TaskStatus
+from avatar_pipeline.models import Notification, Task, TaskOutcome, TaskStatus
 from avatar_pipeline.services.context import PipelineContext
 from avatar_pipeline.state_machine import touch, transition
 
@@ -208,5 +208,7 @@ def announce(ctx: PipelineContext, task: Task | str) -> AnnounceAction:
         return touch(current, now=ctx.clock(), notified_at=ctx.clock(), notify_lease_until=None, next_check_at=None)
 
     ctx.update_task(claimed, confirm)
+    # Counted here, where each ended task passes exactly once.
+    ctx.meter.record_outcome(TaskOutcome.of(claimed))
     logger.info("notification published", extra={"task_id": claimed.task_id, "message_id": message_id})
     return "published"

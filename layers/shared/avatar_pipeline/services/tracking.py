@@ -184,13 +184,20 @@ def _check_addressee(task: Task, provider_name: str) -> None:
 class PollReport:
     actions: Counter[str] = field(default_factory=Counter)
     stopped_early: bool = False
+    # How long the most overdue record had been due when this pass began: grows when records stay stuck.
+    oldest_due: timedelta = timedelta(0)
 
 
 def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport:
     """One pass over what is due: chase providers, retry turned-away submissions, expire what waited too long,
     hand stuck copies back to finalize and publish notifications nobody published."""
     report = PollReport()
-    tasks, slots = ctx.tasks.due(ctx.clock(), MAX_DUE_PER_POLL)
+    now = ctx.clock()
+    tasks, slots = ctx.tasks.due(now, MAX_DUE_PER_POLL)
+    due_since = [task.next_check_at for task in tasks if task.next_check_at is not None]
+    due_since += [slot.next_check_at for slot in slots if slot.next_check_at is not None]
+    if due_since:
+        report.oldest_due = max(timedelta(0), now - min(due_since))
     work: list[tuple[str, Callable[[], str]]] = [
         *((slot.job, functools.partial(_check_slot, ctx, slot, time_left)) for slot in slots),
         *((task.task_id, functools.partial(_check, ctx, task, time_left)) for task in tasks),
