@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from urllib.parse import parse_qs, urlparse
 
 import boto3
 import httpx
+import pytest
 import respx
 from handlers.helpers import (
     MP3_BYTES,
@@ -22,6 +24,7 @@ from handlers.helpers import (
     upload,
 )
 from submit_handler import lambda_handler
+from submit_handler import logger as submit_logger
 from support.aws import Stack
 from support.events import FakeLambdaContext, sample
 
@@ -217,3 +220,20 @@ def test_provider_outage_schedules_a_retry_instead_of_failing(stack: Stack, prov
     assert result["results"][0]["action"] == "retry-scheduled"
     assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
     assert route.call_count == 3
+
+
+def test_every_log_line_about_a_pair_names_its_job_and_then_its_task(
+    stack: Stack, provider_http: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+):
+    # Given a provider that accepts, and the function's log stream captured
+    mock_wavespeed_submit(provider_http)
+    log = io.StringIO()
+    monkeypatch.setattr(submit_logger.registered_handler, "stream", log)
+    # When the two halves of a pair arrive
+    deliver_upload(stack, "inbox/gina/face.png", PNG_BYTES)
+    task_id = deliver_upload(stack, "inbox/gina/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    # Then every log line names the job, and every line written once the task existed names the task too
+    lines = [json.loads(line) for line in log.getvalue().splitlines() if line.startswith('{"level"')]
+    assert lines and all(line.get("job") == "gina" for line in lines)
+    submitted = next(i for i, line in enumerate(lines) if line["message"] == "inputs checked")
+    assert all(line.get("task_id") == task_id for line in lines[submitted:])

@@ -27,6 +27,15 @@ logger = Logger(child=True)
 MAX_WRITE_ATTEMPTS = 5
 
 
+def log_about(job: str, task_id: str | None = None) -> None:
+    """From here on (until the handler's next invocation, or the next call), every log line names the job and task.
+
+    Powertools loggers of one service share their keys, so the handler's lines carry them too.
+    """
+    logger.remove_keys(["job", "task_id"])
+    logger.append_keys(job=job, **({"task_id": task_id} if task_id else {}))
+
+
 class UnknownTaskError(LookupError):
     """No task with that id in the table."""
 

@@ -32,7 +32,7 @@ from avatar_pipeline.pairing import (
 from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.pricing import estimate_cost
 from avatar_pipeline.providers import alternative, display_name
-from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext
+from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 from avatar_pipeline.state_machine import begin, touch, transition
 from avatar_pipeline.validation import fits, validate_pair
 
@@ -60,6 +60,7 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
     if entry is None:
         logger.info("not an inbox upload; ignored", extra={"key": upload.key})
         return UploadOutcome("ignored")
+    log_about(entry.job)
     if entry.kind == "options":
         # Read when its pair completes; upload job.json before (or with) the media files.
         logger.info("job options noted", extra={"job": entry.job, "key": upload.key})
@@ -145,6 +146,7 @@ def cut_pair(ctx: PipelineContext, slot: PairSlot, *, last_chance: bool = False)
     now = ctx.clock()
     deadline = now + timedelta(seconds=ctx.settings.max_pair_wait_seconds)
     task_id = _task_id_for(ctx, slot)
+    log_about(slot.job, task_id)
     if task_id is None:
         ctx.update_slot(slot.job, lambda current: consume(current, halves, now, deadline) if current else None)
         logger.info("these files already made a task; nothing new to submit", extra={"job": slot.job})
@@ -310,6 +312,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
     The claim (SUBMITTING with a lease) was written before this call, so a crash here can never lead to a blind
     second POST: only an answer proving the provider did not take the task makes a retry safe.
     """
+    log_about(claimed.job, claimed.task_id)
     assert claimed.image is not None
     assert claimed.audio is not None
     name = display_name(claimed.provider)

@@ -17,7 +17,7 @@ from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Tas
 from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.providers import describe_failure, display_name
-from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
+from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, output_key
 from avatar_pipeline.services.intake import cut_pair, retry_submission
 from avatar_pipeline.state_machine import begin, can_transition, touch, transition
@@ -167,6 +167,7 @@ def _existing_task(ctx: PipelineContext, task_id: str) -> Task:
 
 def _record_callback_news(ctx: PipelineContext, task: Task, provider_name: str, news: ProviderJob) -> NewsAction:
     _check_addressee(task, provider_name)
+    log_about(task.job, task.task_id)
     if news.external_id is not None and news.external_id != task.task_id:
         # The provider's own record says this task belongs to another of ours: a leaked or misused token.
         raise CallbackMismatchError(
@@ -198,20 +199,22 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     due_since += [slot.next_check_at for slot in slots if slot.next_check_at is not None]
     if due_since:
         report.oldest_due = max(timedelta(0), now - min(due_since))
-    work: list[tuple[str, Callable[[], str]]] = [
-        *((slot.job, functools.partial(_check_slot, ctx, slot, time_left)) for slot in slots),
-        *((task.task_id, functools.partial(_check, ctx, task, time_left)) for task in tasks),
+    work: list[tuple[str, str | None, Callable[[], str]]] = [
+        *((slot.job, None, functools.partial(_check_slot, ctx, slot, time_left)) for slot in slots),
+        *((task.job, task.task_id, functools.partial(_check, ctx, task, time_left)) for task in tasks),
     ]
-    for subject, check in work:
+    for job, task_id, check in work:
         if time_left() < POLL_SAFETY_MARGIN:
             report.stopped_early = True
             break
+        log_about(job, task_id)
         try:
             report.actions[check()] += 1
         except Exception:
             # One bad record must not starve the others; it stays due and is tried again next poll.
-            logger.exception("poll of one record failed", extra={"subject": subject})
+            logger.exception("poll of one record failed")
             report.actions["error"] += 1
+    logger.remove_keys(["job", "task_id"])
     return report
 
 
