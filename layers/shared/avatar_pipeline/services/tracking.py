@@ -314,19 +314,22 @@ def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str
 def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reason: str) -> str:
     """Ask the provider about a task with no recent news; time it out only after this last look."""
     assert task.provider_task_id is not None
+    recorded = False
     try:
         news = ctx.provider_for(task).fetch(task.provider_task_id)
     except ProviderError as error:
         logger.warning("provider status query failed", extra={"task_id": task.task_id, "error": str(error)})
         action = "provider-unavailable" if isinstance(error, ProviderTransientError) else "provider-error"
     else:
-        recorded = record_provider_news(ctx, task.task_id, news) == "recorded"
+        # The record the poll read: a write conditioned on its version catches any change since (no second read).
+        recorded = record_provider_news(ctx, task, news) == "recorded"
         action = f"news-{news.status.value.lower()}" if recorded else "no-news"
         if news.status in (ProviderJobStatus.SUCCEEDED, ProviderJobStatus.FAILED):
             return action
     if _too_old(ctx, task, now):
         return _time_out(ctx, task, too_old_reason, still_in=frozenset({TaskStatus.SUBMITTED, TaskStatus.PROCESSING}))
-    _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+    if not recorded:  # recorded news set the next check itself
+        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
     return action
 
 
