@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK_NAME ?= avatar-pipeline
 
-.PHONY: help demo up chaos setup test lint format typecheck cfn-lint build deploy clean
+.PHONY: help demo up chaos bench setup test lint format typecheck cfn-lint build deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 
@@ -13,6 +13,7 @@ help:
 	@echo "make demo       run one sample job through the whole pipeline on this machine; prints the MP4's path"
 	@echo "make up         run the local stack in the foreground (writes .local/stack.json); Ctrl-C stops it"
 	@echo "make chaos      $(CHAOS_PAIRS) pairs through the local stack under injected faults; prints the harm done (all 0)"
+	@echo "make bench      performance against baselines (cold start, copy, poller, burst, CPU, cost); writes docs/performance.md"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
 	@echo "make lint       ruff lint + format check, cfn-lint on template.yaml"
@@ -38,6 +39,9 @@ up: setup
 
 chaos: setup
 	$(BIN)/python -m avatar_local chaos --pairs $(CHAOS_PAIRS) --seed $(CHAOS_SEED)
+
+bench: setup
+	$(BIN)/python -m avatar_local.bench
 
 test: setup
 	$(BIN)/pytest
