@@ -19,7 +19,6 @@ from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, output_key
-from avatar_pipeline.services.intake import cut_pair, retry_submission
 from avatar_pipeline.state_machine import begin, can_transition, touch, transition
 
 logger = Logger(child=True)
@@ -223,6 +222,8 @@ def _check_slot(ctx: PipelineContext, slot: PairSlot, time_left: Callable[[], ti
         if time_left() < SUBMIT_TIME_BUDGET:
             return "deferred"
         # The invocation that completed it died before settling it: finish its work.
+        from avatar_pipeline.services.intake import cut_pair  # the poller's alone: callbacks never load validation
+
         return f"pair-{cut_pair(ctx, slot, last_chance=True).action}"
     return _expire_orphan(ctx, slot)
 
@@ -304,6 +305,8 @@ def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str
         if task.submit_retry_at > now:
             _reschedule(ctx, task, task.submit_retry_at)
             return "waiting-to-retry"
+        from avatar_pipeline.services.intake import retry_submission  # the poller's alone, as cut_pair
+
         outcome = retry_submission(ctx, task)
         return f"resubmit-{outcome.action}" if outcome else "skipped"
     # The outcome of the last submission is unknown: its callback may still come. Wait until the age limit.
