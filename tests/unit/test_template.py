@@ -364,6 +364,12 @@ def test_bucket_is_private_encrypted_and_tidied(resources: dict[str, Any]) -> No
     assert any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 1 for r in rules)
 
 
+def test_bucket_outlives_the_stack(resources: dict[str, Any]) -> None:
+    """Given users' uploads and videos, then deleting or replacing the stack never deletes the bucket."""
+    bucket = resources["MediaBucket"]
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
 def test_bucket_policy_denies_plain_http(resources: dict[str, Any]) -> None:
     """Given the bucket policy, then every S3 action without TLS is denied."""
     policy = props(resources, "MediaBucketPolicy")
