@@ -35,6 +35,13 @@ def elf_header(machine: int, elf_class: int = 2) -> bytes:
 # ------------------------------------------------------------------------------------------------ the pieces
 
 
+def test_no_function_code_directory_has_a_requirements_file() -> None:
+    """Dependencies belong to the layer. With a requirements.txt, SAM's Python builder would pip-install it and then
+    insist on a python3.13 binary on the build machine; without one it only copies the handler."""
+    for spec in functions(load_template(ROOT / "template.yaml")):
+        assert not (ROOT / spec.code_uri / "requirements.txt").exists(), spec.logical_id
+
+
 def test_every_function_of_the_template_targets_python_3_13_on_arm64() -> None:
     specs = functions(load_template(ROOT / "template.yaml"))
     assert specs
