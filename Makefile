@@ -4,8 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STACK_NAME ?= avatar-pipeline
+# SAM CLI lives in its own virtualenv: it pins boto3, pydantic and click to versions other than the project's.
+SAM_CLI_VERSION ?= 1.170.0
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
+BUILD_DIR := .aws-sam/build
+export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos setup test lint format typecheck cfn-lint build deploy clean
+.PHONY: help demo up chaos setup test lint format typecheck cfn-lint build check-build validate deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 
@@ -18,8 +25,10 @@ help:
 	@echo "make lint       ruff lint + format check, cfn-lint on template.yaml"
 	@echo "make format     apply ruff formatting and safe fixes"
 	@echo "make typecheck  mypy over the layer and the handlers"
-	@echo "make build      sam build (no Docker: the layer is built for arm64 by its Makefile)"
-	@echo "make deploy     sam deploy --guided (STACK_NAME=$(STACK_NAME))"
+	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13)"
+	@echo "make check-build  import every handler from $(BUILD_DIR) only; check its compiled code is for the target"
+	@echo "make validate   sam validate --lint on template.yaml"
+	@echo "make deploy     build, check-build, then sam deploy --guided (STACK_NAME=$(STACK_NAME))"
 
 $(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,14 +65,25 @@ format: setup
 typecheck: setup
 	$(BIN)/mypy layers/shared/avatar_pipeline functions
 
-$(BIN)/sam: setup
-	$(BIN)/pip install --quiet aws-sam-cli
+$(SAM_STAMP):
+	rm -rf $(SAM_VENV)
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==$(SAM_CLI_VERSION)
+	touch $@
 
-build: $(BIN)/sam
-	$(BIN)/sam build --template-file template.yaml
+build: $(SAM_STAMP)
+	$(SAM) build --template-file template.yaml --build-dir $(BUILD_DIR)
+
+check-build: setup
+	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+
+validate: $(SAM_STAMP)
+	$(SAM) validate --lint --template-file template.yaml
 
 deploy: build
-	$(BIN)/sam deploy --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
+	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+	$(SAM) deploy --template-file $(BUILD_DIR)/template.yaml --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
 
 clean:
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
