@@ -89,9 +89,17 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def test_cfn_lint_reports_nothing() -> None:
-    """Given the template, when cfn-lint runs on it, then it exits 0 and prints nothing at all."""
+    """Given the template, when cfn-lint runs on it with the Serverless Rules (cfn-lint-serverless) added to its own,
+    then it exits 0 and prints nothing at all."""
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", "template.yaml"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cfnlint.runner import main; sys.exit(main())",
+            "template.yaml",
+            "-a",
+            "cfn_lint_serverless.rules",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -101,6 +109,37 @@ def test_cfn_lint_reports_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""
     assert result.stderr.strip() == ""
+
+
+def test_the_serverless_rules_really_run(tmp_path: Path) -> None:
+    """Given a queue without a redrive policy, when cfn-lint runs as the template test runs it, then the Serverless
+    Rules report it (so a clean template.yaml means they passed, not that they were never loaded)."""
+    (tmp_path / "t.yaml").write_text(
+        "AWSTemplateFormatVersion: '2010-09-09'\nResources:\n  Queue:\n    Type: AWS::SQS::Queue\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cfnlint.runner import main; sys.exit(main())",
+            "t.yaml",
+            "-a",
+            "cfn_lint_serverless.rules",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert "ES6000" in result.stdout, result.stdout + result.stderr
+
+
+def test_template_wide_lint_exceptions_stay_few(template: dict[str, Any]) -> None:
+    """Given checks ignored for the whole template also stop guarding what is added later, then only the two whose
+    reasons are written beside them are, and what they would have guarded is checked here instead (log groups with
+    retention for every function; an alarm on the poller not running)."""
+    assert template["Metadata"]["cfn-lint"]["config"]["ignore_checks"] == ["WS1004", "ES4000"]
 
 
 def test_template_is_a_sam_template(template: dict[str, Any]) -> None:
