@@ -3,6 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# checkov pins dependencies of its own that must not constrain the project's: it gets a virtualenv of its own.
+CHECKOV_VENV := .venv-checkov
 STACK_NAME ?= avatar-pipeline
 # SAM CLI lives in its own virtualenv: it pins boto3, pydantic and click to versions other than the project's.
 SAM_CLI_VERSION ?= 1.170.0
@@ -12,7 +14,7 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos setup test lint format typecheck cfn-lint build check-build validate deploy clean
+.PHONY: help demo up chaos setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 
@@ -22,7 +24,8 @@ help:
 	@echo "make chaos      $(CHAOS_PAIRS) pairs through the local stack under injected faults; prints the harm done (all 0)"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
-	@echo "make lint       ruff lint + format check, cfn-lint on template.yaml"
+	@echo "make lint       ruff lint + format check, and iac-check"
+	@echo "make iac-check  template.yaml through cfn-lint (with the serverless rules) and checkov"
 	@echo "make format     apply ruff formatting and safe fixes"
 	@echo "make typecheck  mypy over the layer and the handlers"
 	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13)"
@@ -51,12 +54,25 @@ chaos: setup
 test: setup
 	$(BIN)/pytest
 
-lint: setup cfn-lint
+lint: setup iac-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+iac-check: cfn-lint checkov
+
+# The serverless rules (cfn-lint-serverless) run with cfn-lint's own; -a takes several values, so the template first.
 cfn-lint: setup
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint template.yaml -a cfn_lint_serverless.rules
+
+$(CHECKOV_VENV)/bin/checkov: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+# --skip-download: nothing is fetched from the vendor's platform (CI reaches package registries only).
+checkov: $(CHECKOV_VENV)/bin/checkov
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 
 format: setup
 	$(BIN)/ruff format .
