@@ -3,9 +3,18 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# checkov pins dependencies of its own that must not constrain the project's: it gets a virtualenv of its own.
+CHECKOV_VENV := .venv-checkov
 STACK_NAME ?= avatar-pipeline
+# SAM CLI lives in its own virtualenv: it pins boto3, pydantic and click to versions other than the project's.
+SAM_CLI_VERSION ?= 1.170.0
+SAM_VENV := .venv-sam
+SAM := $(SAM_VENV)/bin/sam
+SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
+BUILD_DIR := .aws-sam/build
+export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos bench setup test lint format typecheck cfn-lint build deploy clean
+.PHONY: help demo up chaos bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 
@@ -16,11 +25,14 @@ help:
 	@echo "make bench      performance against baselines (cold start, copy, poller, burst, CPU, cost); writes docs/performance.md"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
-	@echo "make lint       ruff lint + format check, cfn-lint on template.yaml"
+	@echo "make lint       ruff lint + format check, and iac-check"
+	@echo "make iac-check  template.yaml through cfn-lint (with the serverless rules) and checkov"
 	@echo "make format     apply ruff formatting and safe fixes"
 	@echo "make typecheck  mypy over the layer and the handlers"
-	@echo "make build      sam build (no Docker: the layer is built for arm64 by its Makefile)"
-	@echo "make deploy     sam deploy --guided (STACK_NAME=$(STACK_NAME))"
+	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13)"
+	@echo "make check-build  import every handler from $(BUILD_DIR) only; check its compiled code is for the target"
+	@echo "make validate   sam validate --lint on template.yaml"
+	@echo "make deploy     build, check-build, then sam deploy --guided (STACK_NAME=$(STACK_NAME))"
 
 $(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,12 +58,25 @@ bench: setup
 test: setup
 	$(BIN)/pytest
 
-lint: setup cfn-lint
+lint: setup iac-check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+iac-check: cfn-lint checkov
+
+# The serverless rules (cfn-lint-serverless) run with cfn-lint's own; -a takes several values, so the template first.
 cfn-lint: setup
-	$(BIN)/cfn-lint template.yaml
+	$(BIN)/cfn-lint template.yaml -a cfn_lint_serverless.rules
+
+$(CHECKOV_VENV)/bin/checkov: requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/pip install --quiet -r requirements-checkov.txt
+	touch $@
+
+# --skip-download: nothing is fetched from the vendor's platform (CI reaches package registries only).
+checkov: $(CHECKOV_VENV)/bin/checkov
+	$(CHECKOV_VENV)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact --skip-download
 
 format: setup
 	$(BIN)/ruff format .
@@ -60,14 +85,25 @@ format: setup
 typecheck: setup
 	$(BIN)/mypy layers/shared/avatar_pipeline functions
 
-$(BIN)/sam: setup
-	$(BIN)/pip install --quiet aws-sam-cli
+$(SAM_STAMP):
+	rm -rf $(SAM_VENV)
+	$(PYTHON) -m venv $(SAM_VENV)
+	$(SAM_VENV)/bin/pip install --quiet --upgrade pip
+	$(SAM_VENV)/bin/pip install --quiet aws-sam-cli==$(SAM_CLI_VERSION)
+	touch $@
 
-build: $(BIN)/sam
-	$(BIN)/sam build --template-file template.yaml
+build: $(SAM_STAMP)
+	$(SAM) build --template-file template.yaml --build-dir $(BUILD_DIR)
+
+check-build: setup
+	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+
+validate: $(SAM_STAMP)
+	$(SAM) validate --lint --template-file template.yaml
 
 deploy: build
-	$(BIN)/sam deploy --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
+	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+	$(SAM) deploy --template-file $(BUILD_DIR)/template.yaml --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
 
 clean:
 	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache

@@ -69,6 +69,13 @@ DATA_RESOURCE_TYPES = frozenset(
     {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SNS::Topic", "AWS::SQS::Queue", "AWS::SecretsManager::Secret"}
 )
 _TABLE_CREATE_KEYS = ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode")
+_LOCAL_PROPERTIES: dict[str, tuple[str, ...]] = {
+    "AWS::S3::Bucket": ("BucketName",),
+    "AWS::DynamoDB::Table": ("TableName", *_TABLE_CREATE_KEYS, "StreamSpecification", "TimeToLiveSpecification"),
+    "AWS::SNS::Topic": ("TopicName",),
+    "AWS::SQS::Queue": ("QueueName",),
+    "AWS::SecretsManager::Secret": ("Name", "SecretString"),
+}
 
 
 def create_resources(
@@ -90,7 +97,10 @@ def create_resources(
             "Condition" in resource and not resolver.condition(resource["Condition"])
         ):
             continue
-        props = resolver.resolve(resource.get("Properties", {}))
+        # Only what creating the resource here uses is resolved: encryption keys, policies and the like have no local
+        # effect, and may name resources (a KMS key) that are not created here.
+        raw = resource.get("Properties", {})
+        props = resolver.resolve({key: raw[key] for key in _LOCAL_PROPERTIES[kind] if key in raw})
         if kind == "AWS::S3::Bucket":
             name = props.get("BucketName", f"{stack_name}-{logical_id}".lower())
             aws.client("s3").create_bucket(Bucket=name)

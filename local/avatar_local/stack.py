@@ -295,7 +295,13 @@ class LocalStack:
         return queue_url
 
     def _describe(self, resolver: Resolver, refs: dict[str, str]) -> StackInfo:
-        outputs = {name: resolver.resolve(output["Value"]) for name, output in self.template.get("Outputs", {}).items()}
+        # Only the outputs a client of the local stack uses: others (the dashboard's name and URL) name resources that
+        # have no local counterpart.
+        outputs = {
+            name: resolver.resolve(output["Value"])
+            for name, output in self.template.get("Outputs", {}).items()
+            if name in _CLIENT_OUTPUTS
+        }
         assert self._gateway is not None
         public_api = f"https://{LOCAL_API_ID}.execute-api.{self.config.region}.amazonaws.com"
         return StackInfo(
@@ -312,6 +318,18 @@ class LocalStack:
             async_failure_queue_url=outputs.get("AsyncFailureQueueUrl"),
             finalize_failure_queue_url=outputs.get("FinalizeFailureQueueUrl"),
         )
+
+
+_CLIENT_OUTPUTS = frozenset(
+    {
+        "MediaBucketName",
+        "TaskTableName",
+        "NotificationTopicArn",
+        "WebhookBaseUrl",
+        "AsyncFailureQueueUrl",
+        "FinalizeFailureQueueUrl",
+    }
+)
 
 
 def environment_for_clients(info: StackInfo) -> dict[str, str]:

@@ -369,6 +369,9 @@ class ScriptedProvider:
         self._submit = _Script()
         self._fetch = _Script()
         self._callback = _Script()
+        self._find = _Script()
+        self.finds: list[str] = []
+        self.finds_by_task = False
         self._ids = itertools.count(1)
 
     @property
@@ -411,6 +414,17 @@ class ScriptedProvider:
 
     def delivery_id(self, headers: Mapping[str, str]) -> str | None:
         return headers.get("webhook-id")
+
+    def script_find(self, *results: ProviderJob | BaseException | None) -> None:
+        """Make it a provider that finds jobs by our task id, answering these in turn (None: no such job)."""
+        self.finds_by_task = True
+        self._find.add(results)
+
+    def find_by_task(self, task_id: str) -> ProviderJob | None:
+        with self.lock:
+            self.finds.append(task_id)
+            result = self._find.next() if self._find else None
+        return None if result is None else _play(result)  # type: ignore[no-any-return]
 
 
 # --- time ----------------------------------------------------------------------------------------------------

@@ -980,3 +980,46 @@ def test_fetch_reports_our_task_id_as_the_external_id(router: respx.MockRouter, 
     router.get(QUERY_PATH).respond(200, json=envelope(task("processing", task_info={"external_task_id": "our-task"})))
     # Then the job says so, so the pipeline can check a callback belongs to the task it was sent to
     assert provider.fetch(TASK_ID).external_id == "our-task"
+
+
+# ---------------------------------------------------------------------------------------------- find_by_task
+
+
+def test_find_by_task_queries_by_our_external_task_id(router: respx.MockRouter, provider: CometApiProvider) -> None:
+    # Given CometAPI made a task for our task-1 (its create answer was lost)
+    route = router.get(f"{CREATE_PATH}/task-1").respond(200, json=envelope(task("processing")))
+    # When we look it up by our id
+    job = provider.find_by_task("task-1")
+    # Then it is found, under CometAPI's own id
+    assert provider.finds_by_task
+    assert job is not None and (job.provider_task_id, job.status) == (TASK_ID, ProviderJobStatus.PROCESSING)
+    assert route.called
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [(200, kling_error(1203, "task not found")), (404, gateway_error("not found"))],
+    ids=["kling-1203", "gateway-404"],
+)
+def test_find_by_task_answers_none_when_there_is_no_such_task(
+    router: respx.MockRouter, provider: CometApiProvider, status: int, body: dict[str, Any]
+) -> None:
+    router.get(f"{CREATE_PATH}/task-1").respond(status, json=body)
+    assert provider.find_by_task("task-1") is None
+
+
+def test_find_by_task_ignores_a_task_made_for_another_of_ours(
+    router: respx.MockRouter, provider: CometApiProvider
+) -> None:
+    # Given the lookup answers with a task whose external id is not ours
+    router.get(f"{CREATE_PATH}/task-2").respond(200, json=envelope(task("processing")))
+    # Then it is not taken for ours
+    assert provider.find_by_task("task-2") is None
+
+
+def test_find_by_task_passes_on_a_provider_that_cannot_answer(
+    router: respx.MockRouter, provider: CometApiProvider
+) -> None:
+    router.get(f"{CREATE_PATH}/task-1").respond(503, json=gateway_error("busy"))
+    with pytest.raises(ProviderTransientError):
+        provider.find_by_task("task-1")

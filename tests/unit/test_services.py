@@ -411,6 +411,41 @@ def test_unknown_submission_outcome_is_never_resent_and_a_later_callback_moves_i
     assert w.provider.submit_count == 1
 
 
+def test_a_lost_submission_is_found_by_our_task_id_where_the_provider_can_look_it_up(w: World) -> None:
+    # Given a provider that can find jobs by our task id, and a submission whose answer was lost
+    w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
+    w.provider.script_find(None, news(P.PROCESSING, "ws-found"))
+    outcome = deliver_pair(w)
+    # Then the poller is due to look it up soon, not only at the age limit
+    task = stored(w, outcome.task_id)
+    assert task.next_check_at == T0 + timedelta(seconds=w.ctx.settings.poll_after_seconds)
+    # When the poller runs before the provider lists it, and again after
+    w.clock.now = task.next_check_at
+    first = run_poll(w)
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    second = run_poll(w)
+    # Then it keeps waiting, then records the job it found — without ever submitting again
+    assert first.actions == {"awaiting-callback": 1}
+    assert second.actions == {"found-recorded": 1}
+    assert w.provider.finds == [outcome.task_id] * 2
+    task = stored(w, outcome.task_id)
+    assert (task.status, task.provider_task_id) == (S.PROCESSING, "ws-found")
+    assert w.provider.submit_count == 1
+
+
+def test_a_lost_submission_found_just_before_the_age_limit_is_not_timed_out(w: World) -> None:
+    # Given a lost submission the provider lists only when the task reaches its age limit
+    w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
+    outcome = deliver_pair(w)
+    w.provider.script_find(news(P.SUCCEEDED, "ws-late"))
+    # When the poller runs at the age limit
+    w.clock.now = T0 + timedelta(seconds=w.ctx.settings.max_task_age_seconds + 1)
+    report = run_poll(w)
+    # Then the video is recorded, not the time-out
+    assert report.actions == {"found-recorded": 1}
+    assert stored(w, outcome.task_id).status is S.OUTPUT_READY
+
+
 @pytest.mark.parametrize(
     ("error", "code"),
     [

@@ -89,9 +89,17 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 def test_cfn_lint_reports_nothing() -> None:
-    """Given the template, when cfn-lint runs on it, then it exits 0 and prints nothing at all."""
+    """Given the template, when cfn-lint runs on it with the Serverless Rules (cfn-lint-serverless) added to its own,
+    then it exits 0 and prints nothing at all."""
     result = subprocess.run(
-        [sys.executable, "-c", "import sys; from cfnlint.runner import main; sys.exit(main())", "template.yaml"],
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cfnlint.runner import main; sys.exit(main())",
+            "template.yaml",
+            "-a",
+            "cfn_lint_serverless.rules",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -101,6 +109,37 @@ def test_cfn_lint_reports_nothing() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == ""
     assert result.stderr.strip() == ""
+
+
+def test_the_serverless_rules_really_run(tmp_path: Path) -> None:
+    """Given a queue without a redrive policy, when cfn-lint runs as the template test runs it, then the Serverless
+    Rules report it (so a clean template.yaml means they passed, not that they were never loaded)."""
+    (tmp_path / "t.yaml").write_text(
+        "AWSTemplateFormatVersion: '2010-09-09'\nResources:\n  Queue:\n    Type: AWS::SQS::Queue\n"
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cfnlint.runner import main; sys.exit(main())",
+            "t.yaml",
+            "-a",
+            "cfn_lint_serverless.rules",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert "ES6000" in result.stdout, result.stdout + result.stderr
+
+
+def test_template_wide_lint_exceptions_stay_few(template: dict[str, Any]) -> None:
+    """Given checks ignored for the whole template also stop guarding what is added later, then only the two whose
+    reasons are written beside them are, and what they would have guarded is checked here instead (log groups with
+    retention for every function; an alarm on the poller not running)."""
+    assert template["Metadata"]["cfn-lint"]["config"]["ignore_checks"] == ["WS1004", "ES4000"]
 
 
 def test_template_is_a_sam_template(template: dict[str, Any]) -> None:
@@ -364,6 +403,12 @@ def test_bucket_is_private_encrypted_and_tidied(resources: dict[str, Any]) -> No
     assert any(r.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == 1 for r in rules)
 
 
+def test_bucket_outlives_the_stack(resources: dict[str, Any]) -> None:
+    """Given users' uploads and videos, then deleting or replacing the stack never deletes the bucket."""
+    bucket = resources["MediaBucket"]
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+
+
 def test_bucket_policy_denies_plain_http(resources: dict[str, Any]) -> None:
     """Given the bucket policy, then every S3 action without TLS is denied."""
     policy = props(resources, "MediaBucketPolicy")
@@ -506,6 +551,347 @@ def test_outputs(template: dict[str, Any]) -> None:
     )
     for name in ("TaskTableName", "NotificationTopicArn", "AsyncFailureQueueUrl", "FinalizeFailureQueueUrl"):
         assert name in outputs
+
+
+# --------------------------------------------------------------------------------------------------- monitoring
+
+ALARM = "AWS::CloudWatch::Alarm"
+QUEUES = ("AsyncFailureQueue", "FinalizeFailureQueue")
+TASK_METRICS = ("TaskCompleted", "TaskFailed", "TaskRejected", "TaskTimedOut")
+
+
+def alarms(resources: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: r["Properties"] for name, r in resources.items() if r["Type"] == ALARM}
+
+
+def alarms_on(resources: dict[str, Any], namespace: str, metric: str, dimension: str, value: Any) -> list[dict]:
+    return [
+        a
+        for a in alarms(resources).values()
+        if a["Namespace"] == namespace
+        and a["MetricName"] == metric
+        and a["Dimensions"] == [{"Name": dimension, "Value": value}]
+    ]
+
+
+def emf_setting(template: dict[str, Any], name: str) -> str:
+    """POWERTOOLS_SERVICE_NAME or POWERTOOLS_METRICS_NAMESPACE: what Powertools names custom metrics with."""
+    value = template["Globals"]["Function"]["Environment"]["Variables"][name]
+    assert isinstance(value, str), f"{name} must be a literal for alarms and the dashboard to name it"
+    return value
+
+
+def function_timeout(template: dict[str, Any], resources: dict[str, Any], function: str) -> int:
+    return int(props(resources, function).get("Timeout", template["Globals"]["Function"]["Timeout"]))
+
+
+def test_functions_table_lists_every_function(resources: dict[str, Any]) -> None:
+    """Given the monitoring checks below go through FUNCTIONS, then it names every function of the template."""
+    assert {n for n, r in resources.items() if r["Type"] == "AWS::Serverless::Function"} == set(FUNCTIONS)
+
+
+def test_every_alarm_notifies_the_alarm_topic_on_alarm_and_on_recovery(resources: dict[str, Any]) -> None:
+    """Given an operator subscribed to AlarmTopic, then every alarm tells them when it fires and when it clears."""
+    assert len(alarms(resources)) >= 3 * len(FUNCTIONS) + len(QUEUES) + 3
+    for name, alarm in alarms(resources).items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["OKActions"] == [{"Ref": "AlarmTopic"}], name
+        assert alarm["AlarmDescription"].strip(), name
+        assert "First check" in alarm["AlarmDescription"], name
+
+
+def test_alarm_names_match_the_key_policy_that_lets_cloudwatch_publish(resources: dict[str, Any]) -> None:
+    """Given CloudWatch may use the alarm topic's key only for alarms named <stack>-..., then every alarm is."""
+    statements = props(resources, "AlarmTopicKey")["KeyPolicy"]["Statement"]
+    (grant,) = [s for s in statements if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    source_arn = grant["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"]
+    assert source_arn.endswith(":alarm:${AWS::StackName}-*")
+    names = [alarm["AlarmName"]["Fn::Sub"] for alarm in alarms(resources).values()]
+    assert all(name.startswith("${AWS::StackName}-") for name in names)
+    assert len(set(names)) == len(names)
+
+
+def test_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use(resources: dict[str, Any]) -> None:
+    """Given CloudWatch cannot publish to a topic under the AWS managed key (its policy cannot grant CloudWatch),
+    then AlarmTopic has a rotated key of its own that lets CloudWatch encrypt, and only the alarm email (if any)
+    subscribes to it by default."""
+    assert props(resources, "AlarmTopic")["KmsMasterKeyId"] == {"Ref": "AlarmTopicKey"}
+    key = props(resources, "AlarmTopicKey")
+    assert key["EnableKeyRotation"] is True
+    (grant,) = [s for s in key["KeyPolicy"]["Statement"] if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert grant["Effect"] == "Allow"
+    assert sorted(grant["Action"]) == ["kms:Decrypt", "kms:GenerateDataKey*"]
+    assert grant["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    subscription = resources["AlarmEmailSubscription"]
+    assert subscription["Condition"] == "HasAlarmEmail"
+    assert subscription["Properties"] == {
+        "TopicArn": {"Ref": "AlarmTopic"},
+        "Protocol": "email",
+        "Endpoint": {"Ref": "AlarmEmail"},
+    }
+
+
+def test_alarm_email_parameter_is_optional(template: dict[str, Any]) -> None:
+    """Given AlarmEmail, then empty (the default) means no subscription and anything else must be an address."""
+    parameter = template["Parameters"]["AlarmEmail"]
+    assert parameter["Default"] == ""
+    for accepted in ("", "ops@example.com"):
+        assert re.fullmatch(parameter["AllowedPattern"], accepted), accepted
+    for refused in ("ops", "ops@", "two words@example.com"):
+        assert not re.fullmatch(parameter["AllowedPattern"], refused), refused
+    assert template["Conditions"]["HasAlarmEmail"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}]}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_each_function_alarms_on_errors_near_timeouts_and_throttles(
+    template: dict[str, Any], resources: dict[str, Any], function: str
+) -> None:
+    """Given each function, then an alarm fires on any error in 5 minutes, on any invocation that ran for 90% of the
+    function's timeout (Lambda has no timeout metric; a timed-out invocation's Duration is its whole timeout), and on
+    any throttle."""
+    name = {"Ref": function}
+    (errors,) = alarms_on(resources, "AWS/Lambda", "Errors", "FunctionName", name)
+    assert (errors["Statistic"], errors["Period"], errors["EvaluationPeriods"]) == ("Sum", 300, 1)
+    assert (errors["ComparisonOperator"], errors["Threshold"]) == ("GreaterThanThreshold", 0)
+    assert errors["TreatMissingData"] == "notBreaching"
+
+    (duration,) = alarms_on(resources, "AWS/Lambda", "Duration", "FunctionName", name)
+    assert (duration["Statistic"], duration["Period"], duration["EvaluationPeriods"]) == ("Maximum", 300, 1)
+    assert duration["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    assert duration["Threshold"] == function_timeout(template, resources, function) * 1000 * 9 // 10
+
+    (throttles,) = alarms_on(resources, "AWS/Lambda", "Throttles", "FunctionName", name)
+    assert (throttles["Statistic"], throttles["ComparisonOperator"], throttles["Threshold"]) == (
+        "Sum",
+        "GreaterThanThreshold",
+        0,
+    )
+
+
+@pytest.mark.parametrize("queue", QUEUES)
+def test_each_failure_queue_alarms_as_soon_as_a_message_waits(resources: dict[str, Any], queue: str) -> None:
+    """Given a message in a failure queue is a failure nobody has looked at yet, then one visible message alarms."""
+    (depth,) = alarms_on(
+        resources, "AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", {"Fn::GetAtt": [queue, "QueueName"]}
+    )
+    assert (depth["Statistic"], depth["ComparisonOperator"], depth["Threshold"]) == (
+        "Maximum",
+        "GreaterThanThreshold",
+        0,
+    )
+    assert depth["TreatMissingData"] == "notBreaching"
+
+
+def test_every_queue_of_the_template_is_a_watched_failure_queue(resources: dict[str, Any]) -> None:
+    assert {n for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue"} == set(QUEUES)
+
+
+def emitted_dimensions(capsys: pytest.CaptureFixture[str], emit: Any) -> dict[str, dict[str, str]]:
+    """The dimensions (name -> value) of each metric Powertools writes when emit() runs."""
+    capsys.readouterr()
+    emit()
+    found: dict[str, dict[str, str]] = {}
+    for line in capsys.readouterr().out.splitlines():
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            (dimension_names,) = directive["Dimensions"]
+            for metric in directive["Metrics"]:
+                found[metric["Name"]] = {d: document[d] for d in dimension_names}
+                found[metric["Name"]]["@namespace"] = directive["Namespace"]
+    return found
+
+
+@pytest.fixture
+def powertools_env(template: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
+    """The Lambda environment's Powertools settings, as the functions get them from Globals."""
+    namespace = emf_setting(template, "POWERTOOLS_METRICS_NAMESPACE")
+    service = emf_setting(template, "POWERTOOLS_SERVICE_NAME")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", namespace)
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", service)
+    return namespace, service
+
+
+def test_custom_metric_alarms_name_the_metrics_as_powertools_emits_them(
+    resources: dict[str, Any], powertools_env: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given a custom-metric alarm only sees data points with exactly its namespace, name and dimensions, when
+    Powertools emits these metrics with the functions' settings, then each alarm names exactly what is emitted."""
+    from aws_lambda_powertools.metrics import MetricUnit, single_metric
+
+    namespace, service = powertools_env
+    expected = {
+        # metric: (statistic, period, evaluation periods, datapoints to alarm, comparison, threshold)
+        "OldestDueSeconds": ("Maximum", 300, 3, 3, "GreaterThanThreshold", 900),
+        "WebhookAuthFailure": ("Sum", 300, 1, None, "GreaterThanOrEqualToThreshold", 5),
+        "TaskFailed": ("Sum", 900, 1, None, "GreaterThanOrEqualToThreshold", 3),
+    }
+    units = {"OldestDueSeconds": MetricUnit.Seconds}
+
+    def emit() -> None:
+        for metric in expected:
+            with single_metric(name=metric, unit=units.get(metric, MetricUnit.Count), value=1):
+                pass
+
+    emitted = emitted_dimensions(capsys, emit)
+    for metric, (statistic, period, evaluations, datapoints, comparison, threshold) in expected.items():
+        assert emitted[metric] == {"@namespace": namespace, "service": service}
+        (alarm,) = alarms_on(resources, namespace, metric, "service", service)
+        assert "Unit" not in alarm, "a Unit other than the emitted one would leave the alarm without data"
+        assert (alarm["Statistic"], alarm["Period"], alarm["EvaluationPeriods"]) == (statistic, period, evaluations)
+        assert alarm.get("DatapointsToAlarm") == datapoints
+        assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (comparison, threshold)
+        # No data means nothing happened (or nothing is due), never trouble.
+        assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_a_poller_that_stops_running_alarms(resources: dict[str, Any]) -> None:
+    """Given the stuck-tasks alarm's metric comes from the poller, then the poller's silence alarms by itself:
+    fewer than one invocation in two 15-minute periods, missing data counting as breaching."""
+    (alarm,) = alarms_on(resources, "AWS/Lambda", "Invocations", "FunctionName", {"Ref": "PollerFunction"})
+    assert (alarm["Statistic"], alarm["Period"], alarm["EvaluationPeriods"]) == ("Sum", 900, 2)
+    assert (alarm["ComparisonOperator"], alarm["Threshold"]) == ("LessThanThreshold", 1)
+    assert alarm["TreatMissingData"] == "breaching"
+
+
+PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
+
+
+def dashboard_body(template: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
+    """The dashboard's body as JSON, each ${...} of its !Sub replaced by a marker '<name>'; and the names used."""
+    text = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert isinstance(text, str), "one string, no variable map"
+    names = set(PLACEHOLDER.findall(text))
+    return json.loads(PLACEHOLDER.sub(lambda m: f"<{m.group(1)}>", text)), names
+
+
+def metric_rows(body: dict[str, Any]) -> list[tuple[dict[str, Any], str, str, dict[str, str]]]:
+    """(widget properties, namespace, metric, dimensions) of every metric line of every metric widget."""
+    rows = []
+    for widget in body["widgets"]:
+        if widget["type"] != "metric":
+            continue
+        for row in widget["properties"]["metrics"]:
+            fields = [item for item in row if not isinstance(item, dict)]
+            assert "." not in fields, "write every metric line out in full"
+            namespace, metric, *pairs = fields
+            assert len(pairs) % 2 == 0, row
+            rows.append((widget["properties"], namespace, metric, dict(zip(pairs[::2], pairs[1::2], strict=True))))
+    return rows
+
+
+def test_dashboard_body_is_json_whose_placeholders_all_resolve(template: dict[str, Any]) -> None:
+    """Given the body is a !Sub of JSON, when its placeholders are substituted, then it parses, and each placeholder
+    is a pseudo parameter or a resource of the template (with an attribute that resource has)."""
+    body, names = dashboard_body(template)
+    assert body["widgets"]
+    attributes = {"Arn", "QueueName"}
+    for name in names:
+        logical_id, _, attribute = name.partition(".")
+        if logical_id.startswith("AWS::"):
+            assert logical_id in {"AWS::Region", "AWS::StackName"}, name
+            continue
+        assert logical_id in template["Resources"], name
+        assert not attribute or attribute in attributes, name
+    for widget in body["widgets"]:
+        assert {"type", "x", "y", "width", "height", "properties"} <= set(widget), widget
+        assert widget["x"] + widget["width"] <= 24
+
+
+def test_dashboard_shows_every_function_and_queue(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    """Given the dashboard, then invocations, errors and duration are drawn for each function (and only functions
+    of the template), and the depth of both failure queues (and only those)."""
+    body, _ = dashboard_body(template)
+    rows = metric_rows(body)
+    for metric in ("Invocations", "Errors", "Duration", "Throttles"):
+        drawn = {dims["FunctionName"] for _, ns, m, dims in rows if (ns, m) == ("AWS/Lambda", metric)}
+        assert drawn == {f"<{function}>" for function in FUNCTIONS}, metric
+    for _, namespace, _, dims in rows:
+        if namespace == "AWS/Lambda":
+            assert resources[dims["FunctionName"].strip("<>")]["Type"] == "AWS::Serverless::Function"
+        if namespace == "AWS/SQS":
+            assert set(dims) == {"QueueName"}
+    queues = {
+        dims["QueueName"] for _, ns, m, dims in rows if (ns, m) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    }
+    assert queues == {f"<{queue}.QueueName>" for queue in QUEUES}
+    assert {ns for _, ns, _, _ in rows} == {
+        "AWS/Lambda",
+        "AWS/SQS",
+        emf_setting(template, "POWERTOOLS_METRICS_NAMESPACE"),
+    }
+
+
+def test_dashboard_custom_metrics_carry_the_dimensions_the_code_emits(
+    template: dict[str, Any], powertools_env: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given a graph line only finds data points with exactly its dimensions, then the task metrics and the others
+    carry service alone, the provider metrics service and provider; Submissions and EstimatedCostUsd are checked
+    against what the usage meter really emits."""
+    from avatar_pipeline.adapters.metrics import EmfUsageMeter
+
+    namespace, service = powertools_env
+    body, _ = dashboard_body(template)
+    custom = [(p, m, dims) for p, ns, m, dims in metric_rows(body) if ns == namespace]
+    drawn = {m for _, m, _ in custom}
+    assert drawn == {
+        *TASK_METRICS,
+        "EndToEndSeconds",
+        "ProviderSeconds",
+        "EstimatedCostUsd",
+        "Submissions",
+        "WebhookAuthFailure",
+        "OldestDueSeconds",
+    }
+    by_provider = {"ProviderSeconds", "EstimatedCostUsd", "Submissions"}
+    providers = set(template["Parameters"]["DefaultProvider"]["AllowedValues"])
+    for _, metric, dims in custom:
+        assert dims["service"] == service, metric
+        assert set(dims) == ({"service", "provider"} if metric in by_provider else {"service"}), metric
+    for metric in by_provider:
+        assert {dims["provider"] for _, m, dims in custom if m == metric} == providers, metric
+
+    emitted = emitted_dimensions(capsys, lambda: EmfUsageMeter().record_submission("wavespeed", "0.25"))
+    for metric in ("Submissions", "EstimatedCostUsd"):
+        assert emitted[metric] == {"@namespace": namespace, "service": service, "provider": "wavespeed"}
+
+    percentiles = set()
+    for widget in body["widgets"]:
+        if widget["type"] != "metric":
+            continue
+        for row in widget["properties"]["metrics"]:
+            options = row[-1] if isinstance(row[-1], dict) else {}
+            if row[0] == namespace and row[1] == "EndToEndSeconds":
+                percentiles.add(options.get("stat", widget["properties"]["stat"]))
+    assert percentiles == {"p50", "p90"}
+
+
+def test_dashboard_alarm_widget_shows_every_alarm(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    body, _ = dashboard_body(template)
+    (widget,) = [w for w in body["widgets"] if w["type"] == "alarm"]
+    assert sorted(widget["properties"]["alarms"]) == sorted(f"<{name}.Arn>" for name in alarms(resources))
+
+
+def test_monitoring_outputs(template: dict[str, Any]) -> None:
+    """Given an operator after deploying, then the outputs name the alarm topic and the dashboard (with its URL)."""
+    outputs = template["Outputs"]
+    assert outputs["AlarmTopicArn"]["Value"] == {"Ref": "AlarmTopic"}
+    assert outputs["DashboardName"]["Value"] == {"Ref": "Dashboard"}
+    url = outputs["DashboardUrl"]["Value"]["Fn::Sub"]
+    assert url.startswith("https://${AWS::Region}.console.aws.amazon.com/cloudwatch/")
+    assert url.endswith("#dashboards:name=${Dashboard}")
+
+
+def test_every_log_group_keeps_logs_for_log_retention_days(template: dict[str, Any], resources: dict[str, Any]) -> None:
+    """Given log groups are created by the stack, then each has the LogRetentionDays retention: the functions' own
+    (checked per function above) and the API's access log group, which is the one the stage writes to."""
+    groups = {n: r for n, r in resources.items() if r["Type"] == "AWS::Logs::LogGroup"}
+    assert {props(resources, f)["LoggingConfig"]["LogGroup"]["Ref"] for f in FUNCTIONS} < set(groups)
+    for name, group in groups.items():
+        assert group["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}, name
+    access = props(resources, "WebhookApi")["AccessLogSetting"]["Fn::If"]
+    assert access[0] == resources["WebhookApiAccessLogGroup"]["Condition"] == "HasApiAccessLogging"
+    assert access[1]["DestinationArn"] == {"Fn::GetAtt": ["WebhookApiAccessLogGroup", "Arn"]}
+    assert template["Parameters"]["LogRetentionDays"]["Default"] == 30
 
 
 # --------------------------------------------------------------------------------------------------- events

@@ -109,6 +109,14 @@ class VideoProvider(Protocol):
         """The id the provider gives a callback delivery and keeps on its retries; None when it gives none."""
         ...
 
+    # Whether `find_by_task` can find a job by the task id we sent with it (CometAPI keeps it as external_task_id).
+    finds_by_task: bool
+
+    def find_by_task(self, task_id: str) -> ProviderJob | None:
+        """The job made for our task `task_id` (after a submission whose answer was lost); None when there is none.
+        Raises ProviderError when the provider cannot answer now."""
+        ...
+
 
 OutcomeT = TypeVar("OutcomeT", bound=str)
 

@@ -111,6 +111,8 @@ KLING_CONFIG_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1004, 1100, 1101,
 KLING_CONTENT_SAFETY: Final = 1301
 KLING_LIMIT_CODES: Final = frozenset({1302, 1303})
 KLING_SERVER_CODES: Final = frozenset({5000, 5001, 5002})
+# "No such task": Kling's 1203, or the gateway's HTTP 404.
+NOT_FOUND_CODES: Final = frozenset({"1203", "404"})
 
 _STATUSES: Final[Mapping[str, ProviderJobStatus]] = {
     "submitted": ProviderJobStatus.QUEUED,
@@ -286,6 +288,18 @@ class CometApiProvider(HttpProvider):
     def delivery_id(self, headers: Mapping[str, str]) -> str | None:
         """CometAPI names no delivery; repeats are harmless anyway, as each callback is confirmed by a query."""
         return None
+
+    finds_by_task = True
+
+    def find_by_task(self, task_id: str) -> ProviderJob | None:
+        """The query path takes our `external_task_id` as well as CometAPI's own id."""
+        try:
+            job = self.fetch(task_id)
+        except ProviderInputError as error:
+            if error.code in NOT_FOUND_CODES:
+                return None
+            raise
+        return job if job.external_id == task_id else None
 
     # ---------------------------------------------------------------- answers
 

@@ -220,6 +220,12 @@ class WaveSpeedProvider(HttpProvider):
         """The ``webhook-id`` header: one per webhook, kept on its retries, and covered by the signature."""
         return _header(headers, "webhook-id") or None
 
+    # WaveSpeed keeps no id of ours: a prediction whose submit answer was lost is only known from its webhook.
+    finds_by_task = False
+
+    def find_by_task(self, task_id: str) -> ProviderJob | None:
+        return None
+
 
 # -------------------------------------------------------------------- mapping helpers
 

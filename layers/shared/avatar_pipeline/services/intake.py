@@ -346,10 +346,13 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
         logger.warning("provider unavailable; submission retry scheduled", extra={"task_id": claimed.task_id})
         return UploadOutcome("retry-scheduled", job=claimed.job, task_id=claimed.task_id)
     except ProviderOutcomeUnknownError as error:
-        # The provider may have taken it: wait for its callback (which names our task), never POST again.
-        give_up_at = claimed.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds)
+        # The provider may have taken it: wait for its callback (which names our task), never POST again; where the
+        # provider can find the job by our task id, the poller looks it up at its next round.
+        look_again_at = claimed.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds)
+        if provider.finds_by_task:
+            look_again_at = min(look_again_at, ctx.clock() + timedelta(seconds=ctx.settings.poll_after_seconds))
         note = f"{name} did not answer the submission ({error}); waiting for its callback, not resending"
-        _update_while_submitting(ctx, claimed, lease_until=None, next_check_at=give_up_at, reason=note)
+        _update_while_submitting(ctx, claimed, lease_until=None, next_check_at=look_again_at, reason=note)
         logger.warning("submission outcome unknown", extra={"task_id": claimed.task_id})
         return UploadOutcome("unknown", job=claimed.job, task_id=claimed.task_id)
     except ProviderError as error:

@@ -213,7 +213,7 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
             # One bad record must not starve the others; it stays due and is tried again next poll.
             logger.exception("poll of one record failed")
             report.actions["error"] += 1
-    logger.remove_keys(["job", "task_id"])
+    log_about(None)
     return report
 
 
@@ -295,6 +295,8 @@ def _check(ctx: PipelineContext, task: Task, time_left: Callable[[], timedelta])
 
 
 def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str, age_limit: str) -> str:
+    if task.submit_retry_at is None and (found := _find_lost_submission(ctx, task)) is not None:
+        return f"found-{record_provider_news(ctx, task.task_id, found)}"
     if _too_old(ctx, task, now):
         if task.submit_retry_at is not None:
             why = f"{name} could not take the submission within {age_limit}; last answer: {task.reason}"
@@ -309,9 +311,25 @@ def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str
 
         outcome = retry_submission(ctx, task)
         return f"resubmit-{outcome.action}" if outcome else "skipped"
-    # The outcome of the last submission is unknown: its callback may still come. Wait until the age limit.
-    _reschedule(ctx, task, task.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds))
+    # The outcome of the last submission is unknown: its callback may still come. Wait until the age limit, looking
+    # the job up meanwhile where the provider can find it by our task id.
+    give_up_at = task.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds)
+    if ctx.provider_for(task).finds_by_task:
+        give_up_at = min(give_up_at, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+    _reschedule(ctx, task, give_up_at)
     return "awaiting-callback"
+
+
+def _find_lost_submission(ctx: PipelineContext, task: Task) -> ProviderJob | None:
+    """The job a submission whose answer was lost made, if the provider can find it by our task id."""
+    provider = ctx.provider_for(task)
+    if not provider.finds_by_task:
+        return None
+    try:
+        return provider.find_by_task(task.task_id)
+    except ProviderError as error:
+        logger.warning("looking up a submission with a lost answer failed", extra={"error": str(error)})
+        return None
 
 
 def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reason: str) -> str:
