@@ -9,6 +9,7 @@ import pytest
 from support.mp4 import real_mp4
 
 from avatar_local.bench import finalize_copy, poll_child, report
+from avatar_local.bench.__main__ import main as bench_main
 from avatar_local.bench.common import MIB, Figure, Section, lambda_environment
 from avatar_local.bench.task_cost import TaskUsage, cost_of
 from avatar_pipeline.mp4_stream import Mp4StreamCheck
@@ -93,3 +94,20 @@ def test_the_table_names_the_command_the_figures_and_what_was_missed() -> None:
     assert "| 1 | import `x` | 300 ms | 150 ms: boto3 | 2.00\u00d7 | ≤ 1.5 | **no** | 5 |" in text
     assert "Targets missed: 1" in text
     assert "| 1 | layer | 55.5 MiB | — | — | — | — | 1 |" in text
+
+
+def test_a_tiny_burst_and_task_run_through_the_local_stack_meet_their_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Given the benchmark at its smallest: 3 pairs in the burst, 1 task measured for CPU and cost
+    # When it runs those two sections through the local stack
+    exit_code = bench_main(["--quick", "--no-write", "--only", "burst", "--only", "cost"])
+
+    # Then every pair reached the provider once, none failed, and the per-task figures are there
+    printed = capsys.readouterr().out
+    assert exit_code == 0
+    assert "| 4 | pairs submitted to WaveSpeed exactly once (of 3) | 3 pairs |" in printed
+    assert "| 4 | pairs failed because of 429s | 0 pairs |" in printed
+    assert "| 5 | CPU in submit + webhook + finalize, one task |" in printed
+    assert "| 6 | AWS per 10 s video" in printed
+    assert "0 target(s) missed" in printed

@@ -161,7 +161,7 @@ def measure(
         f"`finalize_handler`, wires the adapters and calls `S3MediaStore.copy_from_url` (allow-list: the simulator's "
         f"origin); the baseline streams the download to a file with httpx, then `upload_file` (boto3's default "
         f"transfer settings: 8 MiB parts, 10 threads). {repeats} rounds of baseline then pipeline at each size; "
-        f"peak RSS from getrusage."
+        f"peak RSS: the process's VmHWM."
     )
     section.seconds = time.monotonic() - started
     return section
