@@ -75,7 +75,7 @@ REMOVED_FROM_STDLIB: Final = {
     ),
 }
 ELF_MACHINES: Final = {3: "i386", 62: "x86_64", 183: "aarch64"}
-# The number a .pyc file starts with (then b"\r\n"), per CPython release: importlib.util.MAGIC_NUMBER there.
+# The number a .pyc file starts with (then b"\r\n"), per CPython version: importlib.util.MAGIC_NUMBER there.
 BYTECODE_MAGIC: Final = {(3, 12): 3531, (3, 13): 3571}
 # A .pyc's flags word after the magic number: hash-based, source not checked. Timestamp pycs would compare the
 # source's mtime (as unzipped on Lambda) and checked-hash ones hash the source at every import.
