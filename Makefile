@@ -29,7 +29,7 @@ help:
 	@echo "make iac-check  template.yaml through cfn-lint (with the serverless rules) and checkov"
 	@echo "make format     apply ruff formatting and safe fixes"
 	@echo "make typecheck  mypy over the layer and the handlers"
-	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13)"
+	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13, and compiled to 3.13 bytecode with node)"
 	@echo "make check-build  import every handler from $(BUILD_DIR) only; check its compiled code is for the target"
 	@echo "make validate   sam validate --lint on template.yaml"
 	@echo "make deploy     build, check-build, then sam deploy --guided (STACK_NAME=$(STACK_NAME))"
@@ -106,4 +106,4 @@ deploy: build
 	$(SAM) deploy --template-file $(BUILD_DIR)/template.yaml --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
 
 clean:
-	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache layers/shared/bytecode-compiler/node_modules
