@@ -5,8 +5,8 @@ The interpreter sees only what Lambda would put on its path, in Lambda's order: 
 (its requirements installed for this machine, plus `avatar_pipeline`), then the runtime's own boto3 — never this
 project's virtualenv, whose test tools (moto, requests, ...) the X-Ray patcher would otherwise find and import. The
 environment is the function's, resolved from template.yaml, plus the variables the Lambda runtime sets. A first round
-compiles the bytecode and is not counted; the figures are imports from cached bytecode (see `no_bytecode` for the
-cost of a layer without it).
+compiles the bytecode and is not counted: the figures are imports from bytecode, as the layer ships its modules'
+cpython-313 bytecode (see `no_bytecode` for what a layer without it costs).
 
 The layer's size is that of the real artifact: layers/shared/Makefile run into a temporary ARTIFACTS_DIR, as
 `sam build` runs it (arm64 wheels for CPython 3.13), summing the files' sizes.
@@ -179,7 +179,8 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
         )
     )
     if no_bytecode_repeats:
-        # As the layer is built today (pip --no-compile, read-only /opt): every module compiled at each cold start.
+        # A layer without bytecode, as it shipped before layers/shared/bytecode-compiler: Lambda's /opt is read-only,
+        # so every module would be compiled again at each cold start.
         for logical_id in ("SubmitFunction", "FinalizeFunction"):
             fresh = workdir / "no-pyc" / logical_id
             times = []
@@ -201,7 +202,7 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
                     no_bytecode_repeats,
                     baseline=boto3_ms,
                     baseline_label="`import boto3`",
-                    note="informative: how the layer ships today (--no-compile)",
+                    note="informative: what the layer's shipped cpython-313 bytecode saves at each cold start",
                 )
             )
     say("cold start: building the layer for arm64 as `sam build` does, to size it…")
@@ -224,7 +225,7 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
         f"Each handler module imported in a fresh `python -I -S` whose path is only what Lambda's would be (function "
         f"code, the layer's requirements installed for this machine, the runtime's {_pinned('boto3')}) and whose "
         f"environment is the function's from template.yaml plus Lambda's own variables; bytecode compiled by a first "
-        f"round that is not counted; {repeats} rounds, each importing boto3 and then every handler. The layer's size: "
+        f"round that is not counted (the layer ships its cpython-313 bytecode: layers/shared/bytecode-compiler); {repeats} rounds, each importing boto3 and then every handler. The layer's size: "
         f"layers/shared/Makefile run into a temporary ARTIFACTS_DIR (as `sam build` does), files' sizes summed."
     )
     section.seconds = time.monotonic() - started
