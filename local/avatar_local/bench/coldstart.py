@@ -225,8 +225,9 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
         f"Each handler module imported in a fresh `python -I -S` whose path is only what Lambda's would be (function "
         f"code, the layer's requirements installed for this machine, the runtime's {_pinned('boto3')}) and whose "
         f"environment is the function's from template.yaml plus Lambda's own variables; bytecode compiled by a first "
-        f"round that is not counted (the layer ships its cpython-313 bytecode: layers/shared/bytecode-compiler); {repeats} rounds, each importing boto3 and then every handler. The layer's size: "
-        f"layers/shared/Makefile run into a temporary ARTIFACTS_DIR (as `sam build` does), files' sizes summed."
+        f"round that is not counted (the layer ships its cpython-313 bytecode: layers/shared/bytecode-compiler); "
+        f"{repeats} rounds, each importing boto3 and then every handler. The layer's size: layers/shared/Makefile "
+        f"run into a temporary ARTIFACTS_DIR (as `sam build` does), files' sizes summed."
     )
     section.seconds = time.monotonic() - started
     return section
