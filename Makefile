@@ -14,7 +14,7 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
+.PHONY: help demo up chaos bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 
@@ -22,13 +22,14 @@ help:
 	@echo "make demo       run one sample job through the whole pipeline on this machine; prints the MP4's path"
 	@echo "make up         run the local stack in the foreground (writes .local/stack.json); Ctrl-C stops it"
 	@echo "make chaos      $(CHAOS_PAIRS) pairs through the local stack under injected faults; prints the harm done (all 0)"
+	@echo "make bench      performance against baselines (cold start, copy, poller, burst, CPU, cost); writes docs/performance.md"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
 	@echo "make lint       ruff lint + format check, and iac-check"
 	@echo "make iac-check  template.yaml through cfn-lint (with the serverless rules) and checkov"
 	@echo "make format     apply ruff formatting and safe fixes"
 	@echo "make typecheck  mypy over the layer and the handlers"
-	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13)"
+	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13, and compiled to 3.13 bytecode with node)"
 	@echo "make check-build  import every handler from $(BUILD_DIR) only; check its compiled code is for the target"
 	@echo "make validate   sam validate --lint on template.yaml"
 	@echo "make deploy     build, check-build, then sam deploy --guided (STACK_NAME=$(STACK_NAME))"
@@ -50,6 +51,9 @@ up: setup
 
 chaos: setup
 	$(BIN)/python -m avatar_local chaos --pairs $(CHAOS_PAIRS) --seed $(CHAOS_SEED)
+
+bench: setup
+	$(BIN)/python -m avatar_local.bench
 
 test: setup
 	$(BIN)/pytest
@@ -102,4 +106,4 @@ deploy: build
 	$(SAM) deploy --template-file $(BUILD_DIR)/template.yaml --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
 
 clean:
-	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .aws-sam .pytest_cache .mypy_cache .ruff_cache layers/shared/bytecode-compiler/node_modules

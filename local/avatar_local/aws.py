@@ -18,6 +18,22 @@ from avatar_local.template import Resolver
 LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
 
 
+def _list_moto_modules_once() -> None:
+    """moto's server lists its own package directory on disk for every request it routes (to tell a service name
+    from a host name); the list never changes while it runs, so it is read once."""
+    from moto import backends
+
+    if getattr(backends.list_of_moto_modules, "listed_once", False):
+        return
+    modules = tuple(backends.list_of_moto_modules())
+
+    def listed() -> tuple[str, ...]:
+        return modules
+
+    listed.listed_once = True  # type: ignore[attr-defined]
+    backends.list_of_moto_modules = listed  # type: ignore[assignment]
+
+
 class EmbeddedAws:
     def __init__(self, region: str) -> None:
         self.region = region
@@ -27,6 +43,7 @@ class EmbeddedAws:
 
     def start(self) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        _list_moto_modules_once()
         self._writes.__enter__()
         self._server.start()
         host, port = self._server.get_host_and_port()

@@ -8,7 +8,10 @@ For every function of template.yaml, as built under ``.aws-sam/build``:
 * the artifact's compiled code is for the function's target (its Runtime and Architectures): each extension module
   is tagged for that CPython and machine (``.cpython-313-aarch64-linux-gnu.so``) or is ``abi3``, every ELF file is
   for that machine, and each distribution carrying compiled code has a wheel tag the target accepts (manylinux no
-  newer than the runtime's glibc). This machine (x86_64, an older CPython) cannot load that code, so while the
+  newer than the runtime's glibc), and bytecode is that CPython's: every ``.py`` module of a layer has its
+  ``__pycache__/<name>.cpython-313.pyc`` (Lambda's /opt is read-only: a module without one is compiled again at every
+  cold start), each such file starts with that release's magic number and is an unchecked-hash pyc, and there is no
+  bytecode of another Python. This machine (x86_64, an older CPython) cannot load that code, so while the
   handler is imported each compiled module is loaded from the development virtualenv's copy of the same module;
   the report names every module stood in for that way (see :mod:`avatar_local.build_probe`);
 * the first-party code in the build is the code in the source tree (a stale build fails), and the function plus its
@@ -72,6 +75,11 @@ REMOVED_FROM_STDLIB: Final = {
     ),
 }
 ELF_MACHINES: Final = {3: "i386", 62: "x86_64", 183: "aarch64"}
+# The number a .pyc file starts with (then b"\r\n"), per CPython version: importlib.util.MAGIC_NUMBER there.
+BYTECODE_MAGIC: Final = {(3, 12): 3531, (3, 13): 3571}
+# A .pyc's flags word after the magic number: hash-based, source not checked. Timestamp pycs would compare the
+# source's mtime (as unzipped on Lambda) and checked-hash ones hash the source at every import.
+UNCHECKED_HASH_FLAGS: Final = 0b01
 LAMBDA_MACHINES: Final = {"arm64": "aarch64", "x86_64": "x86_64"}
 # Amazon Linux 2023 (python3.12 and later) has glibc 2.34; Amazon Linux 2 (earlier runtimes) 2.26.
 AL2023_GLIBC: Final = (2, 34)
@@ -98,8 +106,12 @@ class Target:
     glibc: tuple[int, int]
 
     @property
+    def bytecode_tag(self) -> str:
+        return f"cpython-{self.python[0]}{self.python[1]}"
+
+    @property
     def extension_tag(self) -> str:
-        return f"cpython-{self.python[0]}{self.python[1]}-{self.machine}-linux-gnu"
+        return f"{self.bytecode_tag}-{self.machine}-linux-gnu"
 
     def __str__(self) -> str:
         return f"CPython {self.python[0]}.{self.python[1]} {self.machine} (glibc {self.glibc[0]}.{self.glibc[1]})"
@@ -196,6 +208,25 @@ def _single_tag_fits(interpreter: str, abi: str, platform: str, target: Target) 
     return interpreter == f"cp{version}" and abi == f"cp{version}"
 
 
+def bytecode_header_problem(path: Path, target: Target) -> str | None:
+    """Why a .pyc file named for the target's CPython would not be used as it is there, or None if it would."""
+    version = f"CPython {target.python[0]}.{target.python[1]}"
+    magic = BYTECODE_MAGIC.get(target.python)
+    if magic is None:
+        return f"no magic number known for {version}: add it to BYTECODE_MAGIC"
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(8)
+    except OSError as error:
+        return f"unreadable: {error}"
+    expected = magic.to_bytes(2, "little") + b"\r\n"
+    if header[:4] != expected:
+        return f"magic number {header[:4].hex() or 'missing'}, not {version}'s {expected.hex()} ({magic})"
+    if header[4:8] != UNCHECKED_HASH_FLAGS.to_bytes(4, "little"):
+        return f"flags {header[4:8].hex() or 'missing'}: not an unchecked-hash pyc, so the source is checked at import"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Distribution:
     """An installed distribution in a build directory, read from its .dist-info."""
@@ -263,6 +294,8 @@ class ArtifactScan:
     size: int = 0
     extension_modules: list[Path] = field(default_factory=list)
     shared_libraries: list[Path] = field(default_factory=list)
+    modules: int = 0  # .py files
+    without_bytecode: list[Path] = field(default_factory=list)  # .py files with no bytecode for the target
     problems: list[str] = field(default_factory=list)
 
 
@@ -270,6 +303,7 @@ def scan_artifact(directory: Path, target: Target) -> ArtifactScan:
     """Size, file count and compiled code of one build directory; ``problems`` lists code the target cannot load."""
     scan = ArtifactScan()
     foreign_bytecode: list[Path] = []
+    unusable_bytecode: list[str] = []
     for path in sorted(directory.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
@@ -277,8 +311,16 @@ def scan_artifact(directory: Path, target: Target) -> ArtifactScan:
         scan.size += path.stat().st_size
         relative = path.relative_to(directory)
         bytecode = _BYTECODE.fullmatch(path.name)
-        if bytecode and bytecode.group("tag") != f"cpython-{target.python[0]}{target.python[1]}":
+        if bytecode and bytecode.group("tag") != target.bytecode_tag:
             foreign_bytecode.append(relative)
+        elif bytecode:
+            problem = bytecode_header_problem(path, target)
+            if problem:
+                unusable_bytecode.append(f"{relative}: {problem}")
+        if path.suffix == ".py":
+            scan.modules += 1
+            if not (path.parent / "__pycache__" / f"{path.stem}.{target.bytecode_tag}.pyc").is_file():
+                scan.without_bytecode.append(relative)
         machine = elf_machine(path)
         tag = extension_module_tag(path.name)
         if tag is not None:
@@ -296,6 +338,11 @@ def scan_artifact(directory: Path, target: Target) -> ArtifactScan:
         scan.problems.append(
             f"{len(foreign_bytecode)} bytecode files of another Python, dead weight in the artifact "
             f"(e.g. {foreign_bytecode[0]})"
+        )
+    if unusable_bytecode:
+        scan.problems.append(
+            f"{len(unusable_bytecode)} {target.bytecode_tag} bytecode files {target} would not use as they are "
+            f"(e.g. {unusable_bytecode[0]})"
         )
     site_dirs = sorted({info.parent for info in directory.rglob("*.dist-info") if info.is_dir()})
     for dist in (dist for site_dir in site_dirs for dist in distributions(site_dir)):
@@ -538,6 +585,13 @@ def check_build(build_dir: Path, source_template: Path, *, host: Sequence[str] |
         )
         for problem in scan.problems:
             report.fail(f"{logical_id}: {problem}")
+        if scan.without_bytecode:
+            report.fail(
+                f"{logical_id}: {len(scan.without_bytecode)} of {scan.modules} modules have no {target.bytecode_tag} "
+                f"bytecode and would be compiled at every cold start (e.g. {scan.without_bytecode[0]})"
+            )
+        else:
+            report.say(f"  {scan.modules} modules, each with its {target.bytecode_tag} bytecode")
         packages = first_party_packages(python_dir) if python_dir.is_dir() else []
         for package in packages:
             stale = stale_files(source / package, python_dir / package) if (source / package).is_dir() else []

@@ -8,6 +8,7 @@ A worker that dies mid-invocation fails that invocation (Lambda's "Runtime exite
 
 from __future__ import annotations
 
+import collections
 import itertools
 import multiprocessing
 import os
@@ -15,6 +16,7 @@ import sys
 import threading
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
@@ -58,12 +60,43 @@ class _LambdaContext:
         return max(0, int((self.deadline - time.monotonic()) * 1000))
 
 
+@dataclass(frozen=True)
+class InvocationUsage:
+    """What one invocation used, as Lambda would bill and trace it: wall time, the worker's CPU time, and the AWS
+    API requests its SDK clients sent (by ``service.Operation``, retries included)."""
+
+    function: str
+    request_id: str
+    ok: bool
+    wall_ms: float
+    cpu_ms: float
+    aws_calls: dict[str, int]
+
+
+def _count_aws_calls(calls: Counter[str]) -> None:
+    """Count every request any botocore session of this process sends from now on."""
+    import botocore.session
+
+    def count(event_name: str, **_: Any) -> None:
+        calls[".".join(event_name.split(".")[1:3])] += 1
+
+    original_init = botocore.session.Session.__init__
+
+    def init_counting(self: botocore.session.Session, *args: Any, **kwargs: Any) -> None:
+        original_init(self, *args, **kwargs)
+        self.register("before-send", count)
+
+    botocore.session.Session.__init__ = init_counting  # type: ignore[method-assign]
+
+
 def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses: Any) -> None:
     if runtime.log_path:
         log = open(runtime.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
         sys.stdout = sys.stderr = log
     os.environ.update(runtime.environment)
     install(runtime.faults, runtime.name, number)
+    calls: Counter[str] = Counter()
+    _count_aws_calls(calls)
     for path in reversed(runtime.code_paths):
         sys.path.insert(0, path)
     handler = getattr(__import__(runtime.module, fromlist=[runtime.attribute]), runtime.attribute)
@@ -82,10 +115,21 @@ def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses
             aws_request_id=request_id,
             deadline=time.monotonic() + runtime.timeout_seconds,
         )
+        calls.clear()
+        started, started_cpu = time.perf_counter(), time.process_time()
         try:
-            responses.put(("done", request_id, True, handler(event, context)))
+            ok, payload = True, handler(event, context)
         except Exception:
-            responses.put(("done", request_id, False, traceback.format_exc()))
+            ok, payload = False, traceback.format_exc()
+        usage = InvocationUsage(
+            runtime.name,
+            request_id,
+            ok,
+            wall_ms=(time.perf_counter() - started) * 1000,
+            cpu_ms=(time.process_time() - started_cpu) * 1000,
+            aws_calls=dict(calls),
+        )
+        responses.put(("done", request_id, ok, payload, usage))
 
 
 # How often the pool looks for dead workers.
@@ -114,6 +158,8 @@ class FunctionPool:
         self._running: dict[int, str] = {}  # worker pid -> the request it is handling
         self._ready: set[int] = set()  # workers whose handler imported
         self._broken: str | None = None
+        # What the latest invocations used (benchmarks read it); bounded, for a stack that runs for days.
+        self.usage: collections.deque[InvocationUsage] = collections.deque(maxlen=100_000)
         self._lock = threading.Lock()
         self._numbers = itertools.count()
         self._stopping = False
@@ -122,6 +168,11 @@ class FunctionPool:
         self._collector.start()
         self._watcher = threading.Thread(target=self._watch, name=f"workers-{runtime.name}", daemon=True)
         self._watcher.start()
+
+    @property
+    def workers(self) -> int:
+        """How many execution environments (worker processes) the function has."""
+        return len(self._processes)
 
     def _start_worker(self) -> SpawnProcess:
         number = next(self._numbers)
@@ -150,9 +201,10 @@ class FunctionPool:
                 with self._lock:
                     self._running[pid] = request_id
                 continue
-            _, request_id, ok, payload = message
+            _, request_id, ok, payload, usage = message
             with self._lock:
                 self._running = {pid: rid for pid, rid in self._running.items() if rid != request_id}
+                self.usage.append(usage)
             self._settle(request_id, ok, payload)
 
     def _watch(self) -> None:

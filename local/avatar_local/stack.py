@@ -74,6 +74,10 @@ class LocalStackConfig:
     faults: FaultPlan = field(default_factory=FaultPlan)
     aws_faults: AwsFaultPlan = field(default_factory=AwsFaultPlan)
     time_factor: float = 1.0
+    # WaveSpeed's documented limits, for runs that need them (e.g. the burst benchmark): submissions per minute of
+    # simulated time (None: no limit) and predictions processing at once.
+    wavespeed_submissions_per_minute: int | None = None
+    wavespeed_max_concurrent: int = 3
     state_dir: Path | None = None
     workers_per_function: int = 1
 
@@ -87,7 +91,12 @@ class LocalStack:
         self.config = config or LocalStackConfig()
         self.template = load_template(self.config.root / "template.yaml")
         self.aws = EmbeddedAws(self.config.region)
-        self.simulator = WaveSpeedSimulator(faults=self.config.faults, time_factor=self.config.time_factor)
+        self.simulator = WaveSpeedSimulator(
+            faults=self.config.faults,
+            time_factor=self.config.time_factor,
+            max_concurrent=self.config.wavespeed_max_concurrent,
+            submissions_per_minute=self.config.wavespeed_submissions_per_minute,
+        )
         self.comet_simulator = CometApiSimulator(faults=self.config.faults, time_factor=self.config.time_factor)
         self.pools: dict[str, FunctionPool] = {}
         self._workers: list[Worker] = []

@@ -42,7 +42,10 @@ class AsyncInvoker:
         self._aws = aws
         self._max_retries = max_retries
         self._failure_queue_url = failure_queue_url
-        self._executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix=f"async-{pool.runtime.name}")
+        # As many invocations at once as the function has execution environments (at least 4, as before).
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(4, pool.workers), thread_name_prefix=f"async-{pool.runtime.name}"
+        )
         self._in_flight = 0
         self._lock = threading.Lock()
 
@@ -137,7 +140,8 @@ def s3_notification_pump(
 
     def step() -> None:
         batch = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-        for message in batch.get("Messages", []):
+        messages = batch.get("Messages", [])
+        for message in messages:
             event = json.loads(message["Body"])
             # S3 sends queue destinations an s3:TestEvent when notifications are configured; Lambda never sees one.
             if "Records" in event:
@@ -145,7 +149,9 @@ def s3_notification_pump(
                 if decider.should(faults.s3_duplicate_event_rate):
                     injected["s3-duplicate"] += 1
                     deliver(event)
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        if messages:  # one request for the batch: moto's SQS walks the whole queue for each
+            entries = [{"Id": str(n), "ReceiptHandle": m["ReceiptHandle"]} for n, m in enumerate(messages)]
+            sqs.delete_message_batch(QueueUrl=queue_url, Entries=entries)
 
     return step
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import _statistics
+import py_compile
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +13,7 @@ import pytest
 from avatar_local.build_check import (
     BuildCheckError,
     Target,
+    bytecode_header_problem,
     check_build,
     elf_machine,
     extension_module_tag,
@@ -24,12 +27,20 @@ from avatar_local.template import functions, load_template
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA = Target(python=(3, 13), machine="aarch64", glibc=(2, 34))
 AARCH64, X86_64 = 183, 62
+CPYTHON_3_12_MAGIC, CPYTHON_3_13_MAGIC = 3531, 3571
+TIMESTAMP, UNCHECKED_HASH, CHECKED_HASH = 0b00, 0b01, 0b11
 
 
 def elf_header(machine: int, elf_class: int = 2) -> bytes:
     """The first bytes of a little-endian ELF shared object for `machine` (enough for the check to read)."""
     ident = b"\x7fELF" + bytes([elf_class, 1, 1]) + bytes(9)
     return ident + (3).to_bytes(2, "little") + machine.to_bytes(2, "little") + bytes(44)
+
+
+def pyc_header(magic: int = CPYTHON_3_13_MAGIC, flags: int = UNCHECKED_HASH) -> bytes:
+    """The 16-byte header of a .pyc file: magic number, flags, then source hash (or mtime and size). The check reads
+    only the header, and this machine's Python could not run 3.13 bytecode anyway."""
+    return magic.to_bytes(2, "little") + b"\r\n" + flags.to_bytes(4, "little") + bytes(8)
 
 
 # ------------------------------------------------------------------------------------------------ the pieces
@@ -109,6 +120,49 @@ def test_elf_machine_reads_the_header(tmp_path: Path) -> None:
     assert elf_machine(Path(_statistics.__file__)) is not None  # this interpreter's own
 
 
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (pyc_header(), None),
+        (pyc_header(magic=CPYTHON_3_12_MAGIC), "magic number cb0d0d0a, not CPython 3.13's f30d0d0a (3571)"),
+        (pyc_header(flags=TIMESTAMP), "flags 00000000: not an unchecked-hash pyc"),
+        (pyc_header(flags=CHECKED_HASH), "flags 03000000: not an unchecked-hash pyc"),
+        (pyc_header()[:6], "flags 0100: not an unchecked-hash pyc"),
+        (b"", "magic number missing"),
+    ],
+)
+def test_bytecode_headers_the_target_uses_as_they_are(tmp_path: Path, header: bytes, problem: str | None) -> None:
+    # Given a .pyc file named for CPython 3.13 with this header
+    pyc = tmp_path / "module.cpython-313.pyc"
+    pyc.write_bytes(header)
+    # When its header is checked for the Lambda target, Then it is usable, or the problem says why not
+    found = bytecode_header_problem(pyc, LAMBDA)
+    assert found is None if problem is None else found is not None and found.startswith(problem), found
+
+
+def test_bytecode_this_machine_compiles_is_not_for_the_target(tmp_path: Path) -> None:
+    # Given an unchecked-hash .pyc compiled by this machine's Python (an older one), misnamed for 3.13
+    source = tmp_path / "module.py"
+    source.write_text("ANSWER = 42\n")
+    pyc = Path(
+        py_compile.compile(
+            str(source),
+            cfile=str(tmp_path / "module.cpython-313.pyc"),
+            invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH,
+        )
+    )
+    # When its header is checked for the Lambda target, Then its magic number gives it away
+    problem = bytecode_header_problem(pyc, LAMBDA)
+    assert problem is not None and "not CPython 3.13's f30d0d0a" in problem
+
+
+def test_a_target_without_a_known_magic_number_is_a_problem(tmp_path: Path) -> None:
+    pyc = tmp_path / "module.cpython-399.pyc"
+    pyc.write_bytes(pyc_header())
+    problem = bytecode_header_problem(pyc, Target(python=(3, 99), machine="aarch64", glibc=(2, 34)))
+    assert problem == "no magic number known for CPython 3.99: add it to BYTECODE_MAGIC"
+
+
 def test_modules_removed_between_the_host_and_the_target_python() -> None:
     removed = removed_stdlib((3, 11), (3, 13))
     assert {"imp", "distutils", "cgi", "imghdr", "telnetlib"} <= set(removed)
@@ -161,7 +215,8 @@ def lambda_handler(event, context):
 
 class Synthetic:
     """A source tree and what `sam build` would make of it: a function, a layer with a pure package and a compiled
-    module (a fake aarch64 one in the build; the host's stand-in is a copy of CPython's own _statistics)."""
+    module (a fake aarch64 one in the build; the host's stand-in is a copy of CPython's own _statistics), each of the
+    layer's modules with its CPython 3.13 bytecode (a header only)."""
 
     def __init__(self, root: Path) -> None:
         self.source, self.build, self.host = root / "src", root / "build", root / "host"
@@ -179,6 +234,8 @@ class Synthetic:
         shutil.copytree(self.source / "fn", self.code)
         shutil.copytree(self.source / "layer", self.layer)
         self.write_so(self.layer / "_statistics.cpython-313-aarch64-linux-gnu.so", AARCH64)
+        for module in self.layer.rglob("*.py"):
+            self.write_pyc(module)
         self.host.mkdir()
         shutil.copy(_statistics.__file__, self.host)
         self.boto3_host = str(Path(__import__("boto3").__file__).parents[1])
@@ -187,6 +244,13 @@ class Synthetic:
     def write_so(path: Path, machine: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(elf_header(machine))
+
+    @staticmethod
+    def write_pyc(module: Path, header: bytes = pyc_header()) -> Path:
+        pyc = module.parent / "__pycache__" / f"{module.stem}.cpython-313.pyc"
+        pyc.parent.mkdir(exist_ok=True)
+        pyc.write_bytes(header)
+        return pyc
 
     def check(self) -> tuple[list[str], str]:
         report = check_build(self.build, self.source / "template.yaml", host=[str(self.host), self.boto3_host])
@@ -206,6 +270,7 @@ def test_a_good_build_passes_and_the_report_names_the_stand_ins(synthetic: Synth
     assert "from the Lambda runtime: boto3" in text
     assert "unpacked size" in text
     assert "imported every module of fastlib, purelib" in text
+    assert "2 modules, each with its cpython-313 bytecode" in text
 
 
 def test_a_module_missing_from_the_build_fails(synthetic: Synthetic) -> None:
@@ -269,12 +334,56 @@ def test_no_build_is_an_error(tmp_path: Path) -> None:
 def test_bytecode_of_another_python_fails_and_the_check_writes_none(synthetic: Synthetic) -> None:
     failures, _ = synthetic.check()
     assert failures == []
-    assert not list(synthetic.build.rglob("*.pyc")), "the import probe wrote bytecode into the build"
+    host_bytecode = f"*.{sys.implementation.cache_tag}.pyc"
+    assert not list(synthetic.build.rglob(host_bytecode)), "the import probe wrote bytecode into the build"
     cache = synthetic.code / "__pycache__"
     cache.mkdir()
     (cache / "app.cpython-311.pyc").write_bytes(b"")
-    (cache / "app.cpython-313.pyc").write_bytes(b"")  # the target's own: fine
+    (cache / "app.cpython-313.pyc").write_bytes(pyc_header())  # the target's own: fine
     failures, _ = synthetic.check()
     assert failures == [
         "Fn: 1 bytecode files of another Python, dead weight in the artifact (e.g. __pycache__/app.cpython-311.pyc)"
+    ]
+
+
+def test_a_layer_module_without_its_target_bytecode_fails(synthetic: Synthetic) -> None:
+    """Lambda's /opt is read-only: a layer module without its 3.13 bytecode is compiled again at every cold start."""
+    # Given a layer compiled to CPython 3.13 bytecode
+    # When one module's bytecode is missing
+    (synthetic.layer / "purelib" / "__pycache__" / "__init__.cpython-313.pyc").unlink()
+    failures, _ = synthetic.check()
+    # Then the check fails and names it
+    assert failures == [
+        "Shared: 1 of 2 modules have no cpython-313 bytecode and would be compiled at every cold start "
+        "(e.g. python/purelib/__init__.py)"
+    ]
+
+
+def test_a_layer_module_with_only_another_pythons_bytecode_fails(synthetic: Synthetic) -> None:
+    # Given a layer whose pure package was compiled by the build machine's Python instead of 3.13
+    cache = synthetic.layer / "purelib" / "__pycache__"
+    (cache / "__init__.cpython-313.pyc").rename(cache / "__init__.cpython-311.pyc")
+    # When the build is checked
+    failures, _ = synthetic.check()
+    # Then the module counts as without bytecode, and the other Python's file as dead weight
+    assert any("1 of 2 modules have no cpython-313 bytecode" in f for f in failures), failures
+    assert any("1 bytecode files of another Python" in f for f in failures), failures
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (pyc_header(magic=CPYTHON_3_12_MAGIC), "magic number cb0d0d0a, not CPython 3.13's f30d0d0a (3571)"),
+        (pyc_header(flags=TIMESTAMP), "flags 00000000: not an unchecked-hash pyc, so the source is checked at import"),
+    ],
+)
+def test_target_bytecode_the_target_would_not_use_fails(synthetic: Synthetic, header: bytes, problem: str) -> None:
+    # Given a layer compiled to CPython 3.13 bytecode
+    # When one module's cpython-313 file has another release's magic number, or is a timestamp pyc
+    synthetic.write_pyc(synthetic.layer / "fastlib" / "__init__.py", header)
+    failures, _ = synthetic.check()
+    # Then the check fails, naming the file and why
+    assert failures == [
+        f"Shared: 1 cpython-313 bytecode files CPython 3.13 aarch64 (glibc 2.34) would not use as they are "
+        f"(e.g. python/fastlib/__pycache__/__init__.cpython-313.pyc: {problem})"
     ]

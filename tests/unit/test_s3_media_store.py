@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import struct
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterable, Iterator
@@ -531,6 +532,63 @@ def test_copy_memory_stays_bounded_by_the_part_size() -> None:
     # ...while the peak never came near the file size: at most 3 parts' worth plus slack
     assert peak < 3 * part_size + 2 * MIB, f"peak {peak / MIB:.1f} MiB"
     assert elapsed < 3.0
+
+
+def test_a_part_uploads_while_the_next_one_downloads() -> None:
+    # Given an S3 that finishes uploading part 1 only once the download has moved on to part 2's bytes
+    part_size, chunk_size, total_size = 5 * MIB, MIB, 12 * MIB
+    video = fake_mp4(total_size)
+    moved_on = threading.Event()
+
+    def source() -> Iterator[bytes]:
+        for index, chunk in enumerate(chunked(video, chunk_size)):
+            if index == part_size // chunk_size + 1:  # the first chunk after part 1's
+                moved_on.set()
+            yield chunk
+
+    class WaitingS3(CountingS3):
+        def upload_part(self, *, Body: bytes, PartNumber: int, **kwargs: Any) -> dict[str, str]:
+            if PartNumber == 1 and not moved_on.wait(5):
+                raise AssertionError("the download stood still while part 1 uploaded")
+            return super().upload_part(Body=Body, PartNumber=PartNumber, **kwargs)
+
+    s3 = WaitingS3()
+    store = S3MediaStore(s3, downloader(serve(source(), content_length=total_size)), part_size=part_size)
+
+    # When it is copied, Then it completes, every byte in its part
+    assert store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX).size == total_size
+    assert sum(s3.part_sizes) == total_size
+    assert not s3.aborted
+
+
+def test_copy_memory_stays_bounded_when_s3_is_slower_than_the_download() -> None:
+    # Given parts that take a while to upload, so the next one is always downloaded first
+    part_size, chunk_size, total_size = 5 * MIB, MIB, 40 * MIB
+    head = mp4_head(total_size)
+
+    def source() -> Iterator[bytes]:
+        for index in range(total_size // chunk_size):
+            yield head + bytes(chunk_size - len(head)) if index == 0 else bytes(chunk_size)
+
+    class SlowS3(CountingS3):
+        def upload_part(self, *, Body: bytes, PartNumber: int, **kwargs: Any) -> dict[str, str]:
+            time.sleep(0.02)
+            return super().upload_part(Body=Body, PartNumber=PartNumber, **kwargs)
+
+    s3 = SlowS3()
+    store = S3MediaStore(s3, downloader(serve(source(), content_length=total_size)), part_size=part_size)
+
+    # When it is copied, measuring allocations only around the copy
+    tracemalloc.start()
+    try:
+        result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Then the part uploading and the part downloading were all it held: at most 3 parts' worth plus slack
+    assert result.size == total_size
+    assert peak < 3 * part_size + 2 * MIB, f"peak {peak / MIB:.1f} MiB"
 
 
 # --- presigned_get and read_small_object ---------------------------------------------------------------------

@@ -657,6 +657,24 @@ def test_poll_reschedules_when_there_is_no_news(w: World) -> None:
     assert stored(w, task.task_id).next_check_at == w.clock.now + timedelta(seconds=w.ctx.settings.poll_after_seconds)
 
 
+def test_poll_reads_nothing_beyond_the_due_records(w: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a task at the provider, and a count of every task the poller reads by id
+    task = submitted(w)
+    reads: list[str] = []
+    get = w.tasks.get
+    monkeypatch.setattr(w.tasks, "get", lambda task_id: reads.append(task_id) or get(task_id))
+    # When the poller runs each time the task is due: once the provider has news, once it has none
+    w.provider.script_fetch(news(P.PROCESSING))
+    actions = []
+    for _ in range(2):
+        w.clock.advance(w.ctx.settings.poll_after_seconds)
+        actions += list(run_poll(w).actions)
+    # Then each poll acted on the record its due query returned: a poll's reads follow the tasks due, nothing more
+    assert actions == ["news-processing", "no-news"]
+    assert reads == []
+    assert stored(w, task.task_id).version == task.version + 2
+
+
 def test_poll_keeps_going_when_the_provider_is_unavailable(w: World) -> None:
     task = submitted(w)
     w.provider.script_fetch(ProviderTransientError("HTTP 502"))

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-from avatar_pipeline.media_checks import RandomAccessSource
 from avatar_pipeline.models import (
     Notification,
     PairSlot,
@@ -16,6 +15,9 @@ from avatar_pipeline.models import (
     Task,
     TaskOutcome,
 )
+
+if TYPE_CHECKING:  # only named in annotations: who never validates media (webhook, finalize) never loads Pillow
+    from avatar_pipeline.media_checks import RandomAccessSource
 
 
 class ConflictError(Exception):

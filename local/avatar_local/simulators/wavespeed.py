@@ -234,6 +234,30 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
             prediction = self._predictions.get(prediction_id)
             return None if prediction is None else prediction.view(self._base_url)
 
+    def add_completed(self, video: Path, model: str = "kwaivgi/kling-v1-ai-avatar-standard") -> Json:
+        """A prediction that completed with `video` (a file the caller owns) as its output, without a submission,
+        webhook or render: how a benchmark has the simulator serve a video far larger than it would render."""
+        prediction_id = uuid.uuid4().hex
+        with self._lock:
+            prediction = _Prediction(
+                id=prediction_id,
+                model=model,
+                image="",
+                audio="",
+                prompt=None,
+                webhook_url=None,
+                created_at=iso_now(),
+                created_monotonic=time.monotonic(),
+                inject_failure=False,
+                lose_webhook=False,
+                duplicate_webhook=False,
+                status="completed",
+                outputs=[f"{self._base_url}{OUTPUTS_PREFIX}{prediction_id}.mp4"],
+                video=video,
+            )
+            self._predictions[prediction.id] = prediction
+            return prediction.view(self._base_url)
+
     def webhook_deliveries(self) -> list[Json]:
         """Every webhook delivery attempt (and every webhook deliberately lost), oldest first."""
         with self._lock:

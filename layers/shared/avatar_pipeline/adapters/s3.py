@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import httpx
@@ -26,6 +28,8 @@ MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB
 MAX_PARTS = 10_000
 DEFAULT_PART_SIZE = 8 * MIB
+# Parts uploading while the next one downloads. Each holds a part in memory; S3 takes parts side by side.
+UPLOADS_IN_FLIGHT = 2
 # Statuses that mean the output will never be there, however often we ask.
 GONE_STATUSES = frozenset({403, 404, 410})
 VIDEO_CONTENT_TYPE = "video/mp4"
@@ -67,8 +71,10 @@ class S3RangeSource:
 class S3MediaStore:
     """Implements `ports.MediaStore` with a boto3 S3 client and a `SafeDownloader` for provider outputs.
 
-    `copy_from_url` holds at most one part (about `part_size` bytes, plus the chunk that tipped it over)
-    in memory, plus the one joined copy handed to `upload_part`; nothing is written to disk. Without a
+    `copy_from_url` uploads parts (up to UPLOADS_IN_FLIGHT at once) while the next one downloads, so a copy takes
+    about as long as the slower of the two rather than their sum. It holds at most UPLOADS_IN_FLIGHT + 1 parts in
+    memory (about `part_size` bytes each, plus the chunk that tipped one over): the one downloading and those
+    uploading; nothing is written to disk. Without a
     `downloader`, every output URL is refused (an empty allow-list): downloads are only ever allowed on purpose.
     """
 
@@ -152,6 +158,8 @@ class S3MediaStore:
         pending_size = 0
         total = 0
         mp4 = Mp4StreamCheck()
+        uploader = ThreadPoolExecutor(max_workers=UPLOADS_IN_FLIGHT, thread_name_prefix="upload-part")
+        uploading: deque[Future[dict[str, Any]]] = deque()
         try:
             for chunk in response.iter_bytes():
                 keep_alive()
@@ -170,8 +178,7 @@ class S3MediaStore:
                         continue  # no upload until the ftyp box says this is an MP4
                     upload_id = self._create_upload(bucket, key)
                 if pending_size >= self._part_size:
-                    parts.append(self._upload_part(bucket, key, upload_id, len(parts) + 1, pending))
-                    pending.clear()
+                    self._next_part(uploader, uploading, parts, bucket, key, upload_id, pending)
                     pending_size = 0
 
             if promised is not None and response.num_bytes_downloaded < promised:
@@ -184,8 +191,9 @@ class S3MediaStore:
             _finish(mp4, source)
             assert upload_id is not None  # a recognised MP4 started the upload
             if pending:
-                parts.append(self._upload_part(bucket, key, upload_id, len(parts) + 1, pending))
-                pending.clear()
+                self._next_part(uploader, uploading, parts, bucket, key, upload_id, pending)
+            while uploading:
+                parts.append(uploading.popleft().result())
             completed = self._s3.complete_multipart_upload(
                 Bucket=bucket,
                 Key=key,
@@ -193,9 +201,12 @@ class S3MediaStore:
                 MultipartUpload={"Parts": parts},
             )
         except BaseException:
+            wait(uploading)  # whatever becomes of them, no part may land after the abort
             if upload_id is not None:
                 self._abort(bucket, key, upload_id)
             raise
+        finally:
+            uploader.shutdown(wait=True)
         etag = str(completed.get("ETag", "")).strip('"')
         logger.info("copied %s to s3://%s/%s: %d bytes in %d parts", source, bucket, key, total, len(parts))
         return S3Object(bucket=bucket, key=key, etag=etag, size=total)
@@ -213,8 +224,27 @@ class S3MediaStore:
         created = self._s3.create_multipart_upload(Bucket=bucket, Key=key, ContentType=VIDEO_CONTENT_TYPE)
         return str(created["UploadId"])
 
+    def _next_part(
+        self,
+        uploader: ThreadPoolExecutor,
+        uploading: deque[Future[dict[str, Any]]],
+        parts: list[dict[str, Any]],
+        bucket: str,
+        key: str,
+        upload_id: str,
+        chunks: list[bytes],
+    ) -> None:
+        """Start uploading `chunks` as the next part (emptying the list), once fewer than UPLOADS_IN_FLIGHT parts
+        are uploading: that bounds the memory held, and raises a failed part's error here, before another starts."""
+        while len(uploading) >= UPLOADS_IN_FLIGHT:
+            parts.append(uploading.popleft().result())
+        body = [b"".join(chunks)]
+        chunks.clear()
+        number = len(parts) + len(uploading) + 1
+        uploading.append(uploader.submit(self._upload_part, bucket, key, upload_id, number, body))
+
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, chunks: list[bytes]) -> dict[str, Any]:
-        # The joined part lives only for the duration of this call, so at most one extra copy exists at a time.
+        # `_next_part` hands the part over joined already (one item: joining it again returns it, copying nothing).
         uploaded = self._s3.upload_part(
             Bucket=bucket,
             Key=key,

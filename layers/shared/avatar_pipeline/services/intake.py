@@ -34,7 +34,6 @@ from avatar_pipeline.pricing import estimate_cost
 from avatar_pipeline.providers import alternative, display_name
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 from avatar_pipeline.state_machine import begin, touch, transition
-from avatar_pipeline.validation import fits, validate_pair
 
 logger = Logger(child=True)
 
@@ -251,6 +250,9 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         audio=audio,
     )
     problems = [options_problem] if options_problem else []
+    # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
+    from avatar_pipeline.validation import fits, validate_pair
+
     report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider)
     logger.info(
         "inputs checked",

@@ -19,7 +19,6 @@ from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.providers import describe_failure, display_name
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, output_key
-from avatar_pipeline.services.intake import cut_pair, retry_submission
 from avatar_pipeline.state_machine import begin, can_transition, touch, transition
 
 logger = Logger(child=True)
@@ -223,6 +222,8 @@ def _check_slot(ctx: PipelineContext, slot: PairSlot, time_left: Callable[[], ti
         if time_left() < SUBMIT_TIME_BUDGET:
             return "deferred"
         # The invocation that completed it died before settling it: finish its work.
+        from avatar_pipeline.services.intake import cut_pair  # the poller's alone: callbacks never load validation
+
         return f"pair-{cut_pair(ctx, slot, last_chance=True).action}"
     return _expire_orphan(ctx, slot)
 
@@ -306,6 +307,8 @@ def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str
         if task.submit_retry_at > now:
             _reschedule(ctx, task, task.submit_retry_at)
             return "waiting-to-retry"
+        from avatar_pipeline.services.intake import retry_submission  # the poller's alone, as cut_pair
+
         outcome = retry_submission(ctx, task)
         return f"resubmit-{outcome.action}" if outcome else "skipped"
     # The outcome of the last submission is unknown: its callback may still come. Wait until the age limit, looking
@@ -332,19 +335,22 @@ def _find_lost_submission(ctx: PipelineContext, task: Task) -> ProviderJob | Non
 def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reason: str) -> str:
     """Ask the provider about a task with no recent news; time it out only after this last look."""
     assert task.provider_task_id is not None
+    recorded = False
     try:
         news = ctx.provider_for(task).fetch(task.provider_task_id)
     except ProviderError as error:
         logger.warning("provider status query failed", extra={"task_id": task.task_id, "error": str(error)})
         action = "provider-unavailable" if isinstance(error, ProviderTransientError) else "provider-error"
     else:
-        recorded = record_provider_news(ctx, task.task_id, news) == "recorded"
+        # The record the poll read: a write conditioned on its version catches any change since (no second read).
+        recorded = record_provider_news(ctx, task, news) == "recorded"
         action = f"news-{news.status.value.lower()}" if recorded else "no-news"
         if news.status in (ProviderJobStatus.SUCCEEDED, ProviderJobStatus.FAILED):
             return action
     if _too_old(ctx, task, now):
         return _time_out(ctx, task, too_old_reason, still_in=frozenset({TaskStatus.SUBMITTED, TaskStatus.PROCESSING}))
-    _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+    if not recorded:  # recorded news set the next check itself
+        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
     return action
 
 
