@@ -3,14 +3,17 @@ of copying the same bytes (download to a file, then boto3's `upload_file`), and 
 
 The video is a real MP4 rendered by the simulator's ffmpeg whose `mdat` box is padded to the size wanted (the file
 is sparse on disk), so it passes finalize's MP4 structure check. The simulator serves it as a completed prediction's
-output; each copy runs in a fresh process (`copy_child`) with finalize's environment from template.yaml, so its
-peak RSS is that copy's alone.
+output, from a process of its own (`video_server`); each copy runs in a fresh process (`copy_child`) with finalize's
+environment from template.yaml, so its peak RSS is that copy's alone.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -59,30 +62,38 @@ def measure(
 ) -> Section:
     from avatar_local.aws import EmbeddedAws
     from avatar_local.simulators.media import make_sample_portrait, make_sample_speech, render_avatar_video
-    from avatar_local.simulators.wavespeed import WaveSpeedSimulator
 
     started = time.monotonic()
     small, large = min(sizes), max(sizes)
     section = Section("copy", "2. Finalize copy")
+    rendered = workdir / "rendered.mp4"
+    render_avatar_video(make_sample_portrait(), make_sample_speech(2.0), rendered)
+    videos = []
+    for size in sizes:
+        videos.append(workdir / f"video-{size // MIB}MiB.mp4")
+        padded_mp4(rendered.read_bytes(), size, videos[-1])
+    server = subprocess.Popen(  # noqa: S603 - our own interpreter, our own arguments
+        [sys.executable, "-m", "avatar_local.bench.video_server", *map(str, videos)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     aws = EmbeddedAws(REGION)
     aws.start()
-    simulator = WaveSpeedSimulator().start()
     try:
+        assert server.stdout is not None
+        served = json.loads(server.stdout.readline() or "{}")
+        if not served:
+            raise RuntimeError(f"the video server exited with {server.wait()}")
+        urls = dict(zip(sizes, served["urls"], strict=True))
         s3 = aws.client("s3")
         s3.create_bucket(Bucket=BUCKET)
-        rendered = workdir / "rendered.mp4"
-        render_avatar_video(make_sample_portrait(), make_sample_speech(2.0), rendered)
-        urls = {}
-        for size in sizes:
-            video = workdir / f"video-{size // MIB}MiB.mp4"
-            padded_mp4(rendered.read_bytes(), size, video)
-            urls[size] = simulator.add_completed(video)["outputs"][0]
         spec = lambda_environment("FinalizeFunction")
         env = {
             **spec["environment"],
             "AWS_ENDPOINT_URL": aws.endpoint_url,
             "MEDIA_BUCKET": BUCKET,
-            "ALLOWED_OUTPUT_HOSTS": simulator.base_url,
+            "ALLOWED_OUTPUT_HOSTS": served["base_url"],
             "_X_AMZN_TRACE_ID": UNSAMPLED_TRACE,
             "PYTHONPATH": os.pathsep.join([spec["code_dir"], *spec["layer_dirs"]]),
         }
@@ -102,8 +113,8 @@ def measure(
                         f"MiB/s, peak RSS {result['peak_rss_mib']:.0f} MiB"
                     )
     finally:
-        simulator.stop()
         aws.stop()
+        server.communicate(timeout=30)  # closing its stdin stops it
 
     def throughput(mode: str, size: int) -> float:
         return median([size / MIB / run["seconds"] for run in runs[(mode, size)]])
@@ -156,7 +167,9 @@ def measure(
     )
     section.method = (
         f"A real MP4 rendered by the simulator's ffmpeg, its `mdat` padded to {small // MIB} and {large // MIB} MiB, "
-        f"served by the WaveSpeed simulator on 127.0.0.1; the embedded S3 (moto server) in the same parent process. "
+        f"served by the WaveSpeed simulator on 127.0.0.1 in a process of its own (as the provider's CDN and S3 are not "
+        f"one server, a download and the uploads beside it must not share one interpreter); the embedded S3 (moto "
+        f"server) in the parent process. "
         f"Each copy in a fresh process with finalize's environment from template.yaml: the pipeline imports "
         f"`finalize_handler`, wires the adapters and calls `S3MediaStore.copy_from_url` (allow-list: the simulator's "
         f"origin); the baseline streams the download to a file with httpx, then `upload_file` (boto3's default "
