@@ -32,6 +32,7 @@ def test_a_copy_is_measured_against_the_baseline_in_processes_of_their_own(tmp_p
     assert set(measures) == {
         "7 MiB copy: throughput",
         "6 MiB copy: throughput",
+        "7 MiB copy: CPU time of the copying process, per GiB",
         "7 MiB copy: peak RSS",
         "6 MiB copy: peak RSS",
     }

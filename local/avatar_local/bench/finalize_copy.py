@@ -137,6 +137,22 @@ def measure(
                 met=value / base >= THROUGHPUT_TARGET if size == large else None,
             )
         )
+    cpu_per_gib = {mode: median([run["cpu_seconds"] for run in runs[(mode, large)]]) * MIB * 1024 / large
+                   for mode in ("pipeline", "baseline")}  # fmt: skip
+    section.figures.append(
+        Figure(
+            section.title,
+            f"{large // MIB} MiB copy: CPU time of the copying process, per GiB",
+            cpu_per_gib["pipeline"],
+            "s",
+            repeats,
+            baseline=cpu_per_gib["baseline"],
+            baseline_label="download to a file, then boto3 `upload_file`",
+            note="informative: at its 512 MB, Lambda gives a function about a third of a vCPU, so CPU per byte bounds "
+            "a copy there more than on this machine",
+            decimals=2,
+        )
+    )
     large_rss, small_rss = peak("pipeline", large), peak("pipeline", small)
     section.figures.append(
         Figure(
