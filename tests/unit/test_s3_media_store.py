@@ -516,12 +516,7 @@ def test_copy_memory_stays_bounded_by_the_part_size() -> None:
 
     # When it is copied, measuring allocations only around the copy
     started = time.monotonic()
-    tracemalloc.start()
-    try:
-        result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = _copy_measuring_peak_memory(store)
     elapsed = time.monotonic() - started
 
     # Then every byte went through, in parts of about the part size...
@@ -579,12 +574,7 @@ def test_copy_memory_stays_bounded_when_s3_is_slower_than_the_download() -> None
     store = S3MediaStore(s3, downloader(serve(source(), content_length=total_size)), part_size=part_size)
 
     # When it is copied, measuring allocations only around the copy
-    tracemalloc.start()
-    try:
-        result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    result, peak = _copy_measuring_peak_memory(store)
 
     # Then the part uploading and the part downloading were all it held: at most 3 parts' worth plus slack
     assert result.size == total_size
@@ -634,3 +624,14 @@ def test_store_refuses_a_part_size_below_the_s3_minimum(s3: Any) -> None:
     # Given a part size S3 would reject (1 MiB), When a store is built, Then it is refused up front
     with pytest.raises(ValueError, match="part_size"):
         S3MediaStore(s3, part_size=MIB)
+
+
+def _copy_measuring_peak_memory(store: S3MediaStore) -> tuple[S3Object, int]:
+    """The copy's result and the most memory it held at once (Python allocations, traced only around it)."""
+    tracemalloc.start()
+    try:
+        result = store.copy_from_url(SOURCE_URL, BUCKET, KEY, NO_MAX)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
