@@ -22,6 +22,7 @@ from support.network import (
     http_response,
 )
 
+from avatar_pipeline.adapters import safe_download
 from avatar_pipeline.adapters.safe_download import (
     MAX_REDIRECTS,
     GuardedNetworkBackend,
@@ -437,3 +438,24 @@ def test_a_malformed_url_is_refused() -> None:
     # Given a URL httpx cannot parse, When downloaded, Then it is refused as invalid (not retried)
     with pytest.raises(RefusedOutputUrlError, match="not a valid URL"):
         read(mock_downloader(lambda request: httpx.Response(200)), "https://[::1/video.mp4")
+
+
+def test_a_downloader_builds_its_client_at_the_first_download_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a downloader made without a client, as the functions make it
+    built: list[OutputUrlPolicy] = []
+
+    def counting_guarded_client(policy: OutputUrlPolicy, resolver: object) -> httpx.Client:
+        built.append(policy)
+        return httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(200, content=b"video")))
+
+    monkeypatch.setattr(safe_download, "guarded_client", counting_guarded_client)
+    downloader = SafeDownloader(POLICY)
+
+    # When nothing is downloaded, no client (and no TLS setup) exists; then two downloads follow
+    before = len(built)
+    bodies = [read(downloader), read(downloader)]
+
+    # Then the client was built once, at the first download, under the downloader's policy
+    assert before == 0
+    assert built == [POLICY]
+    assert bodies == [b"video", b"video"]

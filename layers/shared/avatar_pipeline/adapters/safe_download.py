@@ -17,6 +17,7 @@ tried. A DNS failure is a connection error, worth another attempt.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
@@ -286,7 +287,9 @@ def guarded_client(policy: OutputUrlPolicy, resolver: Resolver = system_resolver
 class SafeDownloader:
     """GETs a provider's output under an `OutputUrlPolicy`, following redirects by hand and checking every hop.
 
-    `client` defaults to `guarded_client(policy, resolver)`; tests pass one over an `httpx.MockTransport`.
+    `client` defaults to `guarded_client(policy, resolver)`, built at the first download: its TLS setup takes tens of
+    ms, which functions that never download (webhook, poller, submit) are spared. Tests pass one over an
+    `httpx.MockTransport`.
     """
 
     def __init__(
@@ -298,8 +301,13 @@ class SafeDownloader:
         max_redirects: int = MAX_REDIRECTS,
     ) -> None:
         self.policy = policy
-        self._client = client if client is not None else guarded_client(policy, resolver)
+        self._given_client = client
+        self._resolver = resolver
         self._max_redirects = max_redirects
+
+    @functools.cached_property
+    def _client(self) -> httpx.Client:
+        return self._given_client or guarded_client(self.policy, self._resolver)
 
     @contextmanager
     def open(self, url: str) -> Iterator[httpx.Response]:
