@@ -67,7 +67,7 @@ def test_a_tasks_cost_adds_up_what_it_used() -> None:
         log_bytes={"SubmitFunction": 4000},
     )
     memory = {"SubmitFunction": 512, "WebhookFunction": 512, "FinalizeFunction": 512}
-    costs = cost_of(usage, memory, task_item_bytes=2500, input_bytes=100_000)
+    costs = cost_of(usage, memory, task_item_bytes=2500)
     assert usage.cpu_ms == 60.0
     assert all(value >= 0 for value in costs.values())
     assert 0 < sum(costs.values()) < 0.01

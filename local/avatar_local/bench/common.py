@@ -11,7 +11,7 @@ import os
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,14 +36,11 @@ class Figure:
     baseline_label: str = ""
     target: str = ""
     met: bool | None = None
-    ratio_override: float | None = None  # when the ratio is not value / baseline (e.g. items, not time)
     note: str = ""
     decimals: int = 0
 
     @property
     def ratio(self) -> float | None:
-        if self.ratio_override is not None:
-            return self.ratio_override
         if self.baseline in (None, 0):
             return None
         return self.value / self.baseline  # type: ignore[operator]
@@ -109,10 +106,6 @@ def peak_rss_mib() -> float:
     import resource  # not Linux: the best there is
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
-
-
-def repeat(count: int, measure: Callable[[int], float]) -> list[float]:
-    return [measure(index) for index in range(count)]
 
 
 def lambda_environment(logical_id: str, *, extra_parameters: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -161,7 +161,7 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
     }
 
 
-def cost_of(task: TaskUsage, memory_mb: dict[str, int], task_item_bytes: int, input_bytes: int) -> dict[str, float]:
+def cost_of(task: TaskUsage, memory_mb: dict[str, int], task_item_bytes: int) -> dict[str, float]:
     """USD for one task, by service, from what it used."""
     calls = task.calls()
     lambda_gb_s = sum(
@@ -238,7 +238,7 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
         f"measured in a fresh process against the same embedded AWS (median of 200, after 20 warm-up calls)."
     )
     cost = Section("cost", "6. AWS cost per video")
-    costs = [cost_of(t, run["memory_mb"], run["task_item_bytes"], run["input_bytes"]) for t in tasks]
+    costs = [cost_of(t, run["memory_mb"], run["task_item_bytes"]) for t in tasks]
     per_service = {service: median([c[service] for c in costs]) for service in costs[0]}
     total = median([sum(c.values()) for c in costs])
     settings = Settings.from_env(
