@@ -14,14 +14,17 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
+.PHONY: help demo up chaos batch bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
+BATCH_PAIRS ?= 120
+BATCH_TIME_FACTOR ?= 20
 
 help:
 	@echo "make demo       run one sample job through the whole pipeline on this machine; prints the MP4's path"
 	@echo "make up         run the local stack in the foreground (writes .local/stack.json); Ctrl-C stops it"
 	@echo "make chaos      $(CHAOS_PAIRS) pairs through the local stack under injected faults; prints the harm done (all 0)"
+	@echo "make batch      $(BATCH_PAIRS) pairs at once, more than WaveSpeed's quota, at its limits with time $(BATCH_TIME_FACTOR)x; prints the figures"
 	@echo "make bench      performance against baselines (cold start, copy, poller, burst, CPU, cost); writes docs/performance.md"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
@@ -51,6 +54,9 @@ up: setup
 
 chaos: setup
 	$(BIN)/python -m avatar_local chaos --pairs $(CHAOS_PAIRS) --seed $(CHAOS_SEED)
+
+batch: setup
+	$(BIN)/python -m avatar_local batch --pairs $(BATCH_PAIRS) --time-factor $(BATCH_TIME_FACTOR)
 
 bench: setup
 	$(BIN)/python -m avatar_local.bench

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from avatar_cli.client import PipelineClient, StackTarget, describe_transition
-from avatar_local import chaos
+from avatar_local import batch, chaos
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_local.stack import LocalStack, LocalStackConfig, StackInfo
 from avatar_pipeline.models import JobOptions, TaskStatus
@@ -95,11 +95,13 @@ def _next_notification(stack: LocalStack, info: StackInfo, timeout: float) -> di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avatar_local")
-    parser.add_argument("command", choices=["up", "demo", "chaos"])
+    parser.add_argument("command", choices=["up", "demo", "chaos", "batch"])
     parser.add_argument("--state-dir", type=Path, help="where stack.json, logs and outputs go (default .local/)")
     args, rest = parser.parse_known_args(argv)
     if args.command == "chaos":
         return chaos.main(rest, state_dir=args.state_dir)
+    if args.command == "batch":
+        return batch.main(rest, state_dir=args.state_dir)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     stack = LocalStack(LocalStackConfig(state_dir=args.state_dir))

@@ -69,11 +69,22 @@ DATA_RESOURCE_TYPES = frozenset(
     {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SNS::Topic", "AWS::SQS::Queue", "AWS::SecretsManager::Secret"}
 )
 _TABLE_CREATE_KEYS = ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode")
+# A queue's properties that change how it delivers (SQS attributes of the same names). Its RedrivePolicy is set once
+# every queue exists, since it names another queue that may come later in the template.
+_QUEUE_ATTRIBUTES = (
+    "VisibilityTimeout",
+    "MessageRetentionPeriod",
+    "DelaySeconds",
+    "MaximumMessageSize",
+    "ReceiveMessageWaitTimeSeconds",
+    "FifoQueue",
+    "ContentBasedDeduplication",
+)
 _LOCAL_PROPERTIES: dict[str, tuple[str, ...]] = {
     "AWS::S3::Bucket": ("BucketName",),
     "AWS::DynamoDB::Table": ("TableName", *_TABLE_CREATE_KEYS, "StreamSpecification", "TimeToLiveSpecification"),
     "AWS::SNS::Topic": ("TopicName",),
-    "AWS::SQS::Queue": ("QueueName",),
+    "AWS::SQS::Queue": ("QueueName", *_QUEUE_ATTRIBUTES),
     "AWS::SecretsManager::Secret": ("Name", "SecretString"),
 }
 
@@ -88,9 +99,11 @@ def create_resources(
     """Create the template's data resources (bucket, table, topic, queues, secrets) in the embedded AWS.
 
     Compute (functions, API, layer) is run by the local runtime instead; IAM, logs and policies have no local effect.
+    A queue gets the properties that change how it delivers (visibility timeout, retention, delay, FIFO, redrive).
     """
     created = CreatedResources()
     account = "123456789012"
+    redrive_policies: dict[str, Any] = {}  # queue URL -> its RedrivePolicy, unresolved
     for logical_id, resource in template["Resources"].items():
         kind = resource["Type"]
         if kind not in DATA_RESOURCE_TYPES or (
@@ -126,8 +139,13 @@ def create_resources(
             created.refs[logical_id] = arn
             created.attributes[(logical_id, "TopicName")] = name
         elif kind == "AWS::SQS::Queue":
-            name = props.get("QueueName", f"{stack_name}-{logical_id}")
-            url = aws.client("sqs").create_queue(QueueName=name)["QueueUrl"]
+            # CloudFormation names a FIFO queue it names itself with the .fifo suffix SQS requires.
+            fifo = _queue_attribute(props.get("FifoQueue", False)) == "true"
+            name = props.get("QueueName", f"{stack_name}-{logical_id}{'.fifo' if fifo else ''}")
+            attributes = {key: _queue_attribute(props[key]) for key in _QUEUE_ATTRIBUTES if key in props}
+            url = aws.client("sqs").create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+            if "RedrivePolicy" in raw:
+                redrive_policies[url] = raw["RedrivePolicy"]
             created.refs[logical_id] = url
             created.attributes[(logical_id, "Arn")] = f"arn:aws:sqs:{aws.region}:{account}:{name}"
             created.attributes[(logical_id, "QueueName")] = name
@@ -138,7 +156,19 @@ def create_resources(
             created.refs[logical_id] = arn
         resolver.resource_values.update(created.refs)
         resolver.attributes.update(created.attributes)
+    for url, policy in redrive_policies.items():
+        attributes = {"RedrivePolicy": _queue_attribute(resolver.resolve(policy))}
+        aws.client("sqs").set_queue_attributes(QueueUrl=url, Attributes=attributes)
     return created
+
+
+def _queue_attribute(value: Any) -> str:
+    """A queue property as the SQS attribute value: a string (JSON for a policy, lower case for a boolean)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value).lower() if str(value).lower() in ("true", "false") else str(value)
 
 
 def subscribe_queue(aws: EmbeddedAws, topic_arn: str, queue_name: str) -> str:

@@ -41,8 +41,21 @@ EXPECTED: dict[PairKind, frozenset[TaskStatus]] = {
 }
 CLIP_SECONDS = 2.5
 SHORT_CLIP_SECONDS = 1.0  # under every provider's 2 s minimum
+QUOTA_PER_MINUTE = 120
+QUOTA_AT_ONCE = 4
 # Local timings, within the template's limits: halves wait 60 s for a partner; a task may take 5 min.
-PARAMETERS = {"PollAfterSeconds": "5", "MaxPairWaitSeconds": "60", "MaxTaskAgeSeconds": "300"}
+PARAMETERS = {
+    "PollAfterSeconds": "5",
+    "MaxPairWaitSeconds": "60",
+    "MaxProviderQueueSeconds": "300",
+    "MaxRenderSeconds": "300",
+    # The quota is on: the simulator holds WaveSpeed to these limits too (higher than its default level, so 200 pairs
+    # of 2-second renders take minutes, not the better part of an hour).
+    "WaveSpeedSubmissionsPerMinute": str(QUOTA_PER_MINUTE),
+    "WaveSpeedRendersAtOnce": str(QUOTA_AT_ONCE),
+    "CometApiSubmissionsPerMinute": str(QUOTA_PER_MINUTE),
+    "CometApiRendersAtOnce": str(QUOTA_AT_ONCE),
+}
 # After the last task has ended and been announced, how long to keep listening for late duplicate notifications.
 LATE_DUPLICATE_WINDOW = 10.0
 
@@ -216,6 +229,8 @@ def run_chaos(config: ChaosConfig, state_dir: Path | None = None, say: Callable[
             state_dir=state_dir,
             workers_per_function=config.workers_per_function,
             poll_interval_seconds=2.0,
+            wavespeed_submissions_per_minute=QUOTA_PER_MINUTE,
+            wavespeed_max_concurrent=QUOTA_AT_ONCE,
         )
     )
     started = time.monotonic()

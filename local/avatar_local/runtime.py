@@ -174,6 +174,11 @@ class FunctionPool:
         """How many execution environments (worker processes) the function has."""
         return len(self._processes)
 
+    @property
+    def warm(self) -> bool:
+        """Every worker has imported its handler (Lambda's init phase is over for each environment)."""
+        return len(self._ready) >= len(self._processes)
+
     def _start_worker(self) -> SpawnProcess:
         number = next(self._numbers)
         process = self._spawn.Process(

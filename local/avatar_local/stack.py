@@ -32,6 +32,7 @@ from avatar_local.triggers import (
     ApiGateway,
     ApiRoute,
     AsyncInvoker,
+    SqsPoller,
     StreamPump,
     Worker,
     s3_notification_pump,
@@ -68,7 +69,12 @@ class LocalStackConfig:
     account_id: str = "123456789012"
     # Template parameter overrides: shorter waits than production so things happen in seconds, not minutes.
     parameters: dict[str, str] = field(
-        default_factory=lambda: {"PollAfterSeconds": "30", "MaxPairWaitSeconds": "300", "MaxTaskAgeSeconds": "600"}
+        default_factory=lambda: {
+            "PollAfterSeconds": "30",
+            "MaxPairWaitSeconds": "300",
+            "MaxProviderQueueSeconds": "600",
+            "MaxRenderSeconds": "600",
+        }
     )
     poll_interval_seconds: float = 2.0
     faults: FaultPlan = field(default_factory=FaultPlan)
@@ -102,6 +108,7 @@ class LocalStack:
         self._workers: list[Worker] = []
         self._invokers: list[AsyncInvoker] = []
         self._stream_pumps: list[StreamPump] = []
+        self._sqs_pollers: list[SqsPoller] = []
         self._gateway: ApiGateway | None = None
         self.info: StackInfo | None = None
         self.wired_events: list[tuple[str, str]] = []  # (function, event) pairs given a local source
@@ -158,6 +165,8 @@ class LocalStack:
             invoker.stop()
         for pump in self._stream_pumps:
             pump.stop()
+        for poller in self._sqs_pollers:
+            poller.stop()
         if self._gateway is not None:
             self._gateway.stop()
         for pool in self.pools.values():
@@ -173,11 +182,24 @@ class LocalStack:
     def __exit__(self, *_: object) -> None:
         self.stop()
 
+    def wait_until_warm(self, timeout: float = 120.0) -> None:
+        """Until every function's workers have imported their handlers: runs that time the pipeline start warm, as a
+        deployed stack under load is (a local worker starts far slower than a Lambda environment on a shared CPU)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(pool.warm for pool in self.pools.values()):
+            time.sleep(0.1)
+
     def wait_until_quiet(self, timeout: float = 30.0) -> None:
-        """Until no invocation is queued or running (tests use it to let the pipeline settle)."""
+        """Until no invocation is queued or running, and no queue read by an SQS event source has a message ready
+        (tests use it to let the pipeline settle). Delayed messages, and messages waiting out a visibility timeout
+        after a failure, do not count: waiting for them would mean waiting for the clock."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not any(i.busy for i in self._invokers) and not any(p.busy for p in self._stream_pumps):
+            if (
+                not any(i.busy for i in self._invokers)
+                and not any(p.busy for p in self._stream_pumps)
+                and not any(p.busy for p in self._sqs_pollers)
+            ):
                 return
             time.sleep(0.1)
 
@@ -273,6 +295,26 @@ class LocalStack:
                 )
                 self._stream_pumps.append(pump)
                 self._workers.append(Worker(f"stream-{spec.logical_id}", pump.step, 0.2))
+            elif event.type == "SQS":
+                queue_arn = resolver.resolve_str(props["Queue"], f"{spec.logical_id} event {event.name} Queue")
+                scaling = resolver.resolve(props.get("ScalingConfig", {}))
+                poller = SqsPoller(
+                    self.aws,
+                    queue_arn,
+                    self._queue_url_for(queue_arn),
+                    pool,
+                    batch_size=int(resolver.resolve(props.get("BatchSize", 10))),
+                    batching_window_seconds=float(resolver.resolve(props.get("MaximumBatchingWindowInSeconds", 0))),
+                    report_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+                    filters=event.filter_patterns(),
+                    max_concurrency=int(scaling["MaximumConcurrency"]) if "MaximumConcurrency" in scaling else None,
+                )
+                # A disabled mapping exists but does not poll.
+                if str(resolver.resolve(props.get("Enabled", True))).lower() != "false":
+                    self._sqs_pollers.append(poller)
+                    self._workers.append(Worker(f"sqs-{spec.logical_id}-{event.name}", poller.step, 0.2))
+                else:
+                    poller.stop()
             else:
                 raise NotImplementedError(f"{spec.logical_id}: no local source for {event.type} events")
             self.wired_events.append((spec.logical_id, event.name))

@@ -1,8 +1,10 @@
-"""The event sources of template.yaml, played locally: S3 notifications, API Gateway, schedules, DynamoDB streams.
+"""The event sources of template.yaml, played locally: S3 notifications, API Gateway, schedules, DynamoDB streams,
+SQS queues.
 
 Each one hands its function the event Lambda would, with Lambda's delivery rules: asynchronous invocations are
 retried and then sent to the on-failure destination; stream batches are retried from the first failed record and
-then sent to the on-failure destination.
+then sent to the on-failure destination; queue messages are deleted once the function is done with them, and
+otherwise come back after the queue's visibility timeout.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from avatar_local.aws import EmbeddedAws
 from avatar_local.aws_faults import AwsFaultPlan
-from avatar_local.event_filter import matches_any
+from avatar_local.event_filter import filterable_record, matches_any
 from avatar_local.runtime import FunctionPool, InvocationError
 from avatar_local.simulators.faults import SeededDecider
 
@@ -299,6 +301,234 @@ class StreamPump:
                 },
             }
             self._aws.client("sqs").send_message(QueueUrl=self._failure_queue_url, MessageBody=json.dumps(body))
+
+
+class SqsPoller:
+    """SQS queue → function: Lambda's event source mapping for a queue (`Events: ...: Type: SQS`).
+
+    Like Lambda, it receives up to `batch_size` messages, invokes the function synchronously with them as one SQS
+    event, then deletes the messages the function is done with: all of them when it returns, except (with
+    ReportBatchItemFailures) those its `batchItemFailures` lists; none when it fails. A message not deleted comes
+    back once the queue's visibility timeout is over; after the RedrivePolicy's maxReceiveCount receives, SQS (moto)
+    moves it to the dead-letter queue. Delayed messages are SQS's business too: they are not received before their
+    delay. Messages that match none of the mapping's filters are deleted without an invocation, as Lambda does.
+    Up to `concurrency` batches (the function's execution environments, or ScalingConfig.MaximumConcurrency if lower)
+    run at once.
+    """
+
+    def __init__(
+        self,
+        aws: EmbeddedAws,
+        queue_arn: str,
+        queue_url: str,
+        pool: FunctionPool,
+        *,
+        batch_size: int = 10,
+        batching_window_seconds: float = 0.0,
+        report_item_failures: bool = False,
+        filters: list[dict[str, Any]] | None = None,
+        max_concurrency: int | None = None,
+    ) -> None:
+        self._sqs = aws.client("sqs")
+        self._region = aws.region
+        self.queue_arn = queue_arn
+        self.queue_url = queue_url
+        self._pool = pool
+        self._batch_size = batch_size
+        self._window = batching_window_seconds
+        self._report_item_failures = report_item_failures
+        self._filters = filters or []
+        self._check_mapping()
+        self._concurrency = max(1, min(pool.workers, max_concurrency or pool.workers))
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._concurrency, thread_name_prefix=f"sqs-{pool.runtime.name}"
+        )
+        self._in_flight = 0  # batches being received or delivered
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.delivered = 0  # messages the function was done with, and so deleted
+        self.filtered_out = 0  # messages deleted unseen: they matched none of the filters
+
+    def _check_mapping(self) -> None:
+        """What CreateEventSourceMapping refuses, refused here too: the stack would not deploy."""
+        attributes = self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])["Attributes"]
+        fifo = attributes.get("FifoQueue") == "true"
+        name = self._pool.runtime.name
+        if not 1 <= self._batch_size <= (10 if fifo else 10_000):
+            raise ValueError(f"{name}: BatchSize {self._batch_size} is out of range for {self.queue_arn}")
+        if not 0 <= self._window <= 300 or (self._batch_size > 10 and self._window < 1):
+            raise ValueError(
+                f"{name}: MaximumBatchingWindowInSeconds {self._window} is invalid for BatchSize {self._batch_size} "
+                "(0 to 300, at least 1 when BatchSize is over 10)"
+            )
+        visibility = int(attributes["VisibilityTimeout"])
+        if visibility < self._pool.runtime.timeout_seconds:
+            raise ValueError(
+                f"{name}: queue visibility timeout ({visibility} s) is less than the function timeout "
+                f"({self._pool.runtime.timeout_seconds} s): Lambda refuses this event source mapping"
+            )
+
+    @property
+    def busy(self) -> bool:
+        """A batch is being received or delivered, or messages are ready to be (delayed ones are not ready)."""
+        with self._lock:
+            if self._in_flight:
+                return True
+        ready = self._sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"])
+        return int(ready["Attributes"]["ApproximateNumberOfMessages"]) > 0
+
+    def step(self) -> None:
+        """Start batches while the queue has messages and fewer than `concurrency` batches are running."""
+        while not self._stopping.is_set():
+            with self._lock:
+                if self._in_flight >= self._concurrency:
+                    return
+                self._in_flight += 1  # a batch in the making counts: its messages are invisible already
+            try:
+                messages = self._receive_batch()
+                if messages:
+                    self._executor.submit(self._run, messages)
+            except BaseException:
+                self._finished()
+                raise
+            if not messages:
+                self._finished()
+                return
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def _receive_batch(self) -> list[dict[str, Any]]:
+        """Up to `batch_size` messages; with a batching window, waits up to the window for a full batch."""
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + self._window
+        while len(messages) < self._batch_size:
+            page = self._sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=min(10, self._batch_size - len(messages)),
+                WaitTimeSeconds=0,
+                AttributeNames=["All"],
+                MessageSystemAttributeNames=["All"],
+                MessageAttributeNames=["All"],
+            )
+            received = page.get("Messages", [])
+            messages.extend(received)
+            if received:
+                continue
+            remaining = deadline - time.monotonic()
+            if not messages or remaining <= 0 or self._stopping.wait(min(0.2, remaining)):
+                break
+        return messages
+
+    def _run(self, messages: list[dict[str, Any]]) -> None:
+        try:
+            self._deliver([sqs_record(m, self.queue_arn, self._region) for m in messages])
+        except Exception:
+            logger.exception("%s: delivering SQS messages failed", self._pool.runtime.name)
+        finally:
+            self._finished()
+
+    def _deliver(self, records: list[dict[str, Any]]) -> None:
+        if self._filters:
+            unmatched = [r for r in records if not matches_any(self._filters, filterable_record(r))]
+            if unmatched:
+                self._delete(unmatched)
+                self.filtered_out += len(unmatched)
+                dropped = {r["messageId"] for r in unmatched}
+                records = [r for r in records if r["messageId"] not in dropped]
+            if not records:
+                return
+        try:
+            response = self._pool.invoke({"Records": records})
+        except InvocationError as error:
+            logger.warning(
+                "%s failed on a batch of %d SQS messages; they come back after the visibility timeout: %s",
+                self._pool.runtime.name,
+                len(records),
+                error,
+            )
+            return
+        failed = self._failed_message_ids(records, response)
+        if failed is None:
+            return
+        done = [r for r in records if r["messageId"] not in failed]
+        self._delete(done)
+        self.delivered += len(done)
+
+    def _failed_message_ids(self, records: list[dict[str, Any]], response: Any) -> set[str] | None:
+        """The messages the function reports as failed; None when the response fails the whole batch.
+
+        As Lambda reads a partial batch response: no response, an empty one, or an empty or null `batchItemFailures`
+        is a full success; an item without an `itemIdentifier`, with an empty one or one that is not a message of
+        the batch (or a response that is not an object) fails the whole batch.
+        """
+        if not self._report_item_failures or not response:
+            return set()
+        failures = response.get("batchItemFailures") if isinstance(response, dict) else None
+        if isinstance(response, dict) and not failures:
+            return set()
+        ids = {r["messageId"] for r in records}
+        if not isinstance(failures, list) or not all(
+            isinstance(f, dict) and isinstance(f.get("itemIdentifier"), str) and f["itemIdentifier"] in ids
+            for f in failures
+        ):
+            logger.warning(
+                "%s returned an invalid partial batch response; the whole batch failed: %r",
+                self._pool.runtime.name,
+                response,
+            )
+            return None
+        return {f["itemIdentifier"] for f in failures}
+
+    def _delete(self, records: list[dict[str, Any]]) -> None:
+        for start in range(0, len(records), 10):
+            chunk = records[start : start + 10]
+            entries = [{"Id": str(n), "ReceiptHandle": r["receiptHandle"]} for n, r in enumerate(chunk)]
+            result = self._sqs.delete_message_batch(QueueUrl=self.queue_url, Entries=entries)
+            for failure in result.get("Failed", []):
+                logger.warning("%s: could not delete an SQS message: %s", self._pool.runtime.name, failure)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def sqs_record(message: Mapping[str, Any], queue_arn: str, region: str) -> dict[str, Any]:
+    """A received SQS message as a record of the event Lambda sends for it."""
+    record: dict[str, Any] = {
+        "messageId": message["MessageId"],
+        "receiptHandle": message["ReceiptHandle"],
+        "body": message["Body"],
+        "attributes": dict(message.get("Attributes", {})),
+        "messageAttributes": {
+            name: _lambda_message_attribute(value) for name, value in message.get("MessageAttributes", {}).items()
+        },
+        "md5OfBody": message["MD5OfBody"],
+        "eventSource": "aws:sqs",
+        "eventSourceARN": queue_arn,
+        "awsRegion": region,
+    }
+    if "MD5OfMessageAttributes" in message:
+        record["md5OfMessageAttributes"] = message["MD5OfMessageAttributes"]
+    return record
+
+
+def _lambda_message_attribute(value: Mapping[str, Any]) -> dict[str, Any]:
+    """A message attribute as Lambda delivers it: camelCase keys, binary values base64-encoded, both lists present."""
+
+    def encoded(data: bytes | str) -> str:
+        return base64.b64encode(data if isinstance(data, bytes) else data.encode()).decode()
+
+    attribute: dict[str, Any] = {}
+    if "StringValue" in value:
+        attribute["stringValue"] = value["StringValue"]
+    if "BinaryValue" in value:
+        attribute["binaryValue"] = encoded(value["BinaryValue"])
+    attribute["stringListValues"] = list(value.get("StringListValues", []))
+    attribute["binaryListValues"] = [encoded(item) for item in value.get("BinaryListValues", [])]
+    attribute["dataType"] = value["DataType"]
+    return attribute
 
 
 def scheduled_event(rule_name: str, region: str) -> dict[str, Any]:

@@ -13,7 +13,12 @@ from avatar_local.simulators.media import make_sample_portrait, make_sample_spee
 from avatar_local.stack import LocalStack, LocalStackConfig
 
 # Fast settings for tests: the poller runs every second and chases tasks after 5 s without news.
-E2E_PARAMETERS = {"PollAfterSeconds": "5", "MaxPairWaitSeconds": "600", "MaxTaskAgeSeconds": "900"}
+E2E_PARAMETERS = {
+    "PollAfterSeconds": "5",
+    "MaxPairWaitSeconds": "600",
+    "MaxProviderQueueSeconds": "900",
+    "MaxRenderSeconds": "900",
+}
 QUICK = FaultPlan(processing_seconds=0.5)
 
 

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 import respx
+from handlers.helpers import TaskStream
 from support.aws import WAVESPEED_BASE_URL, Stack, configure_cometapi
 
 
@@ -28,3 +29,9 @@ def cometapi(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in configure_cometapi().items():
         monkeypatch.setenv(name, value)
     wiring.pipeline.cache_clear()  # built again, from the environment as it is now
+
+
+@pytest.fixture
+def task_stream(stack: Stack) -> TaskStream:
+    """The task table's stream, read from its start, for the dispatcher (see TaskStream)."""
+    return TaskStream(stack)

@@ -1,4 +1,5 @@
-"""The finalize function (stream-triggered) and the poller (scheduled) against moto."""
+"""The finalize function (stream-triggered) and the poller (scheduled) against moto; pairs reach the provider through
+the dispatcher, fed the task table's stream."""
 
 from __future__ import annotations
 
@@ -10,18 +11,32 @@ import httpx
 import pytest
 import respx
 from finalize_handler import lambda_handler as finalize
-from handlers.helpers import MP3_BYTES, PNG_BYTES, deliver_upload, envelope, mock_wavespeed_submit, prediction
+from handlers.helpers import (
+    MP3_BYTES,
+    PNG_BYTES,
+    TaskStream,
+    deliver_upload,
+    envelope,
+    mock_wavespeed_submit,
+    prediction,
+)
 from poller_handler import lambda_handler as poller
-from support.aws import REGION, TABLE, WAVESPEED_BASE_URL, Stack
+from support.aws import REGION, ROOT, TABLE, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, sample, stream_event
 from support.mp4 import fake_mp4
 
+from avatar_local.template import function_by_id, load_template
 from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.providers import OUTPUT_RETENTION
+from avatar_pipeline.services.tracking import LATE_VIDEO_CHECK_EVERY
 from avatar_pipeline.wiring import pipeline
 
 PREDICTION_ID = "e" * 32
 OUTPUT_URL = "https://d111111abcdef8.cloudfront.net/output/dave.mp4"
 MP4_BYTES = fake_mp4(4096)
+RESULT_URL = f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result"
+# The poller starts with its whole timeout ahead of it (it dispatches only with a submission's budget left).
+POLLER_TIMEOUT_MS = function_by_id(load_template(ROOT / "template.yaml"), "PollerFunction").timeout * 1000
 
 
 def stored_item(task_id: str) -> dict[str, Any]:
@@ -35,25 +50,31 @@ def deliver_stream_change(task_id: str, old: dict[str, Any] | None = None) -> di
 
 
 @pytest.fixture
-def submitted_task(stack: Stack, provider_http: respx.MockRouter) -> Task:
+def submitted_task(stack: Stack, provider_http: respx.MockRouter, task_stream: TaskStream) -> Task:
     mock_wavespeed_submit(provider_http, prediction_id=PREDICTION_ID)
     deliver_upload(stack, "inbox/dave/face.png", PNG_BYTES)
     task_id = deliver_upload(stack, "inbox/dave/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    task_stream.settle()
     task = pipeline().tasks.get(task_id)
-    assert task is not None
+    assert task is not None and task.status is TaskStatus.SUBMITTED
     return task
 
 
 def poll_at(moment: Any) -> dict[str, Any]:
     pipeline().clock = lambda: moment
-    return poller(sample("schedule.json"), FakeLambdaContext(remaining_ms=120_000))
+    return poller(sample("schedule.json"), FakeLambdaContext(remaining_ms=POLLER_TIMEOUT_MS))
+
+
+def render_slots() -> set[str]:
+    quota = pipeline().tasks.get_quota("wavespeed")
+    return set(quota.holders) if quota else set()
 
 
 def test_poller_completes_a_task_whose_webhook_was_lost_and_finalize_delivers_one_notification(
     stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
 ):
     # Given the webhook never came, the provider's result says completed, and the CDN serves the MP4
-    result = provider_http.get(f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result").mock(
+    result = provider_http.get(RESULT_URL).mock(
         return_value=envelope(prediction(PREDICTION_ID, "completed", outputs=[OUTPUT_URL]))
     )
     provider_http.get(OUTPUT_URL).mock(return_value=httpx.Response(200, content=MP4_BYTES))
@@ -64,8 +85,10 @@ def test_poller_completes_a_task_whose_webhook_was_lost_and_finalize_delivers_on
     deliver_stream_change(submitted_task.task_id)
     deliver_stream_change(submitted_task.task_id, old=ready_item)
     deliver_stream_change(submitted_task.task_id, old=ready_item)
-    # Then the poller asked once, the video is in outputs/, and exactly one notification went out
-    assert result.call_count == 1 and report["actions"] == {"news-succeeded": 1}
+    # Then the poller asked once, and gave the task's render slot back at the end of its pass (it is no longer at the
+    # provider; nothing had released it yet), the video is in outputs/, and exactly one notification went out
+    assert result.call_count == 1 and report["actions"] == {"news-succeeded": 1, "slot-reclaimed": 1}
+    assert render_slots() == set()
     task = pipeline().tasks.get(submitted_task.task_id)
     assert task is not None and task.status is TaskStatus.COMPLETED and task.notified_at is not None
     key = f"outputs/dave/{task.task_id}.mp4"
@@ -146,21 +169,78 @@ def test_orphan_image_times_out_with_one_notification(stack: Stack, provider_htt
     assert [n["body"]["reason"] for n in stack.notifications()] == [tasks[0].reason]
 
 
-def test_poller_times_out_a_task_the_provider_never_finishes(
+def test_poller_times_out_a_render_the_provider_never_finishes_and_keeps_watching_for_it(
     stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
 ):
-    # Given a task older than the maximum age, which the provider still reports as processing
-    result = provider_http.get(f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result").mock(
-        return_value=envelope(prediction(PREDICTION_ID, "processing"))
-    )
-    too_late = submitted_task.created_at + timedelta(seconds=pipeline().settings.max_task_age_seconds + 1)
-    # When the poller runs
-    report = poll_at(too_late)
-    # Then after one last look at the provider it ends TIMED_OUT
-    assert result.call_count == 1
-    assert report["actions"] == {"timed-out": 1}
+    # Given WaveSpeed started the video (the poller learnt it), and still reports it as processing much later
+    result = provider_http.get(RESULT_URL).mock(return_value=envelope(prediction(PREDICTION_ID, "processing")))
+    started_at = submitted_task.next_check_at + timedelta(seconds=1)  # type: ignore[operator]
+    assert poll_at(started_at)["actions"] == {"news-processing": 1}
+    render_limit = timedelta(seconds=pipeline().settings.max_render_seconds)
+    # When the poller looks just before the render's own clock (from when it started) runs out, and again when the
+    # task is next due, after it ran out
+    before_limit = started_at + render_limit - timedelta(seconds=1)
+    before = poll_at(before_limit)
+    after_limit = before_limit + timedelta(seconds=pipeline().settings.poll_after_seconds)
+    after = poll_at(after_limit)
+    # Then after one last look at the provider it ends TIMED_OUT, its slot given back, and it stays watched: a video
+    # WaveSpeed delivers later (until it would delete it) is still kept
+    assert before["actions"] == {"no-news": 1}
+    assert after["actions"] == {"timed-out": 1, "slot-reclaimed": 1}
+    assert result.call_count == 3
     task = pipeline().tasks.get(submitted_task.task_id)
-    assert task is not None and task.status is TaskStatus.TIMED_OUT and "did not finish" in (task.reason or "")
+    assert task is not None and task.status is TaskStatus.TIMED_OUT
+    assert task.reason == "WaveSpeed did not finish the video within 60 min of starting it"
+    assert task.watch_until == after_limit + OUTPUT_RETENTION["wavespeed"]
+    assert render_slots() == set()
+
+
+def test_poller_times_out_a_task_the_provider_accepted_but_never_started(
+    stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
+):
+    # Given WaveSpeed keeps the accepted task in its own queue ("created") for longer than the provider-queue limit
+    provider_http.get(RESULT_URL).mock(return_value=envelope(prediction(PREDICTION_ID, "created")))
+    queue_limit = timedelta(seconds=pipeline().settings.max_provider_queue_seconds)
+    # When the poller runs after that limit, counted from WaveSpeed's acceptance
+    report = poll_at(submitted_task.status_since + queue_limit + timedelta(seconds=1))
+    # Then the task ends TIMED_OUT with that reason
+    assert report["actions"] == {"timed-out": 1, "slot-reclaimed": 1}
+    task = pipeline().tasks.get(submitted_task.task_id)
+    assert task is not None and task.status is TaskStatus.TIMED_OUT
+    assert task.reason == "WaveSpeed had not started the video 360 min after accepting it"
+
+
+def test_a_video_delivered_after_its_time_out_is_copied_and_announced_again(
+    stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
+):
+    # Given a task that timed out at WaveSpeed, and whose time-out was announced
+    result = provider_http.get(RESULT_URL).mock(return_value=envelope(prediction(PREDICTION_ID, "created")))
+    queue_limit = timedelta(seconds=pipeline().settings.max_provider_queue_seconds)
+    timed_out_at = submitted_task.status_since + queue_limit + timedelta(seconds=1)
+    poll_at(timed_out_at)
+    deliver_stream_change(submitted_task.task_id)
+    assert [n["body"]["status"] for n in stack.notifications()] == ["TIMED_OUT"]
+    # When the poller looks at the watched task while WaveSpeed is still making the video, and again once it is done
+    result.mock(return_value=envelope(prediction(PREDICTION_ID, "processing")))
+    watching = poll_at(timed_out_at + timedelta(seconds=1))
+    result.mock(return_value=envelope(prediction(PREDICTION_ID, "completed", outputs=[OUTPUT_URL])))
+    provider_http.get(OUTPUT_URL).mock(return_value=httpx.Response(200, content=MP4_BYTES))
+    too_soon = poll_at(timed_out_at + LATE_VIDEO_CHECK_EVERY)
+    report = poll_at(timed_out_at + LATE_VIDEO_CHECK_EVERY + timedelta(seconds=1))
+    # And finalize gets the OUTPUT_READY change, then the COMPLETED one
+    ready_item = stored_item(submitted_task.task_id)
+    deliver_stream_change(submitted_task.task_id)
+    deliver_stream_change(submitted_task.task_id, old=ready_item)
+    # Then the paid video was kept: copied, the task COMPLETED, and a second notification overturns the first
+    assert watching["actions"] == {"watching": 1} and too_soon["actions"] == {}
+    assert report["actions"] == {"late-video": 1}
+    task = pipeline().tasks.get(submitted_task.task_id)
+    assert task is not None and task.status is TaskStatus.COMPLETED and task.corrects is TaskStatus.TIMED_OUT
+    key = f"outputs/dave/{task.task_id}.mp4"
+    assert boto3.client("s3").get_object(Bucket=stack.bucket, Key=key)["Body"].read() == MP4_BYTES
+    (notification,) = stack.notifications()
+    assert notification["body"]["status"] == "COMPLETED" and notification["body"]["corrects"] == "TIMED_OUT"
+    assert notification["subject"].startswith("Your talking-avatar video is ready after all")
 
 
 def test_sample_stream_event_is_accepted_and_a_vanished_task_is_skipped(stack: Stack):
@@ -177,9 +257,7 @@ def test_poller_reports_how_long_the_most_overdue_task_waited(
 ) -> None:
     # Given a task that fell due ten minutes ago, and a provider still working on it
     assert submitted_task.next_check_at is not None
-    provider_http.get(f"{WAVESPEED_BASE_URL}/api/v3/predictions/{PREDICTION_ID}/result").mock(
-        return_value=envelope(prediction(PREDICTION_ID, "processing"))
-    )
+    provider_http.get(RESULT_URL).mock(return_value=envelope(prediction(PREDICTION_ID, "processing")))
     # When the poller runs then
     poll_at(submitted_task.next_check_at + timedelta(minutes=10))
     # Then the stuck-task alarm's metric carries the wait

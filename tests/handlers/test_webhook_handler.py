@@ -19,6 +19,7 @@ import respx
 from handlers.helpers import (
     MP3_BYTES,
     PNG_BYTES,
+    TaskStream,
     comet_task,
     deliver_upload,
     envelope,
@@ -45,21 +46,23 @@ DUPLICATE = {"status": 200, "body": {"message": "duplicate"}}
 
 
 @pytest.fixture
-def submitted_task(stack: Stack, provider_http: respx.MockRouter) -> Task:
+def submitted_task(stack: Stack, provider_http: respx.MockRouter, task_stream: TaskStream) -> Task:
     mock_wavespeed_submit(provider_http, prediction_id=PREDICTION_ID)
     deliver_upload(stack, "inbox/carol/face.png", PNG_BYTES)
     task_id = deliver_upload(stack, "inbox/carol/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    task_stream.settle()  # the dispatcher sends it
     task = pipeline().tasks.get(task_id)
     assert task is not None and task.status is TaskStatus.SUBMITTED
     return task
 
 
 @pytest.fixture
-def cometapi_task(cometapi: None, stack: Stack, provider_http: respx.MockRouter) -> Task:
+def cometapi_task(cometapi: None, stack: Stack, provider_http: respx.MockRouter, task_stream: TaskStream) -> Task:
     mock_cometapi_submit(provider_http, COMET_TASK_ID)
     upload(stack, "inbox/dora/job.json", json.dumps({"provider": "cometapi"}).encode())
     deliver_upload(stack, "inbox/dora/face.png", PNG_BYTES)
     task_id = deliver_upload(stack, "inbox/dora/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    task_stream.settle()  # the dispatcher sends it
     task = pipeline().tasks.get(task_id)
     assert task is not None and task.status is TaskStatus.SUBMITTED and task.provider == "cometapi"
     return task

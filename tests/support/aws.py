@@ -15,6 +15,7 @@ REGION = "us-east-1"
 BUCKET = "avatar-media-test"
 TABLE = "avatar-tasks-test"
 IDEMPOTENCY_TABLE = "avatar-idempotency-test"
+WAKEUP_QUEUE = "admission-wakeups-test"
 SECRET_ID = "avatar-wavespeed-test"
 WEBHOOK_SECRET = "whsec_test_events_secret"
 API_KEY = "test-api-key"
@@ -50,6 +51,7 @@ class Stack:
     notifications_queue_url: str
     secret_id: str
     idempotency_table: str
+    wakeup_queue_url: str
 
     def environment(self) -> dict[str, str]:
         return {
@@ -62,7 +64,33 @@ class Stack:
             "WAVESPEED_SECRET_ID": self.secret_id,
             "DEFAULT_PROVIDER": "wavespeed",
             "DEFAULT_MODE": "std",
+            "WAKEUP_QUEUE_URL": self.wakeup_queue_url,
         }
+
+    def wakeups(self, wait_seconds: int = 0) -> list[dict[str, Any]]:
+        """The dispatcher's wake-ups that are due (a delayed one only once its delay is over), received from the
+        queue as the dispatcher's SQS event source would receive them; `wait_seconds` long-polls for one."""
+        sqs = boto3.client("sqs", region_name=REGION)
+        batch = sqs.receive_message(
+            QueueUrl=self.wakeup_queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=wait_seconds,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        return batch.get("Messages", [])
+
+    def wakeup_queue_arn(self) -> str:
+        sqs = boto3.client("sqs", region_name=REGION)
+        attributes = sqs.get_queue_attributes(QueueUrl=self.wakeup_queue_url, AttributeNames=["QueueArn"])
+        return attributes["Attributes"]["QueueArn"]
+
+    def scheduled_wakeups(self) -> int:
+        """How many wake-ups wait in the queue, delayed or not (none has been received yet)."""
+        sqs = boto3.client("sqs", region_name=REGION)
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesDelayed"]
+        attributes = sqs.get_queue_attributes(QueueUrl=self.wakeup_queue_url, AttributeNames=names)["Attributes"]
+        return sum(int(attributes[name]) for name in names)
 
     def notifications(self) -> list[dict[str, Any]]:
         """Every notification published so far, as subscribers receive them (drains the test queue)."""
@@ -86,8 +114,8 @@ class Stack:
 
 
 def create_stack() -> Stack:
-    """Inside an active moto mock: bucket, task and idempotency tables, topic with a queue subscribed, WaveSpeed's
-    secret."""
+    """Inside an active moto mock: bucket, task and idempotency tables, topic with a queue subscribed, the
+    dispatcher's wake-up queue, WaveSpeed's secret."""
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     dynamodb.create_table(TableName=TABLE, **table_definition())
@@ -98,10 +126,11 @@ def create_stack() -> Stack:
     queue_url = sqs.create_queue(QueueName="notifications-test")["QueueUrl"]
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+    wakeup_queue_url = sqs.create_queue(QueueName=WAKEUP_QUEUE)["QueueUrl"]
     boto3.client("secretsmanager", region_name=REGION).create_secret(
         Name=SECRET_ID, SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET})
     )
-    return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID, IDEMPOTENCY_TABLE)
+    return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID, IDEMPOTENCY_TABLE, wakeup_queue_url)
 
 
 def configure_cometapi() -> dict[str, str]:

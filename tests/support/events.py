@@ -8,6 +8,7 @@ import hmac
 import itertools
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote_plus
@@ -76,6 +77,47 @@ def stream_event(new_item: dict[str, Any], old_item: dict[str, Any] | None = Non
     else:
         record["dynamodb"].pop("OldImage", None)
     return event
+
+
+def lambda_stream_record(record: dict[str, Any], stream_arn: str) -> dict[str, Any]:
+    """A record as DynamoDB Streams' GetRecords returns it, in the shape Lambda hands a function: plain JSON, the
+    creation time in epoch seconds, and the stream it came from."""
+    record = json.loads(json.dumps(record, default=str))
+    created = record["dynamodb"].get("ApproximateCreationDateTime")
+    if isinstance(created, str):
+        record["dynamodb"]["ApproximateCreationDateTime"] = datetime.fromisoformat(created).timestamp()
+    record["eventSourceARN"] = stream_arn
+    return record
+
+
+def sqs_event(messages: list[dict[str, Any]], queue_arn: str, region: str = "us-east-1") -> dict[str, Any]:
+    """The event Lambda's SQS event source hands a function for messages it received (as ReceiveMessage returns
+    them, with all attributes)."""
+    return {
+        "Records": [
+            {
+                "messageId": message["MessageId"],
+                "receiptHandle": message["ReceiptHandle"],
+                "body": message["Body"],
+                "attributes": dict(message.get("Attributes", {})),
+                "messageAttributes": {
+                    name: {
+                        "stringValue": value.get("StringValue"),
+                        "binaryValue": value.get("BinaryValue"),
+                        "stringListValues": [],
+                        "binaryListValues": [],
+                        "dataType": value["DataType"],
+                    }
+                    for name, value in message.get("MessageAttributes", {}).items()
+                },
+                "md5OfBody": message["MD5OfBody"],
+                "eventSource": "aws:sqs",
+                "eventSourceARN": queue_arn,
+                "awsRegion": region,
+            }
+            for message in messages
+        ]
+    }
 
 
 @dataclass

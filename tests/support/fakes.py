@@ -1,8 +1,9 @@
 """In-memory implementations of the ports in `avatar_pipeline.ports`, for fast unit tests of the services.
 
 They keep the semantics the real adapters promise (conditional writes, `if_not_exists` on pair slots, the sparse
-"due" index), store copies so a caller can never change a stored record by mutating what it got back, and hold a
-lock so tests can race threads against them.
+"due" index, the providers' lines and the one-transaction admission), store copies so a caller can never change a
+stored record by mutating what it got back, and hold a lock so tests can race threads against them. The task table
+also keeps its stream (every task write, old and new), so a test can run the dispatcher as the deployed stack does.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import functools
 import hashlib
 import itertools
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
@@ -21,17 +24,22 @@ from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import DeliveryInProgressError
 from avatar_pipeline.media_checks import BytesSource
 from avatar_pipeline.models import (
+    HOLDING_STATUSES,
     Notification,
     PairSlot,
     ProviderJob,
     ProviderJobStatus,
+    ProviderName,
+    ProviderQuota,
     S3Object,
     SubmissionRequest,
     Task,
     TaskOutcome,
+    TaskStatus,
 )
 from avatar_pipeline.pairing import AUDIO_EXTENSIONS
-from avatar_pipeline.ports import ConflictError, OutcomeT
+from avatar_pipeline.ports import Charge, ConflictError, OutcomeT, SpendLimitReachedError
+from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.services.context import PipelineContext
 
 AUDIO_SUFFIXES = tuple(AUDIO_EXTENSIONS)
@@ -97,6 +105,10 @@ class InMemoryTaskRepository:
         self.lock = threading.RLock()
         self.tasks: dict[str, Task] = {}
         self.slots: dict[str, PairSlot] = {}
+        self.quotas: dict[str, ProviderQuota] = {}
+        self.spend: dict[str, Decimal] = {}
+        # The table's stream: every task write as (the record before, the record after), oldest first.
+        self.stream: list[tuple[Task | None, Task]] = []
         self.replace_calls = 0
         self.conflicts = 0
         self._failures: dict[str, list[BaseException]] = {}
@@ -124,18 +136,26 @@ class InMemoryTaskRepository:
             self._maybe_fail("create")
             if task.task_id in self.tasks:
                 return False
-            self.tasks[task.task_id] = task.model_copy(deep=True)
+            self._write(task)
             return True
+
+    def _write(self, task: Task) -> None:
+        """Store a task (the caller holds the lock and checked the condition), and pass the change to the stream."""
+        self.stream.append((self.tasks.get(task.task_id), task.model_copy(deep=True)))
+        self.tasks[task.task_id] = task.model_copy(deep=True)
+
+    def _check_task(self, new: Task, expected: Task) -> None:
+        stored = self.tasks.get(new.task_id)
+        if stored is None or stored.status != expected.status or stored.version != expected.version:
+            self.conflicts += 1
+            raise ConflictError(f"task {new.task_id} changed since version {expected.version}")
 
     def replace(self, new: Task, *, expected: Task) -> None:
         with self.lock:
             self._maybe_fail("replace")
             self.replace_calls += 1
-            stored = self.tasks.get(new.task_id)
-            if stored is None or stored.status != expected.status or stored.version != expected.version:
-                self.conflicts += 1
-                raise ConflictError(f"task {new.task_id} changed since version {expected.version}")
-            self.tasks[new.task_id] = new.model_copy(deep=True)
+            self._check_task(new, expected)
+            self._write(new)
 
     # pair slots
     def get_slot(self, job: str) -> PairSlot | None:
@@ -163,7 +183,7 @@ class InMemoryTaskRepository:
             if task.task_id in self.tasks:
                 return False
             self.slots[new.job] = new.model_copy(deep=True)
-            self.tasks[task.task_id] = task.model_copy(deep=True)
+            self._write(task)
             return True
 
     # queries
@@ -188,7 +208,81 @@ class InMemoryTaskRepository:
             tasks = [task.model_copy(deep=True) for task in self.tasks.values() if task.job == job]
             return (slot.model_copy(deep=True) if slot else None), tasks
 
+    # admission
+    def queue_head(self, provider: ProviderName, limit: int) -> list[str]:
+        with self.lock:
+            self._maybe_fail("queue_head")
+            return [task.task_id for task in self._line(provider)[:limit]]
+
+    def queue_length(self, provider: ProviderName) -> int:
+        with self.lock:
+            self._maybe_fail("queue_length")
+            return len(self._line(provider))
+
+    def _line(self, provider: ProviderName) -> list[Task]:
+        """The `queue` index: QUEUED tasks of `provider`, by place (when they joined the line, then their id)."""
+        queued = [
+            task for task in self.tasks.values() if task.status is TaskStatus.QUEUED and task.provider == provider
+        ]
+        for task in queued:
+            assert task.queued_at is not None, f"QUEUED task {task.task_id} has no place in line"
+        return sorted(queued, key=lambda task: f"{task.queued_at.isoformat()}#{task.task_id}")  # type: ignore[union-attr]
+
+    def get_quota(self, provider: ProviderName) -> ProviderQuota | None:
+        with self.lock:
+            self._maybe_fail("get_quota")
+            quota = self.quotas.get(provider)
+            return quota.model_copy(deep=True) if quota else None
+
+    def _check_quota(self, new: ProviderQuota, expected: ProviderQuota | None) -> None:
+        stored = self.quotas.get(new.provider)
+        if (stored is None) != (expected is None) or (stored and expected and stored.version != expected.version):
+            self.conflicts += 1
+            raise ConflictError(f"quota of {new.provider} changed")
+
+    def save_quota(self, new: ProviderQuota, *, expected: ProviderQuota | None) -> None:
+        with self.lock:
+            self._maybe_fail("save_quota")
+            self._check_quota(new, expected)
+            self.quotas[new.provider] = new.model_copy(deep=True)
+
+    def admit(
+        self,
+        claimed: Task,
+        *,
+        expected: Task,
+        quota: ProviderQuota,
+        expected_quota: ProviderQuota | None,
+        charge: Charge | None,
+    ) -> None:
+        """All or nothing, as the DynamoDB transaction: a changed task or quota is a conflict (reported before a
+        spend that does not fit, as the adapter reads the cancellation reasons), then the day's spend."""
+        with self.lock:
+            self._maybe_fail("admit")
+            self._check_task(claimed, expected)
+            self._check_quota(quota, expected_quota)
+            # The adapter's condition to the letter: what was spent on the day (if anything was) leaves room for the
+            # charge. (So the day's first charge is not compared with the limit.)
+            spent = self.spend.get(charge.day) if charge is not None else None
+            if charge is not None and spent is not None and spent > charge.limit - charge.amount:
+                raise SpendLimitReachedError(f"the spend limit of {charge.day} is reached")
+            self._write(claimed)
+            self.quotas[quota.provider] = quota.model_copy(deep=True)
+            if charge is not None:
+                self.spend[charge.day] = self.spend.get(charge.day, Decimal(0)) + charge.amount
+
+    def spent_on(self, day: str) -> Decimal:
+        with self.lock:
+            self._maybe_fail("spent_on")
+            return self.spend.get(day, Decimal(0))
+
     # test helpers
+    def take_stream(self) -> list[tuple[Task | None, Task]]:
+        """The stream records since the last call (each is read once, as a stream consumer would)."""
+        with self.lock:
+            records, self.stream = self.stream, []
+            return records
+
     def all_tasks(self) -> list[Task]:
         with self.lock:
             return [task.model_copy(deep=True) for task in self.tasks.values()]
@@ -201,8 +295,18 @@ class InMemoryTaskRepository:
     def put(self, task: Task) -> Task:
         """Store a task as it is (any status), overwriting what was there."""
         with self.lock:
-            self.tasks[task.task_id] = task.model_copy(deep=True)
+            self._write(task)
         return task
+
+    def holders(self, provider: ProviderName) -> set[str]:
+        """The tasks holding `provider`'s render slots, as its quota record says."""
+        quota = self.get_quota(provider)
+        return set(quota.holders) if quota else set()
+
+    def line(self, provider: ProviderName) -> list[str]:
+        """Every task id in `provider`'s line, first first."""
+        with self.lock:
+            return [task.task_id for task in self._line(provider)]
 
 
 # --- media ---------------------------------------------------------------------------------------------------
@@ -330,7 +434,7 @@ class InMemoryDeliveryLog:
         return outcome, False
 
 
-# --- the provider --------------------------------------------------------------------------------------------
+# --- usage ---------------------------------------------------------------------------------------------------
 
 
 class RecordingMeter:
@@ -339,12 +443,34 @@ class RecordingMeter:
     def __init__(self) -> None:
         self.submissions: list[tuple[str, str | None]] = []
         self.outcomes: list[TaskOutcome] = []
+        self.spend_limit_reached: list[str] = []
 
     def record_submission(self, provider: str, estimated_cost_usd: str | None) -> None:
         self.submissions.append((provider, estimated_cost_usd))
 
     def record_outcome(self, outcome: TaskOutcome) -> None:
         self.outcomes.append(outcome)
+
+    def record_spend_limit_reached(self, provider: str) -> None:
+        self.spend_limit_reached.append(provider)
+
+
+# --- the dispatcher's wake-ups -------------------------------------------------------------------------------
+
+
+class RecordingWaker:
+    """`ports.Waker` that keeps each wake-up asked for; the test delivers it (or not) by calling the dispatcher."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.calls: list[tuple[str, datetime]] = []
+
+    def wake(self, provider: ProviderName, at: datetime) -> None:
+        with self.lock:
+            self.calls.append((provider, at))
+
+
+# --- the provider --------------------------------------------------------------------------------------------
 
 
 class ScriptedProvider:
@@ -455,7 +581,7 @@ def make_settings(**env: str) -> Settings:
 def make_context(**overrides: Any) -> PipelineContext:
     """A PipelineContext on fresh fakes. Override any part: settings (Settings, or a dict of environment
     variables merged into the test environment), tasks, media, notifier, provider, providers, meter, deliveries,
-    clock."""
+    waker, clock."""
     settings = overrides.pop("settings", None)
     if not isinstance(settings, Settings):
         settings = make_settings(**(settings or {}))
@@ -467,6 +593,7 @@ def make_context(**overrides: Any) -> PipelineContext:
         "providers": {provider.name: provider},
         "meter": RecordingMeter(),
         "deliveries": InMemoryDeliveryLog(),
+        "waker": RecordingWaker(),
         "clock": FakeClock(),
     }
     unknown = set(overrides) - set(parts)
@@ -488,6 +615,7 @@ class World:
     clock: FakeClock
     deliveries: InMemoryDeliveryLog
     meter: RecordingMeter
+    waker: RecordingWaker
 
 
 def make_world(**overrides: Any) -> World:
@@ -498,9 +626,38 @@ def make_world(**overrides: Any) -> World:
     assert isinstance(ctx.clock, FakeClock)
     assert isinstance(ctx.deliveries, InMemoryDeliveryLog)
     assert isinstance(ctx.meter, RecordingMeter)
+    assert isinstance(ctx.waker, RecordingWaker)
     provider = ctx.providers["wavespeed"]
     assert isinstance(provider, ScriptedProvider)
-    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock, ctx.deliveries, ctx.meter)
+    return World(ctx, ctx.tasks, ctx.media, ctx.notifier, provider, ctx.clock, ctx.deliveries, ctx.meter, ctx.waker)
+
+
+# --- the dispatcher on the table's stream --------------------------------------------------------------------
+
+
+def line_changes(records: Iterable[tuple[Task | None, Task]]) -> tuple[dict[ProviderName, set[str]], set[ProviderName]]:
+    """What the dispatcher's stream handler reads from task writes: the tasks that left their provider (their render
+    slots are free) and the lines a task joined."""
+    released: dict[ProviderName, set[str]] = {}
+    lines: set[ProviderName] = set()
+    for old, new in records:
+        if old is not None and old.status in HOLDING_STATUSES and new.status not in HOLDING_STATUSES:
+            released.setdefault(old.provider, set()).add(old.task_id)
+        if new.status is TaskStatus.QUEUED:
+            lines.add(new.provider)
+    return released, lines
+
+
+def run_dispatcher(w: World, time_left: timedelta = timedelta(minutes=5)) -> Counter[str]:
+    """Deliver the task table's stream to the dispatcher until it has nothing more to say (its own writes are
+    stream records too); what it did, added up."""
+    actions: Counter[str] = Counter()
+    for _ in range(20):
+        released, lines = line_changes(w.tasks.take_stream())
+        if not released and not lines:
+            return actions
+        actions.update(on_line_changes(w.ctx, released, lines, lambda: time_left).actions)
+    raise AssertionError("the dispatcher kept changing the table")
 
 
 def upload(key: str, etag: str = "etag-1", size: int = 100_000, bucket: str = BUCKET) -> S3Object:

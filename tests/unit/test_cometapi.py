@@ -580,10 +580,10 @@ def test_fetch_gateway_404_is_an_input_error(router: respx.MockRouter, provider:
     assert route.call_count == 1
 
 
-def test_submit_429_then_200_succeeds_after_one_retry_honouring_retry_after(
+def test_submit_429_is_raised_at_once_with_its_retry_after(
     router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep
 ) -> None:
-    # Given the gateway rate-limits once, asking us to wait 3 s, then accepts
+    # Given the gateway rate-limits, asking us to wait 3 s (and would accept a second attempt)
     route = router.post(CREATE_PATH).mock(
         side_effect=[
             httpx.Response(429, headers={"Retry-After": "3"}, json=gateway_error("too many requests")),
@@ -592,9 +592,32 @@ def test_submit_429_then_200_succeeds_after_one_retry_honouring_retry_after(
     )
 
     # When we submit
-    job = provider.submit(submission())
+    with pytest.raises(TransientHttpError) as caught:
+        provider.submit(submission())
 
-    # Then it succeeds on the second call after sleeping exactly the Retry-After
+    # Then the 429 is not retried within the call: raised after one POST with the hint, for the dispatcher to pause
+    # CometAPI's line that long (nothing was created, so the task goes back in line)
+    assert (caught.value.status_code, caught.value.retry_after) == (429, 3.0)
+    assert caught.value.is_rate_limit
+    assert route.call_count == 1
+    assert sleep.calls == []
+
+
+def test_fetch_429_then_200_is_retried_honouring_retry_after(
+    router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep
+) -> None:
+    # Given the gateway rate-limits a status query once, asking us to wait 3 s, then answers
+    route = router.get(QUERY_PATH).mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "3"}, json=gateway_error("too many requests")),
+            httpx.Response(200, json=envelope()),
+        ]
+    )
+
+    # When we fetch
+    job = provider.fetch(TASK_ID)
+
+    # Then a query (which creates nothing) is still retried within the call, after exactly the Retry-After
     assert job.status is ProviderJobStatus.QUEUED
     assert route.call_count == 2
     assert sleep.calls == [3.0]
@@ -617,19 +640,20 @@ def test_gateway_429_is_a_transient_http_error_carrying_retry_after(
     assert sleep.calls == [2.0, 2.0]
 
 
-def test_submit_429_is_transient_and_retried_because_nothing_was_created(
+def test_submit_429_without_a_hint_is_transient_and_not_resent(
     router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep
 ) -> None:
-    # Given the gateway rate-limits (429) every time
+    # Given the gateway rate-limits (429) with no Retry-After
     route = router.post(CREATE_PATH).respond(429, json=gateway_error("rate limited"))
 
     # When we submit
-    with pytest.raises(ProviderTransientError, match="rate limited"):
+    with pytest.raises(ProviderTransientError, match="rate limited") as caught:
         provider.submit(submission())
 
-    # Then the budget of 3 attempts is used, with full-jitter backoff (random()=0.5 → 0.25 s, 0.5 s) in between
-    assert route.call_count == 3
-    assert sleep.calls == [0.25, 0.5]
+    # Then it is transient (nothing was created: safe to send again later), without a hint, after one call
+    assert caught.value.retry_after is None and caught.value.is_rate_limit
+    assert route.call_count == 1
+    assert sleep.calls == []
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
@@ -766,27 +790,30 @@ def test_kling_other_1xxx_codes_are_input_errors(
     assert caught.value.code == str(code)
 
 
+@pytest.mark.parametrize("code", [1302, 1303])
 @pytest.mark.parametrize("http_status", [200, 429])
-def test_kling_1303_three_times_is_transient_after_three_calls(
-    router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep, http_status: int
+def test_kling_rate_or_concurrency_limit_on_submit_is_raised_at_once_whatever_the_http_status(
+    router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep, http_status: int, code: int
 ) -> None:
-    # Given the concurrency limit is hit on every submit (Kling code 1303: the task was not taken)
-    route = router.post(CREATE_PATH).respond(http_status, json=kling_error(1303, "parallel task over resource pack"))
+    # Given Kling refuses a submit for the account's rate (1302) or concurrency (1303) limit: the task was not taken
+    route = router.post(CREATE_PATH).respond(http_status, json=kling_error(code, "parallel task over resource pack"))
 
     # When we submit
-    with pytest.raises(ProviderTransientError) as caught:
+    with pytest.raises(TransientHttpError) as caught:
         provider.submit(submission())
 
-    # Then it is transient with that code, resent up to the budget of 3 calls
-    assert caught.value.code == "1303"
-    assert route.call_count == 3
-    assert len(sleep.calls) == 2
+    # Then it is a transient rate limit with that code, raised after the one call: the Kling code decides, not the
+    # HTTP status, and the dispatcher pauses CometAPI's line instead of this call resending it
+    assert caught.value.code == str(code)
+    assert caught.value.is_rate_limit
+    assert route.call_count == 1
+    assert sleep.calls == []
 
 
-def test_kling_1302_then_success_is_retried_honouring_retry_after(
+def test_kling_1302_carries_its_retry_after_to_the_caller(
     router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep
 ) -> None:
-    # Given a rate-limit refusal (1302) with a Retry-After of 1 s, then acceptance
+    # Given a rate-limit refusal (1302) with a Retry-After of 1 s (and a second attempt would be accepted)
     route = router.post(CREATE_PATH).mock(
         side_effect=[
             httpx.Response(429, headers={"Retry-After": "1"}, json=kling_error(1302, "rate limit")),
@@ -795,12 +822,34 @@ def test_kling_1302_then_success_is_retried_honouring_retry_after(
     )
 
     # When we submit
-    job = provider.submit(submission())
+    with pytest.raises(TransientHttpError) as caught:
+        provider.submit(submission())
 
-    # Then the submit was resent once after the hinted wait
+    # Then it was sent once, and the hinted wait is the caller's to keep
+    assert caught.value.retry_after == 1.0
+    assert route.call_count == 1
+    assert sleep.calls == []
+
+
+@pytest.mark.parametrize("http_status", [200, 429])
+def test_kling_1303_on_fetch_is_still_retried(
+    router: respx.MockRouter, provider: CometApiProvider, sleep: FakeSleep, http_status: int
+) -> None:
+    # Given a status query refused once for the concurrency limit, then answered
+    route = router.get(QUERY_PATH).mock(
+        side_effect=[
+            httpx.Response(http_status, json=kling_error(1303, "parallel task over resource pack")),
+            httpx.Response(200, json=envelope()),
+        ]
+    )
+
+    # When we fetch
+    job = provider.fetch(TASK_ID)
+
+    # Then the query was asked again within the call
     assert job.provider_task_id == TASK_ID
     assert route.call_count == 2
-    assert sleep.calls == [1.0]
+    assert len(sleep.calls) == 1
 
 
 @pytest.mark.parametrize(("code", "http_status"), [(5000, 500), (5001, 503), (5002, 504), (5000, 200)])

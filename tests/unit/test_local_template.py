@@ -539,6 +539,7 @@ RESOURCE_VALUES = {
     "WaveSpeedSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-WaveSpeedSecret-AbCdEf",
     "CometApiSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-CometApiSecret-GhIjKl",
     "WebhookApi": "abc123defg",
+    "AdmissionWakeupQueue": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/avatar-local-AdmissionWakeupQueue",
 }
 ATTRIBUTES = {
     (
@@ -549,6 +550,8 @@ ATTRIBUTES = {
     ("NotificationTopic", "TopicName"): "avatar-local-NotificationTopic",
     ("AsyncFailureQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-AsyncFailureQueue",
     ("FinalizeFailureQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-FinalizeFailureQueue",
+    ("AdmissionWakeupQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-AdmissionWakeupQueue",
+    ("AdmissionWakeupQueue", "QueueName"): "avatar-local-AdmissionWakeupQueue",
     ("MediaBucket", "Arn"): f"arn:aws:s3:::{STACK}-{ACCOUNT}-{REGION}-media",
 }
 MEDIA_BUCKET = f"{STACK}-{ACCOUNT}-{REGION}-media"
@@ -592,9 +595,15 @@ def test_load_template_reports_unreadable_files(tmp_path: Path) -> None:
         load_template(tmp_path / "missing.yaml")
 
 
-def test_the_four_functions_and_their_handlers(specs: dict[str, FunctionSpec]) -> None:
+def test_the_five_functions_and_their_handlers(specs: dict[str, FunctionSpec]) -> None:
     expected = {
         "SubmitFunction": ("functions/submit/", "submit_handler", [("InboxUpload", "S3")], 120),
+        "DispatchFunction": (
+            "functions/dispatch/",
+            "dispatch_handler",
+            [("LineChanged", "DynamoDB"), ("Wakeup", "SQS")],
+            300,
+        ),
         "WebhookFunction": ("functions/webhook/", "webhook_handler", [("ProviderCallback", "Api")], 29),
         "PollerFunction": ("functions/poller/", "poller_handler", [("PollTick", "Schedule")], 300),
         "FinalizeFunction": ("functions/finalize/", "finalize_handler", [("TaskStream", "DynamoDB")], 900),
@@ -684,6 +693,35 @@ def test_finalize_reads_the_task_stream(specs: dict[str, FunctionSpec]) -> None:
         check_pattern(pattern)
 
 
+def test_dispatch_reads_the_task_stream_filtered_and_its_wakeup_queue(specs: dict[str, FunctionSpec]) -> None:
+    stream = specs["DispatchFunction"].event("LineChanged").dynamodb()
+    assert stream.stream_source == "TaskTable"
+    assert stream.starting_position == "TRIM_HORIZON"
+    assert (stream.batch_size, stream.maximum_batching_window_in_seconds) == (100, 0)
+    assert stream.maximum_retry_attempts == 5
+    assert stream.bisect_batch_on_function_error is True
+    assert not stream.reports_batch_item_failures
+    assert stream.on_failure_destination == {"Fn::GetAtt": ["AsyncFailureQueue", "Arn"]}
+    joined, left = stream.filter_patterns
+    assert joined == {"dynamodb": {"NewImage": {"status": {"S": ["QUEUED"]}}}}
+    holding = ["SUBMITTING", "SUBMITTED", "PROCESSING"]
+    assert left == {
+        "dynamodb": {
+            "OldImage": {"status": {"S": holding}},
+            "NewImage": {"status": {"S": [{"anything-but": holding}]}},
+        }
+    }
+    for pattern in stream.filter_patterns:
+        check_pattern(pattern)
+    wakeups = specs["DispatchFunction"].event("Wakeup").sqs()
+    assert (wakeups.queue, wakeups.batch_size, wakeups.filter_patterns, wakeups.enabled) == (
+        "AdmissionWakeupQueue",
+        10,
+        [],
+        True,
+    )
+
+
 def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
     environment = specs["SubmitFunction"].resolved_environment(real_resolver(template))
     assert environment == {
@@ -703,10 +741,16 @@ def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], 
         "COMETAPI_PRICE_PRO_PER_5S": "0.60",
         "ALLOW_FAILOVER": "true",
         "MAX_PAIR_WAIT_SECONDS": "1800",
-        "MAX_TASK_AGE_SECONDS": "7200",
+        "MAX_PROVIDER_QUEUE_SECONDS": "21600",
+        "MAX_RENDER_SECONDS": "3600",
+        "WAVESPEED_SUBMISSIONS_PER_MINUTE": "5",
+        "WAVESPEED_RENDERS_AT_ONCE": "3",
+        "COMETAPI_SUBMISSIONS_PER_MINUTE": "5",
+        "COMETAPI_RENDERS_AT_ONCE": "3",
+        "RATE_WINDOW_SECONDS": "60",
+        "DAILY_SPEND_LIMIT_USD": "0",
         "POLL_AFTER_SECONDS": "120",
         "DOWNLOAD_URL_EXPIRY_SECONDS": "86400",
-        "WEBHOOK_BASE_URL": f"https://{RESOURCE_VALUES['WebhookApi']}.execute-api.{REGION}.amazonaws.com/v1",
     }
     assert all(type(name) is str and type(value) is str for name, value in environment.items())
 
@@ -714,29 +758,51 @@ def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], 
 def test_parameter_overrides_reach_the_environment(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
     resolver = real_resolver(
         template,
-        parameters={"DefaultMode": "pro", "WaveSpeedBaseUrl": "http://127.0.0.1:9100", "PollAfterSeconds": "30"},
+        parameters={
+            "DefaultMode": "pro",
+            "WaveSpeedBaseUrl": "http://127.0.0.1:9100",
+            "PollAfterSeconds": "30",
+            "WaveSpeedRendersAtOnce": "10",
+            "RateWindowSeconds": "3",
+            "DailySpendLimitUsd": "12.50",
+            "MaxRenderSeconds": "600",
+        },
     )
     environment = specs["PollerFunction"].resolved_environment(resolver)
     assert environment["DEFAULT_MODE"] == "pro"
     assert environment["WAVESPEED_BASE_URL"] == "http://127.0.0.1:9100"
     assert environment["POLL_AFTER_SECONDS"] == "30"
+    assert environment["WAVESPEED_RENDERS_AT_ONCE"] == "10"
+    assert environment["RATE_WINDOW_SECONDS"] == "3"
+    assert environment["DAILY_SPEND_LIMIT_USD"] == "12.50"
+    assert environment["MAX_RENDER_SECONDS"] == "600"
+    assert specs["DispatchFunction"].resolved_environment(resolver)["WAVESPEED_RENDERS_AT_ONCE"] == "10"
     with pytest.raises(TemplateError, match="PollAfterSeconds"):
         specs["PollerFunction"].resolved_environment(real_resolver(template, parameters={"PollAfterSeconds": "4"}))
+    for parameter, refused in (("WaveSpeedRendersAtOnce", "0"), ("DailySpendLimitUsd", "-1")):
+        with pytest.raises(TemplateError, match=parameter):
+            specs["DispatchFunction"].resolved_environment(real_resolver(template, parameters={parameter: refused}))
 
 
-def test_only_submit_and_poller_get_the_webhook_url(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
+def test_only_dispatch_and_poller_get_the_webhook_url_and_the_wakeup_queue(
+    template: dict[str, Any], specs: dict[str, FunctionSpec]
+) -> None:
     resolver = real_resolver(template)
     environments = {name: spec.resolved_environment(resolver) for name, spec in specs.items()}
-    assert "WEBHOOK_BASE_URL" not in environments["WebhookFunction"]
-    assert "WEBHOOK_BASE_URL" not in environments["FinalizeFunction"]
-    assert environments["SubmitFunction"]["WEBHOOK_BASE_URL"] == environments["PollerFunction"]["WEBHOOK_BASE_URL"]
+    for name in ("SubmitFunction", "WebhookFunction", "FinalizeFunction"):
+        assert "WEBHOOK_BASE_URL" not in environments[name], name
+        assert "WAKEUP_QUEUE_URL" not in environments[name], name
+    url = f"https://{RESOURCE_VALUES['WebhookApi']}.execute-api.{REGION}.amazonaws.com/v1"
+    for name in ("DispatchFunction", "PollerFunction"):
+        assert environments[name]["WEBHOOK_BASE_URL"] == url, name
+        assert environments[name]["WAKEUP_QUEUE_URL"] == RESOURCE_VALUES["AdmissionWakeupQueue"], name
     # The webhook's own environment never needs the API id (that would be a circular reference in AWS).
     without_api = {k: v for k, v in RESOURCE_VALUES.items() if k != "WebhookApi"}
     assert "WEBHOOK_BASE_URL" not in specs["WebhookFunction"].resolved_environment(
         real_resolver(template, resource_values=without_api)
     )
     with pytest.raises(TemplateError, match="WebhookApi"):
-        specs["SubmitFunction"].resolved_environment(real_resolver(template, resource_values=without_api))
+        specs["DispatchFunction"].resolved_environment(real_resolver(template, resource_values=without_api))
 
 
 def test_the_webhook_is_told_its_idempotency_table(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
@@ -756,8 +822,21 @@ def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict
     statement = next(p for p in finalize["Policies"] if "Statement" in p)["Statement"][0]
     assert statement["Resource"] == f"arn:aws:s3:::{MEDIA_BUCKET}/outputs/*"
     assert finalize["Events"]["TaskStream"]["Properties"]["Stream"] == ATTRIBUTES[("TaskTable", "StreamArn")]
+    dispatch = resolver.resolve(specs["DispatchFunction"].properties)
+    assert dispatch["FunctionName"] == f"{STACK}-dispatch"
+    assert dispatch["Events"]["LineChanged"]["Properties"]["Stream"] == ATTRIBUTES[("TaskTable", "StreamArn")]
+    assert dispatch["Events"]["Wakeup"]["Properties"]["Queue"] == ATTRIBUTES[("AdmissionWakeupQueue", "Arn")]
+    sqs_policies = [p for p in dispatch["Policies"] if "SQSSendMessagePolicy" in p or "SQSPollerPolicy" in p]
+    assert [next(iter(p.values()))["QueueName"] for p in sqs_policies] == ["avatar-local-AdmissionWakeupQueue"] * 2
+    secrets = [
+        p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]
+        for p in dispatch["Policies"]
+        if len(p) == 1 and "AWSSecretsManagerGetSecretValuePolicy" in p
+    ]
+    assert secrets == [RESOURCE_VALUES["WaveSpeedSecret"], RESOURCE_VALUES["CometApiSecret"]]
     submit = resolver.resolve(specs["SubmitFunction"].properties)
     assert submit["Events"]["InboxUpload"]["Properties"]["Bucket"] == MEDIA_BUCKET
+    assert not any("AWSSecretsManagerGetSecretValuePolicy" in p for p in submit["Policies"])
     assert (
         submit["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]
         == ATTRIBUTES[("AsyncFailureQueue", "Arn")]

@@ -28,12 +28,16 @@ def walk(*statuses: S, step: float = 10.0) -> Task:
     [
         ((S.TIMED_OUT,), "pairing"),
         ((S.REJECTED,), "input"),
-        ((S.SUBMITTING, S.FAILED), "submission"),
-        ((S.SUBMITTING, S.TIMED_OUT), "submission"),
-        ((S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.FAILED), "provider"),
-        ((S.SUBMITTING, S.SUBMITTED, S.TIMED_OUT), "provider"),
-        ((S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.FAILED), "copy"),
-        ((S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED), "done"),
+        ((S.QUEUED, S.FAILED), "submission"),
+        ((S.QUEUED, S.SUBMITTING, S.FAILED), "submission"),
+        ((S.QUEUED, S.SUBMITTING, S.TIMED_OUT), "submission"),
+        ((S.QUEUED, S.SUBMITTING, S.QUEUED, S.SUBMITTING, S.FAILED), "submission"),
+        ((S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.FAILED), "provider"),
+        ((S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.TIMED_OUT), "provider"),
+        ((S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.FAILED), "copy"),
+        ((S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED), "done"),
+        # A late video: timed out at the provider, then delivered, copied and completed after all.
+        ((S.QUEUED, S.SUBMITTING, S.PROCESSING, S.TIMED_OUT, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED), "done"),
     ],
 )
 def test_an_ended_task_is_counted_under_the_stage_it_ended_in(path: tuple[S, ...], stage: str) -> None:
@@ -41,11 +45,22 @@ def test_an_ended_task_is_counted_under_the_stage_it_ended_in(path: tuple[S, ...
 
 
 def test_times_run_from_the_first_upload_and_from_the_submission_to_the_finished_video() -> None:
-    # Given a task submitted at +10 s whose video was ready at +30 s and stored at +50 s
-    task = walk(S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED)
-    # Then its outcome says 50 s end to end, 20 s at the provider
+    # Given a task in line at +10 s, submitted at +20 s, whose video was ready at +40 s and stored at +60 s
+    task = walk(S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED)
+    # Then its outcome says 60 s end to end (its wait in line included), 20 s at the provider
     outcome = TaskOutcome.of(task)
-    assert (outcome.end_to_end_seconds, outcome.provider_seconds) == (50.0, 20.0)
+    assert (outcome.end_to_end_seconds, outcome.provider_seconds) == (60.0, 20.0)
+
+
+def test_provider_time_counts_from_the_first_admission_when_the_provider_turned_the_first_away() -> None:
+    # Given a task sent at +20 s, turned away (back in line at +30 s), sent again at +40 s, ready at +60 s
+    task = walk(S.QUEUED, S.SUBMITTING, S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED)
+    # Then the provider time runs from the first submission
+    assert TaskOutcome.of(task).provider_seconds == 40.0
+
+
+def test_a_task_that_waited_in_line_and_never_reached_the_provider_has_no_provider_time() -> None:
+    assert TaskOutcome.of(walk(S.QUEUED, S.FAILED)).provider_seconds is None
 
 
 def test_a_task_that_never_reached_the_provider_has_no_provider_time() -> None:
@@ -54,7 +69,7 @@ def test_a_task_that_never_reached_the_provider_has_no_provider_time() -> None:
 
 def test_a_task_still_running_has_no_outcome() -> None:
     with pytest.raises(ValueError, match="has not ended"):
-        TaskOutcome.of(walk(S.SUBMITTING))
+        TaskOutcome.of(walk(S.QUEUED))
 
 
 def emf_lines(out: str) -> list[dict]:
@@ -63,7 +78,7 @@ def emf_lines(out: str) -> list[dict]:
 
 def test_the_meter_writes_a_plain_count_a_count_by_stage_and_the_times(capsys: pytest.CaptureFixture[str]) -> None:
     # Given a completed task
-    outcome = TaskOutcome.of(walk(S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED))
+    outcome = TaskOutcome.of(walk(S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.OUTPUT_READY, S.FINALIZING, S.COMPLETED))
     # When the meter records it
     EmfUsageMeter().record_outcome(outcome)
     # Then there is one EMF line per metric, with the dimensions alarms and dashboards use
@@ -76,6 +91,26 @@ def test_the_meter_writes_a_plain_count_a_count_by_stage_and_the_times(capsys: p
     service = frozenset({"service"})
     assert seen[("TaskCompleted", service)] == [1.0]
     assert seen[("TaskCompleted", service | {"stage"})] == [1.0]
-    assert seen[("EndToEndSeconds", service)] == [50.0]
+    assert seen[("EndToEndSeconds", service)] == [60.0]
     assert seen[("ProviderSeconds", service | {"provider"})] == [20.0]
     assert len(lines) == 4
+
+
+def test_the_meter_counts_a_line_stopped_by_the_spend_limit_plainly_and_by_provider(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # When the dispatcher reports that the spend limit stopped WaveSpeed's line
+    EmfUsageMeter().record_spend_limit_reached("wavespeed")
+    # Then there is a plain count (the alarm's) and one by provider
+    lines = emf_lines(capsys.readouterr().out)
+    seen = {
+        (name["Name"], frozenset(line["_aws"]["CloudWatchMetrics"][0]["Dimensions"][0])): line
+        for line in lines
+        for name in line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+    }
+    service = frozenset({"service"})
+    assert seen[("AdmissionBlockedBySpendLimit", service)]["AdmissionBlockedBySpendLimit"] == [1.0]
+    by_provider = seen[("AdmissionBlockedBySpendLimit", service | {"provider"})]
+    assert by_provider["AdmissionBlockedBySpendLimit"] == [1.0]
+    assert by_provider["provider"] == "wavespeed"
+    assert len(lines) == 2

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from support.fakes import BUCKET, ScriptedProvider, World, make_settings, make_world, upload
+from support.fakes import BUCKET, T0, ScriptedProvider, World, make_settings, make_world, run_dispatcher, upload
 
 from avatar_pipeline.errors import CallbackMismatchError, ProviderTransientError, WebhookAuthError
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, TaskStatus
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, ProviderName, TaskStatus
 from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.services.admission import DispatchReport, dispatch
 from avatar_pipeline.services.intake import handle_upload
 from avatar_pipeline.services.tracking import receive_callback
 
@@ -26,19 +28,36 @@ def two() -> tuple[World, ScriptedProvider, ScriptedProvider]:
     return world, wavespeed, comet
 
 
-def submit_pair(w: World, options: dict | None = None) -> str:
+def queue_pair(w: World, options: dict | None = None) -> str:
+    """The pair is checked and waits in its provider's line."""
     if options is not None:
         w.media.put_object(BUCKET, "inbox/zoe/job.json", json.dumps(options))
     handle_upload(w.ctx, IMAGE)
     outcome = handle_upload(w.ctx, AUDIO)
+    assert outcome.action == "queued"
     assert outcome.task_id is not None
     return outcome.task_id
+
+
+def send_next(w: World, provider: ProviderName) -> DispatchReport:
+    return dispatch(w.ctx, provider, lambda: timedelta(minutes=5))
+
+
+def submit_pair(w: World, options: dict | None = None) -> str:
+    """The pair is checked, joins its provider's line, and the dispatcher sends it (on the table's stream)."""
+    task_id = queue_pair(w, options)
+    run_dispatcher(w)
+    return task_id
 
 
 def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_task_token(two) -> None:
     w, wavespeed, comet = two
     # When a job asks for CometAPI
-    task_id = submit_pair(w, {"provider": "cometapi", "mode": "pro"})
+    task_id = queue_pair(w, {"provider": "cometapi", "mode": "pro"})
+    # Then it waits in CometAPI's line
+    assert (w.tasks.line("wavespeed"), w.tasks.line("cometapi")) == ([], [task_id])
+    # When the dispatcher sends it
+    assert run_dispatcher(w) == {"submit-submitted": 1}
     # Then only CometAPI got it, with a callback URL naming the task and its secret token
     task = w.tasks.get(task_id)
     assert task is not None and task.provider == "cometapi" and task.callback_token
@@ -49,15 +68,57 @@ def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_task_token(t
 def test_turned_away_submission_fails_over_once_and_never_reaches_both(two) -> None:
     w, wavespeed, comet = two
     # Given WaveSpeed turns the task away (rate limited: not taken)
-    wavespeed.script_submit(ProviderTransientError("HTTP 429"))
-    # When the pair arrives
-    task_id = submit_pair(w)
-    # Then the task moved to CometAPI, which took it; WaveSpeed has nothing to bill
+    wavespeed.script_submit(ProviderTransientError("HTTP 429", code="429", retry_after=30))
+    task_id = queue_pair(w)
+    # When WaveSpeed's line is moved
+    report = send_next(w, "wavespeed")
+    # Then the task is in CometAPI's line (at its own place: it joined the lines when it was cut), re-estimated at
+    # CometAPI's price, and WaveSpeed's line pauses as WaveSpeed asked
+    assert report.actions == {"submit-requeued": 1}
     task = w.tasks.get(task_id)
-    assert task is not None and task.status is TaskStatus.SUBMITTED
+    assert task is not None and task.status is TaskStatus.QUEUED
     assert (task.provider, task.failed_over_from) == ("cometapi", "wavespeed")
-    assert comet.submit_count == 1
-    assert any("failing over to CometAPI" in step.reason for step in task.history)
+    assert task.queued_at == T0
+    assert task.estimated_cost_usd == "0.30"
+    assert task.reason == "WaveSpeed is unavailable (HTTP 429); failing over to CometAPI"
+    assert (w.tasks.line("wavespeed"), w.tasks.line("cometapi")) == ([], [task_id])
+    wavespeed_quota = w.tasks.get_quota("wavespeed")
+    assert wavespeed_quota is not None and wavespeed_quota.holders == {}
+    assert wavespeed_quota.paused_until == T0 + timedelta(seconds=30)
+    # When the dispatcher sees it join CometAPI's line
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    # Then CometAPI took it; WaveSpeed has nothing to bill
+    task = w.tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.SUBMITTED and task.provider == "cometapi"
+    assert (wavespeed.submit_count, comet.submit_count) == (1, 1)
+    assert w.tasks.holders("cometapi") == {task_id}
+    assert w.meter.submissions == [("cometapi", "0.30")]
+    # and when WaveSpeed's pause is over and its line moves again, nothing more is sent anywhere
+    w.clock.advance(30)
+    assert send_next(w, "wavespeed").actions == {}
+    assert (wavespeed.submit_count, comet.submit_count) == (1, 1)
+
+
+def test_a_task_fails_over_once_then_waits_in_the_other_providers_line(two) -> None:
+    w, wavespeed, comet = two
+    # Given both providers turn the task away
+    wavespeed.script_submit(ProviderTransientError("HTTP 503"))
+    comet.script_submit(
+        ProviderTransientError("HTTP 503"), ProviderJob(provider_task_id="c-1", status=ProviderJobStatus.QUEUED)
+    )
+    task_id = queue_pair(w)
+    # When both lines move
+    assert send_next(w, "wavespeed").actions == {"submit-requeued": 1}
+    assert send_next(w, "cometapi").actions == {"submit-requeued": 1}
+    # Then the task waits in CometAPI's line: it never goes back to WaveSpeed
+    task = w.tasks.get(task_id)
+    assert task is not None and (task.status, task.provider) == (TaskStatus.QUEUED, "cometapi")
+    assert task.reason is not None and task.reason.startswith("CometAPI turned it away (HTTP 503); back to its place")
+    assert (w.tasks.line("wavespeed"), w.tasks.line("cometapi")) == ([], [task_id])
+    # and CometAPI sends it when its pause is over
+    w.clock.advance(w.ctx.settings.rate_window_seconds)
+    assert send_next(w, "cometapi").actions == {"submit-submitted": 1}
+    assert (wavespeed.submit_count, comet.submit_count) == (1, 2)
 
 
 def test_no_failover_when_the_job_forbids_it(two) -> None:
@@ -65,7 +126,8 @@ def test_no_failover_when_the_job_forbids_it(two) -> None:
     wavespeed.script_submit(ProviderTransientError("HTTP 503"))
     task_id = submit_pair(w, {"failover": False})
     task = w.tasks.get(task_id)
-    assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
+    assert task is not None and (task.status, task.provider) == (TaskStatus.QUEUED, "wavespeed")
+    assert w.tasks.line("wavespeed") == [task_id]
     assert comet.submit_count == 0
 
 
@@ -104,17 +166,20 @@ def test_cost_is_the_price_per_started_five_seconds(provider, mode, seconds, exp
     assert estimate_cost(provider, mode, seconds, make_settings()) == Decimal(expected)
 
 
-def test_no_failover_target_configured_means_the_usual_retry_not_a_crash() -> None:
+def test_no_failover_target_configured_means_back_in_line_not_a_crash() -> None:
     # Given only WaveSpeed is configured (CometAPI's secret still holds its empty placeholder), and it rate-limits
     wavespeed = ScriptedProvider()
     w = make_world(provider=wavespeed)
     wavespeed.script_submit(ProviderTransientError("HTTP 429"))
-    # When the pair arrives
+    # When the pair arrives and is sent
     task_id = submit_pair(w)
-    # Then the submission is scheduled for a retry at WaveSpeed
+    # Then the task is back in WaveSpeed's line, which pauses
     task = w.tasks.get(task_id)
-    assert task is not None and task.status is TaskStatus.SUBMITTING and task.submit_retry_at is not None
+    assert task is not None and task.status is TaskStatus.QUEUED
     assert task.provider == "wavespeed"
+    assert w.tasks.line("wavespeed") == [task_id]
+    quota = w.tasks.get_quota("wavespeed")
+    assert quota is not None and quota.paused_until is not None
 
 
 def test_a_callback_that_cannot_be_confirmed_now_is_acknowledged_and_polled_at_once(two) -> None:

@@ -1,4 +1,7 @@
-"""The use cases (intake, tracking, finishing) end to end through in-memory fakes of every port."""
+"""The use cases (intake, admission, tracking, finishing) end to end through in-memory fakes of every port.
+
+The dispatcher runs as deployed: on the task table's stream (`run_dispatcher`), or called directly (`send_next`) as
+a wake-up or the poller calls it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from support.fakes import BUCKET, T0, Copy, World, make_world, upload
+from support.fakes import BUCKET, T0, Copy, World, make_world, run_dispatcher, upload
 
 from avatar_pipeline.errors import (
     CallbackMismatchError,
@@ -28,18 +31,24 @@ from avatar_pipeline.errors import (
 )
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, S3Object, Task, TaskStatus
 from avatar_pipeline.pairing import content_id
+from avatar_pipeline.providers import OUTPUT_RETENTION
+from avatar_pipeline.services.admission import SUBMIT_LEASE, SUBMIT_TIME_BUDGET, DispatchReport, dispatch
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.finishing import (
     COPY_LEASE,
     COPY_LEASE_MARGIN,
+    COPY_RETRY_FIRST,
+    COPY_RETRY_MAX,
     FINALIZE_GRACE,
     NOTIFY_LEASE,
     announce,
+    copy_backoff,
     finalize_output,
     output_key,
 )
-from avatar_pipeline.services.intake import SUBMIT_LEASE, UploadOutcome, handle_upload
+from avatar_pipeline.services.intake import UploadOutcome, handle_upload
 from avatar_pipeline.services.tracking import (
+    LATE_VIDEO_CHECK_EVERY,
     POLL_SAFETY_MARGIN,
     PollReport,
     _expire_orphan,
@@ -56,6 +65,7 @@ AUDIO = upload("inbox/alice/voice.mp3", etag="aud-1", size=300_000)
 OUTPUT_URL = "https://cdn.wavespeed.test/outputs/ws-1/video.mp4"
 VIDEO = b"\x00\x00\x00\x18ftypisom" + bytes(200)
 FINALIZE_TIME = timedelta(minutes=5)
+DISPATCH_TIME = timedelta(minutes=5)
 RACE_ROUNDS = 50
 
 
@@ -99,10 +109,23 @@ def deliver_pair(w: World, image: S3Object = IMAGE, audio: S3Object = AUDIO) -> 
     return handle_upload(w.ctx, audio)
 
 
-def submitted(w: World) -> Task:
-    outcome = deliver_pair(w)
-    assert outcome.action == "submitted"
+def send_next(w: World, provider: str = "wavespeed") -> DispatchReport:
+    """The dispatcher moves `provider`'s line, as a wake-up (or the poller) makes it."""
+    return dispatch(w.ctx, provider, lambda: DISPATCH_TIME)  # type: ignore[arg-type]
+
+
+def queued(w: World, image: S3Object = IMAGE, audio: S3Object = AUDIO) -> Task:
+    """A checked pair, waiting in its provider's line (the dispatcher has not seen it yet)."""
+    outcome = deliver_pair(w, image, audio)
+    assert outcome.action == "queued"
     return stored(w, outcome.task_id)
+
+
+def submitted(w: World, image: S3Object = IMAGE, audio: S3Object = AUDIO) -> Task:
+    """A pair the dispatcher sent (on the stream record of its joining the line), and the provider accepted."""
+    task = queued(w, image, audio)
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    return stored(w, task.task_id)
 
 
 def output_ready(w: World, *downloads: Any) -> Task:
@@ -110,6 +133,7 @@ def output_ready(w: World, *downloads: Any) -> Task:
     task = submitted(w)
     w.clock.advance(60)
     assert record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED)) == "recorded"
+    run_dispatcher(w)  # its render slot is given back
     w.media.script_download(OUTPUT_URL, *(downloads or (VIDEO,)))
     return stored(w, task.task_id)
 
@@ -157,20 +181,54 @@ def test_first_half_waits_without_task_or_submission(w: World) -> None:
     assert tasks == []
 
 
-def test_second_half_cuts_one_submitted_task(w: World) -> None:
+def test_second_half_cuts_one_task_into_its_providers_line_without_calling_the_provider(w: World) -> None:
     # Given the image is waiting
     handle_upload(w.ctx, IMAGE)
     # When the audio arrives
     outcome = handle_upload(w.ctx, AUDIO)
-    # Then one task is cut, submitted once, and recorded as SUBMITTED with the provider's id
-    assert outcome.action == "submitted"
+    # Then one task is cut and waits, checked, first in WaveSpeed's line: nothing is sent or paid yet
+    assert outcome.action == "queued"
     task = w.tasks.only_task()
     assert outcome.task_id == task.task_id == content_id("alice", IMAGE, AUDIO)
+    assert task.status is S.QUEUED
+    assert task.queued_at == T0
+    assert task.reason == (
+        "paired inbox/alice/face.png with inbox/alice/voice.mp3 (no inbox/alice/job.json: default options);"
+        " 1st in line for WaveSpeed (3 renders at once, 5 submissions a minute)"
+    )
+    assert task.estimated_cost_usd == "0.25"
+    assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.QUEUED)]
+    assert w.provider.submit_count == 0
+    assert w.tasks.line("wavespeed") == [task.task_id]
+    # and the poller leaves it alone: the line is the dispatcher's
+    assert not task.needs_attention
+    # and the slot no longer waits
+    slot, _ = w.tasks.list_job("alice")
+    assert slot is not None
+    assert (slot.waiting_since, slot.next_check_at) == (None, None)
+
+
+def test_the_dispatcher_sends_the_first_in_line_once_and_records_the_providers_id(w: World) -> None:
+    # Given a task in WaveSpeed's line
+    task = queued(w)
+    # When the dispatcher sees it join the line (the table's stream)
+    actions = run_dispatcher(w)
+    # Then it is submitted once and recorded as SUBMITTED with the provider's id, holding one render slot
+    assert actions == {"submit-submitted": 1}
+    task = stored(w, task.task_id)
     assert task.status is S.SUBMITTED
     assert task.provider_task_id == "ws-1"
     assert task.lease_until is None
+    assert task.submit_attempts == 1
     assert task.next_check_at == T0 + timedelta(seconds=w.ctx.settings.poll_after_seconds)
-    assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.SUBMITTING), (S.SUBMITTING, S.SUBMITTED)]
+    assert moves(task) == [
+        (None, S.WAITING_FOR_PAIR),
+        (S.WAITING_FOR_PAIR, S.QUEUED),
+        (S.QUEUED, S.SUBMITTING),
+        (S.SUBMITTING, S.SUBMITTED),
+    ]
+    assert w.tasks.holders("wavespeed") == {task.task_id}
+    assert w.tasks.line("wavespeed") == []
     assert w.provider.submit_count == 1
     request = w.provider.submissions[0]
     assert request.task_id == task.task_id
@@ -178,10 +236,6 @@ def test_second_half_cuts_one_submitted_task(w: World) -> None:
     assert request.audio_url == f"https://presigned.test/{BUCKET}/inbox/alice/voice.mp3?expires=3600"
     assert (request.mode, request.prompt) == ("std", None)
     assert request.webhook_url == f"https://hooks.example.test/v1/webhooks/wavespeed?task_id={task.task_id}"
-    # and the slot no longer waits
-    slot, _ = w.tasks.list_job("alice")
-    assert slot is not None
-    assert (slot.waiting_since, slot.next_check_at) == (None, None)
 
 
 @pytest.mark.parametrize("order", ["image-first", "audio-first"])
@@ -190,9 +244,10 @@ def test_pair_completes_in_either_order(w: World, order: str) -> None:
     first, second = (IMAGE, AUDIO) if order == "image-first" else (AUDIO, IMAGE)
     assert handle_upload(w.ctx, first).action == "waiting"
     outcome = handle_upload(w.ctx, second)
-    # Then the same single task is submitted
-    assert outcome.action == "submitted"
+    # Then the same single task joins the line, and is submitted once
+    assert outcome.action == "queued"
     assert w.tasks.only_task().task_id == content_id("alice", IMAGE, AUDIO)
+    assert run_dispatcher(w) == {"submit-submitted": 1}
     assert w.provider.submit_count == 1
 
 
@@ -234,10 +289,11 @@ def test_a_new_audio_alone_waits_for_a_new_image_instead_of_reusing_the_used_one
     new_image = upload(IMAGE.key, etag="img-2", size=IMAGE.size)
     outcome = handle_upload(w.ctx, new_image)
     # Then the new pair makes a second task, and is submitted
-    assert outcome.action == "submitted"
+    assert outcome.action == "queued"
     assert outcome.task_id != first.task_id
     second = stored(w, outcome.task_id)
     assert (second.image, second.audio) == (new_image, new_audio)
+    assert run_dispatcher(w) == {"submit-submitted": 1}
     assert w.provider.submit_count == 2
 
 
@@ -245,19 +301,18 @@ def test_folder_job_options_reach_the_task_and_the_provider(w: World) -> None:
     # Given a folder job with job.json
     w.media.put_object(BUCKET, "inbox/alice/job.json", json.dumps({"prompt": "hi", "mode": "pro"}))
     assert handle_upload(w.ctx, upload("inbox/alice/job.json", size=30)).action == "ignored"
-    # When its pair arrives
-    outcome = deliver_pair(w)
+    # When its pair arrives and is sent
+    task = submitted(w)
     # Then the task carries the options and the provider got them
-    task = stored(w, outcome.task_id)
     assert (task.prompt, task.mode) == ("hi", "pro")
+    assert task.reason is not None and "default options" not in (task.history[1].reason or "")
     request = w.provider.submissions[0]
     assert (request.prompt, request.mode) == ("hi", "pro")
 
 
 def test_a_prompt_of_exactly_2500_characters_is_accepted(w: World) -> None:
     w.media.put_object(BUCKET, "inbox/alice/job.json", json.dumps({"prompt": "p" * 2500}))
-    outcome = deliver_pair(w)
-    assert outcome.action == "submitted"
+    submitted(w)
     assert w.provider.submissions[0].prompt == "p" * 2500
 
 
@@ -265,9 +320,9 @@ def test_same_stem_jobs_do_not_read_options(w: World) -> None:
     # Given a job.json that would be invalid, where a folder job "bob" would look for it
     w.media.put_object(BUCKET, "inbox/bob/job.json", "not json")
     # When a same-stem pair "bob" arrives
-    outcome = deliver_pair(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
+    task = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
     # Then options are not read: it is submitted with the defaults
-    assert outcome.action == "submitted"
+    assert task.history[1].reason.startswith("paired inbox/bob.png with inbox/bob.mp3; 1st in line")
     assert w.provider.submissions[0].mode == "std"
 
 
@@ -339,38 +394,42 @@ def test_keys_that_are_not_media_are_ignored(w: World, key: str) -> None:
     assert w.tasks.slots == {}
 
 
-def test_transient_provider_error_schedules_one_retry_that_the_poller_makes(w: World) -> None:
-    # Given WaveSpeed is briefly unavailable, then accepts
+def test_a_turned_away_submission_goes_back_to_its_place_and_is_sent_when_the_pause_ends(w: World) -> None:
+    # Given WaveSpeed is briefly unavailable (its answer proves it did not take the task), then accepts
     w.provider.script_submit(
         ProviderTransientError("HTTP 503", code="503"),
         ProviderJob(provider_task_id="ws-retry", status=P.QUEUED),
     )
-    # When the pair arrives
-    outcome = deliver_pair(w)
-    # Then the task stays SUBMITTING with a retry time and no lease
-    assert outcome.action == "retry-scheduled"
-    task = stored(w, outcome.task_id)
-    retry_at = T0 + timedelta(seconds=w.ctx.settings.submit_retry_after_seconds)
-    assert task.status is S.SUBMITTING
-    assert task.submit_retry_at == retry_at
-    assert task.next_check_at == retry_at
-    assert task.lease_until is None
-    assert task.reason is not None
-    assert "unavailable" in task.reason
-    # When the poller runs before the retry time, nothing is resent
+    task = queued(w)
+    # When the dispatcher sends it
+    report = send_next(w)
+    # Then it is back in line, at the same place, and the line pauses for one rate window, with a wake-up then
+    window = timedelta(seconds=w.ctx.settings.rate_window_seconds)
+    assert report.actions == {"submit-requeued": 1}
+    assert report.waiting == "WaveSpeed asked us to slow down (rate limited)"
+    task = stored(w, task.task_id)
+    assert task.status is S.QUEUED
+    assert task.queued_at == T0
+    assert (task.lease_until, task.next_check_at) == (None, None)
+    assert task.reason == "WaveSpeed turned it away (HTTP 503); back to its place in line, sent after 12:01:00 UTC"
+    assert moves(task)[-2:] == [(S.QUEUED, S.SUBMITTING), (S.SUBMITTING, S.QUEUED)]
+    quota = w.tasks.get_quota("wavespeed")
+    assert quota is not None and quota.paused_until == T0 + window and quota.holders == {}
+    assert w.waker.calls == [("wavespeed", T0 + window)]
+    # When the poller runs before the pause ends, nothing is resent (and a QUEUED task is not the poller's to check)
     w.clock.advance(59)
-    run_poll(w)
+    assert run_poll(w).actions == {}
     assert w.provider.submit_count == 1
-    # When it runs at the retry time, it resubmits exactly once and the task is SUBMITTED
+    # When the wake-up comes at the end of the pause
     w.clock.advance(1)
-    report = run_poll(w)
-    assert report.actions["resubmit-submitted"] == 1
+    report = send_next(w)
+    # Then it is submitted again, exactly once, and is SUBMITTED
+    assert report.actions == {"submit-submitted": 1}
     assert w.provider.submit_count == 2
-    task = stored(w, outcome.task_id)
+    task = stored(w, task.task_id)
     assert task.status is S.SUBMITTED
     assert task.provider_task_id == "ws-retry"
     assert task.submit_attempts == 2
-    assert task.submit_retry_at is None
     # and later polls only ask about it, never resend
     for _ in range(3):
         w.clock.advance(w.ctx.settings.poll_after_seconds)
@@ -382,24 +441,26 @@ def test_transient_provider_error_schedules_one_retry_that_the_poller_makes(w: W
 def test_unknown_submission_outcome_is_never_resent_and_a_later_callback_moves_it_on(w: World) -> None:
     # Given the submission's answer was lost (a read timeout)
     w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
-    # When the pair arrives
-    outcome = deliver_pair(w)
-    # Then the task stays SUBMITTING with no retry scheduled and no lease
-    assert outcome.action == "unknown"
-    task = stored(w, outcome.task_id)
+    # When the pair is sent
+    task = queued(w)
+    assert send_next(w).actions == {"submit-unknown": 1}
+    # Then the task stays SUBMITTING, holding its render slot (the provider may be making it), with no lease, due
+    # when its callback would have come at the latest: the provider's queue and render limits together
+    task = stored(w, task.task_id)
     assert task.status is S.SUBMITTING
-    assert task.submit_retry_at is None
     assert task.lease_until is None
-    give_up_at = T0 + timedelta(seconds=w.ctx.settings.max_task_age_seconds)
-    assert task.next_check_at == give_up_at
-    # When the poller runs, including after the submit lease and at the give-up time itself
+    assert w.tasks.holders("wavespeed") == {task.task_id}
+    settings = w.ctx.settings
+    give_up_after = settings.max_provider_queue_seconds + settings.max_render_seconds
+    assert task.next_check_at == T0 + timedelta(seconds=give_up_after)
+    # When the poller runs, including after the submit lease and just before the give-up time
     reports = []
-    for at in (61, SUBMIT_LEASE.total_seconds() + 1, 3600, w.ctx.settings.max_task_age_seconds):
+    for at in (61, SUBMIT_LEASE.total_seconds() + 1, 3600, give_up_after - 1):
         w.clock.now = T0 + timedelta(seconds=at)
         reports.append(run_poll(w))
-    # Then it never resubmits
+    # Then it never resubmits (the task is not even due before its give-up time)
     assert w.provider.submit_count == 1
-    assert reports[-1].actions == {"awaiting-callback": 1}
+    assert [report.actions for report in reports] == [{}] * 4
     # When the provider's callback finally arrives
     action = record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED, "ws-77"))
     # Then the task moves on to OUTPUT_READY with the provider's id
@@ -416,7 +477,8 @@ def test_a_lost_submission_is_found_by_our_task_id_where_the_provider_can_look_i
     w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
     w.provider.script_find(None, news(P.PROCESSING, "ws-found"))
     outcome = deliver_pair(w)
-    # Then the poller is due to look it up soon, not only at the age limit
+    assert send_next(w).actions == {"submit-unknown": 1}
+    # Then the poller is due to look it up soon, not only at the give-up time
     task = stored(w, outcome.task_id)
     assert task.next_check_at == T0 + timedelta(seconds=w.ctx.settings.poll_after_seconds)
     # When the poller runs before the provider lists it, and again after
@@ -433,16 +495,19 @@ def test_a_lost_submission_is_found_by_our_task_id_where_the_provider_can_look_i
     assert w.provider.submit_count == 1
 
 
-def test_a_lost_submission_found_just_before_the_age_limit_is_not_timed_out(w: World) -> None:
-    # Given a lost submission the provider lists only when the task reaches its age limit
+def test_a_lost_submission_found_at_the_give_up_time_is_not_timed_out(w: World) -> None:
+    # Given a lost submission the provider lists only when the task reaches its give-up time
     w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
     outcome = deliver_pair(w)
+    send_next(w)
     w.provider.script_find(news(P.SUCCEEDED, "ws-late"))
-    # When the poller runs at the age limit
-    w.clock.now = T0 + timedelta(seconds=w.ctx.settings.max_task_age_seconds + 1)
+    # When the poller runs then
+    settings = w.ctx.settings
+    w.clock.now = T0 + timedelta(seconds=settings.max_provider_queue_seconds + settings.max_render_seconds + 1)
     report = run_poll(w)
     # Then the video is recorded, not the time-out
-    assert report.actions == {"found-recorded": 1}
+    assert report.actions["found-recorded"] == 1
+    assert "timed-out" not in report.actions
     assert stored(w, outcome.task_id).status is S.OUTPUT_READY
 
 
@@ -458,10 +523,10 @@ def test_a_lost_submission_found_just_before_the_age_limit_is_not_timed_out(w: W
 def test_refused_submission_fails_the_task_naming_the_code(w: World, error: ProviderError, code: str | None) -> None:
     # Given WaveSpeed refuses the submission for good
     w.provider.script_submit(error)
-    # When the pair arrives
+    # When the pair is sent
     outcome = deliver_pair(w)
+    assert run_dispatcher(w) == {"submit-failed": 1}
     # Then the task is FAILED with the provider's code and message, and never retried
-    assert outcome.action == "failed"
     task = stored(w, outcome.task_id)
     assert task.status is S.FAILED
     assert task.reason is not None
@@ -470,6 +535,8 @@ def test_refused_submission_fails_the_task_naming_the_code(w: World, error: Prov
         assert f"(code {code})" in task.reason
     assert task.lease_until is None
     assert moves(task)[-1] == (S.SUBMITTING, S.FAILED)
+    # and its render slot is free again
+    assert w.tasks.holders("wavespeed") == set()
     w.clock.advance(3600)
     run_poll(w)
     assert w.provider.submit_count == 1
@@ -482,9 +549,10 @@ def test_both_halves_at_the_same_moment_make_exactly_one_task() -> None:
         w = make_world()
         # When the image and the audio are handled by two invocations at the same moment
         outcomes = race(lambda w=w: handle_upload(w.ctx, IMAGE), lambda w=w: handle_upload(w.ctx, AUDIO))
-        # Then exactly one of them cuts the task, and it is submitted once
-        assert sorted(o.action for o in outcomes) == ["submitted", "waiting"], f"round {round_}"
+        # Then exactly one of them cuts the task into the line, and it is submitted once
+        assert sorted(o.action for o in outcomes) == ["queued", "waiting"], f"round {round_}"
         assert len(w.tasks.all_tasks()) == 1, f"round {round_}"
+        assert run_dispatcher(w) == {"submit-submitted": 1}, f"round {round_}"
         assert w.provider.submit_count == 1, f"round {round_}"
 
 
@@ -496,8 +564,10 @@ def test_the_completing_event_delivered_twice_at_once_submits_once() -> None:
         handle_upload(w.ctx, IMAGE)
         # When S3 delivers the audio's event twice, to two invocations at the same moment
         outcomes = race(lambda w=w: handle_upload(w.ctx, AUDIO), lambda w=w: handle_upload(w.ctx, AUDIO))
-        # Then one submits and the other finds the task
-        assert sorted(o.action for o in outcomes) == ["duplicate", "submitted"], f"round {round_}"
+        # Then one puts the task in line and the other finds it; it is submitted once
+        assert sorted(o.action for o in outcomes) == ["duplicate", "queued"], f"round {round_}"
+        assert w.tasks.line("wavespeed") == [w.tasks.only_task().task_id], f"round {round_}"
+        run_dispatcher(w)
         assert w.provider.submit_count == 1, f"round {round_}"
 
 
@@ -510,10 +580,12 @@ def test_a_pair_is_not_lost_when_cutting_its_task_fails(w: World) -> None:
         handle_upload(w.ctx, AUDIO)
     # and S3's retries are used up, so only the poller is left to notice
     w.clock.advance(w.ctx.settings.max_pair_wait_seconds + 60)
-    run_poll(w)
-    # Then the pair still got a task (submitted or ended with a reason), and nothing stays due forever
+    report = run_poll(w)
+    # Then the poller cut the pair into the line and, at the end of the same pass, sent it
+    assert report.actions == {"pair-queued": 1, "submit-submitted": 1}
     _, tasks = w.tasks.list_job("alice")
-    assert len(tasks) == 1
+    assert [task.status for task in tasks] == [S.SUBMITTED]
+    # and nothing stays due forever
     _, due_slots = w.tasks.due(w.clock.now + timedelta(days=1), 100)
     assert due_slots == []
 
@@ -669,9 +741,10 @@ def test_poll_reads_nothing_beyond_the_due_records(w: World, monkeypatch: pytest
     for _ in range(2):
         w.clock.advance(w.ctx.settings.poll_after_seconds)
         actions += list(run_poll(w).actions)
-    # Then each poll acted on the record its due query returned: a poll's reads follow the tasks due, nothing more
+    # Then each poll acted on the record its due query returned: a poll's reads follow the tasks due, and the few
+    # tasks holding render slots that it reconciles with the quota record, nothing more
     assert actions == ["news-processing", "no-news"]
-    assert reads == []
+    assert reads == [task.task_id] * 2
     assert stored(w, task.task_id).version == task.version + 2
 
 
@@ -695,18 +768,95 @@ def test_poll_does_not_fetch_tasks_that_are_not_due(w: World) -> None:
     assert sum(report.actions.values()) == 0
 
 
-def test_poll_times_out_a_task_that_is_too_old(w: World) -> None:
-    # Given a task the provider never finishes
+def test_a_task_the_provider_never_starts_times_out_by_the_provider_queue_limit(w: World) -> None:
+    # Given a task WaveSpeed accepted but keeps in its own queue
     task = submitted(w)
-    # When the poller finds it older than max_task_age
-    w.clock.advance(w.ctx.settings.max_task_age_seconds + 1)
+    limit = w.ctx.settings.max_provider_queue_seconds
+    # When the poller looks exactly at the limit (counted from the acceptance), the task is still waited for
+    w.clock.now = T0 + timedelta(seconds=limit)
+    assert run_poll(w).actions == {"no-news": 1}
+    # When it looks next, the limit having passed
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
     report = run_poll(w)
-    # Then after one last question to the provider (still not done), it is TIMED_OUT with a reason
-    assert report.actions == {"timed-out": 1}
+    # Then after one last question to the provider (still queued), it is TIMED_OUT with a reason, and watched for a
+    # late video as long as WaveSpeed keeps its outputs
+    assert report.actions["timed-out"] == 1
     task = stored(w, task.task_id)
     assert task.status is S.TIMED_OUT
-    assert task.reason == "WaveSpeed did not finish the video within 120 min"
-    assert len(w.provider.fetches) == 1
+    assert task.reason == "WaveSpeed had not started the video 360 min after accepting it"
+    assert task.watch_until == w.clock.now + OUTPUT_RETENTION["wavespeed"]
+    assert len(w.provider.fetches) == 2
+    # and its render slot is given back
+    run_dispatcher(w)
+    assert w.tasks.holders("wavespeed") == set()
+
+
+def test_a_render_times_out_by_the_render_limit_counted_from_when_it_started(w: World) -> None:
+    # Given a task that waited 5 h in WaveSpeed's own queue (within its limit) before WaveSpeed started it
+    task = submitted(w)
+    started = T0 + timedelta(hours=5)
+    w.clock.now = started
+    w.provider.script_fetch(news(P.PROCESSING))
+    assert run_poll(w).actions == {"news-processing": 1}
+    assert stored(w, task.task_id).status_since == started
+    # When the poller looks exactly when the render limit is used up, the task is still waited for
+    limit = w.ctx.settings.max_render_seconds
+    w.clock.now = started + timedelta(seconds=limit)
+    assert run_poll(w).actions == {"no-news": 1}
+    # When it looks next, after it
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    report = run_poll(w)
+    # Then it is TIMED_OUT by the render clock, not by its time since it was submitted
+    assert report.actions["timed-out"] == 1
+    task = stored(w, task.task_id)
+    assert task.status is S.TIMED_OUT
+    assert task.reason == "WaveSpeed did not finish the video within 60 min of starting it"
+    assert moves(task)[-1] == (S.PROCESSING, S.TIMED_OUT)
+
+
+def test_a_lost_submission_times_out_when_its_callback_can_no_longer_come(w: World) -> None:
+    # Given a submission whose answer was lost, at a provider that cannot look jobs up by our id
+    w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
+    task = queued(w)
+    send_next(w)
+    # When the poller runs once the provider's queue and render limits together have passed since it was sent
+    settings = w.ctx.settings
+    w.clock.now = T0 + timedelta(seconds=settings.max_provider_queue_seconds + settings.max_render_seconds)
+    report = run_poll(w)
+    # Then it is TIMED_OUT saying so, never resent, and still watched for its callback
+    assert report.actions["timed-out"] == 1
+    task = stored(w, task.task_id)
+    assert task.status is S.TIMED_OUT
+    assert task.reason == (
+        "WaveSpeed never confirmed the submission within 420 min (its answer was lost and no callback came)"
+    )
+    assert task.watch_until is not None
+    assert w.provider.submit_count == 1
+
+
+def test_a_task_waiting_in_line_is_never_timed_out_however_long_it_waits() -> None:
+    # Given one render slot, held for weeks by a task WaveSpeed keeps in its own queue (its limit allows it)
+    w = make_world(settings={"WAVESPEED_RENDERS_AT_ONCE": "1", "MAX_PROVIDER_QUEUE_SECONDS": str(40 * 86400)})
+    first = submitted(w)
+    second = queued(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
+    run_dispatcher(w)
+    # When the poller runs every day for a month
+    actions: list[str] = []
+    for _ in range(30):
+        w.clock.advance(86400)
+        actions += list(run_poll(w).actions)
+    # Then the task in line is never checked, never timed out: it waits its turn, QUEUED, at the head of the line
+    assert "timed-out" not in actions
+    waiting = stored(w, second.task_id)
+    assert waiting.status is S.QUEUED
+    assert moves(waiting)[-1] == (S.WAITING_FOR_PAIR, S.QUEUED)
+    assert w.tasks.line("wavespeed") == [second.task_id]
+    tasks, _ = w.tasks.due(w.clock.now + timedelta(days=365), 100)
+    assert [task.task_id for task in tasks] == [first.task_id]
+    # When the slot is given back at last (the first video is ready), it is sent at once
+    record_provider_news(w.ctx, first.task_id, news(P.SUCCEEDED))
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    assert stored(w, second.task_id).status is S.SUBMITTED
 
 
 def test_an_orphan_half_times_out_once(w: World) -> None:
@@ -740,11 +890,11 @@ def test_an_orphan_expiry_that_loses_the_race_to_its_partner_reports_nothing(w: 
     w.clock.advance(w.ctx.settings.max_pair_wait_seconds + 1)
     _, (seen_slot,) = w.tasks.due(w.clock.now, 10)
     # When its audio arrives just before the poller acts on what it read
-    assert handle_upload(w.ctx, AUDIO).action == "submitted"
+    assert handle_upload(w.ctx, AUDIO).action == "queued"
     action = _expire_orphan(w.ctx, seen_slot)
     # Then no TIMED_OUT task contradicts the video being made
     assert action == "skipped"
-    assert [task.status for task in w.tasks.all_tasks()] == [S.SUBMITTED]
+    assert [task.status for task in w.tasks.all_tasks()] == [S.QUEUED]
 
 
 def test_an_out_of_date_event_for_a_key_is_ignored(w: World) -> None:
@@ -766,44 +916,82 @@ def test_an_orphan_audio_names_the_missing_image(w: World) -> None:
     assert w.tasks.only_task().reason == "no image arrived for inbox/alice/voice.mp3 within 30 min"
 
 
-def test_a_finalize_attempt_that_died_is_handed_back_after_its_lease(w: World) -> None:
+def test_a_finalize_attempt_that_died_is_handed_back_after_its_lease_and_a_backoff(w: World) -> None:
     # Given a finalize attempt that died mid-copy (its Lambda was killed)
-    task = output_ready(w, RuntimeError("Task timed out"))
+    task = output_ready(w, RuntimeError("Task timed out"), VIDEO)
     with pytest.raises(RuntimeError):
         finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
     assert stored(w, task.task_id).status is S.FINALIZING
     # When the poller runs while the copy lease (plus its margin) still holds, it leaves it alone
     w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds() - 1)
     run_poll(w)
-    assert stored(w, task.task_id).status is S.FINALIZING
+    assert stored(w, task.task_id).copy_retry_at is None
     # When it runs after: a minute and a quarter after the attempt died, not at the end of the function's timeout
     w.clock.advance(1)
     report = run_poll(w)
-    # Then it hands the task back to finalize
-    assert report.actions == {"finalize-redriven": 1}
+    # Then it schedules the next attempt after a backoff, so a video that kills every copy cannot keep us busy
+    assert report.actions == {"finalize-backoff": 1}
+    task = stored(w, task.task_id)
+    retry_at = w.clock.now + COPY_RETRY_FIRST
+    assert task.status is S.FINALIZING
+    assert (task.copy_retry_at, task.next_check_at) == (retry_at, retry_at)
+    assert task.reason == "copy attempt 1 stopped without a word; trying again at 12:02:30 UTC"
+    # and a finalize attempt meanwhile (a stream retry) waits for it
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "skipped"
+    # When the backoff is over, the poller hands the task back to finalize
+    w.clock.now = retry_at
+    assert run_poll(w).actions == {"finalize-redriven": 1}
     task = stored(w, task.task_id)
     assert task.status is S.OUTPUT_READY
     assert moves(task)[-1] == (S.FINALIZING, S.OUTPUT_READY)
+    # and the next attempt completes it
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
+    assert stored(w, task.task_id).finalize_attempts == 2
 
 
-def test_finalize_fails_for_good_after_max_attempts(w: World) -> None:
+def test_a_copy_that_keeps_dying_is_retried_with_growing_backoff_until_the_provider_deletes_the_video(
+    w: World,
+) -> None:
     # Given every finalize attempt dies
     task = output_ready(w, RuntimeError("Task timed out"))
-    actions = []
-    for _ in range(w.ctx.settings.finalize_max_attempts):
+    expires = task.output_expires_at
+    assert expires == T0 + timedelta(seconds=60) + OUTPUT_RETENTION["wavespeed"]
+    actions: list[dict[str, int]] = []
+    waits: list[timedelta] = []
+    for _ in range(4):
         with pytest.raises(RuntimeError):
             finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
         w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds())
-        actions.append(run_poll(w).actions)
-    # Then the poller hands it back until the attempts are used up, then fails it
-    assert actions == [{"finalize-redriven": 1}, {"finalize-redriven": 1}, {"finalize-failed": 1}]
+        actions.append(dict(run_poll(w).actions))
+        retry_at = stored(w, task.task_id).copy_retry_at
+        assert retry_at is not None
+        waits.append(retry_at - w.clock.now)
+        w.clock.now = retry_at
+        actions.append(dict(run_poll(w).actions))
+    # Then the poller backs off longer each time, then hands it back: no attempt limit
+    assert actions == [{"finalize-backoff": 1}, {"finalize-redriven": 1}] * 4
+    assert waits == [timedelta(seconds=seconds) for seconds in (15, 30, 60, 120)]
+    # When the fifth attempt dies just before the provider deletes the video
+    with pytest.raises(RuntimeError):
+        finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    assert expires is not None
+    w.clock.now = expires - timedelta(seconds=1)
+    # Then it is still not given up
+    assert run_poll(w).actions == {"finalize-backoff": 1}
+    # When its retry comes, after the video's expiry
+    retry_at = stored(w, task.task_id).copy_retry_at
+    assert retry_at is not None and retry_at > expires
+    w.clock.now = retry_at
+    report = run_poll(w)
+    # Then it is FAILED, saying why
+    assert report.actions == {"finalize-failed": 1}
     task = stored(w, task.task_id)
     assert task.status is S.FAILED
     assert task.reason == (
-        "copying the video did not finish after 3 attempts; the last one stopped without a word"
-        " (its function died or ran out of time mid-copy)"
+        "the provider deleted its video before it could be copied (5 attempts; last: copy attempt 5 stopped without"
+        " a word; trying again at 12:04:59 UTC)"
     )
-    assert len(w.media.copies) == 3
+    assert len(w.media.copies) == 5
     # and the parts the last attempt left behind are discarded
     assert w.media.discarded[-1] == (BUCKET, output_key(task))
 
@@ -832,10 +1020,12 @@ def test_a_long_copy_renews_its_lease_while_bytes_flow(w: World) -> None:
 
 
 def test_a_copy_whose_task_was_taken_over_stops_without_touching_it(w: World) -> None:
-    # Given a copy stalls past its lease and the poller hands the task to another attempt meanwhile
+    # Given a copy stalls past its lease, and past the backoff, so the poller hands the task to another attempt
 
     def stalled_download() -> bytes:
         w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds())
+        assert run_poll(w).actions == {"finalize-backoff": 1}
+        w.clock.advance(COPY_RETRY_FIRST.total_seconds())
         assert run_poll(w).actions == {"finalize-redriven": 1}
         w.media.keep_alive()  # the stalled copy gets bytes again
         return VIDEO
@@ -850,6 +1040,25 @@ def test_a_copy_whose_task_was_taken_over_stops_without_touching_it(w: World) ->
     assert task.finalize_attempts == 1
 
 
+def test_a_stalled_copy_that_resumes_during_the_backoff_keeps_its_attempt_and_completes(w: World) -> None:
+    # Given a copy stalls past its lease, and the poller schedules the next attempt
+
+    def stalled_download() -> bytes:
+        w.clock.advance((COPY_LEASE + COPY_LEASE_MARGIN).total_seconds())
+        assert run_poll(w).actions == {"finalize-backoff": 1}
+        w.media.keep_alive()  # bytes flow again before anyone took the task over
+        return VIDEO
+
+    task = output_ready(w, stalled_download)
+    # When the copy ends
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then it completes the task, with a single attempt
+    assert action == "completed"
+    task = stored(w, task.task_id)
+    assert (task.status, task.finalize_attempts) == (S.COMPLETED, 1)
+    assert len(w.media.copies) == 1
+
+
 def test_a_copy_stops_when_its_invocation_runs_out_of_time(w: World) -> None:
     # Given a copy still going when its function's time is up
 
@@ -860,13 +1069,16 @@ def test_a_copy_stops_when_its_invocation_runs_out_of_time(w: World) -> None:
 
     task = output_ready(w, endless_download)
     # When the copy's keep-alive sees it
-    with pytest.raises(OutputCopyInterruptedError, match="did not finish within the function's time"):
-        finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
-    # Then the task is released for the next attempt, saying why
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then the task is released, saying why, with its next attempt scheduled after the first backoff
+    assert action == "retry-scheduled"
     task = stored(w, task.task_id)
     assert task.status is S.FINALIZING
     assert task.lease_until is not None and task.lease_until <= w.clock.now
-    assert task.reason == "copy interrupted: the copy did not finish within the function's time"
+    assert task.copy_retry_at == w.clock.now + COPY_RETRY_FIRST
+    assert task.reason == (
+        "copy attempt 1 broke off (the copy did not finish within the function's time); trying again at 12:06:15 UTC"
+    )
 
 
 def test_each_copy_attempt_first_discards_parts_left_by_dead_attempts(w: World) -> None:
@@ -888,9 +1100,14 @@ def test_poll_stops_early_when_time_is_short(w: World) -> None:
     assert report.stopped_early
     assert w.provider.fetches == []
     assert stored(w, task.task_id) == task
-    # and with exactly the margin left it still works
-    assert not run_poll(w, left=POLL_SAFETY_MARGIN).stopped_early
+    # and with exactly the margin left it still checks what is due, but stops before moving the lines: starting a
+    # submission takes the time for its worst case
+    report = run_poll(w, left=POLL_SAFETY_MARGIN)
     assert w.provider.fetches == ["ws-1"]
+    assert report.stopped_early
+    # and with that time left, it does everything
+    w.clock.advance(w.ctx.settings.poll_after_seconds)
+    assert not run_poll(w, left=SUBMIT_TIME_BUDGET).stopped_early
 
 
 def test_poll_stops_early_before_expiring_orphans_too(w: World) -> None:
@@ -903,7 +1120,7 @@ def test_poll_stops_early_before_expiring_orphans_too(w: World) -> None:
 def test_one_failing_task_does_not_stop_the_poll(w: World) -> None:
     # Given two due tasks, the first of which breaks
     first = submitted(w)
-    second = stored(w, deliver_pair(w, upload("inbox/bob.png"), upload("inbox/bob.mp3")).task_id)
+    second = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
     w.provider.script_fetch(ValueError("unexpected"), news(P.PROCESSING, second.provider_task_id or ""))
     w.clock.advance(w.ctx.settings.poll_after_seconds)
     report = run_poll(w)
@@ -953,7 +1170,7 @@ def test_a_repeated_delivery_is_a_duplicate_and_changes_nothing(w: World) -> Non
 def test_a_delivery_readdressed_to_another_task_is_a_duplicate_too(w: World) -> None:
     # Given a delivery recorded for one task, and another task at the provider
     first = submitted(w)
-    other = stored(w, deliver_pair(w, upload("inbox/bob.png"), upload("inbox/bob.mp3")).task_id)
+    other = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
     w.provider.script_callback(news(P.SUCCEEDED, first.provider_task_id or ""))
     delivery = {"webhook-id": "msg-1"}
     assert receive_callback(w.ctx, "wavespeed", first.task_id, delivery, b"{}", {}) == "recorded"
@@ -1052,20 +1269,29 @@ def test_an_unusable_output_fails_the_task(w: World) -> None:
     assert len(w.media.copies) == 1
 
 
-def test_an_interrupted_copy_is_reraised_and_a_retry_completes_it(w: World) -> None:
+def test_an_interrupted_copy_is_retried_after_its_backoff_and_completes(w: World) -> None:
     # Given the first copy breaks off and the second works
     task = output_ready(w, OutputCopyInterruptedError("connection reset"), VIDEO)
     # When finalize runs
-    with pytest.raises(OutputCopyInterruptedError):
-        finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
-    # Then the task is left FINALIZING with its lease already over, so any retry may take it
+    action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    # Then it does not raise (a stream retry at once would not do better): the task is left FINALIZING with its lease
+    # already over and its next attempt scheduled
+    assert action == "retry-scheduled"
     task = stored(w, task.task_id)
+    retry_at = w.clock.now + COPY_RETRY_FIRST
     assert task.status is S.FINALIZING
     assert task.lease_until is not None
     assert task.lease_until <= w.clock.now
-    assert task.reason == "copy interrupted: connection reset"
-    # When the stream retries
+    assert (task.copy_retry_at, task.next_check_at) == (retry_at, retry_at)
+    assert task.reason == "copy attempt 1 broke off (connection reset); trying again at 12:01:15 UTC"
+    # When finalize is asked again before then, it waits
     w.clock.advance(1)
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "skipped"
+    # and the poller does not hand it back early
+    assert run_poll(w).actions == {}
+    # When the backoff is over, the poller hands it back, and finalize runs again
+    w.clock.now = retry_at
+    assert run_poll(w).actions == {"finalize-redriven": 1}
     assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
     # Then the second attempt completes it
     task = stored(w, task.task_id)
@@ -1074,30 +1300,80 @@ def test_an_interrupted_copy_is_reraised_and_a_retry_completes_it(w: World) -> N
     assert len(w.media.copies) == 2
 
 
-def test_an_interrupted_copy_at_the_last_attempt_fails_the_task(w: World) -> None:
-    # Given every copy breaks off
+def test_interrupted_copies_are_retried_until_the_provider_deletes_the_video_then_the_task_fails(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a provider that keeps its videos for a day (a week for WaveSpeed: the same, seven times longer), and
+    # every copy breaks off
+    monkeypatch.setitem(OUTPUT_RETENTION, "wavespeed", timedelta(days=1))
     task = output_ready(w, OutputCopyInterruptedError("connection reset"))
-    attempts = w.ctx.settings.finalize_max_attempts
-    # When finalize is retried up to the limit
-    for _ in range(attempts - 1):
-        with pytest.raises(OutputCopyInterruptedError):
-            finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
+    expires = task.output_expires_at
+    assert expires == w.clock.now + timedelta(days=1)
+    # When finalize runs each time the poller hands the task back after its backoff
+    actions, polls, waits = [], [], []
+    while True:
+        actions.append(finalize_output(w.ctx, task.task_id, FINALIZE_TIME))
+        retry_at = stored(w, task.task_id).copy_retry_at
+        assert retry_at is not None
+        waits.append(retry_at - w.clock.now)
+        w.clock.now = retry_at
+        polls.append(dict(run_poll(w).actions))
+        if retry_at >= expires:
+            break
+    # Then every attempt before the expiry was made and scheduled the next, the backoff doubling up to an hour
+    attempts = len(actions)
+    assert set(actions) == {"retry-scheduled"}
+    assert attempts == len(w.media.copies) > 20
+    assert waits == sorted(waits)
+    assert (waits[0], waits[-1]) == (COPY_RETRY_FIRST, COPY_RETRY_MAX)
+    assert polls[:-1] == [{"finalize-redriven": 1}] * (attempts - 1)
+    # and the poller's first look after the expiry fails the task instead of handing it back
+    assert polls[-1] == {"finalize-failed": 1}
+    task = stored(w, task.task_id)
+    assert task.status is S.FAILED
+    assert task.finalize_attempts == attempts
+    assert task.reason is not None
+    assert task.reason.startswith(f"the provider deleted its video before it could be copied ({attempts} attempts;")
+    assert "connection reset" in task.reason
+
+
+def test_a_finalize_that_comes_after_the_provider_deleted_the_video_fails_the_task_without_copying(w: World) -> None:
+    # Given a ready video nobody copied before the provider's retention ran out
+    task = output_ready(w)
+    assert task.output_expires_at is not None
+    w.clock.now = task.output_expires_at
+    # When finalize runs
     action = finalize_output(w.ctx, task.task_id, FINALIZE_TIME)
-    # Then the last attempt fails the task instead of raising
+    # Then the task is FAILED, saying why, and no copy is tried
     assert action == "failed"
     task = stored(w, task.task_id)
     assert task.status is S.FAILED
-    assert task.reason == f"copying the video failed {attempts} times; last error: connection reset"
-    assert len(w.media.copies) == attempts
+    assert task.reason == (
+        "the provider deleted its video before it could be copied (0 attempts; last: WaveSpeed finished the video)"
+    )
+    assert w.media.copies == []
 
 
-@pytest.mark.parametrize("state", ["submitted", "completed", "finalizing-with-live-lease"])
+def test_the_copy_backoff_doubles_from_15_s_up_to_an_hour() -> None:
+    assert [copy_backoff(attempt).total_seconds() for attempt in (1, 2, 3, 4, 5)] == [15, 30, 60, 120, 240]
+    assert copy_backoff(9) == COPY_RETRY_MAX == timedelta(hours=1)
+    assert copy_backoff(500) == COPY_RETRY_MAX
+    assert copy_backoff(0) == COPY_RETRY_FIRST
+
+
+@pytest.mark.parametrize("state", ["queued", "submitted", "completed", "backing-off", "finalizing-with-live-lease"])
 def test_finalize_skips_a_task_that_is_not_output_ready(w: World, state: str) -> None:
     # Given a task in another state
-    if state == "submitted":
+    if state == "queued":
+        task = queued(w)
+    elif state == "submitted":
         task = submitted(w)
     elif state == "completed":
         task = completed(w)
+    elif state == "backing-off":
+        task = output_ready(w, OutputCopyInterruptedError("connection reset"), VIDEO)
+        assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "retry-scheduled"
+        task = stored(w, task.task_id)
     else:
         task = output_ready(w, RuntimeError("killed"), VIDEO)
         with pytest.raises(RuntimeError):
@@ -1264,9 +1540,11 @@ def test_two_images_in_one_job_reject_it_naming_both_and_nothing_is_paid_on_a_gu
     assert "inbox/alice/face.png" in reason and "inbox/alice/other.png" in reason
     # And the audio that follows waits for the image the user means; nothing is submitted on a guess
     assert handle_upload(w.ctx, AUDIO).action == "waiting"
+    run_dispatcher(w)
     assert w.provider.submit_count == 0
     # When the intended image is uploaded again, the pair goes through
-    assert handle_upload(w.ctx, first).action == "submitted"
+    assert handle_upload(w.ctx, first).action == "queued"
+    assert run_dispatcher(w) == {"submit-submitted": 1}
     assert w.provider.submit_count == 1
 
 
@@ -1289,8 +1567,9 @@ def test_a_repeat_of_the_completing_event_cuts_the_pair_when_the_first_attempt_d
         handle_upload(w.ctx, AUDIO)
     # When S3 (or Lambda's retry) delivers the audio's event again
     outcome = handle_upload(w.ctx, AUDIO)
-    # Then the pair is cut and submitted now, not at the pairing deadline
-    assert outcome.action == "submitted"
+    # Then the pair is cut into the line now, not at the pairing deadline, and sent
+    assert outcome.action == "queued"
+    assert run_dispatcher(w) == {"submit-submitted": 1}
     assert w.provider.submit_count == 1
 
 
@@ -1314,19 +1593,168 @@ def test_an_input_replaced_while_being_checked_waits_for_its_new_version(w: Worl
     newer = S3Object(bucket=BUCKET, key=IMAGE.key, etag="img-2", size=IMAGE.size, sequencer="2")
     outcome = handle_upload(w.ctx, newer)
     # Then the pair goes through with it
-    assert outcome.action == "submitted"
+    assert outcome.action == "queued"
     assert stored(w, outcome.task_id).image == newer
 
 
 def test_every_accepted_submission_is_metered_once_with_its_cost_whoever_made_it(w: World) -> None:
-    # Given the first submission is turned away, and the poller's retry is accepted
+    # Given the first submission is turned away, and the one after the pause is accepted
     w.provider.script_submit(ProviderTransientError("HTTP 429"), ProviderJob(provider_task_id="ws-9", status=P.QUEUED))
-    outcome = deliver_pair(w)
-    assert outcome.action == "retry-scheduled"
+    task = queued(w)
+    assert send_next(w).actions == {"submit-requeued": 1}
     meter = w.meter
     assert meter.submissions == []
-    # When the poller retries after the wait
-    w.clock.advance(w.ctx.settings.submit_retry_after_seconds)
-    run_poll(w)
+    # When the poller, at the end of the pause, moves the line
+    w.clock.advance(w.ctx.settings.rate_window_seconds)
+    assert run_poll(w).actions == {"submit-submitted": 1}
     # Then the one accepted submission is counted once, with the task's estimated cost
-    assert meter.submissions == [("wavespeed", stored(w, outcome.task_id).estimated_cost_usd)]
+    assert meter.submissions == [("wavespeed", stored(w, task.task_id).estimated_cost_usd)]
+
+
+# ============================================================================================== late videos
+
+
+def timed_out_at_the_provider(w: World) -> Task:
+    """A task WaveSpeed accepted and never started within its queue limit: timed out, and announced so."""
+    task = submitted(w)
+    w.clock.now = T0 + timedelta(seconds=w.ctx.settings.max_provider_queue_seconds + 1)
+    assert run_poll(w).actions["timed-out"] == 1
+    assert run_poll(w).actions == {"notify-published": 1}
+    run_dispatcher(w)
+    return stored(w, task.task_id)
+
+
+def test_a_video_delivered_after_the_time_out_is_copied_and_announced_again_as_a_correction(w: World) -> None:
+    # Given a task that timed out at WaveSpeed, announced as TIMED_OUT
+    task = timed_out_at_the_provider(w)
+    assert (task.status, task.notified_at) == (S.TIMED_OUT, w.clock.now)
+    (first,) = w.notifier.published
+    assert (first.status, first.corrects) == (S.TIMED_OUT, None)
+    # When WaveSpeed's SUCCEEDED callback comes after all
+    w.clock.advance(600)
+    w.provider.script_callback(news(P.SUCCEEDED))
+    action = receive_callback(w.ctx, "wavespeed", task.task_id, {"webhook-id": "late-1"}, b"{}", {})
+    # Then the paid video is kept: the task reopens to OUTPUT_READY, marked as correcting its time-out
+    assert action == "recorded"
+    task = stored(w, task.task_id)
+    assert task.status is S.OUTPUT_READY
+    assert moves(task)[-2:] == [(S.SUBMITTED, S.TIMED_OUT), (S.TIMED_OUT, S.OUTPUT_READY)]
+    assert task.reason == "WaveSpeed delivered the video after the task had timed out; keeping it"
+    assert task.corrects is S.TIMED_OUT
+    assert (task.notified_at, task.watch_until) == (None, None)
+    assert task.provider_output_url == OUTPUT_URL
+    assert task.output_expires_at == w.clock.now + OUTPUT_RETENTION["wavespeed"]
+    # When it is copied and announced
+    w.media.script_download(OUTPUT_URL, VIDEO)
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
+    assert announce(w.ctx, task.task_id) == "published"
+    # Then a second notification says the video is ready after all, and corrects the first
+    second = w.notifier.published[1]
+    assert (second.status, second.corrects) == (S.COMPLETED, S.TIMED_OUT)
+    assert second.subject == "Your talking-avatar video is ready after all: alice"
+    assert second.download_url is not None
+    assert "This replaces the earlier notification for this task, which said TIMED_OUT." in second.email_text
+    # and that is all: exactly two notifications, however often the callback repeats and the poller runs
+    w.provider.script_callback(news(P.SUCCEEDED))
+    assert receive_callback(w.ctx, "wavespeed", task.task_id, {"webhook-id": "late-2"}, b"{}", {}) == "unchanged"
+    for _ in range(3):
+        w.clock.advance(LATE_VIDEO_CHECK_EVERY.total_seconds())
+        run_poll(w)
+    assert announce(w.ctx, task.task_id) == "skipped"
+    assert [(note.status, note.corrects) for note in w.notifier.published] == [
+        (S.TIMED_OUT, None),
+        (S.COMPLETED, S.TIMED_OUT),
+    ]
+    # and each ending was counted once
+    assert [outcome.status for outcome in w.meter.outcomes] == [S.TIMED_OUT, S.COMPLETED]
+    assert stored(w, task.task_id).status is S.COMPLETED
+
+
+def test_the_poller_watches_a_timed_out_task_and_keeps_its_late_video(w: World) -> None:
+    # Given a task that timed out at WaveSpeed and was announced so
+    task = timed_out_at_the_provider(w)
+    fetches = len(w.provider.fetches)
+    # When the poller looks while WaveSpeed is still at it, then once it has finished
+    w.provider.script_fetch(news(P.PROCESSING), news(P.SUCCEEDED))
+    w.clock.advance(1)
+    first = run_poll(w)
+    w.clock.advance(LATE_VIDEO_CHECK_EVERY.total_seconds())
+    second = run_poll(w)
+    # Then it kept watching, then reopened the task with the late video
+    assert first.actions == {"watching": 1}
+    assert second.actions == {"late-video": 1}
+    assert w.provider.fetches[fetches:] == ["ws-1", "ws-1"]
+    task = stored(w, task.task_id)
+    assert (task.status, task.corrects) == (S.OUTPUT_READY, S.TIMED_OUT)
+    # When it is copied and announced
+    w.media.script_download(OUTPUT_URL, VIDEO)
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
+    assert announce(w.ctx, task.task_id) == "published"
+    # Then there are exactly two notifications, the second correcting the first
+    assert [(note.status, note.corrects) for note in w.notifier.published] == [
+        (S.TIMED_OUT, None),
+        (S.COMPLETED, S.TIMED_OUT),
+    ]
+    w.clock.advance(3600)
+    run_poll(w)
+    assert len(w.notifier.published) == 2
+
+
+def test_a_late_video_before_the_time_out_was_announced_makes_a_single_notification(w: World) -> None:
+    # Given a task timed out at WaveSpeed whose time-out nobody announced yet
+    task = submitted(w)
+    w.clock.now = T0 + timedelta(seconds=w.ctx.settings.max_provider_queue_seconds + 1)
+    assert run_poll(w).actions["timed-out"] == 1
+    # When the video arrives first
+    assert record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED)) == "recorded"
+    task = stored(w, task.task_id)
+    # Then there is nothing to correct: the time-out is never announced, only the video
+    assert (task.status, task.corrects) == (S.OUTPUT_READY, None)
+    w.media.script_download(OUTPUT_URL, VIDEO)
+    assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"
+    assert announce(w.ctx, task.task_id) == "published"
+    w.clock.advance(3600)
+    run_poll(w)
+    assert [(note.status, note.corrects) for note in w.notifier.published] == [(S.COMPLETED, None)]
+    assert w.notifier.published[0].subject == "Your talking-avatar video is ready: alice"
+
+
+def test_the_watch_ends_when_the_provider_fails_the_task_and_late_news_changes_nothing_then(w: World) -> None:
+    # Given a timed-out task whose provider then reports it failed
+    task = timed_out_at_the_provider(w)
+    w.provider.script_fetch(news(P.FAILED, error_code="2001", error_message="no face"))
+    w.clock.advance(1)
+    # When the poller looks
+    assert run_poll(w).actions == {"watch-ended": 1}
+    # Then the task is no longer the poller's, and stays TIMED_OUT
+    task = stored(w, task.task_id)
+    assert (task.status, task.watch_until) == (S.TIMED_OUT, None)
+    assert not task.needs_attention
+    # and a SUCCEEDED that still came changes nothing
+    assert record_provider_news(w.ctx, task.task_id, news(P.SUCCEEDED)) == "unchanged"
+    assert len(w.notifier.published) == 1
+
+
+def test_the_watch_ends_when_the_provider_would_have_deleted_the_video(w: World) -> None:
+    # Given a timed-out task the provider never finishes
+    task = timed_out_at_the_provider(w)
+    assert task.watch_until is not None
+    # When the poller looks at the end of the watch
+    w.clock.now = task.watch_until
+    assert run_poll(w).actions == {"watch-ended": 1}
+    # Then it looks no more
+    assert not stored(w, task.task_id).needs_attention
+    w.clock.advance(86400)
+    assert run_poll(w).actions == {}
+
+
+def test_a_task_that_timed_out_waiting_for_its_pair_is_not_watched(w: World) -> None:
+    # Given an orphan image timed out (nothing was ever sent)
+    handle_upload(w.ctx, IMAGE)
+    w.clock.advance(w.ctx.settings.max_pair_wait_seconds)
+    run_poll(w)
+    run_poll(w)
+    # Then it is not watched: the poller is done with it once announced
+    task = w.tasks.only_task()
+    assert (task.status, task.watch_until, task.notified_at) == (S.TIMED_OUT, None, w.clock.now)
+    assert not task.needs_attention

@@ -72,16 +72,18 @@ def test_every_allowed_transition_moves_records_history_and_bumps_the_version(
 
 def test_history_accumulates_in_order() -> None:
     task = make_task(S.WAITING_FOR_PAIR, version=0)
-    for step, target in enumerate((S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY), start=1):
+    path = (S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY)
+    for step, target in enumerate(path, start=1):
         task = transition(task, target, why=f"step {step}", now=CREATED + timedelta(seconds=step))
     assert [(h.from_status, h.to_status) for h in task.history] == [
-        (S.WAITING_FOR_PAIR, S.SUBMITTING),
+        (S.WAITING_FOR_PAIR, S.QUEUED),
+        (S.QUEUED, S.SUBMITTING),
         (S.SUBMITTING, S.SUBMITTED),
         (S.SUBMITTED, S.PROCESSING),
         (S.PROCESSING, S.OUTPUT_READY),
     ]
-    assert task.version == 4
-    assert [h.reason for h in task.history] == ["step 1", "step 2", "step 3", "step 4"]
+    assert task.version == 5
+    assert [h.reason for h in task.history] == ["step 1", "step 2", "step 3", "step 4", "step 5"]
 
 
 def test_transition_applies_the_other_changes_with_the_move() -> None:
@@ -112,13 +114,45 @@ def test_the_tables_cover_every_pair() -> None:
     assert len(ALLOWED) + len(FORBIDDEN) == len(TaskStatus) ** 2
 
 
-@pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES))
+@pytest.mark.parametrize("terminal", sorted(TERMINAL_STATUSES - {S.TIMED_OUT}))
 def test_terminal_states_can_never_be_left(terminal: TaskStatus) -> None:
     assert terminal.is_terminal
     for target in TaskStatus:
         assert not can_transition(terminal, target), f"{terminal} -> {target} must be impossible"
         with pytest.raises(InvalidTransitionError):
             transition(make_task(terminal), target, why="late news", now=LATER)
+
+
+def test_a_late_video_is_the_only_way_out_of_timed_out() -> None:
+    # A paid video the provider delivers after the time-out is kept: TIMED_OUT reopens to OUTPUT_READY, and to
+    # nothing else.
+    assert S.TIMED_OUT.is_terminal
+    assert {target for target in TaskStatus if can_transition(S.TIMED_OUT, target)} == {S.OUTPUT_READY}
+    reopened = transition(make_task(S.TIMED_OUT), S.OUTPUT_READY, why="late video", now=LATER)
+    assert reopened.status is S.OUTPUT_READY
+
+
+def test_a_checked_pair_joins_its_line_before_anything_is_sent() -> None:
+    # Only admission by quota sends a task: SUBMITTING is reached from QUEUED alone.
+    assert ALLOWED_SOURCES[S.SUBMITTING] == frozenset({S.QUEUED})
+    assert not can_transition(S.WAITING_FOR_PAIR, S.SUBMITTING)
+
+
+def test_a_queued_task_is_sent_or_fails_but_never_times_out() -> None:
+    # Waiting one's turn is not taking too long.
+    assert {target for target in TaskStatus if can_transition(S.QUEUED, target)} == {S.SUBMITTING, S.FAILED}
+    assert not can_transition(S.QUEUED, S.TIMED_OUT)
+
+
+def test_a_submission_turned_away_goes_back_in_line() -> None:
+    assert ALLOWED_SOURCES[S.QUEUED] == frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING})
+    assert not can_transition(S.SUBMITTING, S.SUBMITTING)
+
+
+@pytest.mark.parametrize("status", [S.OUTPUT_READY, S.FINALIZING])
+def test_once_the_video_exists_the_clock_can_no_longer_end_the_task(status: TaskStatus) -> None:
+    assert not can_transition(status, S.TIMED_OUT)
+    assert can_transition(status, S.FAILED)
 
 
 def test_nothing_leads_back_to_waiting_for_pair() -> None:
@@ -139,6 +173,25 @@ def test_touch_bumps_the_version_without_history() -> None:
     assert touched.next_check_at == LATER + timedelta(minutes=2)
     assert touched.history == task.history
     assert touched.reason == "accepted"
+
+
+def test_status_since_is_when_the_task_entered_its_current_status() -> None:
+    # Each stage's clock counts from here, not from when the task was created.
+    task = make_task(S.WAITING_FOR_PAIR, version=0)
+    assert task.status_since == CREATED  # no history: since it was created
+    task = transition(task, S.QUEUED, why="paired", now=CREATED + timedelta(minutes=1))
+    task = transition(task, S.SUBMITTING, why="admitted", now=CREATED + timedelta(hours=3))
+    task = transition(task, S.SUBMITTED, why="accepted", now=CREATED + timedelta(hours=3, seconds=2))
+    task = touch(task, now=CREATED + timedelta(hours=4), next_check_at=CREATED + timedelta(hours=5))
+    assert task.status_since == CREATED + timedelta(hours=3, seconds=2)
+
+
+def test_only_tasks_at_the_provider_hold_a_render_slot_and_a_queued_one_is_not_the_pollers() -> None:
+    holding = {status for status in TaskStatus if make_task(status).holds_render_slot}
+    assert holding == {S.SUBMITTING, S.SUBMITTED, S.PROCESSING}
+    queued = make_task(S.QUEUED)
+    assert not queued.needs_attention  # the provider's line holds it, not the poller's index
+    assert make_task(S.SUBMITTED).needs_attention
 
 
 def test_touch_works_in_terminal_states_too() -> None:

@@ -16,8 +16,10 @@ import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from cfnlint.decode import decode_str
 
+from avatar_local.event_filter import check_pattern, matches_any
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
-from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS
+from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS, Settings
+from avatar_pipeline.models import HOLDING_STATUSES, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -25,6 +27,7 @@ BUCKET_NAME = "${AWS::StackName}-${AWS::AccountId}-${AWS::Region}-media"
 
 FUNCTIONS = {
     "SubmitFunction": ("functions/submit/", "submit_handler.lambda_handler"),
+    "DispatchFunction": ("functions/dispatch/", "dispatch_handler.lambda_handler"),
     "WebhookFunction": ("functions/webhook/", "webhook_handler.lambda_handler"),
     "PollerFunction": ("functions/poller/", "poller_handler.lambda_handler"),
     "FinalizeFunction": ("functions/finalize/", "finalize_handler.lambda_handler"),
@@ -197,11 +200,76 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
         "DEFAULT_MODE": "DefaultMode",
         "WAVESPEED_BASE_URL": "WaveSpeedBaseUrl",
         "MAX_PAIR_WAIT_SECONDS": "MaxPairWaitSeconds",
-        "MAX_TASK_AGE_SECONDS": "MaxTaskAgeSeconds",
+        "MAX_PROVIDER_QUEUE_SECONDS": "MaxProviderQueueSeconds",
+        "MAX_RENDER_SECONDS": "MaxRenderSeconds",
+        "WAVESPEED_SUBMISSIONS_PER_MINUTE": "WaveSpeedSubmissionsPerMinute",
+        "WAVESPEED_RENDERS_AT_ONCE": "WaveSpeedRendersAtOnce",
+        "COMETAPI_SUBMISSIONS_PER_MINUTE": "CometApiSubmissionsPerMinute",
+        "COMETAPI_RENDERS_AT_ONCE": "CometApiRendersAtOnce",
+        "RATE_WINDOW_SECONDS": "RateWindowSeconds",
+        "DAILY_SPEND_LIMIT_USD": "DailySpendLimitUsd",
         "POLL_AFTER_SECONDS": "PollAfterSeconds",
         "DOWNLOAD_URL_EXPIRY_SECONDS": "DownloadUrlExpirySeconds",
     }.items():
         assert env[name] == {"Ref": parameter}, name
+    # The one clock for a whole task is gone: each stage has its own.
+    assert "MAX_TASK_AGE_SECONDS" not in env
+    # Only the functions that schedule the dispatcher's wake-ups are told where.
+    assert "WAKEUP_QUEUE_URL" not in env
+
+
+# The stage clocks, the quotas and the spend limit: each parameter's default is the setting's own default, and its
+# lower bound is what the setting accepts.
+QUOTA_AND_CLOCK_PARAMETERS = {
+    "MaxProviderQueueSeconds": "max_provider_queue_seconds",
+    "MaxRenderSeconds": "max_render_seconds",
+    "WaveSpeedSubmissionsPerMinute": "wavespeed_submissions_per_minute",
+    "WaveSpeedRendersAtOnce": "wavespeed_renders_at_once",
+    "CometApiSubmissionsPerMinute": "cometapi_submissions_per_minute",
+    "CometApiRendersAtOnce": "cometapi_renders_at_once",
+    "RateWindowSeconds": "rate_window_seconds",
+    "DailySpendLimitUsd": "daily_spend_limit_usd",
+}
+
+
+def settings_with(name: str, value: str) -> Settings:
+    """The settings a function gets with this one variable set (and the stack's required ones)."""
+    required = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t", "WAVESPEED_SECRET_ID": "s"}
+    return Settings.from_env({**required, name: value})
+
+
+@pytest.mark.parametrize(("parameter", "setting"), QUOTA_AND_CLOCK_PARAMETERS.items())
+def test_quota_and_clock_parameters_default_to_the_settings_defaults(
+    template: dict[str, Any], parameter: str, setting: str
+) -> None:
+    declared = template["Parameters"][parameter]
+    field = Settings.model_fields[setting]
+    assert declared["Description"].strip()
+    assert field.alias is not None
+    assert getattr(settings_with(field.alias, str(declared["Default"])), setting) == field.default
+    if "MinValue" in declared:
+        settings_with(field.alias, str(declared["MinValue"]))  # the lowest value the stack takes is valid
+
+
+def test_the_task_age_limit_is_gone_and_every_parameter_is_in_one_console_group(template: dict[str, Any]) -> None:
+    """Given MaxTaskAgeSeconds was replaced by a clock per stage, then it is no parameter any more; and each
+    parameter appears in exactly one group of the console's parameter form (the new ones included)."""
+    assert "MaxTaskAgeSeconds" not in template["Parameters"]
+    groups = template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+    grouped = [name for group in groups for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(template["Parameters"])
+    timing = next(group for group in groups if group["Label"]["default"] == "Timing")["Parameters"]
+    assert {"MaxProviderQueueSeconds", "MaxRenderSeconds"} <= set(timing)
+
+
+def test_daily_spend_limit_takes_a_plain_amount_and_zero_means_none(template: dict[str, Any]) -> None:
+    parameter = template["Parameters"]["DailySpendLimitUsd"]
+    assert parameter["Default"] == "0"
+    for accepted in ("0", "25", "12.50"):
+        assert re.fullmatch(parameter["AllowedPattern"], accepted), accepted
+        settings_with("DAILY_SPEND_LIMIT_USD", accepted)
+    for refused in ("", "-1", "1e3", "$5", "12."):
+        assert not re.fullmatch(parameter["AllowedPattern"], refused), refused
 
 
 def test_only_finalize_gets_the_allowed_output_hosts_whose_default_is_the_provider_cdns(
@@ -260,12 +328,15 @@ def test_webhook_route(resources: dict[str, Any]) -> None:
 
 def test_api_function_does_not_reference_its_own_api(resources: dict[str, Any]) -> None:
     """Given the API's integration references the function, then the function referencing the API back would be
-    a circular dependency (cfn-lint cannot see it before the SAM transform): only submit and poller get the URL."""
+    a circular dependency (cfn-lint cannot see it before the SAM transform): only the functions that submit to a
+    provider (the dispatcher, and the poller that dispatches too) get the URL; submit only queues."""
     webhook = {k: v for k, v in props(resources, "WebhookFunction").items() if k != "Events"}
     assert not references(webhook, "WebhookApi")
     url = {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.amazonaws.com/v1"}
-    for name in ("SubmitFunction", "PollerFunction"):
+    for name in ("DispatchFunction", "PollerFunction"):
         assert props(resources, name)["Environment"]["Variables"]["WEBHOOK_BASE_URL"] == url
+    for name in set(FUNCTIONS) - {"DispatchFunction", "PollerFunction"}:
+        assert "WEBHOOK_BASE_URL" not in props(resources, name).get("Environment", {}).get("Variables", {}), name
 
 
 def test_poller_runs_on_the_schedule_parameter(resources: dict[str, Any]) -> None:
@@ -358,6 +429,174 @@ def test_exists_false_must_name_the_typed_leaf() -> None:
     assert not pattern_matches(typed, announced)
 
 
+# ------------------------------------------------------------------------------------------- the dispatcher
+
+
+def test_dispatch_reads_the_task_stream_and_its_wakeup_queue(resources: dict[str, Any]) -> None:
+    """Given the dispatcher moves the lines whenever the table says a task joined one or left its provider, and when
+    a wake-up it scheduled comes due, then it reads the task stream from its start, in batches, bisecting and giving
+    up on a failing batch into AsyncFailureQueue after a few tries, and the wake-up queue."""
+    function = props(resources, "DispatchFunction")
+    assert function["Timeout"] == 300
+    stream = event_of(resources, "DispatchFunction", "DynamoDB")
+    assert stream["Stream"] == {"Fn::GetAtt": ["TaskTable", "StreamArn"]}
+    assert stream["StartingPosition"] == "TRIM_HORIZON"
+    assert stream["BatchSize"] == 100
+    assert stream["BisectBatchOnFunctionError"] is True
+    assert stream["MaximumRetryAttempts"] == 5
+    assert stream["DestinationConfig"]["OnFailure"] == {
+        "Type": "SQS",
+        "Destination": {"Fn::GetAtt": ["AsyncFailureQueue", "Arn"]},
+    }
+    wakeups = event_of(resources, "DispatchFunction", "SQS")
+    assert wakeups["Queue"] == {"Fn::GetAtt": ["AdmissionWakeupQueue", "Arn"]}
+    assert wakeups["BatchSize"] == 10
+    variables = function["Environment"]["Variables"]
+    assert variables["WAKEUP_QUEUE_URL"] == {"Ref": "AdmissionWakeupQueue"}
+    # The poller moves the lines too (the dispatcher's safety net), so it may schedule wake-ups as well.
+    assert props(resources, "PollerFunction")["Environment"]["Variables"]["WAKEUP_QUEUE_URL"] == {
+        "Ref": "AdmissionWakeupQueue"
+    }
+    for name in set(FUNCTIONS) - {"DispatchFunction", "PollerFunction"}:
+        assert "WAKEUP_QUEUE_URL" not in props(resources, name).get("Environment", {}).get("Variables", {}), name
+
+
+def test_wakeup_queue_is_encrypted_short_lived_and_outlasts_an_invocation(resources: dict[str, Any]) -> None:
+    """Given a wake-up is of no use once stale (the poller moves every line each minute), then its queue keeps
+    messages an hour, encrypted; and its visibility timeout is at least the dispatcher's timeout (Lambda refuses an
+    SQS trigger otherwise, and a wake-up must not be handed out twice while one invocation still works on it)."""
+    queue = props(resources, "AdmissionWakeupQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["MessageRetentionPeriod"] == 3600
+    assert queue["VisibilityTimeout"] >= props(resources, "DispatchFunction")["Timeout"]
+    assert "RedrivePolicy" not in queue
+
+
+@pytest.fixture(scope="module")
+def dispatch_patterns(resources: dict[str, Any]) -> list[dict[str, Any]]:
+    event = event_of(resources, "DispatchFunction", "DynamoDB")
+    patterns = [json.loads(f["Pattern"]) for f in event["FilterCriteria"]["Filters"]]
+    for pattern in patterns:
+        check_pattern(pattern)  # valid event-pattern syntax, as Lambda would accept it
+    return patterns
+
+
+def task_change(
+    old: str | None,
+    new: str | None,
+    *,
+    old_provider: str = "wavespeed",
+    new_provider: str = "wavespeed",
+    pk: str = "TASK#task-event-0001",
+) -> dict[str, Any]:
+    """A stream record (from the finalize sample, so of the shape Lambda delivers) of a task going from `old` to
+    `new` (None: no such image, as for an INSERT or a REMOVE)."""
+    record = load_event("finalize_output_ready.json")["Records"][0]
+    record["eventName"] = "INSERT" if old is None else "REMOVE" if new is None else "MODIFY"
+    stream = record["dynamodb"]
+    stream["Keys"] = {"pk": {"S": pk}}
+    for which, status, provider in (("OldImage", old, old_provider), ("NewImage", new, new_provider)):
+        if status is None:
+            stream.pop(which, None)
+            continue
+        stream[which]["pk"] = {"S": pk}
+        stream[which]["status"] = {"S": status}
+        stream[which]["provider"] = {"S": provider}
+    return record
+
+
+def dispatcher_acts_on(record: dict[str, Any]) -> bool:
+    """Whether the dispatch handler does anything with this record (a slot to release or a line to move)."""
+    from dispatch_handler import _stream_changes
+
+    released, lines = _stream_changes({"Records": [record]})
+    return bool(released or lines)
+
+
+S = TaskStatus
+# (old status, new status): a task joins a line, or leaves its provider (its render slot is free).
+DISPATCHED_CHANGES = [
+    (None, S.QUEUED),  # a pair cut and checked
+    (S.WAITING_FOR_PAIR, S.QUEUED),
+    (S.SUBMITTING, S.QUEUED),  # the provider turned it away: back in line
+    (S.QUEUED, S.QUEUED),  # still in line, with a new reason
+    *((holding, ended) for holding in HOLDING_STATUSES for ended in (S.OUTPUT_READY, S.FAILED, S.TIMED_OUT)),
+]
+# Changes that neither add to a line nor free a slot.
+IGNORED_CHANGES = [
+    (S.QUEUED, S.SUBMITTING),  # the dispatcher's own admission
+    (S.QUEUED, S.FAILED),  # a task that never held a slot
+    (S.SUBMITTING, S.SUBMITTING),  # a lease or note written while it is sent
+    (S.SUBMITTING, S.SUBMITTED),
+    (S.SUBMITTING, S.PROCESSING),
+    (S.SUBMITTED, S.PROCESSING),
+    (S.PROCESSING, S.PROCESSING),
+    (S.OUTPUT_READY, S.FINALIZING),
+    (S.FINALIZING, S.COMPLETED),
+    (S.COMPLETED, S.COMPLETED),  # announced
+    (S.TIMED_OUT, S.TIMED_OUT),  # watched for a late video
+    (S.TIMED_OUT, S.OUTPUT_READY),  # the late video: its slot was freed when it timed out
+    (None, S.WAITING_FOR_PAIR),
+    (None, S.REJECTED),
+    (None, S.TIMED_OUT),
+    (S.COMPLETED, None),  # expired
+    (S.FAILED, None),
+]
+
+
+@pytest.mark.parametrize(("old", "new"), DISPATCHED_CHANGES, ids=str)
+def test_dispatch_filter_passes_tasks_joining_a_line_or_leaving_their_provider(
+    dispatch_patterns: list[dict[str, Any]], old: TaskStatus | None, new: TaskStatus
+) -> None:
+    """Given the template's filter, evaluated as Lambda does (the local stack's event filter), then the dispatcher
+    is invoked for each such change, and acts on it."""
+    record = task_change(old, new)
+    assert matches_any(dispatch_patterns, record)
+    assert dispatcher_acts_on(record)
+
+
+@pytest.mark.parametrize(("old", "new"), IGNORED_CHANGES, ids=str)
+def test_dispatch_filter_drops_changes_that_move_no_line(
+    dispatch_patterns: list[dict[str, Any]], old: TaskStatus | None, new: TaskStatus | None
+) -> None:
+    """Given most writes to the table (the dispatcher's own among them) neither add to a line nor free a slot, then
+    Lambda does not invoke the dispatcher for them, and the handler would do nothing with them anyway."""
+    record = task_change(old, new)
+    assert not matches_any(dispatch_patterns, record)
+    assert not dispatcher_acts_on(record)
+
+
+def test_dispatch_filter_follows_a_failover_into_the_other_providers_line(
+    dispatch_patterns: list[dict[str, Any]],
+) -> None:
+    """Given a task WaveSpeed turned away moves to CometAPI's line, then one record both frees WaveSpeed's slot and
+    moves CometAPI's line."""
+    from dispatch_handler import _stream_changes
+
+    record = task_change(S.SUBMITTING, S.QUEUED, new_provider="cometapi")
+    assert matches_any(dispatch_patterns, record)
+    assert _stream_changes({"Records": [record]}) == ({"wavespeed": {"task-event-0001"}}, {"cometapi"})
+
+
+def test_dispatch_filter_drops_quota_spend_and_pairing_records(dispatch_patterns: list[dict[str, Any]]) -> None:
+    """Given the quota, spend and pairing records share the table (and the stream), then none of them invokes the
+    dispatcher: they carry no task status."""
+    quota = task_change(None, S.QUEUED, pk="QUOTA#wavespeed")
+    quota["dynamodb"]["NewImage"] = {
+        "pk": {"S": "QUOTA#wavespeed"},
+        "kind": {"S": "quota"},
+        "provider": {"S": "wavespeed"},
+        "version": {"N": "3"},
+        "holders": {"M": {}},
+    }
+    spend = task_change(None, S.QUEUED, pk="SPEND#2026-01-01")
+    spend["dynamodb"]["NewImage"] = {"pk": {"S": "SPEND#2026-01-01"}, "spent_usd": {"N": "0.25"}}
+    slot = task_change(None, S.QUEUED, pk="JOB#alice")
+    slot["dynamodb"]["NewImage"] = {"pk": {"S": "JOB#alice"}, "job": {"S": "alice"}, "version": {"N": "1"}}
+    for record in (quota, spend, slot):
+        assert not matches_any(dispatch_patterns, record), record["dynamodb"]["Keys"]
+
+
 # --------------------------------------------------------------------------------------------------- data
 
 
@@ -421,7 +660,8 @@ def test_bucket_policy_denies_plain_http(resources: dict[str, Any]) -> None:
 
 
 def test_task_table_recoverable_expiring_streamed_and_indexed(resources: dict[str, Any]) -> None:
-    """Given the task table, then it has PITR, SSE, a TTL, a full-image stream, and the sparse in-flight index."""
+    """Given the task table, then it has PITR, SSE, a TTL, a full-image stream, the sparse in-flight index, the
+    by-job index and the sparse, keys-only queue index."""
     table = props(resources, "TaskTable")
     assert table["BillingMode"] == "PAY_PER_REQUEST"
     assert table["KeySchema"] == [{"AttributeName": "pk", "KeyType": "HASH"}]
@@ -446,6 +686,16 @@ def test_task_table_recoverable_expiring_streamed_and_indexed(resources: dict[st
         {"AttributeName": "created_at", "KeyType": "RANGE"},
     ]
     assert (types["job"], types["created_at"]) == ("S", "S")
+    # Each provider's line: sparse (only QUEUED tasks carry queued_for), in order of place, and keys only - the
+    # dispatcher reads a few ids from its head and counts its length without reading whole tasks.
+    queue = indexes["queue"]
+    assert queue["KeySchema"] == [
+        {"AttributeName": "queued_for", "KeyType": "HASH"},
+        {"AttributeName": "queue_place", "KeyType": "RANGE"},
+    ]
+    assert (types["queued_for"], types["queue_place"]) == ("S", "S")
+    assert queue["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    assert "queued_for" not in {k["AttributeName"] for k in table["KeySchema"]}
 
 
 def test_idempotency_table_is_what_powertools_writes_expiring_and_encrypted(resources: dict[str, Any]) -> None:
@@ -495,6 +745,60 @@ def test_policies_are_scoped_no_wildcard_actions_on_wildcard_resources(resources
                 actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
                 assert all(a != "*" and not a.endswith(":*") for a in actions), (function, statement)
                 assert statement["Resource"] != "*", (function, statement)
+
+
+def policy_templates(resources: dict[str, Any], function: str) -> list[tuple[str, Any]]:
+    """(SAM policy template, its parameters) of each of the function's policies."""
+    return [(name, value) for policy in props(resources, function)["Policies"] for name, value in policy.items()]
+
+
+SECRETS = ("WaveSpeedSecret", "CometApiSecret")
+
+
+def test_dispatch_may_read_provider_secrets_the_stream_and_its_wakeup_queue(resources: dict[str, Any]) -> None:
+    """Given the dispatcher submits to the providers, then it may read both providers' secrets and the inputs (to
+    presign them), read and write the task table, read its stream, receive its wake-ups and schedule new ones."""
+    granted = policy_templates(resources, "DispatchFunction")
+    for secret in SECRETS:
+        assert ("AWSSecretsManagerGetSecretValuePolicy", {"SecretArn": {"Ref": secret}}) in granted
+    assert ("DynamoDBCrudPolicy", {"TableName": {"Ref": "TaskTable"}}) in granted
+    assert (
+        "DynamoDBStreamReadPolicy",
+        {
+            "TableName": {"Ref": "TaskTable"},
+            "StreamName": {"Fn::Select": [3, {"Fn::Split": ["/", {"Fn::GetAtt": ["TaskTable", "StreamArn"]}]}]},
+        },
+    ) in granted
+    wakeup_queue = {"QueueName": {"Fn::GetAtt": ["AdmissionWakeupQueue", "QueueName"]}}
+    assert ("SQSSendMessagePolicy", wakeup_queue) in granted
+    assert ("SQSPollerPolicy", wakeup_queue) in granted
+    assert ("S3ReadPolicy", {"BucketName": {"Fn::Sub": BUCKET_NAME}}) in granted
+    assert not references(props(resources, "DispatchFunction"), "IdempotencyTable")
+
+
+def test_submit_only_queues_so_it_reads_no_provider_secret(resources: dict[str, Any]) -> None:
+    """Given submit no longer calls a provider (it pairs, checks and queues), then it may not read the providers'
+    secrets, is not told the webhook URL and schedules no wake-ups: reading the inputs and the task table is all."""
+    submit = props(resources, "SubmitFunction")
+    assert sorted(name for name, _ in policy_templates(resources, "SubmitFunction")) == [
+        "DynamoDBCrudPolicy",
+        "S3ReadPolicy",
+    ]
+    for secret in SECRETS:
+        assert not references(submit["Policies"], secret), secret
+    assert not references(submit, "AdmissionWakeupQueue")
+    assert "Environment" not in submit or "WEBHOOK_BASE_URL" not in submit["Environment"]["Variables"]
+
+
+def test_the_poller_may_read_secrets_and_schedule_wakeups_as_the_dispatchers_fallback(
+    resources: dict[str, Any],
+) -> None:
+    granted = policy_templates(resources, "PollerFunction")
+    for secret in SECRETS:
+        assert ("AWSSecretsManagerGetSecretValuePolicy", {"SecretArn": {"Ref": secret}}) in granted
+    assert ("SQSSendMessagePolicy", {"QueueName": {"Fn::GetAtt": ["AdmissionWakeupQueue", "QueueName"]}}) in granted
+    # Only the dispatcher receives the wake-ups.
+    assert not any(name == "SQSPollerPolicy" for name, _ in granted)
 
 
 def test_no_function_may_delete_objects(resources: dict[str, Any]) -> None:
@@ -547,7 +851,7 @@ def test_outputs(template: dict[str, Any]) -> None:
     assert outputs["InboxPrefix"]["Value"] == "inbox/"
     assert (
         outputs["WebhookBaseUrl"]["Value"]
-        == template["Resources"]["SubmitFunction"]["Properties"]["Environment"]["Variables"]["WEBHOOK_BASE_URL"]
+        == template["Resources"]["DispatchFunction"]["Properties"]["Environment"]["Variables"]["WEBHOOK_BASE_URL"]
     )
     for name in ("TaskTableName", "NotificationTopicArn", "AsyncFailureQueueUrl", "FinalizeFailureQueueUrl"):
         assert name in outputs
@@ -682,8 +986,19 @@ def test_each_failure_queue_alarms_as_soon_as_a_message_waits(resources: dict[st
     assert depth["TreatMissingData"] == "notBreaching"
 
 
-def test_every_queue_of_the_template_is_a_watched_failure_queue(resources: dict[str, Any]) -> None:
-    assert {n for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue"} == set(QUEUES)
+def test_every_queue_of_the_template_is_a_watched_failure_queue_or_the_wakeup_queue(resources: dict[str, Any]) -> None:
+    """Given a message waiting in a failure queue is trouble, then each has its depth alarm (above); the one other
+    queue carries the dispatcher's wake-ups, which are consumed at once and watched through the dispatcher's own
+    errors alarm."""
+    queues = {n for n, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
+    assert queues == {*QUEUES, "AdmissionWakeupQueue"}
+    (consumer,) = [
+        function
+        for function in FUNCTIONS
+        for event in props(resources, function).get("Events", {}).values()
+        if event["Type"] == "SQS"
+    ]
+    assert consumer == "DispatchFunction"
 
 
 def emitted_dimensions(capsys: pytest.CaptureFixture[str], emit: Any) -> dict[str, dict[str, str]]:
@@ -724,6 +1039,7 @@ def test_custom_metric_alarms_name_the_metrics_as_powertools_emits_them(
         "OldestDueSeconds": ("Maximum", 300, 3, 3, "GreaterThanThreshold", 900),
         "WebhookAuthFailure": ("Sum", 300, 1, None, "GreaterThanOrEqualToThreshold", 5),
         "TaskFailed": ("Sum", 900, 1, None, "GreaterThanOrEqualToThreshold", 3),
+        "AdmissionBlockedBySpendLimit": ("Sum", 300, 1, None, "GreaterThanThreshold", 0),
     }
     units = {"OldestDueSeconds": MetricUnit.Seconds}
 
@@ -742,6 +1058,30 @@ def test_custom_metric_alarms_name_the_metrics_as_powertools_emits_them(
         assert (alarm["ComparisonOperator"], alarm["Threshold"]) == (comparison, threshold)
         # No data means nothing happened (or nothing is due), never trouble.
         assert alarm["TreatMissingData"] == "notBreaching"
+
+
+def test_the_spend_limit_alarm_watches_what_the_usage_meter_emits(
+    resources: dict[str, Any], powertools_env: tuple[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given the dispatcher reports a line held by the spend limit through the usage meter, then the meter emits the
+    metric with the service alone (what SpendLimitReachedAlarm watches), besides a copy by provider."""
+    from avatar_pipeline.adapters.metrics import EmfUsageMeter
+
+    namespace, service = powertools_env
+    capsys.readouterr()
+    EmfUsageMeter().record_spend_limit_reached("wavespeed")
+    dimensions = []
+    for line in capsys.readouterr().out.splitlines():
+        document = json.loads(line)
+        for directive in document["_aws"]["CloudWatchMetrics"]:
+            if [m["Name"] for m in directive["Metrics"]] == ["AdmissionBlockedBySpendLimit"]:
+                dimensions.append(
+                    {d: document[d] for d in directive["Dimensions"][0]} | {"@ns": directive["Namespace"]}
+                )
+    assert {"service": service, "@ns": namespace} in dimensions
+    assert {"service": service, "provider": "wavespeed", "@ns": namespace} in dimensions
+    (alarm,) = alarms_on(resources, namespace, "AdmissionBlockedBySpendLimit", "service", service)
+    assert alarm["AlarmName"] == {"Fn::Sub": "${AWS::StackName}-spend-limit-reached"}
 
 
 def test_a_poller_that_stops_running_alarms(resources: dict[str, Any]) -> None:

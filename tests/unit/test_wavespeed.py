@@ -187,7 +187,7 @@ def test_submit_envelope_code_1401_is_an_input_error_with_that_code(
     assert sleep.calls == []
 
 
-@pytest.mark.parametrize("code", [5003, 429, 503])
+@pytest.mark.parametrize("code", [5003, 503])
 def test_submit_envelope_code_5xxx_or_http_style_overload_is_transient(
     router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep, code: int
 ) -> None:
@@ -198,10 +198,28 @@ def test_submit_envelope_code_5xxx_or_http_style_overload_is_transient(
     with pytest.raises(ProviderTransientError) as caught:
         provider.submit(submission())
 
-    # Then it is a transient error with that code, retried up to the budget
+    # Then it is a transient error with that code (no rate limit), retried up to the budget
     assert caught.value.code == str(code)
+    assert not caught.value.is_rate_limit
     assert route.call_count == 3
     assert len(sleep.calls) == 2
+
+
+def test_submit_envelope_code_429_is_a_rate_limit_raised_at_once(
+    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
+) -> None:
+    # Given WaveSpeed answers HTTP 200 with envelope code 429 (a rate limit in its envelope)
+    route = router.post(STD_PATH).respond(200, json={"code": 429, "message": "too many requests"})
+
+    # When we submit
+    with pytest.raises(ProviderTransientError) as caught:
+        provider.submit(submission())
+
+    # Then it is a transient rate limit, raised after the one call: the dispatcher pauses the line, not this call
+    assert caught.value.code == "429"
+    assert caught.value.is_rate_limit
+    assert route.call_count == 1
+    assert sleep.calls == []
 
 
 def test_submit_http_401_is_a_config_error_and_not_retried(
@@ -236,10 +254,10 @@ def test_submit_http_400_is_an_input_error_and_not_retried(
     assert route.call_count == 1
 
 
-def test_submit_429_then_200_succeeds_after_one_retry_honouring_retry_after(
+def test_submit_429_is_raised_at_once_with_its_retry_after(
     router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
 ) -> None:
-    # Given WaveSpeed rate-limits once, asking us to wait 3 s, then accepts
+    # Given WaveSpeed rate-limits, asking us to wait 3 s (and would accept a second attempt)
     route = router.post(STD_PATH).mock(
         side_effect=[
             httpx.Response(429, headers={"Retry-After": "3"}, json={"detail": "slow down"}),
@@ -248,27 +266,85 @@ def test_submit_429_then_200_succeeds_after_one_retry_honouring_retry_after(
     )
 
     # When we submit
-    job = provider.submit(submission())
+    with pytest.raises(TransientHttpError) as caught:
+        provider.submit(submission())
 
-    # Then it succeeds on the second call after sleeping exactly the Retry-After
-    assert job.status is ProviderJobStatus.QUEUED
+    # Then the 429 is not retried within the call: it is raised after one POST, carrying the provider's hint, for the
+    # dispatcher to pause the provider's line that long (the task was not taken, so it goes back in line)
+    assert (caught.value.status_code, caught.value.retry_after) == (429, 3.0)
+    assert caught.value.is_rate_limit
+    assert "slow down" in str(caught.value)
+    assert route.call_count == 1
+    assert sleep.calls == []
+
+
+def test_submit_429_keeps_a_retry_after_longer_than_the_in_call_cap(
+    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
+) -> None:
+    # Given a 429 asking for a 120 s wait
+    router.post(STD_PATH).respond(429, headers={"Retry-After": "120"})
+
+    # When we submit
+    with pytest.raises(TransientHttpError) as caught:
+        provider.submit(submission())
+
+    # Then the whole hint reaches the caller (the in-call cap of max_delay is for waits made within a call)
+    assert caught.value.retry_after == 120.0
+    assert sleep.calls == []
+
+
+def test_fetch_429_then_200_is_retried_honouring_retry_after(
+    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
+) -> None:
+    # Given WaveSpeed rate-limits a status query once, asking us to wait 3 s, then answers
+    route = router.get(RESULT_PATH).mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "3"}, json={"detail": "slow down"}),
+            httpx.Response(200, json=envelope(prediction("processing"))),
+        ]
+    )
+
+    # When we fetch
+    job = provider.fetch(TASK_ID)
+
+    # Then a query (which creates nothing) is still retried within the call, after exactly the Retry-After
+    assert job.status is ProviderJobStatus.PROCESSING
     assert route.call_count == 2
     assert sleep.calls == [3.0]
 
 
-def test_retry_after_longer_than_max_delay_is_capped(
+def test_fetch_retry_after_longer_than_max_delay_is_capped(
     router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
 ) -> None:
-    # Given a 429 asking for a 120 s wait, then success
-    router.post(STD_PATH).mock(
-        side_effect=[httpx.Response(429, headers={"Retry-After": "120"}), httpx.Response(200, json=envelope())]
+    # Given a 429 on a query asking for a 120 s wait, then an answer
+    router.get(RESULT_PATH).mock(
+        side_effect=[
+            httpx.Response(429, headers={"Retry-After": "120"}),
+            httpx.Response(200, json=envelope(prediction("processing"))),
+        ]
     )
 
-    # When we submit
-    provider.submit(submission())
+    # When we fetch
+    provider.fetch(TASK_ID)
 
     # Then the wait is capped at max_delay (8 s)
     assert sleep.calls == [8.0]
+
+
+def test_fetch_429_every_time_uses_the_whole_budget(
+    router: respx.MockRouter, provider: WaveSpeedProvider, sleep: FakeSleep
+) -> None:
+    # Given WaveSpeed keeps rate-limiting status queries, with a Retry-After of 2 s
+    route = router.get(RESULT_PATH).respond(429, headers={"Retry-After": "2"}, json={"detail": "slow down"})
+
+    # When we fetch
+    with pytest.raises(TransientHttpError) as caught:
+        provider.fetch(TASK_ID)
+
+    # Then it was asked 3 times, 2 s apart, and the last 429 propagates
+    assert caught.value.status_code == 429
+    assert route.call_count == 3
+    assert sleep.calls == [2.0, 2.0]
 
 
 def test_submit_http_503_three_times_raises_transient_after_exactly_three_calls(
@@ -538,6 +614,52 @@ def test_full_jitter_backoff_grows_exponentially_and_is_capped() -> None:
 
     # Then the ceiling doubles each time until it reaches max_delay
     assert delays == pytest.approx([0.4995, 0.999, 1.998, 3.996, 7.992, 7.992, 7.992])
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TransientHttpError("slow down", status_code=429, retry_after=5.0),
+        ProviderTransientError("slow down", code="429"),
+    ],
+    ids=["http-429", "code-429"],
+)
+def test_call_with_retry_without_rate_limit_retries_raises_a_rate_limit_at_once(error: ProviderTransientError) -> None:
+    # Given an operation whose first answer is a rate limit
+    sleep = FakeSleep()
+    calls: list[int] = []
+
+    def operation() -> None:
+        calls.append(1)
+        raise error
+
+    # When it runs without rate-limit retries (as submits do), and with them (as fetches do)
+    with pytest.raises(ProviderTransientError) as caught:
+        call_with_retry(operation, RetryPolicy(sleep=sleep), retry_rate_limits=False)
+    assert caught.value is error and calls == [1] and sleep.calls == []
+    with pytest.raises(ProviderTransientError):
+        call_with_retry(operation, RetryPolicy(sleep=sleep, random=lambda: 0.5))
+
+    # Then only the second was retried, up to its budget
+    assert len(calls) == 1 + 3
+
+
+def test_call_with_retry_without_rate_limit_retries_still_retries_an_outage() -> None:
+    # Given an operation that fails with a 503 once, then succeeds
+    sleep = FakeSleep()
+    answers: list[Any] = [TransientHttpError("unavailable", status_code=503), "done"]
+
+    def operation() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    # When it runs without rate-limit retries
+    result = call_with_retry(operation, RetryPolicy(sleep=sleep, random=lambda: 0.5), retry_rate_limits=False)
+
+    # Then the outage was retried (it is no rate limit)
+    assert result == "done" and len(sleep.calls) == 1
 
 
 def test_last_transient_error_propagates_after_the_budget() -> None:

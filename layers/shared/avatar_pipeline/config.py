@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avatar_pipeline.models import Mode, ProviderName
+from avatar_pipeline.quota import QuotaLimits
 
 # Where the providers' outputs live: WaveSpeed serves them from CloudFront (https://<id>.cloudfront.net/output/...),
 # CometAPI from the Kling CDN; the providers' own domains cover a move to a CDN of theirs.
@@ -45,10 +47,23 @@ class Settings(BaseModel):
     input_url_expiry_seconds: int = Field(default=3600, alias="INPUT_URL_EXPIRY_SECONDS", gt=0)
     download_url_expiry_seconds: int = Field(default=86400, alias="DOWNLOAD_URL_EXPIRY_SECONDS", gt=0, le=604800)
     max_pair_wait_seconds: int = Field(default=1800, alias="MAX_PAIR_WAIT_SECONDS", gt=0)
-    max_task_age_seconds: int = Field(default=7200, alias="MAX_TASK_AGE_SECONDS", gt=0)
+    # Each stage has a clock of its own; waiting in our own line has none (a pair never times out for its turn).
+    # Accepted by the provider but not yet rendering (its own queue), or sent with no answer and no callback yet.
+    max_provider_queue_seconds: int = Field(default=21600, alias="MAX_PROVIDER_QUEUE_SECONDS", gt=0)
+    # Rendering, counted from when the provider started.
+    max_render_seconds: int = Field(default=3600, alias="MAX_RENDER_SECONDS", gt=0)
     poll_after_seconds: int = Field(default=120, alias="POLL_AFTER_SECONDS", gt=0)
-    submit_retry_after_seconds: int = Field(default=60, alias="SUBMIT_RETRY_AFTER_SECONDS", gt=0)
-    finalize_max_attempts: int = Field(default=3, alias="FINALIZE_MAX_ATTEMPTS", gt=0)
+    # The provider accounts' quotas. WaveSpeed's defaults are its default account level; CometAPI publishes none.
+    wavespeed_submissions_per_minute: int = Field(default=5, alias="WAVESPEED_SUBMISSIONS_PER_MINUTE", gt=0)
+    wavespeed_renders_at_once: int = Field(default=3, alias="WAVESPEED_RENDERS_AT_ONCE", gt=0)
+    cometapi_submissions_per_minute: int = Field(default=5, alias="COMETAPI_SUBMISSIONS_PER_MINUTE", gt=0)
+    cometapi_renders_at_once: int = Field(default=3, alias="COMETAPI_RENDERS_AT_ONCE", gt=0)
+    # How long the providers' "minute" is: 60 s, unless a simulation runs their clock faster than ours.
+    rate_window_seconds: float = Field(default=60.0, alias="RATE_WINDOW_SECONDS", gt=0)
+    # At most this much estimated provider spend is admitted per UTC day; 0: no limit.
+    daily_spend_limit_usd: Decimal = Field(default=Decimal(0), alias="DAILY_SPEND_LIMIT_USD", ge=0)
+    # Where the dispatcher asks to be woken when a rate window or a pause ends (only the dispatcher needs it).
+    wakeup_queue_url: str = Field(default="", alias="WAKEUP_QUEUE_URL")
     max_output_bytes: int = Field(default=2 * 1024**3, alias="MAX_OUTPUT_BYTES", gt=0)
     # Hosts finalize may download outputs from: names, `*.suffix` wildcards, or whole origins trusted as they are
     # (`http://127.0.0.1:8123`, for the local stack's simulators). Separated by commas or whitespace.
@@ -56,6 +71,13 @@ class Settings(BaseModel):
         default=DEFAULT_ALLOWED_OUTPUT_HOSTS, alias="ALLOWED_OUTPUT_HOSTS", min_length=1
     )
     task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
+
+    def quota_limits(self, provider: ProviderName) -> QuotaLimits:
+        per_minute, at_once = {
+            "wavespeed": (self.wavespeed_submissions_per_minute, self.wavespeed_renders_at_once),
+            "cometapi": (self.cometapi_submissions_per_minute, self.cometapi_renders_at_once),
+        }[provider]
+        return QuotaLimits(per_minute, timedelta(seconds=self.rate_window_seconds), at_once)
 
     @field_validator("allowed_output_hosts", mode="before")
     @classmethod

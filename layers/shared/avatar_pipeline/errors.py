@@ -24,6 +24,15 @@ class ProviderInputError(ProviderError):
 class ProviderTransientError(ProviderError):
     """Rate limit, outage or timeout (429, 5xx, WaveSpeed 5xxx): retry later, the request was not taken."""
 
+    def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
+        super().__init__(message, code=code)
+        # The provider's Retry-After hint in seconds, if it gave one.
+        self.retry_after = retry_after
+
+    @property
+    def is_rate_limit(self) -> bool:
+        return self.code == "429"
+
 
 class ProviderConfigError(ProviderError):
     """Our credentials or configuration are wrong (401/403): retrying cannot help."""

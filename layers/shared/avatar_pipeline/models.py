@@ -15,6 +15,8 @@ def utcnow() -> datetime:
 
 class TaskStatus(StrEnum):
     WAITING_FOR_PAIR = "WAITING_FOR_PAIR"
+    # Paired and checked, waiting its turn for the provider account's quota: not sent, not paid.
+    QUEUED = "QUEUED"
     SUBMITTING = "SUBMITTING"
     SUBMITTED = "SUBMITTED"
     PROCESSING = "PROCESSING"
@@ -31,6 +33,8 @@ class TaskStatus(StrEnum):
 
 
 TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskStatus.FAILED, TaskStatus.TIMED_OUT})
+# The statuses in which a task holds one of its provider's render slots: it is (or may be) at the provider.
+HOLDING_STATUSES = frozenset({TaskStatus.SUBMITTING, TaskStatus.SUBMITTED, TaskStatus.PROCESSING})
 
 ProviderName = Literal["wavespeed", "cometapi"]
 Mode = Literal["std", "pro"]
@@ -110,6 +114,8 @@ class Task(BaseModel):
     # Decimal as text: the table stores no floats.
     estimated_cost_usd: str | None = None
     provider_output_url: str | None = None
+    # When the provider deletes its copy of the video: copies are retried until then.
+    output_expires_at: datetime | None = None
     output: S3Object | None = None
     reason: str | None = None
     created_at: datetime
@@ -117,18 +123,41 @@ class Task(BaseModel):
     last_news_at: datetime | None = None
     next_check_at: datetime | None = None
     lease_until: datetime | None = None
+    # Its place in its provider's line (first come, first served): kept when the provider turns it away, so it goes
+    # back to the same place.
+    queued_at: datetime | None = None
     submit_attempts: int = 0
-    # Set only when the provider answered that it did not take the submission: then a retry is safe.
-    submit_retry_at: datetime | None = None
+    # The UTC day whose spend limit its estimated cost was counted against (once, at its first admission).
+    charged_on: str | None = None
     finalize_attempts: int = 0
+    # A copy that broke off is tried again no earlier than this (backing off while the provider keeps the video).
+    copy_retry_at: datetime | None = None
+    # A task that ended while its provider may still deliver (TIMED_OUT at the provider) is watched until then: a
+    # video that arrives late is still copied and announced.
+    watch_until: datetime | None = None
+    # The ended status a late video overturned (announced or about to be): the next notification says so.
+    corrects: TaskStatus | None = None
     notify_lease_until: datetime | None = None
     notified_at: datetime | None = None
     history: list[Transition] = Field(default_factory=list)
 
     @property
     def needs_attention(self) -> bool:
-        """In flight, or finished but not yet announced: the poller must keep an eye on it."""
-        return not self.status.is_terminal or self.notified_at is None
+        """In flight (but not waiting in line: the provider's queue index holds those), finished but not yet
+        announced, or watched for a late video: the poller must keep an eye on it."""
+        if self.status is TaskStatus.QUEUED:
+            return False
+        return not self.status.is_terminal or self.notified_at is None or self.watch_until is not None
+
+    @property
+    def status_since(self) -> datetime:
+        """When the task entered its current status (the clock each stage's time limit counts from)."""
+        entered = next((step.at for step in reversed(self.history) if step.to_status is self.status), None)
+        return entered or self.created_at
+
+    @property
+    def holds_render_slot(self) -> bool:
+        return self.status in HOLDING_STATUSES
 
 
 class PairSlot(BaseModel):
@@ -190,11 +219,16 @@ class Notification(BaseModel):
     provider: ProviderName
     provider_task_id: str | None = None
     estimated_cost_usd: str | None = None
+    # Set when this notification overturns an earlier one for the same task (a video that arrived after the task
+    # had timed out): the earlier status. Subscribers that act on endings should act on this one instead.
+    corrects: TaskStatus | None = None
     created_at: datetime
     completed_at: datetime
 
     @property
     def subject(self) -> str:
+        if self.corrects is not None and self.status is TaskStatus.COMPLETED:
+            return f"Your talking-avatar video is ready after all: {self.job}"[:100]
         titles = {
             TaskStatus.COMPLETED: "Your talking-avatar video is ready",
             TaskStatus.REJECTED: "Your upload was rejected",
@@ -208,6 +242,8 @@ class Notification(BaseModel):
     def email_text(self) -> str:
         """The same facts for people reading an email."""
         lines = [self.subject, "", f"Job: {self.job}", f"Status: {self.status.value}"]
+        if self.corrects is not None:
+            lines.append(f"This replaces the earlier notification for this task, which said {self.corrects.value}.")
         if self.reason:
             lines.append(f"Reason: {self.reason}")
         if self.download_url:
@@ -226,6 +262,7 @@ EndStage = Literal["pairing", "input", "submission", "provider", "copy", "done"]
 # Where a task was when it ended, by the status it left: what a failure or time-out is counted under.
 _STAGE_LEFT: dict[TaskStatus | None, EndStage] = {
     TaskStatus.WAITING_FOR_PAIR: "pairing",
+    TaskStatus.QUEUED: "submission",
     TaskStatus.SUBMITTING: "submission",
     TaskStatus.SUBMITTED: "provider",
     TaskStatus.PROCESSING: "provider",
@@ -266,3 +303,20 @@ class TaskOutcome(BaseModel):
             end_to_end_seconds=(ended.at - task.created_at).total_seconds(),
             provider_seconds=(finished - submitted).total_seconds() if submitted and finished else None,
         )
+
+
+class ProviderQuota(BaseModel):
+    """One provider account's admission record: the tasks holding its render slots, when its recent submissions went
+    out, and whether it asked us to hold off. Stored in the task table; every change is a versioned write."""
+
+    provider: ProviderName
+    version: int = 0
+    # task id → when it was admitted. A task leaves when it stops being at the provider (the dispatcher releases it
+    # on the table's stream; the poller drops any it finds no longer holding).
+    holders: dict[str, datetime] = Field(default_factory=dict)
+    # Admission times within the provider's counting window (its submissions-per-minute limit).
+    recent: list[datetime] = Field(default_factory=list)
+    # The provider answered 429 anyway: nothing is sent before this.
+    paused_until: datetime | None = None
+    # A wake-up of the dispatcher is scheduled for this moment (so a burst schedules one, not one per task).
+    wake_at: datetime | None = None

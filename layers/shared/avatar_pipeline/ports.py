@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 from avatar_pipeline.models import (
     Notification,
     PairSlot,
     ProviderJob,
+    ProviderName,
+    ProviderQuota,
     S3Object,
     SubmissionRequest,
     Task,
@@ -22,6 +26,19 @@ if TYPE_CHECKING:  # only named in annotations: who never validates media (webho
 
 class ConflictError(Exception):
     """A conditional write lost: someone else changed the record since it was read."""
+
+
+class SpendLimitReachedError(Exception):
+    """Admitting the task would take the day's estimated spend past the limit."""
+
+
+@dataclass(frozen=True)
+class Charge:
+    """An admission's estimated cost, counted against the spend of `day` (which must stay within `limit`)."""
+
+    day: str
+    amount: Decimal
+    limit: Decimal
 
 
 class TaskRepository(Protocol):
@@ -57,6 +74,40 @@ class TaskRepository(Protocol):
         ...
 
     def list_job(self, job: str) -> tuple[PairSlot | None, list[Task]]: ...
+
+    # --- admission ---------------------------------------------------------------------------------------------
+    def queue_head(self, provider: ProviderName, limit: int) -> list[str]:
+        """The ids of the tasks first in `provider`'s line (QUEUED, oldest place first). The index behind it may lag
+        a moment behind the tasks themselves: read each task before acting on it."""
+        ...
+
+    def queue_length(self, provider: ProviderName) -> int:
+        """How many tasks wait in `provider`'s line."""
+        ...
+
+    def get_quota(self, provider: ProviderName) -> ProviderQuota | None: ...
+
+    def save_quota(self, new: ProviderQuota, *, expected: ProviderQuota | None) -> None:
+        """Write the quota record only if the stored one is still `expected` (absent when None); else ConflictError."""
+        ...
+
+    def admit(
+        self,
+        claimed: Task,
+        *,
+        expected: Task,
+        quota: ProviderQuota,
+        expected_quota: ProviderQuota | None,
+        charge: Charge | None,
+    ) -> None:
+        """Atomically: the task as claimed for submission (if still `expected`), the quota with it admitted (if still
+        `expected_quota`) and, with a charge, the day's spend raised within its limit. ConflictError when the task or
+        the quota changed, SpendLimitReachedError when the charge does not fit; nothing is written then."""
+        ...
+
+    def spent_on(self, day: str) -> Decimal:
+        """The estimated spend admitted on that UTC day."""
+        ...
 
 
 class MediaStore(Protocol):
@@ -133,11 +184,21 @@ class DeliveryLog(Protocol):
         ...
 
 
+class Waker(Protocol):
+    def wake(self, provider: ProviderName, at: datetime) -> None:
+        """Have the dispatcher look at `provider`'s line again at `at` (or soon after)."""
+        ...
+
+
 class UsageMeter(Protocol):
     def record_submission(self, provider: str, estimated_cost_usd: str | None) -> None:
         """A task was accepted by `provider` (and will be billed): count it and add up its estimated cost."""
         ...
 
     def record_outcome(self, outcome: TaskOutcome) -> None:
-        """A task ended and was announced (once per task): count it by status and stage, and time it."""
+        """A task ended and was announced (once per ending): count it by status and stage, and time it."""
+        ...
+
+    def record_spend_limit_reached(self, provider: str) -> None:
+        """A task of `provider`'s line could not be sent: the day's spend limit is reached (an alarm watches this)."""
         ...

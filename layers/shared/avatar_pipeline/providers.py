@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from avatar_pipeline.models import ProviderJob, ProviderName
 
 DISPLAY_NAMES: dict[ProviderName, str] = {"wavespeed": "WaveSpeed", "cometapi": "CometAPI"}
+PROVIDER_NAMES: tuple[ProviderName, ...] = ("wavespeed", "cometapi")
+# How long each provider keeps a finished video (WaveSpeed deletes predictions and outputs after 7 days; CometAPI's
+# Kling CDN links last 30 days): copies are retried, and late videos watched for, until then.
+OUTPUT_RETENTION: dict[ProviderName, timedelta] = {"wavespeed": timedelta(days=7), "cometapi": timedelta(days=30)}
 
 
 def alternative(provider: ProviderName) -> ProviderName:

@@ -16,19 +16,25 @@ S = TaskStatus
 
 # target status → the statuses it may be reached from
 ALLOWED_SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
-    # From SUBMITTING: the claim moves to the other provider (failover) after this one turned the task away.
-    S.SUBMITTING: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING}),
+    # From SUBMITTING: the provider turned the submission away; it goes back to its place in line (maybe another
+    # provider's, when failing over).
+    S.QUEUED: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING}),
+    # Only by admission: the provider's quota has room for it.
+    S.SUBMITTING: frozenset({S.QUEUED}),
     S.SUBMITTED: frozenset({S.SUBMITTING}),
     # A callback may overtake the write that records the submission's answer.
     S.PROCESSING: frozenset({S.SUBMITTING, S.SUBMITTED}),
-    # From FINALIZING: the poller hands a stuck copy back to finalize.
-    S.OUTPUT_READY: frozenset({S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.FINALIZING}),
+    # From FINALIZING: the poller hands a stuck copy back to finalize. From TIMED_OUT: the provider delivered after
+    # all, and a paid video is never thrown away (once per task).
+    S.OUTPUT_READY: frozenset({S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.FINALIZING, S.TIMED_OUT}),
     # From FINALIZING: a new finalize attempt takes over a copy whose lease ran out.
     S.FINALIZING: frozenset({S.OUTPUT_READY, S.FINALIZING}),
     S.COMPLETED: frozenset({S.FINALIZING}),
     S.REJECTED: frozenset({S.WAITING_FOR_PAIR}),
-    S.FAILED: frozenset({S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY, S.FINALIZING}),
-    # Not from OUTPUT_READY or FINALIZING: once the video exists, only the copy can fail (FAILED), never the clock.
+    # From QUEUED: the provider cannot be used at all (not configured), or the task can never fit the spend limit.
+    S.FAILED: frozenset({S.QUEUED, S.SUBMITTING, S.SUBMITTED, S.PROCESSING, S.OUTPUT_READY, S.FINALIZING}),
+    # Never from QUEUED: waiting one's turn is not taking too long. Not from OUTPUT_READY or FINALIZING: once the
+    # video exists, only the copy can fail (FAILED, when the provider no longer has it), never the clock.
     S.TIMED_OUT: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING, S.SUBMITTED, S.PROCESSING}),
 }
 

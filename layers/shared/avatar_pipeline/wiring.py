@@ -20,6 +20,7 @@ from avatar_pipeline.adapters.metrics import EmfUsageMeter
 from avatar_pipeline.adapters.s3 import S3MediaStore
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownloader
 from avatar_pipeline.adapters.sns import SnsNotifier
+from avatar_pipeline.adapters.wakeups import SqsWaker
 from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
 from avatar_pipeline.config import Settings
 from avatar_pipeline.ports import VideoProvider
@@ -111,4 +112,5 @@ def pipeline() -> PipelineContext:
             DELIVERY_IDEMPOTENCY,
         ),
         providers=SecretBackedProviders(settings, SecretsProvider(boto3_client=session.client("secretsmanager")), http),
+        waker=SqsWaker(session.client("sqs"), settings.wakeup_queue_url),
     )

@@ -27,7 +27,8 @@ PARAMETERS = {
     "AllowFailover": "false",
     "PollAfterSeconds": "600",
     "MaxPairWaitSeconds": "600",
-    "MaxTaskAgeSeconds": "3600",
+    "MaxProviderQueueSeconds": "3600",
+    "MaxRenderSeconds": "3600",
 }
 # Long enough that hardly a video finishes during the burst: the figures are submit's, and the simulator's renders do
 # not crowd this machine.

@@ -55,7 +55,10 @@ def _task(number: int, now: datetime, *, finished: bool) -> Any:
         audio_ms=10_000,
         estimated_cost_usd="0.50",
     )
-    task = transition(task, TaskStatus.SUBMITTING, why="inbox/… and inbox/… paired", now=started)
+    task = transition(
+        task, TaskStatus.QUEUED, why="inbox/… and inbox/… paired; 1st in line", now=started, queued_at=started
+    )
+    task = transition(task, TaskStatus.SUBMITTING, why="WaveSpeed has room: sending it", now=started)
     task = transition(
         task, TaskStatus.SUBMITTED, why="WaveSpeed accepted it", now=started, provider_task_id=f"p{number:031x}"
     )
@@ -146,7 +149,8 @@ def main(finished: int, in_flight: int, polls: int) -> dict[str, Any]:
                 "WAVESPEED_SECRET_ID": "s",
             }
         )
-        nothing: Any = None  # a poll of tasks at the provider uses neither media, notifier, meter nor deliveries
+        # A poll of tasks at the provider uses neither media, notifier, meter, deliveries nor (with empty lines) the waker.
+        nothing: Any = None
         provider: Any = StillProcessing()
         context = PipelineContext(
             settings=settings,
@@ -156,6 +160,7 @@ def main(finished: int, in_flight: int, polls: int) -> dict[str, Any]:
             providers={"wavespeed": provider},
             meter=nothing,
             deliveries=nothing,
+            waker=nothing,
         )
         table.meta.client.meta.events.register("after-call.dynamodb", count)
         results = []

@@ -91,7 +91,12 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
     stack = LocalStack(
         LocalStackConfig(
             stack_name="avatar-cost",
-            parameters={"PollAfterSeconds": "600", "MaxPairWaitSeconds": "600", "MaxTaskAgeSeconds": "3600"},
+            parameters={
+                "PollAfterSeconds": "600",
+                "MaxPairWaitSeconds": "600",
+                "MaxProviderQueueSeconds": "3600",
+                "MaxRenderSeconds": "3600",
+            },
             state_dir=workdir / "cost",
         )
     )

@@ -331,16 +331,18 @@ class CometApiProvider(HttpProvider):
         where = f"HTTP {status}" + (f", code {kling_code}" if kling_code else "")
         message = f"CometAPI {operation}: {where}" + (f": {detail}" if detail else "")
 
-        def transient() -> NoReturn:
+        def transient(*, rate_limit: bool = False) -> NoReturn:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise TransientHttpError(message, code=code, status_code=status, retry_after=retry_after)
+            raise TransientHttpError(
+                message, code=code, status_code=status, retry_after=retry_after, rate_limit=rate_limit
+            )
 
         if kling_code in KLING_CONFIG_CODES:
             raise ProviderConfigError(message, code=code)
         if kling_code == KLING_CONTENT_SAFETY:
             raise ProviderInputError(message, code=code)
         if kling_code in KLING_LIMIT_CODES:
-            transient()
+            transient(rate_limit=True)  # a rate limit by its code, even over HTTP 200
         if kling_code in KLING_SERVER_CODES:
             if operation == "submit":
                 raise ProviderOutcomeUnknownError(message + " (the task may exist)", code=code)

@@ -53,9 +53,13 @@ class HttpProvider:
             self._client.close()
 
     def submit(self, request: SubmissionRequest) -> ProviderJob:
-        """Create the provider's task. Retries only answers that prove the request was not taken."""
+        """Create the provider's task. Retries only answers that prove the request was not taken, and not a rate limit
+        answer: the dispatcher paces submissions by the account's quota, and a 429 pauses it rather than us."""
         return call_with_retry(
-            lambda: self._submit_once(request), self._retry, description=f"{self.display_name} submit"
+            lambda: self._submit_once(request),
+            self._retry,
+            description=f"{self.display_name} submit",
+            retry_rate_limits=False,
         )
 
     def fetch(self, provider_task_id: str) -> ProviderJob:

@@ -26,7 +26,8 @@ T = TypeVar("T")
 
 
 class TransientHttpError(ProviderTransientError):
-    """A transient HTTP answer (429 or 5xx), carrying the server's Retry-After hint in seconds, if any."""
+    """A transient HTTP answer (429 or 5xx), carrying the server's Retry-After hint in seconds, if any.
+    `rate_limit` marks a rate limit the body says (e.g. a provider's own code) whatever the HTTP status."""
 
     def __init__(
         self,
@@ -35,10 +36,15 @@ class TransientHttpError(ProviderTransientError):
         code: str | None = None,
         status_code: int,
         retry_after: float | None = None,
+        rate_limit: bool = False,
     ) -> None:
-        super().__init__(message, code=code)
+        super().__init__(message, code=code, retry_after=retry_after)
         self.status_code = status_code
-        self.retry_after = retry_after
+        self._rate_limit = rate_limit
+
+    @property
+    def is_rate_limit(self) -> bool:
+        return self._rate_limit or self.status_code == 429 or super().is_rate_limit
 
 
 @dataclass(frozen=True)
@@ -86,14 +92,21 @@ def parse_retry_after(value: str | None) -> float | None:
     return seconds
 
 
-def call_with_retry(operation: Callable[[], T], policy: RetryPolicy, *, description: str = "provider call") -> T:
-    """Run `operation`, retrying it on `ProviderTransientError` until `policy.max_attempts` are used."""
+def call_with_retry(
+    operation: Callable[[], T],
+    policy: RetryPolicy,
+    *,
+    description: str = "provider call",
+    retry_rate_limits: bool = True,
+) -> T:
+    """Run `operation`, retrying it on `ProviderTransientError` until `policy.max_attempts` are used (a rate limit
+    answer propagates at once without `retry_rate_limits`: its caller paces itself)."""
     attempt = 1
     while True:
         try:
             return operation()
         except ProviderTransientError as exc:
-            if attempt >= policy.max_attempts:
+            if attempt >= policy.max_attempts or (exc.is_rate_limit and not retry_rate_limits):
                 logger.warning(
                     "%s failed transiently on attempt %d/%d, giving up: %s",
                     description,
@@ -102,8 +115,7 @@ def call_with_retry(operation: Callable[[], T], policy: RetryPolicy, *, descript
                     exc,
                 )
                 raise
-            retry_after = exc.retry_after if isinstance(exc, TransientHttpError) else None
-            delay = policy.delay_before_retry(attempt, retry_after)
+            delay = policy.delay_before_retry(attempt, exc.retry_after)
             logger.info(
                 "%s failed transiently on attempt %d/%d, retrying in %.2f s: %s",
                 description,

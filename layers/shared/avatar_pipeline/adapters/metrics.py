@@ -29,6 +29,11 @@ class EmfUsageMeter:
         if estimated_cost_usd is not None:
             _emit("EstimatedCostUsd", MetricUnit.NoUnit, float(estimated_cost_usd), provider=provider)
 
+    def record_spend_limit_reached(self, provider: str) -> None:
+        # Plain (for the spend limit alarm) and by provider.
+        _emit("AdmissionBlockedBySpendLimit", MetricUnit.Count, 1)
+        _emit("AdmissionBlockedBySpendLimit", MetricUnit.Count, 1, provider=provider)
+
     def record_outcome(self, outcome: TaskOutcome) -> None:
         name = OUTCOME_METRICS[outcome.status]
         _emit(name, MetricUnit.Count, 1)

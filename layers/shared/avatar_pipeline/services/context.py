@@ -20,6 +20,7 @@ from avatar_pipeline.ports import (
     TaskRepository,
     UsageMeter,
     VideoProvider,
+    Waker,
 )
 from avatar_pipeline.state_machine import can_transition, transition
 
@@ -55,6 +56,7 @@ class PipelineContext:
     providers: Mapping[str, VideoProvider]
     meter: UsageMeter
     deliveries: DeliveryLog
+    waker: Waker
     clock: Callable[[], datetime] = field(default=utcnow)
 
     def provider_for(self, task: Task) -> VideoProvider:

@@ -25,13 +25,22 @@ COPY_LEASE = timedelta(seconds=60)
 COPY_LEASE_MARGIN = timedelta(seconds=15)
 # How long one notifier holds the right to publish a task's notification.
 NOTIFY_LEASE = timedelta(seconds=60)
+# A copy that broke off is tried again after this, doubling per attempt up to COPY_RETRY_MAX, for as long as the
+# provider keeps the video: a CDN or S3 hiccup never costs a paid video.
+COPY_RETRY_FIRST = timedelta(seconds=15)
+COPY_RETRY_MAX = timedelta(hours=1)
 
-FinalizeAction = Literal["completed", "failed", "skipped"]
+FinalizeAction = Literal["completed", "failed", "retry-scheduled", "skipped"]
 AnnounceAction = Literal["published", "skipped", "deferred"]
 
 
 def output_key(task: Task) -> str:
     return f"outputs/{task.job}/{task.task_id}.mp4"
+
+
+def copy_backoff(attempt: int) -> timedelta:
+    """How long to wait after failed copy attempt number `attempt` (1 for the first)."""
+    return min(COPY_RETRY_FIRST * 2 ** max(0, min(attempt - 1, 20)), COPY_RETRY_MAX)
 
 
 class CopyLeaseLostError(OutputCopyInterruptedError):
@@ -41,8 +50,8 @@ class CopyLeaseLostError(OutputCopyInterruptedError):
 def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta) -> FinalizeAction:
     """Copy a ready video into outputs/ and complete the task.
 
-    Raises OutputCopyInterruptedError when the copy broke off and another attempt is worth it; the caller's
-    retry (the stream's, or the poller's hand-over) makes that attempt.
+    A copy that broke off is given back with a time for the next attempt, which the poller hands to finalize then;
+    the task fails only when the provider's video is unusable or gone.
     """
     now = ctx.clock()
     deadline = now + time_left
@@ -51,8 +60,13 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
         lease_over = current.status is TaskStatus.FINALIZING and (current.lease_until or now) <= now
         if current.status is not TaskStatus.OUTPUT_READY and not lease_over:
             return None
-        if current.finalize_attempts >= ctx.settings.finalize_max_attempts:
-            why = f"copying the video did not finish after {current.finalize_attempts} attempts: {current.reason}"
+        if current.copy_retry_at is not None and current.copy_retry_at > now:
+            return None  # backing off: the poller hands it over when it is time
+        if current.output_expires_at is not None and now >= current.output_expires_at:
+            why = (
+                f"the provider deleted its video before it could be copied ({current.finalize_attempts} attempts;"
+                f" last: {current.reason})"
+            )
             return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
         attempt = current.finalize_attempts + 1
         lease_until = min(now + COPY_LEASE, deadline)
@@ -62,6 +76,7 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
             why=f"copying the video (attempt {attempt})",
             now=now,
             finalize_attempts=attempt,
+            copy_retry_at=None,
             lease_until=lease_until,
             next_check_at=lease_until + COPY_LEASE_MARGIN,
         )
@@ -74,7 +89,6 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
         return "failed"
     assert claimed.provider_output_url is not None
     attempt = claimed.finalize_attempts
-    max_attempts = ctx.settings.finalize_max_attempts
 
     def still_ours(current: Task) -> bool:
         return current.status is TaskStatus.FINALIZING and current.finalize_attempts == attempt
@@ -117,20 +131,20 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
         _fail_if(ctx, claimed, still_ours, f"the provider's video could not be used: {error}")
         return "failed"
     except OutputCopyInterruptedError as error:
-        if attempt >= max_attempts:
-            _fail_if(ctx, claimed, still_ours, f"copying the video failed {attempt} times; last error: {error}")
-            return "failed"
-
-        note = f"copy interrupted: {error}"
+        later = ctx.clock()
+        retry_at = later + copy_backoff(attempt)
+        note = f"copy attempt {attempt} broke off ({error}); trying again at {retry_at:%H:%M:%S} UTC"
 
         def release(current: Task) -> Task | None:
             if not still_ours(current):
                 return None
-            later = ctx.clock()
-            return touch(current, now=later, lease_until=later, next_check_at=later, reason=note)
+            return touch(
+                current, now=later, lease_until=later, copy_retry_at=retry_at, next_check_at=retry_at, reason=note
+            )
 
         ctx.update_task(claimed, release)
-        raise
+        logger.warning("copy interrupted; retry scheduled", extra={"task_id": claimed.task_id, "reason": note})
+        return "retry-scheduled"
 
     def complete(current: Task) -> Task | None:
         if not still_ours(current):
@@ -169,6 +183,7 @@ def build_notification(ctx: PipelineContext, task: Task) -> Notification:
         provider=task.provider,
         provider_task_id=task.provider_task_id,
         estimated_cost_usd=task.estimated_cost_usd,
+        corrects=task.corrects,
         created_at=task.created_at,
         completed_at=ended_at,
     )
@@ -203,7 +218,8 @@ def announce(ctx: PipelineContext, task: Task | str) -> AnnounceAction:
         return "deferred"
 
     def confirm(current: Task) -> Task | None:
-        if current.notified_at is not None:
+        # Not over a late video's reopening (a new ending, announced on its own).
+        if current.notified_at is not None or current.status is not claimed.status:
             return None
         return touch(current, now=ctx.clock(), notified_at=ctx.clock(), notify_lease_until=None, next_check_at=None)
 

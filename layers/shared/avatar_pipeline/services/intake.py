@@ -11,14 +11,8 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
-from avatar_pipeline.errors import (
-    InputGoneError,
-    ProviderConfigError,
-    ProviderError,
-    ProviderOutcomeUnknownError,
-    ProviderTransientError,
-)
-from avatar_pipeline.models import JobOptions, MediaRole, PairSlot, S3Object, SubmissionRequest, Task, TaskStatus
+from avatar_pipeline.errors import InputGoneError
+from avatar_pipeline.models import JobOptions, MediaRole, PairSlot, S3Object, Task, TaskStatus
 from avatar_pipeline.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -29,21 +23,18 @@ from avatar_pipeline.pairing import (
     rival,
     with_upload,
 )
-from avatar_pipeline.ports import ConflictError, VideoProvider
+from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.pricing import estimate_cost
-from avatar_pipeline.providers import alternative, display_name
+from avatar_pipeline.providers import alternative
+from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
-from avatar_pipeline.state_machine import begin, touch, transition
+from avatar_pipeline.state_machine import begin, transition
 
 logger = Logger(child=True)
 
-# Longer than the submit function's timeout: once it has passed, the call that held the claim is over.
-SUBMIT_LEASE = timedelta(seconds=180)
 MAX_OPTIONS_BYTES = 64 * 1024
 
-UploadAction = Literal[
-    "ignored", "waiting", "duplicate", "rejected", "submitted", "retry-scheduled", "failed", "unknown"
-]
+UploadAction = Literal["ignored", "waiting", "duplicate", "rejected", "queued"]
 
 
 @dataclass(frozen=True)
@@ -133,7 +124,7 @@ def _reject_rivals(
 
 
 def cut_pair(ctx: PipelineContext, slot: PairSlot, *, last_chance: bool = False) -> UploadOutcome:
-    """A complete slot becomes its one task (checked, claimed, submitted).
+    """A complete slot becomes its one task: checked, and in its provider's line (the dispatcher sends it).
 
     The task is created in the same transaction that marks the slot's halves used, so a pair can neither be lost
     between the two writes nor cut twice. A pair whose bytes already made a task makes no new one — unless that
@@ -174,7 +165,8 @@ def cut_pair(ctx: PipelineContext, slot: PairSlot, *, last_chance: bool = False)
     if task.status is TaskStatus.REJECTED:
         logger.warning("pair rejected", extra={"task_id": task.task_id, "reason": task.reason})
         return UploadOutcome("rejected", job=task.job, task_id=task.task_id)
-    return submit_claimed(ctx, task)
+    logger.info("queued", extra={"task_id": task.task_id, "reason": task.reason})
+    return UploadOutcome("queued", job=task.job, task_id=task.task_id)
 
 
 def _task_id_for(ctx: PipelineContext, slot: PairSlot) -> str | None:
@@ -262,22 +254,26 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     if problems:
         return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
     assert report.audio is not None  # accepted, so it was read
-    lease_until = now + SUBMIT_LEASE
+    cost = estimate_cost(provider, waiting.mode, report.audio.duration_seconds, ctx.settings)
+    limit = ctx.settings.daily_spend_limit_usd
+    if limit and cost > limit:
+        why = f"its estimated cost of ${cost} is more than the daily spend limit of ${limit}, so it could never be sent"
+        return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
     wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
+    paired = f"paired {image.key} with {audio.key}" + (
+        "" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"
+    )
     return transition(
         waiting,
-        TaskStatus.SUBMITTING,
-        why=f"paired {image.key} with {audio.key}"
-        + ("" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"),
+        TaskStatus.QUEUED,
+        why=f"{paired}; {line_note(ctx, provider, ctx.tasks.queue_length(provider), now)}",
         now=now,
-        lease_until=lease_until,
-        submit_attempts=1,
-        next_check_at=lease_until,
+        queued_at=now,
         audio_ms=round(report.audio.duration_seconds * 1000),
         callback_token=secrets.token_urlsafe(32),
         # Only if the other provider would accept these very files too.
         failover_allowed=wants_failover and fits(report, image, audio, alternative(provider)),
-        estimated_cost_usd=str(estimate_cost(provider, waiting.mode, report.audio.duration_seconds, ctx.settings)),
+        estimated_cost_usd=str(cost),
     )
 
 
@@ -295,152 +291,3 @@ def _gone_task(ctx: PipelineContext, slot: PairSlot, task_id: str, why: str, now
         audio=slot.audio,
     )
     return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
-
-
-def webhook_url(ctx: PipelineContext, task: Task, provider: VideoProvider) -> str:
-    base = ctx.settings.webhook_base_url.rstrip("/")
-    if not base:
-        raise ProviderConfigError("WEBHOOK_BASE_URL is not configured, so the provider could not call back")
-    url = f"{base}/webhooks/{task.provider}?task_id={task.task_id}"
-    if provider.callback_auth == "task_token":
-        # The provider does not sign its callbacks: the URL carries the task's secret instead.
-        url += f"&token={task.callback_token}"
-    return url
-
-
-def submit_claimed(ctx: PipelineContext, claimed: Task) -> UploadOutcome:
-    """Send a task whose submission claim we hold to its provider, and record what came of it.
-
-    The claim (SUBMITTING with a lease) was written before this call, so a crash here can never lead to a blind
-    second POST: only an answer proving the provider did not take the task makes a retry safe.
-    """
-    log_about(claimed.job, claimed.task_id)
-    assert claimed.image is not None
-    assert claimed.audio is not None
-    name = display_name(claimed.provider)
-    expiry = ctx.settings.input_url_expiry_seconds
-    try:
-        try:
-            provider = ctx.provider_for(claimed)
-            request = SubmissionRequest(
-                task_id=claimed.task_id,
-                image_url=ctx.media.presigned_get(claimed.image, expiry),
-                audio_url=ctx.media.presigned_get(claimed.audio, expiry),
-                prompt=claimed.prompt,
-                mode=claimed.mode,
-                webhook_url=webhook_url(ctx, claimed, provider),
-            )
-        except ProviderError:
-            raise
-        except Exception as error:
-            # Nothing has been sent yet (e.g. the secret could not be read), so trying again later is safe.
-            raise ProviderTransientError(f"could not prepare the submission: {error}") from error
-        accepted = provider.submit(request)
-    except ProviderTransientError as error:
-        moved = _fail_over(ctx, claimed, str(error))
-        if moved is not None:
-            return submit_claimed(ctx, moved)
-        retry_at = ctx.clock() + timedelta(seconds=ctx.settings.submit_retry_after_seconds)
-        note = f"{name} is unavailable ({error}); the submission will be retried at {retry_at:%H:%M:%S} UTC"
-        _update_while_submitting(
-            ctx, claimed, lease_until=None, submit_retry_at=retry_at, next_check_at=retry_at, reason=note
-        )
-        logger.warning("provider unavailable; submission retry scheduled", extra={"task_id": claimed.task_id})
-        return UploadOutcome("retry-scheduled", job=claimed.job, task_id=claimed.task_id)
-    except ProviderOutcomeUnknownError as error:
-        # The provider may have taken it: wait for its callback (which names our task), never POST again; where the
-        # provider can find the job by our task id, the poller looks it up at its next round.
-        look_again_at = claimed.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds)
-        if provider.finds_by_task:
-            look_again_at = min(look_again_at, ctx.clock() + timedelta(seconds=ctx.settings.poll_after_seconds))
-        note = f"{name} did not answer the submission ({error}); waiting for its callback, not resending"
-        _update_while_submitting(ctx, claimed, lease_until=None, next_check_at=look_again_at, reason=note)
-        logger.warning("submission outcome unknown", extra={"task_id": claimed.task_id})
-        return UploadOutcome("unknown", job=claimed.job, task_id=claimed.task_id)
-    except ProviderError as error:
-        # Refused input (1xxx), bad credentials or a broken contract: retrying cannot help.
-        code = f" (code {error.code})" if error.code else ""
-        why = f"{name} refused the submission{code}: {error}"
-
-        ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
-        logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})
-        return UploadOutcome("failed", job=claimed.job, task_id=claimed.task_id)
-
-    def record_acceptance(task: Task) -> Task | None:
-        now = ctx.clock()
-        if task.status is TaskStatus.SUBMITTING:
-            return transition(
-                task,
-                TaskStatus.SUBMITTED,
-                why=f"{name} accepted it as {accepted.provider_task_id}",
-                now=now,
-                provider_task_id=accepted.provider_task_id,
-                lease_until=None,
-                last_news_at=now,
-                next_check_at=now + timedelta(seconds=ctx.settings.poll_after_seconds),
-            )
-        return None  # a callback already moved it on, and recorded the provider's id with it
-
-    ctx.update_task(claimed, record_acceptance)
-    ctx.meter.record_submission(claimed.provider, claimed.estimated_cost_usd)
-    outcome = UploadOutcome("submitted", job=claimed.job, task_id=claimed.task_id)
-    logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
-    return outcome
-
-
-def _fail_over(ctx: PipelineContext, claimed: Task, error: str) -> Task | None:
-    """Move a task the provider turned away (so it has no task there: never both) to the other provider, once,
-    if the job allows it and the other provider accepts these files."""
-    if not claimed.failover_allowed or claimed.failed_over_from is not None:
-        return None
-    other = alternative(claimed.provider)
-    try:
-        ctx.providers[other]
-    except Exception:  # not configured, or its secret cannot be read now: no failover, the usual retry instead
-        logger.warning("failover not possible: the other provider is unavailable", extra={"provider": other})
-        return None
-    seconds = (claimed.audio_ms or 0) / 1000
-
-    def move(current: Task) -> Task | None:
-        if current.status is not TaskStatus.SUBMITTING or current.provider != claimed.provider:
-            return None
-        return transition(
-            current,
-            TaskStatus.SUBMITTING,
-            why=f"{display_name(current.provider)} is unavailable ({error}); failing over to {display_name(other)}",
-            now=ctx.clock(),
-            provider=other,
-            failed_over_from=current.provider,
-            estimated_cost_usd=str(estimate_cost(other, current.mode, seconds, ctx.settings)),
-        )
-
-    return ctx.update_task(claimed, move)
-
-
-def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: object) -> None:
-    def update(task: Task) -> Task | None:
-        return touch(task, now=ctx.clock(), **changes) if task.status is TaskStatus.SUBMITTING else None
-
-    ctx.update_task(claimed, update)
-
-
-def retry_submission(ctx: PipelineContext, task: Task) -> UploadOutcome | None:
-    """Claim again a submission the provider turned away for now, and send it; None if it is not ours to send."""
-    now = ctx.clock()
-
-    def claim(current: Task) -> Task | None:
-        retry_at = current.submit_retry_at
-        lease_free = current.lease_until is None or current.lease_until <= now
-        if current.status is not TaskStatus.SUBMITTING or retry_at is None or retry_at > now or not lease_free:
-            return None
-        return touch(
-            current,
-            now=now,
-            lease_until=now + SUBMIT_LEASE,
-            submit_retry_at=None,
-            submit_attempts=current.submit_attempts + 1,
-            next_check_at=now + SUBMIT_LEASE,
-        )
-
-    claimed = ctx.update_task(task, claim)
-    return submit_claimed(ctx, claimed) if claimed else None

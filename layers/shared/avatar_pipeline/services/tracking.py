@@ -13,22 +13,24 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError, WebhookAuthError
-from avatar_pipeline.models import PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
+from avatar_pipeline.models import HOLDING_STATUSES, PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError, VideoProvider
-from avatar_pipeline.providers import describe_failure, display_name
+from avatar_pipeline.providers import OUTPUT_RETENTION, PROVIDER_NAMES, describe_failure, display_name
+from avatar_pipeline.services.admission import SUBMIT_TIME_BUDGET, dispatch, reconcile
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
-from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, output_key
+from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
 from avatar_pipeline.state_machine import begin, can_transition, touch, transition
 
 logger = Logger(child=True)
 
-# The poller stops picking up work when less than this is left of its invocation...
+# The poller stops picking up work when less than this is left of its invocation (and starts a submission only with
+# SUBMIT_TIME_BUDGET left).
 POLL_SAFETY_MARGIN = timedelta(seconds=15)
-# ...and starts a provider submission only with time for its worst case (3 attempts with timeouts and backoff, at
-# each of two providers when failing over): killed mid-POST, a submission's outcome would be unknown.
-SUBMIT_TIME_BUDGET = timedelta(seconds=200)
 MAX_DUE_PER_POLL = 500
+# A task that timed out while its provider may still deliver is asked about this often (the webhook usually comes
+# first), until the provider would have deleted the video anyway.
+LATE_VIDEO_CHECK_EVERY = timedelta(minutes=15)
 
 NewsAction = Literal["recorded", "unchanged", "deferred"]
 # What came of a callback: its news (see NewsAction), or nothing at all for a delivery that was processed before.
@@ -60,6 +62,8 @@ def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJ
                 f" which is {current.provider_task_id}"
             )
         target = _NEXT_STATUS[news.status]
+        if _late_video(current, news):
+            return _reopen_for_late_video(ctx, current, news)
         if current.status not in AT_PROVIDER or not can_transition(current.status, target):
             return None
         now = ctx.clock()
@@ -72,7 +76,11 @@ def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJ
         }
         if target is TaskStatus.OUTPUT_READY:
             why = f"{name} finished the video"
-            changes |= {"provider_output_url": news.output_url, "next_check_at": now + FINALIZE_GRACE}
+            changes |= {
+                "provider_output_url": news.output_url,
+                "output_expires_at": now + OUTPUT_RETENTION[current.provider],
+                "next_check_at": now + FINALIZE_GRACE,
+            }
         elif target is TaskStatus.FAILED:
             why = describe_failure(current.provider, news)
             changes["next_check_at"] = now
@@ -83,6 +91,39 @@ def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJ
         return transition(current, target, why=why, now=now, **changes)
 
     return "recorded" if ctx.update_task(task, decide) else "unchanged"
+
+
+def _late_video(task: Task, news: ProviderJob) -> bool:
+    """The provider finished a video for a task that had timed out while it was there: a paid video, to be kept."""
+    return (
+        task.status is TaskStatus.TIMED_OUT
+        and task.watch_until is not None
+        and news.status is ProviderJobStatus.SUCCEEDED
+        and news.output_url is not None
+    )
+
+
+def _reopen_for_late_video(ctx: PipelineContext, task: Task, news: ProviderJob) -> Task:
+    """TIMED_OUT → OUTPUT_READY, once: the video is copied and announced like any other, and its notification says
+    it overturns the time-out (if that was announced, or may have been)."""
+    now = ctx.clock()
+    announced = task.notified_at is not None or task.notify_lease_until is not None
+    return transition(
+        task,
+        TaskStatus.OUTPUT_READY,
+        why=f"{display_name(task.provider)} delivered the video after the task had timed out; keeping it",
+        now=now,
+        provider_task_id=news.provider_task_id,
+        provider_output_url=news.output_url,
+        output_expires_at=now + OUTPUT_RETENTION[task.provider],
+        last_news_at=now,
+        watch_until=None,
+        corrects=TaskStatus.TIMED_OUT if announced else None,
+        notified_at=None,
+        notify_lease_until=None,
+        lease_until=None,
+        next_check_at=now + FINALIZE_GRACE,
+    )
 
 
 def receive_callback(
@@ -199,8 +240,8 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     if due_since:
         report.oldest_due = max(timedelta(0), now - min(due_since))
     work: list[tuple[str, str | None, Callable[[], str]]] = [
-        *((slot.job, None, functools.partial(_check_slot, ctx, slot, time_left)) for slot in slots),
-        *((task.job, task.task_id, functools.partial(_check, ctx, task, time_left)) for task in tasks),
+        *((slot.job, None, functools.partial(_check_slot, ctx, slot)) for slot in slots),
+        *((task.job, task.task_id, functools.partial(_check, ctx, task)) for task in tasks),
     ]
     for job, task_id, check in work:
         if time_left() < POLL_SAFETY_MARGIN:
@@ -214,13 +255,23 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
             logger.exception("poll of one record failed")
             report.actions["error"] += 1
     log_about(None)
+    # The dispatcher's safety net: slots whose release was lost are given back, and lines whose wake-up was lost move.
+    for provider in PROVIDER_NAMES:
+        if time_left() < SUBMIT_TIME_BUDGET:
+            report.stopped_early = True
+            break
+        try:
+            if reclaimed := reconcile(ctx, provider):
+                report.actions["slot-reclaimed"] += reclaimed
+            report.actions.update(dispatch(ctx, provider, time_left).actions)
+        except Exception:
+            logger.exception("dispatching from the line failed", extra={"provider": provider})
+            report.actions["error"] += 1
     return report
 
 
-def _check_slot(ctx: PipelineContext, slot: PairSlot, time_left: Callable[[], timedelta]) -> str:
+def _check_slot(ctx: PipelineContext, slot: PairSlot) -> str:
     if slot.is_complete:
-        if time_left() < SUBMIT_TIME_BUDGET:
-            return "deferred"
         # The invocation that completed it died before settling it: finish its work.
         from avatar_pipeline.services.intake import cut_pair  # the poller's alone: callbacks never load validation
 
@@ -259,10 +310,6 @@ def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
     return "orphan-timed-out" if created else "skipped"
 
 
-def _too_old(ctx: PipelineContext, task: Task, now: datetime) -> bool:
-    return now - task.created_at > timedelta(seconds=ctx.settings.max_task_age_seconds)
-
-
 def _reschedule(ctx: PipelineContext, task: Task, at: datetime) -> None:
     def later(current: Task) -> Task | None:
         return touch(current, now=ctx.clock(), next_check_at=at) if current.status is task.status else None
@@ -271,49 +318,60 @@ def _reschedule(ctx: PipelineContext, task: Task, at: datetime) -> None:
 
 
 def _time_out(ctx: PipelineContext, task: Task, why: str, *, still_in: frozenset[TaskStatus]) -> str:
-    # Only if the task is still where the reason says it is: a callback may have delivered the video meanwhile.
-    ended = ctx.end_task(task, TaskStatus.TIMED_OUT, why, provided=lambda current: current.status in still_in)
-    return "timed-out" if ended else "skipped"
-
-
-def _check(ctx: PipelineContext, task: Task, time_left: Callable[[], timedelta]) -> str:
+    """End the task TIMED_OUT — only if it is still where the reason says it is (a callback may have delivered the
+    video meanwhile). A task its provider may still be making is watched afterwards, so a late video is kept."""
     now = ctx.clock()
-    name = display_name(task.provider)
-    age_limit = f"{ctx.settings.max_task_age_seconds // 60} min"
+
+    def end(current: Task) -> Task | None:
+        if current.status not in still_in:
+            return None
+        watch = now + OUTPUT_RETENTION[current.provider] if current.status in HOLDING_STATUSES else None
+        return transition(
+            current, TaskStatus.TIMED_OUT, why=why, now=now, lease_until=None, next_check_at=now, watch_until=watch
+        )
+
+    return "timed-out" if ctx.update_task(task, end) else "skipped"
+
+
+def _check(ctx: PipelineContext, task: Task) -> str:
+    now = ctx.clock()
     if task.status.is_terminal:
-        return f"notify-{announce(ctx, task)}"
+        if task.notified_at is None:
+            return f"notify-{announce(ctx, task)}"
+        return _watch_for_late_video(ctx, task, now)
     if task.lease_until is not None and task.lease_until > now:
         _reschedule(ctx, task, task.lease_until)
         return "leased"
     if task.status is TaskStatus.SUBMITTING:
-        if task.submit_retry_at is not None and time_left() < SUBMIT_TIME_BUDGET:
-            return "deferred"  # still due: the next poll has the time to submit
-        return _check_submitting(ctx, task, now, name, age_limit)
-    if task.status in (TaskStatus.SUBMITTED, TaskStatus.PROCESSING):
-        return _ask_provider(ctx, task, now, f"{name} did not finish the video within {age_limit}")
+        return _check_submitting(ctx, task, now)
+    if task.status is TaskStatus.SUBMITTED:
+        limit = timedelta(seconds=ctx.settings.max_provider_queue_seconds)
+        why = f"{display_name(task.provider)} had not started the video {_minutes(limit)} after accepting it"
+        return _ask_provider(ctx, task, now, limit, why)
+    if task.status is TaskStatus.PROCESSING:
+        limit = timedelta(seconds=ctx.settings.max_render_seconds)
+        why = f"{display_name(task.provider)} did not finish the video within {_minutes(limit)} of starting it"
+        return _ask_provider(ctx, task, now, limit, why)
     return _check_finishing(ctx, task, now)
 
 
-def _check_submitting(ctx: PipelineContext, task: Task, now: datetime, name: str, age_limit: str) -> str:
-    if task.submit_retry_at is None and (found := _find_lost_submission(ctx, task)) is not None:
-        return f"found-{record_provider_news(ctx, task.task_id, found)}"
-    if _too_old(ctx, task, now):
-        if task.submit_retry_at is not None:
-            why = f"{name} could not take the submission within {age_limit}; last answer: {task.reason}"
-        else:
-            why = f"{name} never confirmed the submission within {age_limit} (its answer was lost and no callback came)"
-        return _time_out(ctx, task, why, still_in=frozenset({TaskStatus.SUBMITTING}))
-    if task.submit_retry_at is not None:
-        if task.submit_retry_at > now:
-            _reschedule(ctx, task, task.submit_retry_at)
-            return "waiting-to-retry"
-        from avatar_pipeline.services.intake import retry_submission  # the poller's alone, as cut_pair
+def _minutes(span: timedelta) -> str:
+    return f"{span.total_seconds() / 60:g} min"
 
-        outcome = retry_submission(ctx, task)
-        return f"resubmit-{outcome.action}" if outcome else "skipped"
-    # The outcome of the last submission is unknown: its callback may still come. Wait until the age limit, looking
-    # the job up meanwhile where the provider can find it by our task id.
-    give_up_at = task.created_at + timedelta(seconds=ctx.settings.max_task_age_seconds)
+
+def _check_submitting(ctx: PipelineContext, task: Task, now: datetime) -> str:
+    """A submission whose call ended without an answer (or whose function died): the provider may have the task."""
+    if (found := _find_lost_submission(ctx, task)) is not None:
+        return f"found-{record_provider_news(ctx, task.task_id, found)}"
+    # Its callback may come as late as the provider's queue and render allow.
+    limit = timedelta(seconds=ctx.settings.max_provider_queue_seconds + ctx.settings.max_render_seconds)
+    give_up_at = task.status_since + limit
+    if now >= give_up_at:
+        why = (
+            f"{display_name(task.provider)} never confirmed the submission within {_minutes(limit)}"
+            " (its answer was lost and no callback came)"
+        )
+        return _time_out(ctx, task, why, still_in=frozenset({TaskStatus.SUBMITTING}))
     if ctx.provider_for(task).finds_by_task:
         give_up_at = min(give_up_at, now + timedelta(seconds=ctx.settings.poll_after_seconds))
     _reschedule(ctx, task, give_up_at)
@@ -332,8 +390,9 @@ def _find_lost_submission(ctx: PipelineContext, task: Task) -> ProviderJob | Non
         return None
 
 
-def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reason: str) -> str:
-    """Ask the provider about a task with no recent news; time it out only after this last look."""
+def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, limit: timedelta, too_old_reason: str) -> str:
+    """Ask the provider about a task with no recent news; time it out (its stage's clock ran out) only after this
+    last look."""
     assert task.provider_task_id is not None
     recorded = False
     try:
@@ -345,33 +404,79 @@ def _ask_provider(ctx: PipelineContext, task: Task, now: datetime, too_old_reaso
         # The record the poll read: a write conditioned on its version catches any change since (no second read).
         recorded = record_provider_news(ctx, task, news) == "recorded"
         action = f"news-{news.status.value.lower()}" if recorded else "no-news"
-        if news.status in (ProviderJobStatus.SUCCEEDED, ProviderJobStatus.FAILED):
-            return action
-    if _too_old(ctx, task, now):
-        return _time_out(ctx, task, too_old_reason, still_in=frozenset({TaskStatus.SUBMITTED, TaskStatus.PROCESSING}))
-    if not recorded:  # recorded news set the next check itself
-        _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
+        if recorded or news.status in (ProviderJobStatus.SUCCEEDED, ProviderJobStatus.FAILED):
+            return action  # moved on (a new stage, a new clock), or ended
+    if now - task.status_since > limit:
+        return _time_out(ctx, task, too_old_reason, still_in=frozenset({task.status}))
+    _reschedule(ctx, task, now + timedelta(seconds=ctx.settings.poll_after_seconds))
     return action
 
 
+def _watch_for_late_video(ctx: PipelineContext, task: Task, now: datetime) -> str:
+    """A timed-out task whose provider may still deliver: ask it now and then, until it would have deleted the video."""
+    if task.watch_until is None:
+        return "skipped"
+    if now >= task.watch_until:
+        return _stop_watching(ctx, task, now)
+    news: ProviderJob | None = None
+    try:
+        if task.provider_task_id:
+            news = ctx.provider_for(task).fetch(task.provider_task_id)
+        else:
+            news = _find_lost_submission(ctx, task)
+    except ProviderError as error:
+        logger.warning("asking about a late video failed", extra={"error": str(error)})
+    if news is not None and news.status is ProviderJobStatus.FAILED:
+        return _stop_watching(ctx, task, now)
+    if news is not None and record_provider_news(ctx, task, news) == "recorded":
+        return "late-video"
+    _reschedule(ctx, task, min(task.watch_until, now + LATE_VIDEO_CHECK_EVERY))
+    return "watching"
+
+
+def _stop_watching(ctx: PipelineContext, task: Task, now: datetime) -> str:
+    """No late video can come any more (the provider failed it, or would have deleted it by now)."""
+
+    def stop(current: Task) -> Task | None:
+        return touch(current, now=now, watch_until=None, next_check_at=None) if current.watch_until else None
+
+    ctx.update_task(task, stop)
+    return "watch-ended"
+
+
 def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
-    """OUTPUT_READY that finalize never picked up, or FINALIZING whose attempt died."""
+    """OUTPUT_READY that finalize never picked up or whose copy waits for its retry, or FINALIZING whose copy died."""
 
     def abandoned(current: Task) -> bool:
         # The same attempt we looked at, and nobody is copying now.
         lease_free = current.lease_until is None or current.lease_until <= now
         return current.finalize_attempts == task.finalize_attempts and lease_free
 
-    if task.finalize_attempts >= ctx.settings.finalize_max_attempts:
-        # An attempt that reports its failure ends the task itself at the last attempt; this one never reported.
+    if task.output_expires_at is not None and now >= task.output_expires_at:
         why = (
-            f"copying the video did not finish after {task.finalize_attempts} attempts; the last one stopped without"
-            " a word (its function died or ran out of time mid-copy)"
+            f"the provider deleted its video before it could be copied ({task.finalize_attempts} attempts;"
+            f" last: {task.reason})"
         )
         if not ctx.end_task(task, TaskStatus.FAILED, why, provided=abandoned):
             return "skipped"
         ctx.media.discard_partial_copies(ctx.settings.media_bucket, output_key(task))
         return "finalize-failed"
+    if task.status is TaskStatus.FINALIZING and task.copy_retry_at is None:
+        # The attempt stopped without a word (its function died or ran out of time): the next one after a backoff,
+        # so a video that kills every copy does not keep the pipeline busy.
+        retry_at = now + copy_backoff(task.finalize_attempts)
+
+        def back_off(current: Task) -> Task | None:
+            if not abandoned(current) or current.status is not TaskStatus.FINALIZING:
+                return None
+            attempt = current.finalize_attempts
+            note = f"copy attempt {attempt} stopped without a word; trying again at {retry_at:%H:%M:%S} UTC"
+            return touch(current, now=now, copy_retry_at=retry_at, next_check_at=retry_at, reason=note)
+
+        return "finalize-backoff" if ctx.update_task(task, back_off) else "skipped"
+    if task.copy_retry_at is not None and task.copy_retry_at > now:
+        _reschedule(ctx, task, task.copy_retry_at)
+        return "finalize-waiting"
 
     def hand_back(current: Task) -> Task | None:
         if not abandoned(current):

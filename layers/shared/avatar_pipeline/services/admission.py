@@ -1,0 +1,386 @@
+"""Pairs wait in our own line until their provider account's quota has room; the dispatcher sends them, in order.
+
+A provider account renders a few videos at once and takes a few submissions a minute; what is sent beyond that waits
+at the provider while our clocks run, or is refused. So a checked pair becomes a QUEUED task (not sent, not paid)
+with its place in its provider's line, and the dispatcher admits the first in line whenever the provider's quota
+record has a free render slot and room in its submission window — admission is one transaction over the task, the
+quota record and (with a spend limit) the day's spend, so no two dispatchers ever admit past a limit. A task gives its
+slot back when it leaves the provider (the dispatcher runs on that change in the table's stream), so a render that
+finishes lets the next pair in at once.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from aws_lambda_powertools import Logger
+
+from avatar_pipeline.errors import (
+    ProviderConfigError,
+    ProviderError,
+    ProviderOutcomeUnknownError,
+    ProviderTransientError,
+)
+from avatar_pipeline.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
+from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError, VideoProvider
+from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.providers import alternative, display_name
+from avatar_pipeline.quota import (
+    Wait,
+    admitting,
+    budget_day,
+    ordinal,
+    pausing,
+    releasing,
+    wait_before_admitting,
+    waking,
+)
+from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
+from avatar_pipeline.state_machine import touch, transition
+
+logger = Logger(child=True)
+
+# Longer than a submission's worst case (the time budget it starts with): once it has passed, the call that held the
+# claim is over, and the poller treats its outcome as unknown (never resending it).
+SUBMIT_LEASE = timedelta(seconds=240)
+# A submission is started only with time for its worst case (3 attempts with timeouts and backoff, at each of two
+# providers when failing over): killed mid-POST, a submission's outcome would be unknown.
+SUBMIT_TIME_BUDGET = timedelta(seconds=200)
+# Tasks read from the head of a line per look: the index may still show a few that were just admitted.
+HEAD_LOOKAHEAD = 10
+
+SubmitAction = Literal["submitted", "requeued", "failed", "unknown"]
+
+
+@dataclass
+class DispatchReport:
+    actions: Counter[str] = field(default_factory=Counter)
+    # Why the line stopped moving, when it did with tasks still in it.
+    waiting: str | None = None
+
+
+def line_note(ctx: PipelineContext, provider: ProviderName, ahead: int, now: datetime) -> str:
+    """Where a task stands in its provider's line, for its reason: '3rd in line for WaveSpeed (...)'."""
+    limits = ctx.settings.quota_limits(provider)
+    note = f"{ordinal(ahead + 1)} in line for {display_name(provider)} ({limits.describe()})"
+    limit = ctx.settings.daily_spend_limit_usd
+    if limit and ctx.tasks.spent_on(budget_day(now)) >= limit:
+        note += f"; today's spend limit of ${limit} is reached: nothing more is sent before 00:00 UTC"
+    return note
+
+
+def release(ctx: PipelineContext, provider: ProviderName, task_ids: set[str]) -> None:
+    """These tasks no longer hold a render slot of `provider`."""
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        quota = ctx.tasks.get_quota(provider)
+        freed = releasing(quota, task_ids) if quota else None
+        if quota is None or freed is None:
+            return
+        try:
+            ctx.tasks.save_quota(freed, expected=quota)
+        except ConflictError:
+            continue
+        logger.info("render slots released", extra={"provider": provider, "task_ids": sorted(task_ids)})
+        return
+    raise ConflictError(f"the quota of {provider} kept changing; giving up this release")
+
+
+def reconcile(ctx: PipelineContext, provider: ProviderName) -> int:
+    """Drop holders that are no longer at the provider (a release whose stream record was lost); returns how many."""
+    quota = ctx.tasks.get_quota(provider)
+    if quota is None:
+        return 0
+    gone: set[str] = set()
+    for task_id in quota.holders:
+        task = ctx.tasks.get(task_id)
+        if task is None or not task.holds_render_slot or task.provider != provider:
+            gone.add(task_id)
+    if gone:
+        release(ctx, provider, gone)
+    return len(gone)
+
+
+def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[], timedelta]) -> DispatchReport:
+    """Send the first tasks of `provider`'s line for as long as its quota (and the spend limit) has room."""
+    report = DispatchReport()
+    limits = ctx.settings.quota_limits(provider)
+    conflicts = 0
+    while time_left() >= SUBMIT_TIME_BUDGET:
+        now = ctx.clock()
+        stored = ctx.tasks.get_quota(provider)
+        quota = stored or ProviderQuota(provider=provider)
+        wait = wait_before_admitting(quota, limits, now)
+        if wait is not None:
+            if ctx.tasks.queue_head(provider, 1):
+                report.waiting = wait.reason
+                _wake_when_over(ctx, quota, stored, wait, now)
+            break
+        task = _first_in_line(ctx, provider)
+        if task is None:
+            break
+        log_about(task.job, task.task_id)
+        charge = _charge_for(ctx, task, now)
+        if charge is not None and charge.amount > charge.limit:
+            _fail_never_fits(ctx, task, charge)
+            report.actions["too-costly"] += 1
+            continue
+        claimed = transition(
+            task,
+            TaskStatus.SUBMITTING,
+            why=f"{display_name(provider)} has room ({limits.describe()}): sending it",
+            now=now,
+            lease_until=now + SUBMIT_LEASE,
+            next_check_at=now + SUBMIT_LEASE,
+            submit_attempts=task.submit_attempts + 1,
+            charged_on=charge.day if charge else task.charged_on,
+        )
+        try:
+            ctx.tasks.admit(
+                claimed,
+                expected=task,
+                quota=admitting(quota, task.task_id, limits, now),
+                expected_quota=stored,
+                charge=charge,
+            )
+        except ConflictError:
+            conflicts += 1
+            if conflicts >= MAX_WRITE_ATTEMPTS:
+                break  # another dispatcher is admitting from this line: it carries on
+            continue
+        except SpendLimitReachedError:
+            assert charge is not None
+            report.waiting = f"today's spend limit of ${charge.limit} is reached"
+            _hold_for_spend_limit(ctx, task, charge)
+            break
+        report.actions[f"submit-{submit_claimed(ctx, claimed)}"] += 1
+    log_about(None)
+    return report
+
+
+def _first_in_line(ctx: PipelineContext, provider: ProviderName) -> Task | None:
+    for task_id in ctx.tasks.queue_head(provider, HEAD_LOOKAHEAD):
+        task = ctx.tasks.get(task_id)
+        if task is not None and task.status is TaskStatus.QUEUED and task.provider == provider:
+            return task
+    return None
+
+
+def _charge_for(ctx: PipelineContext, task: Task, now: datetime) -> Charge | None:
+    limit = ctx.settings.daily_spend_limit_usd
+    if not limit or task.charged_on is not None:
+        return None  # no limit, or counted at an earlier admission (the provider turned that one away)
+    return Charge(day=budget_day(now), amount=Decimal(task.estimated_cost_usd or "0"), limit=limit)
+
+
+def _fail_never_fits(ctx: PipelineContext, task: Task, charge: Charge) -> None:
+    """A task that joined the line before the limit was set below its cost (intake rejects such pairs): admitting it
+    would pass the limit, and holding it would stop its line for good."""
+    why = (
+        f"its estimated cost of ${charge.amount} is more than the daily spend limit of ${charge.limit},"
+        " so it could never be sent"
+    )
+    ctx.end_task(
+        task,
+        TaskStatus.FAILED,
+        why,
+        provided=lambda current: current.status is TaskStatus.QUEUED and current.charged_on is None,
+    )
+    logger.warning("task costs more than the daily spend limit; failed", extra={"task_id": task.task_id})
+
+
+def _hold_for_spend_limit(ctx: PipelineContext, task: Task, charge: Charge) -> None:
+    """The first in line says why the line stands still; an alarm watches the metric."""
+    ctx.meter.record_spend_limit_reached(task.provider)
+    note = (
+        f"first in line for {display_name(task.provider)}; today's spend limit of ${charge.limit} is reached:"
+        " nothing more is sent before 00:00 UTC"
+    )
+    logger.warning("spend limit reached; the line waits", extra={"provider": task.provider, "limit": str(charge.limit)})
+
+    def say_why(current: Task) -> Task | None:
+        if current.status is not TaskStatus.QUEUED or current.reason == note:
+            return None
+        return touch(current, now=ctx.clock(), reason=note)
+
+    ctx.update_task(task, say_why)
+
+
+def _wake_when_over(
+    ctx: PipelineContext, quota: ProviderQuota, stored: ProviderQuota | None, wait: Wait, now: datetime
+) -> None:
+    """A wait with an end no event marks (a rate window, a pause): ask to be woken then, once per moment."""
+    if wait.until is None:
+        return  # a finishing render is a change in the table, which wakes the dispatcher itself
+    scheduled = waking(quota, wait.until, now)
+    if scheduled is None:
+        return
+    try:
+        ctx.tasks.save_quota(scheduled, expected=stored)
+    except ConflictError:
+        return  # someone else changed the record: they are at work on this line
+    ctx.waker.wake(quota.provider, wait.until)
+
+
+def webhook_url(ctx: PipelineContext, task: Task, provider: VideoProvider) -> str:
+    base = ctx.settings.webhook_base_url.rstrip("/")
+    if not base:
+        raise ProviderConfigError("WEBHOOK_BASE_URL is not configured, so the provider could not call back")
+    url = f"{base}/webhooks/{task.provider}?task_id={task.task_id}"
+    if provider.callback_auth == "task_token":
+        # The provider does not sign its callbacks: the URL carries the task's secret instead.
+        url += f"&token={task.callback_token}"
+    return url
+
+
+def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
+    """Send a task whose submission claim we hold to its provider, and record what came of it.
+
+    The claim (SUBMITTING with a lease) was written before this call, so a crash here can never lead to a blind
+    second POST: only an answer proving the provider did not take the task makes sending it again safe.
+    """
+    log_about(claimed.job, claimed.task_id)
+    assert claimed.image is not None
+    assert claimed.audio is not None
+    name = display_name(claimed.provider)
+    expiry = ctx.settings.input_url_expiry_seconds
+    try:
+        try:
+            provider = ctx.provider_for(claimed)
+            request = SubmissionRequest(
+                task_id=claimed.task_id,
+                image_url=ctx.media.presigned_get(claimed.image, expiry),
+                audio_url=ctx.media.presigned_get(claimed.audio, expiry),
+                prompt=claimed.prompt,
+                mode=claimed.mode,
+                webhook_url=webhook_url(ctx, claimed, provider),
+            )
+        except ProviderError:
+            raise
+        except Exception as error:
+            # Nothing has been sent yet (e.g. the secret could not be read), so trying again later is safe.
+            raise ProviderTransientError(f"could not prepare the submission: {error}") from error
+        accepted = provider.submit(request)
+    except ProviderTransientError as error:
+        _back_in_line(ctx, claimed, error)
+        return "requeued"
+    except ProviderOutcomeUnknownError as error:
+        # The provider may have taken it: it keeps its render slot, and we wait for its callback (which names our
+        # task), never POST again; where the provider can find the job by our task id, the poller looks it up.
+        look_again_at = ctx.clock() + timedelta(
+            seconds=ctx.settings.max_provider_queue_seconds + ctx.settings.max_render_seconds
+        )
+        if provider.finds_by_task:
+            look_again_at = min(look_again_at, ctx.clock() + timedelta(seconds=ctx.settings.poll_after_seconds))
+        note = f"{name} did not answer the submission ({error}); waiting for its callback, not resending"
+        _update_while_submitting(ctx, claimed, lease_until=None, next_check_at=look_again_at, reason=note)
+        logger.warning("submission outcome unknown", extra={"task_id": claimed.task_id})
+        return "unknown"
+    except ProviderError as error:
+        # Refused input (1xxx), bad credentials or a broken contract: retrying cannot help.
+        code = f" (code {error.code})" if error.code else ""
+        why = f"{name} refused the submission{code}: {error}"
+        ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
+        logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})
+        return "failed"
+
+    def record_acceptance(task: Task) -> Task | None:
+        now = ctx.clock()
+        if task.status is TaskStatus.SUBMITTING:
+            return transition(
+                task,
+                TaskStatus.SUBMITTED,
+                why=f"{name} accepted it as {accepted.provider_task_id}",
+                now=now,
+                provider_task_id=accepted.provider_task_id,
+                lease_until=None,
+                last_news_at=now,
+                next_check_at=now + timedelta(seconds=ctx.settings.poll_after_seconds),
+            )
+        return None  # a callback already moved it on, and recorded the provider's id with it
+
+    ctx.update_task(claimed, record_acceptance)
+    ctx.meter.record_submission(claimed.provider, claimed.estimated_cost_usd)
+    logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
+    return "submitted"
+
+
+def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientError) -> None:
+    """The provider proved it did not take the task (429, 503, no connection): its provider's line pauses (as long
+    as the provider asked, else one rate window) and the task goes back to its place — in the other provider's line
+    when the job allows failover and the other provider accepts these files. It is never at both."""
+    now = ctx.clock()
+    limits = ctx.settings.quota_limits(claimed.provider)
+    pause = timedelta(seconds=error.retry_after) if error.retry_after is not None else limits.window
+    for _ in range(MAX_WRITE_ATTEMPTS):
+        stored = ctx.tasks.get_quota(claimed.provider)
+        quota = stored or ProviderQuota(provider=claimed.provider)
+        try:
+            ctx.tasks.save_quota(pausing(quota, now + pause, releasing_task=claimed.task_id), expected=stored)
+            break
+        except ConflictError:
+            continue
+    other = _failover_target(ctx, claimed)
+    name = display_name(claimed.provider)
+
+    def requeue(current: Task) -> Task | None:
+        if current.status is not TaskStatus.SUBMITTING or current.provider != claimed.provider:
+            return None
+        changes: dict[str, object] = {"lease_until": None, "next_check_at": None}
+        if other is not None:
+            seconds = (current.audio_ms or 0) / 1000
+            why = f"{name} is unavailable ({error}); failing over to {display_name(other)}"
+            changes |= {
+                "provider": other,
+                "failed_over_from": current.provider,
+                "estimated_cost_usd": str(estimate_cost(other, current.mode, seconds, ctx.settings)),
+            }
+        else:
+            why = f"{name} turned it away ({error}); back to its place in line, sent after {now + pause:%H:%M:%S} UTC"
+        return transition(current, TaskStatus.QUEUED, why=why, now=ctx.clock(), **changes)
+
+    ctx.update_task(claimed, requeue)
+    logger.warning("provider turned the submission away; back in line", extra={"failover_to": other})
+
+
+def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:
+    """The provider a turned-away task moves to, once, if the job allows it and that provider is configured."""
+    if not claimed.failover_allowed or claimed.failed_over_from is not None:
+        return None
+    other = alternative(claimed.provider)
+    try:
+        ctx.providers[other]
+    except Exception:  # not configured, or its secret cannot be read now: no failover, its own line instead
+        logger.warning("failover not possible: the other provider is unavailable", extra={"provider": other})
+        return None
+    return other
+
+
+def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: object) -> None:
+    def update(task: Task) -> Task | None:
+        return touch(task, now=ctx.clock(), **changes) if task.status is TaskStatus.SUBMITTING else None
+
+    ctx.update_task(claimed, update)
+
+
+def on_line_changes(
+    ctx: PipelineContext,
+    released: dict[ProviderName, set[str]],
+    lines: set[ProviderName],
+    time_left: Callable[[], timedelta],
+) -> DispatchReport:
+    """Tasks left their provider (their slots are free) and lines changed or are due: move every line concerned."""
+    report = DispatchReport()
+    for provider, task_ids in released.items():
+        release(ctx, provider, task_ids)
+    for provider in sorted(lines | released.keys()):
+        moved = dispatch(ctx, provider, time_left)
+        report.actions.update(moved.actions)
+        if moved.waiting:
+            report.waiting = moved.waiting
+            logger.info("line waits", extra={"provider": provider, "reason": moved.waiting})
+    return report
