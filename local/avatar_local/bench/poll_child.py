@@ -149,7 +149,7 @@ def main(finished: int, in_flight: int, polls: int) -> dict[str, Any]:
                 "WAVESPEED_SECRET_ID": "s",
             }
         )
-        # A poll of tasks at the provider uses neither media, notifier, meter, deliveries nor (with empty lines) the waker.
+        # A poll of tasks at the provider uses no media, notifier, meter, deliveries nor (lines empty) waker.
         nothing: Any = None
         provider: Any = StillProcessing()
         context = PipelineContext(
