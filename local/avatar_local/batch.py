@@ -38,6 +38,7 @@ SCALED_PARAMETERS = (
     "MaxProviderQueueSeconds",
     "MaxRenderSeconds",
     "RateWindowSeconds",
+    "SpillOverAfterSeconds",
 )
 # How often the template's schedule runs the poller: rate(1 minute).
 POLL_EVERY_SECONDS = 60.0

@@ -5,6 +5,7 @@ provider's line as far as the account's quota allows; the providers are mocked a
 from __future__ import annotations
 
 import threading
+import time
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -244,6 +245,32 @@ def test_a_task_turned_away_fails_over_to_the_other_providers_line_and_is_sent_t
     wavespeed_quota, comet_quota = (pipeline().tasks.get_quota(name) for name in ("wavespeed", "cometapi"))
     assert wavespeed_quota is not None and wavespeed_quota.holders == {} and wavespeed_quota.paused_until is not None
     assert comet_quota is not None and set(comet_quota.holders) == {task_id}
+
+
+def test_a_pair_that_waited_long_spills_over_to_the_other_providers_line_when_its_dispatcher_wakes(
+    cometapi: None,
+    stack: Stack,
+    provider_http: respx.MockRouter,
+    task_stream: TaskStream,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # Given WaveSpeed renders one at a time, a spill-over time of 1 s, and two pairs: one rendering, one in line
+    configure(monkeypatch, WAVESPEED_RENDERS_AT_ONCE="1", SPILL_OVER_AFTER_SECONDS="1")
+    wavespeed = mock_wavespeed_submit(provider_http)
+    comet = mock_cometapi_submit(provider_http, COMET_TASK_ID)
+    rendering, waiting = queue_pair(stack, "ned"), queue_pair(stack, "ola", other=True)
+    task_stream.settle()
+    assert posted_task_ids(wavespeed) == [rendering]
+    # When the second has waited past the spill-over time and CometAPI's dispatcher wakes (its line empty)
+    time.sleep(1.1)
+    answer = dispatch(wakeup_event(stack, "cometapi"))
+    # Then the pair moved to CometAPI's line and was sent there, once; WaveSpeed's line is empty
+    assert answer["actions"] == {"submit-submitted": 1}
+    assert comet.call_count == 1 and posted_task_ids(wavespeed) == [rendering]
+    task = stored(waiting)
+    assert (task.status, task.provider, task.failed_over_from) == (TaskStatus.SUBMITTED, "cometapi", "wavespeed")
+    assert pipeline().tasks.queue_length("wavespeed") == 0
+    assert set(pipeline().tasks.get_quota("cometapi").holders) == {waiting}  # type: ignore[union-attr]
 
 
 def test_the_daily_spend_limit_holds_the_line_and_says_why(

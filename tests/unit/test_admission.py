@@ -337,6 +337,88 @@ def test_failover_puts_the_task_in_the_other_providers_line_at_its_place_and_nev
     assert stored is not None and (stored.status, stored.provider) == (S.SUBMITTED, "cometapi")
 
 
+# ============================================================================================== spill-over
+
+SPILL_OVER_AFTER = timedelta(seconds=600)
+
+
+def one_render_each() -> tuple[World, ScriptedProvider, ScriptedProvider]:
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    w = make_world(
+        provider=wavespeed,
+        providers={"wavespeed": wavespeed, "cometapi": comet},
+        settings={"WAVESPEED_RENDERS_AT_ONCE": "1", "COMETAPI_RENDERS_AT_ONCE": "1"},
+    )
+    return w, wavespeed, comet
+
+
+def test_a_pair_that_waited_long_spills_over_to_the_other_provider_with_room_and_is_sent_there_only() -> None:
+    # Given WaveSpeed renders one at a time: the first pair renders there, the second waits in its line
+    w, wavespeed, comet = one_render_each()
+    rendering, waiting = pair(w, "amy"), pair(w, "bob")
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    # When it has waited the spill-over time and the poller moves the lines (CometAPI's is empty, with room)
+    w.clock.advance(SPILL_OVER_AFTER.total_seconds())
+    assert run_poll(w) == {"no-news": 1, "submit-submitted": 1}
+    # Then it was moved to CometAPI's line and sent there, at CometAPI's price, and the move is in its history
+    assert sent(w, comet) == [waiting.task_id]
+    stored = w.tasks.get(waiting.task_id)
+    assert stored is not None
+    assert (stored.status, stored.provider, stored.failed_over_from) == (S.SUBMITTED, "cometapi", "wavespeed")
+    assert stored.estimated_cost_usd == "0.30"
+    spill = next(step for step in stored.history if (step.from_status, step.to_status) == (S.QUEUED, S.QUEUED))
+    assert spill.reason == "waited 10 min in line for WaveSpeed; CometAPI has room: moved to its line (spill-over)"
+    # and WaveSpeed never gets it, even once its slot is free
+    ready(w, rendering, "ws-1")
+    run_dispatcher(w)
+    run_poll(w)
+    assert sent(w, wavespeed) == [rendering.task_id]
+
+
+@pytest.mark.parametrize(
+    ("why_it_stays", "options", "settings", "waited"),
+    [
+        ("it has not waited the spill-over time", None, {}, SPILL_OVER_AFTER - timedelta(seconds=1)),
+        ("its job does not allow failover", {"failover": False}, {}, SPILL_OVER_AFTER),
+        ("spill-over is off", None, {"SPILL_OVER_AFTER_SECONDS": "0"}, SPILL_OVER_AFTER * 3),
+    ],
+)
+def test_a_pair_stays_in_its_providers_line_when(
+    why_it_stays: str, options: dict | None, settings: dict[str, str], waited: timedelta
+) -> None:
+    # Given WaveSpeed renders one at a time and CometAPI's line is empty
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    w = make_world(
+        provider=wavespeed,
+        providers={"wavespeed": wavespeed, "cometapi": comet},
+        settings={"WAVESPEED_RENDERS_AT_ONCE": "1", **settings},
+    )
+    pair(w, "amy", options)
+    waiting = pair(w, "bob", options)
+    run_dispatcher(w)
+    # When the lines move after it waited (less than the spill-over time, or with spill-over not allowed)
+    w.clock.advance(waited.total_seconds())
+    run_poll(w)
+    # Then it is still in WaveSpeed's line, and CometAPI was sent nothing
+    assert w.tasks.line("wavespeed") == [waiting.task_id], why_it_stays
+    assert sent(w, comet) == []
+
+
+def test_a_pair_does_not_spill_over_to_a_provider_with_no_room() -> None:
+    # Given both providers render one at a time and CometAPI is busy with a pair of its own
+    w, wavespeed, comet = one_render_each()
+    pair(w, "amy")
+    waiting = pair(w, "bob")
+    pair(w, "cat", {"provider": "cometapi"})
+    assert run_dispatcher(w) == {"submit-submitted": 2}
+    # When the WaveSpeed pair has waited long
+    w.clock.advance(SPILL_OVER_AFTER.total_seconds() * 2)
+    run_poll(w)
+    # Then it waits on in WaveSpeed's line
+    assert w.tasks.line("wavespeed") == [waiting.task_id]
+    assert len(sent(w, comet)) == 1
+
+
 # ============================================================================================== the spend limit
 
 

@@ -44,6 +44,9 @@ class Settings(BaseModel):
     cometapi_price_std: Decimal = Field(default=Decimal("0.30"), alias="COMETAPI_PRICE_STD_PER_5S", ge=0)
     cometapi_price_pro: Decimal = Field(default=Decimal("0.60"), alias="COMETAPI_PRICE_PRO_PER_5S", ge=0)
     allow_failover: bool = Field(default=True, alias="ALLOW_FAILOVER")
+    # A queued task of a job that allows failover moves to the other provider's line once it has waited this long
+    # there and the other provider has room; 0: never.
+    spill_over_after_seconds: int = Field(default=600, alias="SPILL_OVER_AFTER_SECONDS", ge=0)
     input_url_expiry_seconds: int = Field(default=3600, alias="INPUT_URL_EXPIRY_SECONDS", gt=0)
     download_url_expiry_seconds: int = Field(default=86400, alias="DOWNLOAD_URL_EXPIRY_SECONDS", gt=0, le=604800)
     max_pair_wait_seconds: int = Field(default=1800, alias="MAX_PAIR_WAIT_SECONDS", gt=0)

@@ -17,8 +17,8 @@ S = TaskStatus
 # target status → the statuses it may be reached from
 ALLOWED_SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
     # From SUBMITTING: the provider turned the submission away; it goes back to its place in line (maybe another
-    # provider's, when failing over).
-    S.QUEUED: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING}),
+    # provider's, when failing over). From QUEUED: it spilled over to the other provider's line.
+    S.QUEUED: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING, S.QUEUED}),
     # Only by admission: the provider's quota has room for it.
     S.SUBMITTING: frozenset({S.QUEUED}),
     S.SUBMITTED: frozenset({S.SUBMITTING}),

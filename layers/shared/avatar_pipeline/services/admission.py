@@ -7,6 +7,10 @@ record has a free render slot and room in its submission window — admission is
 quota record and (with a spend limit) the day's spend, so no two dispatchers ever admit past a limit. A task gives its
 slot back when it leaves the provider (the dispatcher runs on that change in the table's stream), so a render that
 finishes lets the next pair in at once.
+
+Spill-over: when a line has been empty with room to spare while the other provider's line has a task that waited
+there longer than the spill-over time (and whose job allows failover), that task moves to this line, before either
+provider was sent it — a task is only ever at one provider.
 """
 
 from __future__ import annotations
@@ -120,7 +124,7 @@ def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[
                 report.waiting = wait.reason
                 _wake_when_over(ctx, quota, stored, wait, now)
             break
-        task = _first_in_line(ctx, provider)
+        task = _first_in_line(ctx, provider) or _spill_over(ctx, alternative(provider), provider, now)
         if task is None:
             break
         log_about(task.job, task.task_id)
@@ -168,6 +172,62 @@ def _first_in_line(ctx: PipelineContext, provider: ProviderName) -> Task | None:
         if task is not None and task.status is TaskStatus.QUEUED and task.provider == provider:
             return task
     return None
+
+
+def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName, now: datetime) -> Task | None:
+    """The first task of `source`'s line that has waited past the spill-over time and may fail over, moved to
+    `target`'s line (the caller's: empty, with room); None when there is none."""
+    after = timedelta(seconds=ctx.settings.spill_over_after_seconds)
+    if not after:
+        return None
+    for task_id in ctx.tasks.queue_head(source, HEAD_LOOKAHEAD):
+        task = ctx.tasks.get(task_id)
+        if task is None or task.status is not TaskStatus.QUEUED or task.provider != source:
+            continue
+        assert task.queued_at is not None
+        waited = now - task.queued_at
+        if waited < after:
+            return None  # the rest of the line joined later
+        if not task.failover_allowed or task.failed_over_from is not None:
+            continue
+        if not _configured(ctx, target):
+            return None
+        why = (
+            f"waited {_duration(waited)} in line for {display_name(source)}; {display_name(target)} has room:"
+            " moved to its line (spill-over)"
+        )
+
+        def move(current: Task, why: str = why) -> Task | None:
+            if current.status is not TaskStatus.QUEUED or current.provider != source:
+                return None
+            return _moved_to(ctx, current, TaskStatus.QUEUED, target, why)
+
+        moved = ctx.update_task(task, move)
+        if moved is not None:
+            logger.info("spilled over", extra={"task_id": task.task_id, "from": source, "to": target})
+            return moved
+    return None
+
+
+def _moved_to(ctx: PipelineContext, task: Task, status: TaskStatus, other: ProviderName, why: str) -> Task:
+    """`task`, moved (into `status`) to the other provider's line at the same place, with that provider's cost."""
+    seconds = (task.audio_ms or 0) / 1000
+    return transition(
+        task,
+        status,
+        why=why,
+        now=ctx.clock(),
+        lease_until=None,
+        next_check_at=None,
+        provider=other,
+        failed_over_from=task.provider,
+        estimated_cost_usd=str(estimate_cost(other, task.mode, seconds, ctx.settings)),
+    )
+
+
+def _duration(span: timedelta) -> str:
+    seconds = round(span.total_seconds())
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
 
 
 def _charge_for(ctx: PipelineContext, task: Task, now: datetime) -> Charge | None:
@@ -330,18 +390,11 @@ def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientE
     def requeue(current: Task) -> Task | None:
         if current.status is not TaskStatus.SUBMITTING or current.provider != claimed.provider:
             return None
-        changes: dict[str, object] = {"lease_until": None, "next_check_at": None}
         if other is not None:
-            seconds = (current.audio_ms or 0) / 1000
             why = f"{name} is unavailable ({error}); failing over to {display_name(other)}"
-            changes |= {
-                "provider": other,
-                "failed_over_from": current.provider,
-                "estimated_cost_usd": str(estimate_cost(other, current.mode, seconds, ctx.settings)),
-            }
-        else:
-            why = f"{name} turned it away ({error}); back to its place in line, sent after {now + pause:%H:%M:%S} UTC"
-        return transition(current, TaskStatus.QUEUED, why=why, now=ctx.clock(), **changes)
+            return _moved_to(ctx, current, TaskStatus.QUEUED, other, why)
+        why = f"{name} turned it away ({error}); back to its place in line, sent after {now + pause:%H:%M:%S} UTC"
+        return transition(current, TaskStatus.QUEUED, why=why, now=ctx.clock(), lease_until=None, next_check_at=None)
 
     ctx.update_task(claimed, requeue)
     logger.warning("provider turned the submission away; back in line", extra={"failover_to": other})
@@ -352,12 +405,16 @@ def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None
     if not claimed.failover_allowed or claimed.failed_over_from is not None:
         return None
     other = alternative(claimed.provider)
+    return other if _configured(ctx, other) else None
+
+
+def _configured(ctx: PipelineContext, provider: ProviderName) -> bool:
     try:
-        ctx.providers[other]
-    except Exception:  # not configured, or its secret cannot be read now: no failover, its own line instead
-        logger.warning("failover not possible: the other provider is unavailable", extra={"provider": other})
-        return None
-    return other
+        ctx.providers[provider]
+    except Exception:  # not configured, or its secret cannot be read now
+        logger.warning("the other provider is unavailable", extra={"provider": provider})
+        return False
+    return True
 
 
 def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: object) -> None:
