@@ -25,7 +25,7 @@ help:
 	@echo "make up         run the local stack in the foreground (writes .local/stack.json); Ctrl-C stops it"
 	@echo "make chaos      $(CHAOS_PAIRS) pairs through the local stack under injected faults; prints the harm done (all 0)"
 	@echo "make batch      $(BATCH_PAIRS) pairs at once, more than WaveSpeed's quota, at its limits with time $(BATCH_TIME_FACTOR)x; prints the figures"
-	@echo "make bench      performance against baselines (cold start, copy, poller, burst, CPU, cost); writes docs/performance.md"
+	@echo "make bench      performance against baselines (cold start, copy, poller, batch, CPU, cost); writes docs/performance.md"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite (unit, handler, template checks)"
 	@echo "make lint       ruff lint + format check, and iac-check"

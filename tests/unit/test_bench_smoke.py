@@ -99,18 +99,22 @@ def test_the_table_names_the_command_the_figures_and_what_was_missed() -> None:
     assert "| 1 | layer | 55.5 MiB | — | — | — | — | 1 |" in text
 
 
-def test_a_tiny_burst_and_task_run_through_the_local_stack_meet_their_targets(
+def test_a_tiny_batch_and_task_run_through_the_local_stack_meet_their_targets(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Given the benchmark at its smallest: 3 pairs in the burst, 1 task measured for CPU and cost
+    # Given the benchmark at its smallest: a batch of 3 pairs, 1 task measured for CPU and cost
     # When it runs those two sections through the local stack
-    exit_code = bench_main(["--quick", "--no-write", "--only", "burst", "--only", "cost"])
+    exit_code = bench_main(["--quick", "--no-write", "--only", "batch", "--only", "cost"])
 
-    # Then every pair reached the provider once, none failed, and the per-task figures are there
+    # Then every pair became a stored video, none was answered 429, and the per-task figures are there
     printed = capsys.readouterr().out
     assert exit_code == 0
-    assert "| 4 | pairs submitted to WaveSpeed exactly once (of 3) | 3 pairs |" in printed
-    assert "| 4 | pairs failed because of 429s | 0 pairs |" in printed
+    assert "| 4 | first upload to last stored video |" in printed
+    assert "| 4 | submit requests answered 429 | 0 requests | — | — | < 5% of 3 | yes | 1 |" in printed
+    assert "| 4 | pairs COMPLETED with a stored MP4 (of 3) | 3 pairs | — | — | 3 | yes | 1 |" in printed
     assert "| 5 | CPU in submit + webhook + finalize, one task |" in printed
     assert "| 6 | AWS per 10 s video" in printed
-    assert "0 target(s) missed" in printed
+    # Every target met but perhaps the batch's ratio: 3 pairs' 1-minute bound is dwarfed by the stack's start-up
+    # (tests/chaos/test_batch_run.py and `make batch` hold the ratio, at sizes where it means something).
+    missed = [line for line in printed.splitlines() if "**no**" in line]
+    assert all(line.startswith("| 4 | first upload to last stored video |") for line in missed), missed

@@ -1,6 +1,6 @@
 """`python -m avatar_local.bench` (`make bench`): every measurement in turn, one table, written to docs/performance.md.
 
-Options size the run (the defaults are the issue's: 512 MiB copies, 100,000 finished tasks, 1,000 pairs); `--quick`
+Options size the run (the defaults are the issues': 512 MiB copies, 100,000 finished tasks, a batch of 120 pairs); `--quick`
 runs everything tiny, to check the benchmark itself works (the smoke test does that).
 """
 
@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from avatar_local.batch import BatchConfig
 from avatar_local.bench.common import MIB, ROOT, Section
 from avatar_local.bench.report import markdown, table
 
@@ -25,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avatar_local.bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md", help="where the table goes")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--only", action="append", choices=["cold", "copy", "poll", "burst", "cost"], default=None)
+    parser.add_argument("--only", action="append", choices=["cold", "copy", "poll", "batch", "cost"], default=None)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the cheap measurements")
     # Imports take a few hundred ms on a machine others share: more rounds steady the medians.
     parser.add_argument("--cold-repeats", type=int, default=11, help="rounds of imports for the cold start")
@@ -33,15 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copy-mib", type=int, nargs=2, default=(64, 512), metavar=("SMALL", "LARGE"))
     parser.add_argument("--finished", type=int, default=100_000, help="finished tasks in the poller's table")
     parser.add_argument("--in-flight", type=int, default=100)
-    parser.add_argument("--pairs", type=int, default=1000, help="pairs in the burst")
-    parser.add_argument("--time-factor", type=float, default=100.0, help="the simulator's speed-up in the burst")
+    parser.add_argument("--pairs", type=int, default=BatchConfig.pairs, help="pairs in the batch")
+    parser.add_argument("--time-factor", type=float, default=BatchConfig.time_factor, help="the batch's speed-up")
+    parser.add_argument("--render-seconds", type=float, default=BatchConfig.render_seconds, help="simulated")
     parser.add_argument("--tasks", type=int, default=5, help="tasks measured for CPU and cost")
     parser.add_argument("--quick", action="store_true", help="everything tiny: checks that the benchmark runs")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats, args.cold_repeats, args.copy_repeats, args.copy_mib = 1, 1, 1, (6, 12)
-        args.finished, args.in_flight, args.pairs, args.tasks = 200, 5, 3, 1
-    only = set(args.only or ["cold", "copy", "poll", "burst", "cost"])
+        args.finished, args.in_flight, args.pairs, args.render_seconds, args.tasks = 200, 5, 3, 60.0, 1
+    only = set(args.only or ["cold", "copy", "poll", "batch", "cost"])
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -71,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
             say("3. poller cost")
             sections.append(poller_cost.measure(args.repeats, say, finished=args.finished, in_flight=args.in_flight))
-        if "burst" in only:
-            from avatar_local.bench import burst
+        if "batch" in only:
+            from avatar_local.bench import batch
 
-            say("4. burst")
-            sections.append(burst.measure(args.pairs, args.time_factor, workdir, say))
+            say("4. batch larger than the quota")
+            config = BatchConfig(pairs=args.pairs, time_factor=args.time_factor, render_seconds=args.render_seconds)
+            sections.append(batch.measure(config, workdir, say))
         if "cost" in only:
             from avatar_local.bench import task_cost
 
