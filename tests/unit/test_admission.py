@@ -406,7 +406,7 @@ def test_a_pair_stays_in_its_providers_line_when(
 
 def test_a_pair_does_not_spill_over_to_a_provider_with_no_room() -> None:
     # Given both providers render one at a time and CometAPI is busy with a pair of its own
-    w, wavespeed, comet = one_render_each()
+    w, _, comet = one_render_each()
     pair(w, "amy")
     waiting = pair(w, "bob")
     pair(w, "cat", {"provider": "cometapi"})

@@ -1,7 +1,7 @@
 """`python -m avatar_local.bench` (`make bench`): every measurement in turn, one table, written to docs/performance.md.
 
-Options size the run (the defaults are the issues': 512 MiB copies, 100,000 finished tasks, a batch of 120 pairs); `--quick`
-runs everything tiny, to check the benchmark itself works (the smoke test does that).
+Options size the run (the defaults are the issues': 512 MiB copies, 100,000 finished tasks, a batch of 120 pairs);
+`--quick` runs everything tiny, to check the benchmark itself works (the smoke test does that).
 """
 
 from __future__ import annotations
