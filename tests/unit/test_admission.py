@@ -337,6 +337,19 @@ def test_failover_puts_the_task_in_the_other_providers_line_at_its_place_and_nev
     assert stored is not None and (stored.status, stored.provider) == (S.SUBMITTED, "cometapi")
 
 
+def test_a_pair_for_a_provider_that_is_not_configured_fails_saying_it_is_ours_to_fix(w: World) -> None:
+    # Given only WaveSpeed has a key, and a job asks for CometAPI
+    task = pair(w, "amy", {"provider": "cometapi"})
+    # When CometAPI's line moves
+    assert send_next(w, "cometapi").actions == {"submit-failed": 1}
+    # Then the task failed without a request, saying the configuration is at fault, not the provider
+    stored = w.tasks.get(task.task_id)
+    assert stored is not None and stored.status is S.FAILED
+    assert stored.reason == (
+        "CometAPI cannot be used as configured: cometapi is not configured (no API key in its secret)"
+    )
+
+
 # ============================================================================================== spill-over
 
 SPILL_OVER_AFTER = timedelta(seconds=600)

@@ -343,7 +343,9 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     except ProviderError as error:
         # Refused input (1xxx), bad credentials or a broken contract: retrying cannot help.
         code = f" (code {error.code})" if error.code else ""
-        why = f"{name} refused the submission{code}: {error}"
+        # A configuration error is ours (no key, no callback URL, a key the provider does not know): say so.
+        verdict = "cannot be used as configured" if isinstance(error, ProviderConfigError) else "refused the submission"
+        why = f"{name} {verdict}{code}: {error}"
         ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
         logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})
         return "failed"
