@@ -330,6 +330,8 @@ class FakeMediaStore:
         self.discarded: list[tuple[str, str]] = []
         self.keep_alive: Callable[[], None] = lambda: None
         self.presigned: list[tuple[S3Object, int]] = []
+        # Keys overwritten or deleted since their upload event (the fake keeps no ETags of its own).
+        self.changed: set[tuple[str, str]] = set()
         self._downloads: dict[str, _Script] = {}
 
     def put_object(self, bucket: str, key: str, body: bytes | str) -> None:
@@ -343,6 +345,9 @@ class FakeMediaStore:
         with self.lock:
             self.presigned.append((obj, expires_in))
         return f"https://presigned.test/{obj.bucket}/{obj.key}?expires={expires_in}"
+
+    def unchanged(self, obj: S3Object) -> bool:
+        return (obj.bucket, obj.key) not in self.changed
 
     def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
         data = self.objects.get((bucket, key))

@@ -38,6 +38,7 @@ from avatar_pipeline.quota import (
     wait_before_admitting,
     waking,
 )
+from avatar_pipeline.services import admission
 from avatar_pipeline.services.admission import DispatchReport, dispatch, on_line_changes
 from avatar_pipeline.services.intake import handle_upload
 from avatar_pipeline.services.tracking import poll, record_provider_news
@@ -291,6 +292,46 @@ def test_a_429_puts_the_task_back_at_its_place_and_pauses_the_provider(w: World)
     assert resent is not None and (resent.status, resent.submit_attempts) == (S.SUBMITTED, 2)
 
 
+def test_a_late_release_of_a_task_sent_again_since_does_not_free_the_slot_it_holds_now() -> None:
+    # Given WaveSpeed renders one at a time, turns a pair away once (Retry-After 0) and takes it at once again
+    w = make_world(settings={"WAVESPEED_RENDERS_AT_ONCE": "1"})
+    task, other = pair(w, "a"), pair(w, "b")
+    w.provider.script_submit(ProviderTransientError("HTTP 429", code="429", retry_after=0), None)
+    assert send_next(w).actions == {"submit-requeued": 1, "submit-submitted": 1}
+    assert w.tasks.holders("wavespeed") == {task.task_id}
+    # When the stream record of its turn-away (it left SUBMITTING) reaches the dispatcher only now
+    on_line_changes(w.ctx, {"wavespeed": {task.task_id}}, {"wavespeed"}, lambda: LEFT)
+    # Then it keeps the slot it holds at WaveSpeed, and the next pair waits for it
+    assert w.tasks.holders("wavespeed") == {task.task_id}
+    assert sent(w) == [task.task_id, task.task_id]
+    assert status(w, other) is S.QUEUED
+
+
+def test_a_task_the_provider_keeps_turning_away_fails_explained_instead_of_cycling_for_ever(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given WaveSpeed answers every submission 503, and a task may be turned away 3 times
+    monkeypatch.setattr(admission, "MAX_SUBMIT_ATTEMPTS", 3)
+    task, behind = pair(w, "a"), pair(w, "b")
+    w.provider.script_submit(*[ProviderTransientError("HTTP 503", code="503")] * 3, None)
+    # When the line moves each time the pause is over
+    actions = []
+    for _ in range(3):
+        actions.append(send_next(w).actions)
+        w.clock.advance(60)
+    # Then it went back in line twice, and the third time it failed, saying why; nothing was ever taken
+    assert actions == [{"submit-requeued": 1}, {"submit-requeued": 1}, {"submit-failed": 1}]
+    failed = w.tasks.get(task.task_id)
+    assert failed is not None and failed.status is S.FAILED
+    assert failed.reason == (
+        "WaveSpeed turned it away 3 times since it was first sent (last: HTTP 503); it was never taken, so nothing"
+        " was paid: upload the files again to try again"
+    )
+    # and the line goes on with the pair behind it, into the slot it gave back
+    assert send_next(w).actions == {"submit-submitted": 1}
+    assert w.tasks.holders("wavespeed") == {behind.task_id}
+
+
 def test_a_pause_keeps_the_slots_of_tasks_already_at_the_provider(w: World) -> None:
     # Given one task at WaveSpeed, and the next submission is turned away
     first, second = pair(w, "a"), pair(w, "b")
@@ -347,6 +388,22 @@ def test_a_pair_for_a_provider_that_is_not_configured_fails_saying_it_is_ours_to
     assert stored is not None and stored.status is S.FAILED
     assert stored.reason == (
         "CometAPI cannot be used as configured: cometapi is not configured (no API key in its secret)"
+    )
+
+
+def test_a_pair_whose_file_changed_while_it_waited_is_not_sent(w: World) -> None:
+    # Given a checked pair in line, and its image is overwritten before its turn
+    task = pair(w, "amy")
+    w.media.changed.add((BUCKET, "inbox/amy/face.png"))
+    # When its turn comes
+    assert send_next(w).actions == {"submit-failed": 1}
+    # Then nothing was sent (the provider would have downloaded unchecked bytes), and the task says why
+    assert w.provider.submit_count == 0
+    stored = w.tasks.get(task.task_id)
+    assert stored is not None and stored.status is S.FAILED
+    assert stored.reason == (
+        "inbox/amy/face.png changed or was deleted while the pair waited in line; not sent (an upload that replaced"
+        " it is a pair of its own)"
     )
 
 
@@ -494,6 +551,25 @@ def test_a_task_turned_away_is_not_charged_again_when_it_is_sent() -> None:
     assert stored is not None and stored.charged_on == "2025-06-01"
 
 
+def test_a_task_that_fails_over_is_counted_at_the_other_providers_cost_too() -> None:
+    # Given a spend limit, both providers, and WaveSpeed turns the first submission away
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    w = make_world(
+        provider=wavespeed,
+        providers={"wavespeed": wavespeed, "cometapi": comet},
+        settings={"DAILY_SPEND_LIMIT_USD": "10"},
+    )
+    task = pair(w, "a")
+    wavespeed.script_submit(ProviderTransientError("HTTP 503", code="503"))
+    assert send_next(w).actions == {"submit-requeued": 1}
+    # When CometAPI's line sends it
+    assert send_next(w, "cometapi").actions == {"submit-submitted": 1}
+    # Then CometAPI's estimate is counted as well as WaveSpeed's: the limit may count too much, never too little
+    assert w.tasks.spent_on("2025-06-01") == Decimal("0.25") + Decimal("0.30")
+    stored = w.tasks.get(task.task_id)
+    assert stored is not None and (stored.provider, stored.estimated_cost_usd) == ("cometapi", "0.30")
+
+
 def test_a_pair_that_costs_more_than_the_daily_limit_is_rejected_when_it_is_cut() -> None:
     # Given a daily limit below the price of one video
     w = make_world(settings={"DAILY_SPEND_LIMIT_USD": "0.20"})
@@ -599,12 +675,18 @@ def test_the_poller_gives_back_a_slot_whose_release_was_lost() -> None:
     assert w.tasks.holders("wavespeed") == {second.task_id}
 
 
-def test_the_dispatcher_stops_sending_when_its_invocation_has_too_little_time_left(w: World) -> None:
-    pair(w, "a")
+def test_a_dispatcher_short_of_time_sends_nothing_and_hands_its_line_to_a_new_invocation_at_once(w: World) -> None:
+    # Given a pair in line
+    task = pair(w, "a")
+    # When the dispatcher has less time left than a submission's worst case
     report = dispatch(w.ctx, "wavespeed", lambda: timedelta(seconds=199))
+    # Then it sends nothing, and asks to be woken now rather than leave the line to the next poll
     assert report.actions == {}
     assert w.provider.submit_count == 0
-    assert w.tasks.line("wavespeed") != []
+    assert w.tasks.line("wavespeed") == [task.task_id]
+    assert w.waker.calls == [("wavespeed", w.clock.now)]
+    # When that wake-up arrives, the pair is sent
+    assert wake_up(w).actions == {"submit-submitted": 1}
 
 
 # ============================================================================================== quota.py

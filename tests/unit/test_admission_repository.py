@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 from support.aws import REGION
 from support.fakes import T0, InMemoryTaskRepository
 
@@ -79,6 +80,40 @@ def test_the_quota_record_is_written_only_over_the_version_it_came_from(repo: An
         repo.save_quota(second.model_copy(update={"version": 2}), expected=first)  # it changed since
     stored = repo.get_quota("wavespeed")
     assert stored is not None and (stored.version, stored.holders, stored.paused_until) == (1, {}, T0)
+
+
+class ConflictingClient:
+    """A DynamoDB client whose writes meet a transaction writing the same item (moto runs one write at a time)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_item(self, **_: Any) -> None:
+        raise ClientError({"Error": {"Code": "TransactionConflictException", "Message": "in a transaction"}}, "PutItem")
+
+    def transact_write_items(self, **_: Any) -> None:
+        reasons = [{"Code": "None"}, {"Code": "TransactionConflict"}]
+        error = {"Code": "TransactionCanceledException", "Message": "conflict"}
+        raise ClientError({"Error": error, "CancellationReasons": reasons}, "TransactWriteItems")
+
+
+def test_a_write_that_meets_a_transaction_is_a_lost_race_to_decide_again(stack: Any) -> None:
+    # Given the table's writes meet another writer's transaction
+    table = boto3.resource("dynamodb", region_name=REGION).Table(stack.table)
+    client = ConflictingClient(table.meta.client)
+    table.meta.client = client  # type: ignore[misc]
+    repo = DynamoTaskRepository(table, task_ttl=timedelta(days=90))
+    task = queued("a", at_second=1)
+    # Then a quota write, a task write and an admission each report a conflict (read again, decide again)
+    with pytest.raises(ConflictError):
+        repo.save_quota(ProviderQuota(provider="wavespeed"), expected=None)
+    with pytest.raises(ConflictError):
+        repo.replace(claim(task), expected=task)
+    with pytest.raises(ConflictError):
+        repo.admit(claim(task), expected=task, quota=admitted(None, task), expected_quota=None, charge=None)
 
 
 def test_admission_writes_the_task_the_quota_and_the_spend_together(repo: Any) -> None:

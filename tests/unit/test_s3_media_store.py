@@ -151,6 +151,23 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         yield client
 
 
+# --- unchanged: what was checked is what the provider would download ------------------------------------------
+
+
+def test_an_input_is_unchanged_until_it_is_overwritten_or_deleted(s3: Any) -> None:
+    # Given an upload, as its S3 event named it (ETag as S3 gives it, quoted)
+    etag = s3.put_object(Bucket=BUCKET, Key="inbox/job/face.png", Body=b"first")["ETag"]
+    store = S3MediaStore(s3)
+    upload = S3Object(bucket=BUCKET, key="inbox/job/face.png", etag=etag.strip('"'), size=5)
+    # Then it is unchanged while it is there as it was
+    assert store.unchanged(upload)
+    # and no longer once another upload replaced it, or it was deleted
+    s3.put_object(Bucket=BUCKET, Key="inbox/job/face.png", Body=b"second")
+    assert not store.unchanged(upload)
+    s3.delete_object(Bucket=BUCKET, Key="inbox/job/face.png")
+    assert not store.unchanged(upload)
+
+
 # --- copy_from_url: the happy path ---------------------------------------------------------------------------
 
 

@@ -113,6 +113,10 @@ class TaskRepository(Protocol):
 class MediaStore(Protocol):
     def presigned_get(self, obj: S3Object, expires_in: int) -> str: ...
 
+    def unchanged(self, obj: S3Object) -> bool:
+        """Whether the object is still there with the ETag it had (False once overwritten or deleted)."""
+        ...
+
     def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
         """The whole object if it exists and is at most `max_bytes`; None if it does not exist."""
         ...

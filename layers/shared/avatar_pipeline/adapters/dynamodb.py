@@ -36,6 +36,16 @@ def _is_condition_failure(error: ClientError) -> bool:
     return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
 
 
+def _is_write_conflict(error: ClientError) -> bool:
+    """A versioned write lost: the item changed, or a transaction was writing it at that moment (either way, read it
+    again and decide again)."""
+    return _is_condition_failure(error) or error.response.get("Error", {}).get("Code") == "TransactionConflictException"
+
+
+# Why a transaction was cancelled, for each of its items: these mean another writer got there first.
+_LOST_RACE = ("ConditionalCheckFailed", "TransactionConflict")
+
+
 def _from_item(item: dict[str, Any]) -> dict[str, Any]:
     fields = dict(item)
     if "next_check_at" in fields:
@@ -89,7 +99,7 @@ class DynamoTaskRepository:
         try:
             self._table.put_item(**self._task_write(new, expected))
         except ClientError as error:
-            if _is_condition_failure(error):
+            if _is_write_conflict(error):
                 raise ConflictError(f"task {new.task_id} changed since version {expected.version}") from error
             raise
 
@@ -114,7 +124,7 @@ class DynamoTaskRepository:
         try:
             self._table.put_item(**self._slot_write(new, expected))
         except ClientError as error:
-            if _is_condition_failure(error):
+            if _is_write_conflict(error):
                 raise ConflictError(f"slot of job {new.job} changed") from error
             raise
 
@@ -132,7 +142,7 @@ class DynamoTaskRepository:
             if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
-            if reasons and reasons[0] == "ConditionalCheckFailed":
+            if reasons and reasons[0] in _LOST_RACE:
                 raise ConflictError(f"slot of job {new.job} changed") from error
             if len(reasons) > 1 and reasons[1] == "ConditionalCheckFailed":
                 return False
@@ -218,7 +228,7 @@ class DynamoTaskRepository:
         try:
             self._table.put_item(**_versioned_put(self._quota_item(new), expected.version if expected else None))
         except ClientError as error:
-            if _is_condition_failure(error):
+            if _is_write_conflict(error):
                 raise ConflictError(f"quota of {new.provider} changed") from error
             raise
 
@@ -265,7 +275,7 @@ class DynamoTaskRepository:
             if error.response.get("Error", {}).get("Code") != "TransactionCanceledException":
                 raise
             reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons", [])]
-            if "ConditionalCheckFailed" in reasons[:2]:
+            if any(reason in _LOST_RACE for reason in reasons[:2]) or "TransactionConflict" in reasons:
                 raise ConflictError(f"task {claimed.task_id} or the quota of {quota.provider} changed") from error
             if len(reasons) > 2 and reasons[2] == "ConditionalCheckFailed":
                 raise SpendLimitReachedError(f"the spend limit of {charge.day if charge else ''} is reached") from error

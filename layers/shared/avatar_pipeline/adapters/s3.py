@@ -96,6 +96,19 @@ class S3MediaStore:
         )
         return str(url)
 
+    def unchanged(self, obj: S3Object) -> bool:
+        request = {"Bucket": obj.bucket, "Key": obj.key}
+        if obj.etag:
+            request["IfMatch"] = f'"{obj.etag.strip(chr(34))}"'
+        try:
+            self._s3.head_object(**request)
+        except ClientError as error:
+            # A HEAD's error has no body: 404 (gone) and 412 (another ETag) are all it says.
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "412", "PreconditionFailed"):
+                return False
+            raise
+        return True
+
     def read_small_object(self, bucket: str, key: str, max_bytes: int) -> bytes | None:
         try:
             response = self._s3.get_object(Bucket=bucket, Key=key)

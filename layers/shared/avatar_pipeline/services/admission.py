@@ -55,6 +55,10 @@ SUBMIT_LEASE = timedelta(seconds=240)
 # A submission is started only with time for its worst case (3 attempts with timeouts and backoff, at each of two
 # providers when failing over): killed mid-POST, a submission's outcome would be unknown.
 SUBMIT_TIME_BUDGET = timedelta(seconds=200)
+# A provider that turns the same task away this often (each time pausing its line for a window or its Retry-After)
+# is not coming back for it soon: the task fails, explained, rather than cycle for ever (its history would outgrow the
+# table's item size).
+MAX_SUBMIT_ATTEMPTS = 100
 # Tasks read from the head of a line per look: the index may still show a few that were just admitted.
 HEAD_LOOKAHEAD = 10
 
@@ -79,10 +83,13 @@ def line_note(ctx: PipelineContext, provider: ProviderName, ahead: int, now: dat
 
 
 def release(ctx: PipelineContext, provider: ProviderName, task_ids: set[str]) -> None:
-    """These tasks no longer hold a render slot of `provider`."""
+    """These tasks left `provider` (so the stream said): their render slots are free — unless a task was admitted
+    again since (turned away, then sent once more), which a late or repeated stream record must not undo."""
     for _ in range(MAX_WRITE_ATTEMPTS):
         quota = ctx.tasks.get_quota(provider)
-        freed = releasing(quota, task_ids) if quota else None
+        # Read after the quota: an admission between the two changes the quota's version, and the write below fails.
+        gone = {task_id for task_id in task_ids if not _holds_slot(ctx, task_id, provider)}
+        freed = releasing(quota, gone) if quota else None
         if quota is None or freed is None:
             return
         try:
@@ -99,14 +106,15 @@ def reconcile(ctx: PipelineContext, provider: ProviderName) -> int:
     quota = ctx.tasks.get_quota(provider)
     if quota is None:
         return 0
-    gone: set[str] = set()
-    for task_id in quota.holders:
-        task = ctx.tasks.get(task_id)
-        if task is None or not task.holds_render_slot or task.provider != provider:
-            gone.add(task_id)
+    gone = {task_id for task_id in quota.holders if not _holds_slot(ctx, task_id, provider)}
     if gone:
         release(ctx, provider, gone)
     return len(gone)
+
+
+def _holds_slot(ctx: PipelineContext, task_id: str, provider: ProviderName) -> bool:
+    task = ctx.tasks.get(task_id)
+    return task is not None and task.holds_render_slot and task.provider == provider
 
 
 def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[], timedelta]) -> DispatchReport:
@@ -162,6 +170,11 @@ def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[
             _hold_for_spend_limit(ctx, task, charge)
             break
         report.actions[f"submit-{submit_claimed(ctx, claimed)}"] += 1
+    else:
+        # Out of time with room left: another invocation carries on at once, rather than the poller in a minute.
+        if ctx.tasks.queue_head(provider, 1):
+            ctx.waker.wake(provider, ctx.clock())
+            report.waiting = "this invocation ran out of time; the line goes on in the next"
     log_about(None)
     return report
 
@@ -210,7 +223,9 @@ def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName
 
 
 def _moved_to(ctx: PipelineContext, task: Task, status: TaskStatus, other: ProviderName, why: str) -> Task:
-    """`task`, moved (into `status`) to the other provider's line at the same place, with that provider's cost."""
+    """`task`, moved (into `status`) to the other provider's line at the same place, with that provider's cost —
+    counted against the spend limit when it is admitted there, even if the first provider's already was (a spend
+    limit may count too much, never too little)."""
     seconds = (task.audio_ms or 0) / 1000
     return transition(
         task,
@@ -222,6 +237,7 @@ def _moved_to(ctx: PipelineContext, task: Task, status: TaskStatus, other: Provi
         provider=other,
         failed_over_from=task.provider,
         estimated_cost_usd=str(estimate_cost(other, task.mode, seconds, ctx.settings)),
+        charged_on=None,
     )
 
 
@@ -311,6 +327,9 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     try:
         try:
             provider = ctx.provider_for(claimed)
+            changed = [obj.key for obj in (claimed.image, claimed.audio) if not ctx.media.unchanged(obj)]
+            if changed:
+                return _fail_inputs_changed(ctx, claimed, changed)
             request = SubmissionRequest(
                 task_id=claimed.task_id,
                 image_url=ctx.media.presigned_get(claimed.image, expiry),
@@ -326,8 +345,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
             raise ProviderTransientError(f"could not prepare the submission: {error}") from error
         accepted = provider.submit(request)
     except ProviderTransientError as error:
-        _back_in_line(ctx, claimed, error)
-        return "requeued"
+        return _back_in_line(ctx, claimed, error)
     except ProviderOutcomeUnknownError as error:
         # The provider may have taken it: it keeps its render slot, and we wait for its callback (which names our
         # task), never POST again; where the provider can find the job by our task id, the poller looks it up.
@@ -371,7 +389,18 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     return "submitted"
 
 
-def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientError) -> None:
+def _fail_inputs_changed(ctx: PipelineContext, claimed: Task, keys: list[str]) -> SubmitAction:
+    """What was checked is not what the provider would download: never send (and pay for) unchecked files."""
+    why = (
+        f"{' and '.join(keys)} changed or was deleted while the pair waited in line; not sent (an upload that"
+        " replaced it is a pair of its own)"
+    )
+    ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
+    logger.warning("inputs changed while queued; not sent", extra={"task_id": claimed.task_id, "keys": keys})
+    return "failed"
+
+
+def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientError) -> SubmitAction:
     """The provider proved it did not take the task (429, 503, no connection): its provider's line pauses (as long
     as the provider asked, else one rate window) and the task goes back to its place — in the other provider's line
     when the job allows failover and the other provider accepts these files. It is never at both."""
@@ -388,6 +417,14 @@ def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientE
             continue
     other = _failover_target(ctx, claimed)
     name = display_name(claimed.provider)
+    if other is None and claimed.submit_attempts >= MAX_SUBMIT_ATTEMPTS:
+        why = (
+            f"{name} turned it away {claimed.submit_attempts} times since it was first sent (last: {error});"
+            " it was never taken, so nothing was paid: upload the files again to try again"
+        )
+        ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
+        logger.error("provider kept turning the submission away; failed", extra={"task_id": claimed.task_id})
+        return "failed"
 
     def requeue(current: Task) -> Task | None:
         if current.status is not TaskStatus.SUBMITTING or current.provider != claimed.provider:
@@ -400,6 +437,7 @@ def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientE
 
     ctx.update_task(claimed, requeue)
     logger.warning("provider turned the submission away; back in line", extra={"failover_to": other})
+    return "requeued"
 
 
 def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:

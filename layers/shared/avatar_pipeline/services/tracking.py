@@ -17,7 +17,7 @@ from avatar_pipeline.models import HOLDING_STATUSES, PairSlot, ProviderJob, Prov
 from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.providers import OUTPUT_RETENTION, PROVIDER_NAMES, describe_failure, display_name
-from avatar_pipeline.services.admission import SUBMIT_TIME_BUDGET, dispatch, reconcile
+from avatar_pipeline.services.admission import dispatch, reconcile
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
 from avatar_pipeline.state_machine import begin, can_transition, touch, transition
@@ -233,6 +233,16 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     """One pass over what is due: chase providers, retry turned-away submissions, expire what waited too long,
     hand stuck copies back to finalize and publish notifications nobody published."""
     report = PollReport()
+    # First the dispatcher's safety net, so many due tasks cannot crowd it out: slots whose release was lost are
+    # given back, and lines whose wake-up was lost move (a dispatch out of time hands its line to a new invocation).
+    for provider in PROVIDER_NAMES:
+        try:
+            if reclaimed := reconcile(ctx, provider):
+                report.actions["slot-reclaimed"] += reclaimed
+            report.actions.update(dispatch(ctx, provider, time_left).actions)
+        except Exception:
+            logger.exception("dispatching from the line failed", extra={"provider": provider})
+            report.actions["error"] += 1
     now = ctx.clock()
     tasks, slots = ctx.tasks.due(now, MAX_DUE_PER_POLL)
     due_since = [task.next_check_at for task in tasks if task.next_check_at is not None]
@@ -255,18 +265,6 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
             logger.exception("poll of one record failed")
             report.actions["error"] += 1
     log_about(None)
-    # The dispatcher's safety net: slots whose release was lost are given back, and lines whose wake-up was lost move.
-    for provider in PROVIDER_NAMES:
-        if time_left() < SUBMIT_TIME_BUDGET:
-            report.stopped_early = True
-            break
-        try:
-            if reclaimed := reconcile(ctx, provider):
-                report.actions["slot-reclaimed"] += reclaimed
-            report.actions.update(dispatch(ctx, provider, time_left).actions)
-        except Exception:
-            logger.exception("dispatching from the line failed", extra={"provider": provider})
-            report.actions["error"] += 1
     return report
 
 
