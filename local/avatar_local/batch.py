@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from avatar_cli.client import PipelineClient, StackTarget
-from avatar_local.chaos import Drop, Media, NotificationLog, Row, _is_stored_mp4, _provider_submissions
+from avatar_local.chaos import Drop, Media, NotificationLog, Row, is_stored_mp4, provider_submissions, settle
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.stack import LocalStack, LocalStackConfig
 from avatar_local.template import load_template
@@ -151,7 +151,7 @@ def run_batch(config: BatchConfig, state_dir: Path | None = None, say: Callable[
             f"dropped {config.pairs} pairs at once; the quota's bound is {config.bound_seconds / 60:g} simulated min"
             f" ({config.bound_seconds / config.time_factor:.0f} s here)"
         )
-        outcomes = _settle(client, drops, notifications, config.settle_timeout, say)
+        outcomes = settle(client, drops, notifications, config.settle_timeout, say)
         time.sleep(2.0)
         notifications.drain()
         rows, last_video = _count(stack, info, drops, outcomes, notifications)
@@ -172,42 +172,13 @@ def run_batch(config: BatchConfig, state_dir: Path | None = None, say: Callable[
         stack.stop()
 
 
-def _settle(
-    client: PipelineClient,
-    drops: list[Drop],
-    notifications: NotificationLog,
-    timeout: float,
-    say: Callable[[str], None],
-) -> dict[str, list[Task]]:
-    deadline = time.monotonic() + timeout
-    outcomes: dict[str, list[Task]] = {}
-    open_jobs = {drop.job for drop in drops}
-    last_report = time.monotonic()
-    while open_jobs and time.monotonic() < deadline:
-        for job in sorted(open_jobs):
-            tasks = client.status(job).tasks
-            outcomes[job] = tasks
-            if tasks and all(task.status.is_terminal and task.notified_at is not None for task in tasks):
-                open_jobs.discard(job)
-        notifications.drain()
-        if time.monotonic() - last_report > 20:
-            last_report = time.monotonic()
-            states = Counter(task.status.value for tasks in outcomes.values() for task in tasks)
-            say(f"  {len(drops) - len(open_jobs)}/{len(drops)} ended; {dict(sorted(states.items()))}")
-        if open_jobs:
-            time.sleep(0.5)
-    for job in open_jobs:
-        outcomes[job] = client.status(job).tasks
-    return outcomes
-
-
 def _count(
     stack: LocalStack, info: Any, drops: list[Drop], outcomes: dict[str, list[Task]], notifications: NotificationLog
 ) -> tuple[list[Row], datetime | None]:
     tasks = [task for job_tasks in outcomes.values() for task in job_tasks]
     s3 = stack.aws.client("s3")
-    completed = [task for task in tasks if task.status is TaskStatus.COMPLETED and _is_stored_mp4(s3, task)]
-    submissions = _provider_submissions(stack)
+    completed = [task for task in tasks if task.status is TaskStatus.COMPLETED and is_stored_mp4(s3, task)]
+    submissions = provider_submissions(stack)
     made = {prediction["id"] for prediction in stack.simulator.predictions() if prediction.get("status") == "completed"}
     kept = {task.provider_task_id for task in completed}
     finished = [step.at for task in completed for step in task.history if step.to_status is TaskStatus.COMPLETED]

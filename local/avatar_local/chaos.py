@@ -250,7 +250,7 @@ def run_chaos(config: ChaosConfig, state_dir: Path | None = None, say: Callable[
                 uploaders.submit(upload, s3, info.bucket, drop, media)
                 time.sleep(1 / config.drops_per_second)
         say(f"all dropped after {time.monotonic() - started:.0f} s; waiting for every job to end and be announced…")
-        outcomes = _settle(client, drops, notifications, config.settle_timeout, say)
+        outcomes = settle(client, drops, notifications, config.settle_timeout, say)
         time.sleep(LATE_DUPLICATE_WINDOW)
         notifications.drain()
         rows = _count(stack, info, client, drops, outcomes, notifications)
@@ -284,7 +284,7 @@ def _mix(drops: Iterable[Drop]) -> str:
     )
 
 
-def _settle(
+def settle(
     client: PipelineClient,
     drops: list[Drop],
     notifications: NotificationLog,
@@ -305,7 +305,10 @@ def _settle(
         notifications.drain()
         if time.monotonic() - last_report > 15:
             last_report = time.monotonic()
-            say(f"  {len(drops) - len(open_jobs)}/{len(drops)} jobs ended and announced")
+            states = Counter(task.status.value for tasks in outcomes.values() for task in tasks)
+            say(
+                f"  {len(drops) - len(open_jobs)}/{len(drops)} jobs ended and announced; {dict(sorted(states.items()))}"
+            )
         if open_jobs:
             time.sleep(1.0)
     for job in open_jobs:
@@ -330,12 +333,12 @@ def _count(
     unexpected = sum(1 for task in tasks if task.status.is_terminal and task.status not in EXPECTED[kind_of[task.job]])
     several = sum(1 for drop in drops if len(outcomes.get(drop.job, [])) > 1)
     unexplained = sum(1 for task in tasks for step in task.history if not step.reason)
-    submissions = _provider_submissions(stack)
+    submissions = provider_submissions(stack)
     duplicate_submissions = sum(count - 1 for count in submissions.values() if count > 1)
     duplicate_notifications = sum(count - 1 for count in notifications.by_task.values() if count > 1)
     not_once = sum(1 for task in tasks if notifications.by_task[task.task_id] != 1)
     orphaned_uploads = len(s3.list_multipart_uploads(Bucket=info.bucket).get("Uploads", []))
-    missing_videos = sum(1 for task in tasks if task.status is TaskStatus.COMPLETED and not _is_stored_mp4(s3, task))
+    missing_videos = sum(1 for task in tasks if task.status is TaskStatus.COMPLETED and not is_stored_mp4(s3, task))
     deleted_inputs = _deleted_inputs(s3, info.bucket, drops)
 
     rows = [
@@ -361,7 +364,7 @@ def _count(
 _TERMINAL_ORDER = (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.REJECTED, TaskStatus.TIMED_OUT)
 
 
-def _provider_submissions(stack: LocalStack) -> Counter[str]:
+def provider_submissions(stack: LocalStack) -> Counter[str]:
     """Provider jobs created, by our task id (from WaveSpeed's webhook URL, CometAPI's external_task_id)."""
     created: Counter[str] = Counter()
     for prediction in stack.simulator.predictions():
@@ -372,7 +375,7 @@ def _provider_submissions(stack: LocalStack) -> Counter[str]:
     return created
 
 
-def _is_stored_mp4(s3: Any, task: Task) -> bool:
+def is_stored_mp4(s3: Any, task: Task) -> bool:
     if task.output is None:
         return False
     try:

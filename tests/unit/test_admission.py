@@ -5,9 +5,7 @@ the pure decisions of quota.py)."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -48,19 +46,6 @@ P = ProviderJobStatus
 LEFT = timedelta(minutes=5)
 # The window a submission is counted in: the provider's minute and a margin for the network between our clocks.
 COUNTED_MINUTE = timedelta(seconds=60 * (1 + WINDOW_MARGIN))
-
-
-@pytest.fixture
-def w() -> World:
-    return make_world()
-
-
-@pytest.fixture
-def busy_threads() -> Iterator[None]:
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------

@@ -6,9 +6,8 @@ a wake-up or the poller calls it."""
 from __future__ import annotations
 
 import json
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,20 +66,6 @@ VIDEO = b"\x00\x00\x00\x18ftypisom" + bytes(200)
 FINALIZE_TIME = timedelta(minutes=5)
 DISPATCH_TIME = timedelta(minutes=5)
 RACE_ROUNDS = 50
-
-
-@pytest.fixture
-def w() -> World:
-    return make_world()
-
-
-@pytest.fixture
-def busy_threads() -> Iterator[None]:
-    """Switch threads as often as possible, so racing threads really interleave."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------
