@@ -17,9 +17,9 @@ tracer = Tracer()
 metrics = Metrics()
 
 
-def _stream_changes(event: dict) -> tuple[dict[ProviderName, set[str]], set[ProviderName]]:
+def _stream_changes(event: dict) -> tuple[dict[ProviderName, set[str]], dict[ProviderName, set[str]]]:
     released: dict[ProviderName, set[str]] = {}
-    lines: set[ProviderName] = set()
+    lines: dict[ProviderName, set[str]] = {}
     for record in DynamoDBStreamEvent(event).records:
         if record.dynamodb is None:
             continue
@@ -27,7 +27,7 @@ def _stream_changes(event: dict) -> tuple[dict[ProviderName, set[str]], set[Prov
         if old.get("status") in HOLDING_STATUSES and new.get("status") not in HOLDING_STATUSES:
             released.setdefault(old["provider"], set()).add(old["task_id"])
         if new.get("status") == TaskStatus.QUEUED:
-            lines.add(new["provider"])
+            lines.setdefault(new["provider"], set()).add(new["task_id"])
     return released, lines
 
 
@@ -37,7 +37,9 @@ def _stream_changes(event: dict) -> tuple[dict[ProviderName, set[str]], set[Prov
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
     if event.get("Records") and event["Records"][0].get("eventSource") == "aws:sqs":
         released: dict[ProviderName, set[str]] = {}
-        lines = {json.loads(record.body)["provider"] for record in SQSEvent(event).records}
+        lines: dict[ProviderName, set[str]] = {
+            json.loads(record.body)["provider"]: set() for record in SQSEvent(event).records
+        }
     else:
         released, lines = _stream_changes(event)
     report = on_line_changes(

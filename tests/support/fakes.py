@@ -640,16 +640,18 @@ def make_world(**overrides: Any) -> World:
 # --- the dispatcher on the table's stream --------------------------------------------------------------------
 
 
-def line_changes(records: Iterable[tuple[Task | None, Task]]) -> tuple[dict[ProviderName, set[str]], set[ProviderName]]:
+def line_changes(
+    records: Iterable[tuple[Task | None, Task]],
+) -> tuple[dict[ProviderName, set[str]], dict[ProviderName, set[str]]]:
     """What the dispatcher's stream handler reads from task writes: the tasks that left their provider (their render
     slots are free) and the lines a task joined."""
     released: dict[ProviderName, set[str]] = {}
-    lines: set[ProviderName] = set()
+    lines: dict[ProviderName, set[str]] = {}
     for old, new in records:
         if old is not None and old.status in HOLDING_STATUSES and new.status not in HOLDING_STATUSES:
             released.setdefault(old.provider, set()).add(old.task_id)
         if new.status is TaskStatus.QUEUED:
-            lines.add(new.provider)
+            lines.setdefault(new.provider, set()).add(new.task_id)
     return released, lines
 
 

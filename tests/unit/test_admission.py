@@ -71,7 +71,7 @@ def send_next(w: World, provider: ProviderName = "wavespeed") -> DispatchReport:
 
 def wake_up(w: World, provider: ProviderName = "wavespeed") -> DispatchReport:
     """The delayed SQS message the dispatcher asked for arrives."""
-    return on_line_changes(w.ctx, {}, {provider}, lambda: LEFT)
+    return on_line_changes(w.ctx, {}, {provider: set()}, lambda: LEFT)
 
 
 def status(w: World, task: Task) -> TaskStatus:
@@ -116,6 +116,18 @@ def test_the_line_is_first_come_first_served_across_jobs(w: World) -> None:
     assert report.actions == {"submit-submitted": 3}
     assert sent(w) == [task.task_id for task in tasks[:3]]
     assert [status(w, task) for task in tasks] == [S.SUBMITTED, S.SUBMITTED, S.SUBMITTED, S.QUEUED]
+
+
+def test_a_pair_the_lines_index_does_not_show_yet_is_sent_from_the_stream_record_that_announced_it(
+    w: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the line's index lags behind the table (a GSI is updated after the write the stream reports)
+    monkeypatch.setattr(w.tasks, "queue_head", lambda provider, limit: [])
+    task = pair(w, "a")
+    # When the stream record of the pair joining the line reaches the dispatcher
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    # Then it was sent at once, not a poll later
+    assert sent(w) == [task.task_id]
 
 
 def test_no_more_than_renders_at_once_tasks_hold_render_slots(w: World) -> None:
@@ -285,7 +297,7 @@ def test_a_late_release_of_a_task_sent_again_since_does_not_free_the_slot_it_hol
     assert send_next(w).actions == {"submit-requeued": 1, "submit-submitted": 1}
     assert w.tasks.holders("wavespeed") == {task.task_id}
     # When the stream record of its turn-away (it left SUBMITTING) reaches the dispatcher only now
-    on_line_changes(w.ctx, {"wavespeed": {task.task_id}}, {"wavespeed"}, lambda: LEFT)
+    on_line_changes(w.ctx, {"wavespeed": {task.task_id}}, {"wavespeed": set()}, lambda: LEFT)
     # Then it keeps the slot it holds at WaveSpeed, and the next pair waits for it
     assert w.tasks.holders("wavespeed") == {task.task_id}
     assert sent(w) == [task.task_id, task.task_id]

@@ -16,7 +16,7 @@ provider was sent it — a task is only ever at one provider.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -117,8 +117,14 @@ def _holds_slot(ctx: PipelineContext, task_id: str, provider: ProviderName) -> b
     return task is not None and task.holds_render_slot and task.provider == provider
 
 
-def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[], timedelta]) -> DispatchReport:
-    """Send the first tasks of `provider`'s line for as long as its quota (and the spend limit) has room."""
+def dispatch(
+    ctx: PipelineContext,
+    provider: ProviderName,
+    time_left: Callable[[], timedelta],
+    joined: Collection[str] = (),
+) -> DispatchReport:
+    """Send the first tasks of `provider`'s line for as long as its quota (and the spend limit) has room. `joined`:
+    tasks the stream says just joined the line, which the line's index may not show yet."""
     report = DispatchReport()
     limits = ctx.settings.quota_limits(provider)
     conflicts = 0
@@ -132,7 +138,7 @@ def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[
                 report.waiting = wait.reason
                 _wake_when_over(ctx, quota, stored, wait, now)
             break
-        task = _first_in_line(ctx, provider) or _spill_over(ctx, alternative(provider), provider, now)
+        task = _first_in_line(ctx, provider, joined) or _spill_over(ctx, alternative(provider), provider, now)
         if task is None:
             break
         log_about(task.job, task.task_id)
@@ -179,12 +185,20 @@ def dispatch(ctx: PipelineContext, provider: ProviderName, time_left: Callable[[
     return report
 
 
-def _first_in_line(ctx: PipelineContext, provider: ProviderName) -> Task | None:
-    for task_id in ctx.tasks.queue_head(provider, HEAD_LOOKAHEAD):
-        task = ctx.tasks.get(task_id)
-        if task is not None and task.status is TaskStatus.QUEUED and task.provider == provider:
+def _first_in_line(ctx: PipelineContext, provider: ProviderName, joined: Collection[str]) -> Task | None:
+    head = ctx.tasks.queue_head(provider, HEAD_LOOKAHEAD)
+    for task_id in head:
+        if (task := _waiting_for(ctx, task_id, provider)) is not None:
             return task
-    return None
+    # The index is updated after the write the stream reported: a task that just joined may not be in it yet (the
+    # tasks it does show joined earlier).
+    late = [task for task_id in joined if task_id not in head and (task := _waiting_for(ctx, task_id, provider))]
+    return min(late, key=lambda task: (task.queued_at or task.created_at, task.task_id), default=None)
+
+
+def _waiting_for(ctx: PipelineContext, task_id: str, provider: ProviderName) -> Task | None:
+    task = ctx.tasks.get(task_id)
+    return task if task is not None and task.status is TaskStatus.QUEUED and task.provider == provider else None
 
 
 def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName, now: datetime) -> Task | None:
@@ -467,15 +481,16 @@ def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: obj
 def on_line_changes(
     ctx: PipelineContext,
     released: dict[ProviderName, set[str]],
-    lines: set[ProviderName],
+    lines: dict[ProviderName, set[str]],
     time_left: Callable[[], timedelta],
 ) -> DispatchReport:
-    """Tasks left their provider (their slots are free) and lines changed or are due: move every line concerned."""
+    """Tasks left their provider (their slots are free) and lines changed or are due (with the tasks that joined
+    them, if any): move every line concerned."""
     report = DispatchReport()
     for provider, task_ids in released.items():
         release(ctx, provider, task_ids)
-    for provider in sorted(lines | released.keys()):
-        moved = dispatch(ctx, provider, time_left)
+    for provider in sorted(lines.keys() | released.keys()):
+        moved = dispatch(ctx, provider, time_left, lines.get(provider, set()))
         report.actions.update(moved.actions)
         if moved.waiting:
             report.waiting = moved.waiting
