@@ -23,7 +23,7 @@ from support.fakes import (
 )
 
 from avatar_local.simulators.media import make_sample_speech as sample_speech
-from avatar_pipeline.errors import ProviderTransientError
+from avatar_pipeline.errors import ProviderOutcomeUnknownError, ProviderTransientError
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, ProviderName, ProviderQuota, Task, TaskStatus
 from avatar_pipeline.quota import (
     WINDOW_MARGIN,
@@ -670,6 +670,25 @@ def test_the_poller_gives_back_a_slot_whose_release_was_lost() -> None:
     assert actions["slot-reclaimed"] == 1
     assert actions["submit-submitted"] == 1
     assert w.tasks.holders("wavespeed") == {second.task_id}
+
+
+def test_a_submission_whose_answer_was_lost_gives_its_slot_back_after_a_renders_longest_time() -> None:
+    # Given WaveSpeed renders one at a time, and the answer to the first submission was lost
+    w = make_world(settings={"WAVESPEED_RENDERS_AT_ONCE": "1"})
+    lost, waiting = pair(w, "a"), pair(w, "b")
+    w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"), None)
+    assert send_next(w).actions == {"submit-unknown": 1}
+    # When the poller looks within a render's longest time, the slot stays taken (WaveSpeed may be rendering it)
+    w.clock.advance(w.ctx.settings.max_render_seconds)
+    assert "slot-reclaimed" not in run_poll(w)
+    assert status(w, waiting) is S.QUEUED
+    # When it looks after that time
+    w.clock.advance(1)
+    actions = run_poll(w)
+    # Then the slot went back and the next pair was sent; the lost one is still waited for, never sent again
+    assert actions["slot-reclaimed"] == 1 and actions["submit-submitted"] == 1
+    assert sent(w) == [lost.task_id, waiting.task_id]
+    assert status(w, lost) is S.SUBMITTING
 
 
 def test_a_dispatcher_short_of_time_sends_nothing_and_hands_its_line_to_a_new_invocation_at_once(w: World) -> None:

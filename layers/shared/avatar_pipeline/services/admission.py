@@ -114,7 +114,14 @@ def reconcile(ctx: PipelineContext, provider: ProviderName) -> int:
 
 def _holds_slot(ctx: PipelineContext, task_id: str, provider: ProviderName) -> bool:
     task = ctx.tasks.get(task_id)
-    return task is not None and task.holds_render_slot and task.provider == provider
+    if task is None or not task.holds_render_slot or task.provider != provider:
+        return False
+    if task.status is TaskStatus.SUBMITTING and task.lease_until is None:
+        # A submission whose answer was lost: the provider may be rendering it, or never got it. After a render's
+        # longest time its slot goes back, so a few lost answers cannot stop the line for hours (should the provider
+        # have it after all, it queues one more on its side); the task is still waited for.
+        return ctx.clock() - task.status_since <= timedelta(seconds=ctx.settings.max_render_seconds)
+    return True
 
 
 def dispatch(
