@@ -43,12 +43,13 @@ CLIP_SECONDS = 2.5
 SHORT_CLIP_SECONDS = 1.0  # under every provider's 2 s minimum
 QUOTA_PER_MINUTE = 120
 QUOTA_AT_ONCE = 4
-# Local timings, within the template's limits: halves wait 60 s for a partner; a task may take 5 min.
+# Local timings, within the template's limits: halves wait 60 s for a partner; a task may take 5 min at the provider
+# (in its queue and rendering; a submission whose answer was lost is waited for that long, so it ends within a run).
 PARAMETERS = {
     "PollAfterSeconds": "5",
     "MaxPairWaitSeconds": "60",
-    "MaxProviderQueueSeconds": "300",
-    "MaxRenderSeconds": "300",
+    "MaxProviderQueueSeconds": "150",
+    "MaxRenderSeconds": "150",
     # The quota is on: the simulator holds WaveSpeed to these limits too (higher than its default level, so 200 pairs
     # of 2-second renders take minutes, not the better part of an hour).
     "WaveSpeedSubmissionsPerMinute": str(QUOTA_PER_MINUTE),
