@@ -575,7 +575,10 @@ def test_dispatch_filter_follows_a_failover_into_the_other_providers_line(
 
     record = task_change(S.SUBMITTING, S.QUEUED, new_provider="cometapi")
     assert matches_any(dispatch_patterns, record)
-    assert _stream_changes({"Records": [record]}) == ({"wavespeed": {"task-event-0001"}}, {"cometapi"})
+    assert _stream_changes({"Records": [record]}) == (
+        {"wavespeed": {"task-event-0001"}},
+        {"cometapi": {"task-event-0001"}},
+    )
 
 
 def test_dispatch_filter_drops_quota_spend_and_pairing_records(dispatch_patterns: list[dict[str, Any]]) -> None:
