@@ -103,7 +103,9 @@ class ChaosConfig:
     stem_share: float = 0.2  # inbox/<job>.png + inbox/<job>.mp3 instead of a folder
     together_share: float = 0.4  # both halves uploaded at the same instant
     drops_per_second: float = 8.0
-    settle_timeout: float = 480.0
+    # The quota is on: each 429 the simulators inject pauses that provider's line (CometAPI sends no Retry-After, so a
+    # whole window), which stretches a 200-pair run to about 9 minutes.
+    settle_timeout: float = 900.0
     workers_per_function: int = 2
 
 
