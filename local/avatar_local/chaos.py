@@ -104,8 +104,8 @@ class ChaosConfig:
     together_share: float = 0.4  # both halves uploaded at the same instant
     drops_per_second: float = 8.0
     # The quota is on: each 429 the simulators inject pauses that provider's line (CometAPI sends no Retry-After, so a
-    # whole window), which stretches a 200-pair run to about 9 minutes.
-    settle_timeout: float = 900.0
+    # whole window), which stretched a 200-pair run to 14 minutes on a busy 2-CPU machine.
+    settle_timeout: float = 1800.0
     workers_per_function: int = 2
 
 

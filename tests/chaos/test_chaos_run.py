@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 def test_a_chaos_run_loses_nothing_and_does_nothing_twice(tmp_path: Path) -> None:
     # Given 24 pairs (good, half and bad ones, for both providers) and the chaos run's faults
-    report = run_chaos(ChaosConfig(pairs=24, seed=7), tmp_path, say=lambda _: None)
+    report = run_chaos(ChaosConfig(pairs=24, seed=7, settle_timeout=480), tmp_path, say=lambda _: None)
     print(report.table())
     # Then most kinds of fault were really injected (which ones fire depends on timing and the seed)
     injected = {row.label: int(row.value) for row in report.rows if row.label.startswith("injected:")}
