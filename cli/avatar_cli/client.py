@@ -43,7 +43,7 @@ class StackTarget(BaseModel):
     def _connection(self) -> dict[str, Any]:
         if self.aws_endpoint_url is None:
             return {"region_name": self.region}  # real AWS: the usual credential chain
-        # The local stack's embedded AWS accepts any credentials; never send real ones there.
+        # The local stack's operator key (its embedded AWS's root user); never send real credentials there.
         return {
             "region_name": self.region,
             "endpoint_url": self.aws_endpoint_url,

@@ -2,20 +2,77 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import boto3
+from moto.iam.aws_managed_policies import aws_managed_policies_data
+from moto.iam.models import AWSManagedPolicy, iam_backends
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from avatar_local.moto_dynamodb import faithful_dynamodb_writes
+from avatar_local.moto_iam import enforced_iam
 from avatar_local.template import Resolver
 
-# Credentials moto accepts; nothing here can reach real AWS.
-LOCAL_CREDENTIALS = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
+ACCOUNT_ID = "123456789012"
+# Lambda's longest role session; each function's credentials are made once, when the local stack starts.
+ROLE_SESSION_SECONDS = 43200
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key_id: str
+    secret_access_key: str
+    session_token: str | None = None
+
+    def for_boto3(self) -> dict[str, str]:
+        return {
+            "aws_access_key_id": self.access_key_id,
+            "aws_secret_access_key": self.secret_access_key,
+            **({"aws_session_token": self.session_token} if self.session_token else {}),
+        }
+
+    def environment(self) -> dict[str, str]:
+        """As Lambda hands a function its role's credentials: in the environment."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            **({"AWS_SESSION_TOKEN": self.session_token} if self.session_token else {}),
+        }
+
+
+# The operator's credentials (the developer at this machine, the tests, the CLI): the account's root user, allowed
+# everything. Nothing here can reach real AWS.
+OPERATOR = Credentials("local", "local")
+LOCAL_CREDENTIALS = OPERATOR.for_boto3()
+
+
+class AwsClients(Protocol):
+    """What AWS calls are made with: clients of one identity in the embedded AWS."""
+
+    @property
+    def region(self) -> str: ...
+
+    def client(self, service: str) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RoleSession:
+    """Clients signed with a role session's credentials, e.g. what Lambda uses to read a function's event sources."""
+
+    endpoint_url: str
+    region: str
+    credentials: Credentials
+
+    def client(self, service: str) -> Any:
+        return boto3.client(
+            service, endpoint_url=self.endpoint_url, region_name=self.region, **self.credentials.for_boto3()
+        )
 
 
 def _list_moto_modules_once() -> None:
@@ -35,26 +92,40 @@ def _list_moto_modules_once() -> None:
 
 
 class EmbeddedAws:
-    def __init__(self, region: str) -> None:
+    """moto in server mode. With `enforce_iam` (the default) it authorises every request as IAM would: only the
+    operator's credentials are allowed everything (see avatar_local.moto_iam)."""
+
+    def __init__(self, region: str, enforce_iam: bool = True) -> None:
         self.region = region
         self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._writes = faithful_dynamodb_writes()
+        self._patches = contextlib.ExitStack()
+        self._enforce_iam = enforce_iam
         self.endpoint_url = ""
 
     def start(self) -> None:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         _list_moto_modules_once()
-        self._writes.__enter__()
+        self._patches.enter_context(faithful_dynamodb_writes())
+        if self._enforce_iam:
+            self._patches.enter_context(enforced_iam(OPERATOR.access_key_id))
         self._server.start()
         host, port = self._server.get_host_and_port()
         self.endpoint_url = f"http://{host}:{port}"
 
     def stop(self) -> None:
         self._server.stop()
-        self._writes.__exit__(None, None, None)
+        self._patches.close()
 
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.endpoint_url, region_name=self.region, **LOCAL_CREDENTIALS)
+
+    def assume_role(self, role_arn: str, session_name: str) -> RoleSession:
+        """A session of `role_arn`, as Lambda starts one for a function's execution role."""
+        answer = self.client("sts").assume_role(
+            RoleArn=role_arn, RoleSessionName=session_name[:64], DurationSeconds=ROLE_SESSION_SECONDS
+        )["Credentials"]
+        credentials = Credentials(answer["AccessKeyId"], answer["SecretAccessKey"], answer["SessionToken"])
+        return RoleSession(self.endpoint_url, self.region, credentials)
 
 
 @dataclass
@@ -102,7 +173,7 @@ def create_resources(
     A queue gets the properties that change how it delivers (visibility timeout, retention, delay, FIFO, redrive).
     """
     created = CreatedResources()
-    account = "123456789012"
+    account = ACCOUNT_ID
     redrive_policies: dict[str, Any] = {}  # queue URL -> its RedrivePolicy, unresolved
     for logical_id, resource in template["Resources"].items():
         kind = resource["Type"]
@@ -160,6 +231,57 @@ def create_resources(
         attributes = {"RedrivePolicy": _queue_attribute(resolver.resolve(policy))}
         aws.client("sqs").set_queue_attributes(QueueUrl=url, Attributes=attributes)
     return created
+
+
+def create_roles(
+    aws: EmbeddedAws, transformed: Mapping[str, Any], resolver: Resolver, stack_name: str
+) -> dict[str, str]:
+    """Create the IAM roles of the SAM-transformed template (each function's execution role, with the policies SAM
+    generated for it) in the embedded AWS; returns each role's ARN by logical id (also given to `resolver`)."""
+    iam = aws.client("iam")
+    arns: dict[str, str] = {}
+    for logical_id, resource in transformed["Resources"].items():
+        if resource["Type"] != "AWS::IAM::Role" or (
+            "Condition" in resource and not resolver.condition(resource["Condition"])
+        ):
+            continue
+        props = resolver.resolve(resource["Properties"])
+        # CloudFormation names a role it names itself <stack>-<logical id>-<suffix>, at most 64 characters.
+        name = props.get("RoleName", f"{stack_name}-{logical_id}"[:64])
+        role = iam.create_role(
+            RoleName=name,
+            Path=props.get("Path", "/"),
+            AssumeRolePolicyDocument=json.dumps(props["AssumeRolePolicyDocument"]),
+            MaxSessionDuration=int(props.get("MaxSessionDuration", ROLE_SESSION_SECONDS)),
+        )["Role"]
+        for policy in props.get("Policies", []):
+            # SAM's generated policies have no Version, which IAM reads as 2008-10-17 (no policy variables, none used
+            # here) and moto refuses: they are given the current one.
+            document = {"Version": "2012-10-17", **policy["PolicyDocument"]}
+            iam.put_role_policy(RoleName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(document))
+        for policy_arn in props.get("ManagedPolicyArns", []):
+            _ensure_aws_managed_policy(aws.region, policy_arn)
+            iam.attach_role_policy(RoleName=name, PolicyArn=policy_arn)
+        arns[logical_id] = role["Arn"]
+        resolver.resource_values[logical_id] = name
+        resolver.attributes[(logical_id, "Arn")] = role["Arn"]
+    return arns
+
+
+@functools.cache
+def _aws_managed_policy_documents() -> dict[str, Any]:
+    return dict(json.loads(aws_managed_policies_data))
+
+
+def _ensure_aws_managed_policy(region: str, policy_arn: str) -> None:
+    """AWS's own managed policies exist in every account; moto loads all of them (slowly) only when asked, so the ones
+    the template attaches are added from moto's copy of their documents."""
+    backend = iam_backends[ACCOUNT_ID]["aws"]
+    if policy_arn in backend.managed_policies or ":iam::aws:policy/" not in policy_arn:
+        return
+    name = policy_arn.rsplit("/", 1)[-1]
+    policy = AWSManagedPolicy.from_data(name, ACCOUNT_ID, region, _aws_managed_policy_documents()[name])
+    backend.managed_policies[policy.arn] = policy
 
 
 def _queue_attribute(value: Any) -> str:

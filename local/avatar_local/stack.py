@@ -10,9 +10,9 @@ URL (`https://<api>.execute-api...`) is the local API gateway's, and finalize's 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,13 +21,31 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from avatar_local.aws import EmbeddedAws, create_resources, secret_json, subscribe_queue
+from avatar_local.aws import (
+    OPERATOR,
+    AwsClients,
+    EmbeddedAws,
+    RoleSession,
+    create_resources,
+    create_roles,
+    secret_json,
+    subscribe_queue,
+)
 from avatar_local.aws_faults import AwsFaultPlan
 from avatar_local.runtime import FunctionPool, FunctionRuntime
+from avatar_local.sam_transform import transform
 from avatar_local.simulators.cometapi import CometApiSimulator
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.wavespeed import WaveSpeedSimulator
-from avatar_local.template import FunctionSpec, Resolver, functions, layer_content_dirs, load_template
+from avatar_local.template import (
+    FunctionSpec,
+    Resolver,
+    TemplateError,
+    function_by_id,
+    functions,
+    layer_content_dirs,
+    load_template,
+)
 from avatar_local.triggers import (
     ApiGateway,
     ApiRoute,
@@ -86,6 +104,10 @@ class LocalStackConfig:
     wavespeed_max_concurrent: int = 3
     state_dir: Path | None = None
     workers_per_function: int = 1
+    # The embedded AWS authorises each function's requests with its role's policies, as IAM does.
+    enforce_iam: bool = True
+    # Another template than the project's (e.g. one with a permission taken away); code paths stay relative to root.
+    template_path: Path | None = None
 
     @property
     def local_dir(self) -> Path:
@@ -95,8 +117,11 @@ class LocalStackConfig:
 class LocalStack:
     def __init__(self, config: LocalStackConfig | None = None) -> None:
         self.config = config or LocalStackConfig()
-        self.template = load_template(self.config.root / "template.yaml")
-        self.aws = EmbeddedAws(self.config.region)
+        self.template = load_template(self.config.template_path or self.config.root / "template.yaml")
+        # What CloudFormation receives: the functions' roles and policies are read from here, as SAM generates them.
+        self.transformed = transform(self.template, self.config.region)
+        self.aws = EmbeddedAws(self.config.region, enforce_iam=self.config.enforce_iam)
+        self.roles: dict[str, RoleSession] = {}  # each function's execution role session, by function
         self.simulator = WaveSpeedSimulator(
             faults=self.config.faults,
             time_factor=self.config.time_factor,
@@ -142,7 +167,18 @@ class LocalStack:
             "CometApiSecret": secret_json({"api_key": LOCAL_API_KEY}),
         }
         created = create_resources(self.aws, self.template, resolver, config.stack_name, secrets)
+        create_roles(self.aws, self.transformed, resolver, config.stack_name)
         specs = functions(self.template)
+        for spec in specs:
+            # What the template's references to a function give: its name (Ref) and ARN (Fn::GetAtt Arn).
+            name = resolver.resolve_str(spec.properties.get("FunctionName", f"{config.stack_name}-{spec.logical_id}"))
+            resolver.resource_values[spec.logical_id] = name
+            resolver.attributes[(spec.logical_id, "Arn")] = (
+                f"arn:aws:lambda:{config.region}:{config.account_id}:function:{name}"
+            )
+            role = self.transformed["Resources"][spec.logical_id]["Properties"]["Role"]
+            role_arn = resolver.resolve_str(role, f"{spec.logical_id} Role")
+            self.roles[spec.logical_id] = self.aws.assume_role(role_arn, f"{config.stack_name}-{spec.logical_id}")
         routes: list[ApiRoute] = []
         self._gateway = ApiGateway(routes)
         for spec in specs:
@@ -150,7 +186,8 @@ class LocalStack:
                 self._runtime(spec, resolver), workers=config.workers_per_function
             )
         for spec in specs:
-            self._wire_events(spec, resolver, created.refs, routes)
+            self._wire_events(spec, resolver, routes)
+        self._wire_bucket_notifications(resolver, created.refs)
         self._gateway.start()
         for worker in self._workers:
             worker.start()
@@ -215,8 +252,7 @@ class LocalStack:
             "AWS_ENDPOINT_URL": self.aws.endpoint_url,
             "AWS_REGION": self.config.region,
             "AWS_DEFAULT_REGION": self.config.region,
-            "AWS_ACCESS_KEY_ID": "local",
-            "AWS_SECRET_ACCESS_KEY": "local",
+            **self.roles[spec.logical_id].credentials.environment(),
             "AWS_LAMBDA_FUNCTION_NAME": f"{self.config.stack_name}-{spec.logical_id}",
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon on this machine
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -246,31 +282,21 @@ class LocalStack:
     def _queue_url_for(self, queue_arn: str) -> str:
         return self.aws.client("sqs").get_queue_url(QueueName=queue_arn.rsplit(":", 1)[-1])["QueueUrl"]
 
-    def _wire_events(
-        self, spec: FunctionSpec, resolver: Resolver, refs: dict[str, str], routes: list[ApiRoute]
-    ) -> None:
+    def _wire_events(self, spec: FunctionSpec, resolver: Resolver, routes: list[ApiRoute]) -> None:
         pool = self.pools[spec.logical_id]
+        # Lambda reads a function's streams and queues, and sends its failures on, with the function's role.
+        role: AwsClients = self.roles[spec.logical_id]
         for event in spec.events:
             props = event.properties
             if event.type == "S3":
-                retries, destination = self._failure_destination(spec, resolver)
-                invoker = AsyncInvoker(pool, self.aws, retries, destination)
-                self._invokers.append(invoker)
-                bucket = refs[props["Bucket"]["Ref"]]
-                queue_url = self._route_bucket_events(bucket, spec.logical_id, event.name, props)
-                self._workers.append(
-                    Worker(
-                        f"s3-{spec.logical_id}",
-                        s3_notification_pump(self.aws, queue_url, invoker, self.config.aws_faults, self.injected),
-                        0.0,
-                    )
-                )
+                continue  # SAM makes it the bucket's notification: wired from there (_wire_bucket_notifications)
             elif event.type == "Api":
-                api = self.template["Resources"][props["RestApiId"]["Ref"]]["Properties"]
-                routes.append(ApiRoute(api["StageName"], props["Path"], props["Method"], pool))
+                # Every stage the deployment creates answers, as on AWS.
+                for stage in api_stage_names(self.transformed, props["RestApiId"]["Ref"]):
+                    routes.append(ApiRoute(stage, props["Path"], props["Method"], pool))
             elif event.type in ("Schedule", "ScheduleV2"):
                 retries, destination = self._failure_destination(spec, resolver)
-                invoker = AsyncInvoker(pool, self.aws, retries, destination)
+                invoker = AsyncInvoker(pool, role, retries, destination)
                 self._invokers.append(invoker)
                 rule = f"{self.config.stack_name}-{spec.logical_id}-{event.name}"
 
@@ -283,7 +309,7 @@ class LocalStack:
                 stream_arn = resolver.resolve(props["Stream"])
                 destination = props.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
                 pump = StreamPump(
-                    self.aws,
+                    role,
                     stream_arn,
                     pool,
                     batch_size=int(props.get("BatchSize", 100)),
@@ -299,7 +325,7 @@ class LocalStack:
                 queue_arn = resolver.resolve_str(props["Queue"], f"{spec.logical_id} event {event.name} Queue")
                 scaling = resolver.resolve(props.get("ScalingConfig", {}))
                 poller = SqsPoller(
-                    self.aws,
+                    role,
                     queue_arn,
                     self._queue_url_for(queue_arn),
                     pool,
@@ -319,16 +345,37 @@ class LocalStack:
                 raise NotImplementedError(f"{spec.logical_id}: no local source for {event.type} events")
             self.wired_events.append((spec.logical_id, event.name))
 
-    def _route_bucket_events(self, bucket: str, function: str, event_name: str, props: dict[str, Any]) -> str:
-        """S3 notifications for the function's event, delivered by moto to a queue the pump reads."""
+    def _wire_bucket_notifications(self, resolver: Resolver, refs: dict[str, str]) -> None:
+        """Each bucket's Lambda notifications, read from the transformed template (where SAM puts its S3 events), go
+        to their function; as on AWS, only if the function's resource policy lets this bucket's S3 invoke it."""
+        arns = {resolver.attributes[(spec, "Arn")]: spec for spec in self.pools}
+        for logical_id, resource in self.transformed["Resources"].items():
+            if resource["Type"] != "AWS::S3::Bucket" or logical_id not in refs:
+                continue
+            bucket = refs[logical_id]
+            configuration = resolver.resolve(resource["Properties"].get("NotificationConfiguration", {}))
+            for number, notification in enumerate(configuration.get("LambdaConfigurations", [])):
+                function = arns[notification["Function"]]
+                require_invoke_permission(
+                    self.transformed, resolver, function, "s3.amazonaws.com", f"arn:aws:s3:::{bucket}"
+                )
+                spec = function_by_id(self.template, function)
+                retries, destination = self._failure_destination(spec, resolver)
+                invoker = AsyncInvoker(self.pools[function], self.roles[function], retries, destination)
+                self._invokers.append(invoker)
+                queue_url = self._route_bucket_events(bucket, f"{function}-{number}", notification)
+                pump = s3_notification_pump(self.aws, queue_url, invoker, self.config.aws_faults, self.injected)
+                self._workers.append(Worker(f"s3-{function}-{number}", pump, 0.0))
+                self.wired_events.append((function, f"{logical_id} notification {number}"))
+
+    def _route_bucket_events(self, bucket: str, name: str, notification: dict[str, Any]) -> str:
+        """The bucket's notification, delivered by moto to a queue the pump reads."""
         sqs = self.aws.client("sqs")
-        queue_name = f"{self.config.stack_name}-{function}-{event_name}"
-        queue_url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+        queue_url = sqs.create_queue(QueueName=f"{self.config.stack_name}-{name}")["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-        events = props["Events"] if isinstance(props["Events"], list) else [props["Events"]]
-        configuration: dict[str, Any] = {"QueueArn": queue_arn, "Events": events}
-        if "Filter" in props:
-            configuration["Filter"] = {"Key": {"FilterRules": props["Filter"]["S3Key"]["Rules"]}}
+        configuration: dict[str, Any] = {"QueueArn": queue_arn, "Events": [notification["Event"]]}
+        if "Filter" in notification:
+            configuration["Filter"] = {"Key": {"FilterRules": notification["Filter"]["S3Key"]["Rules"]}}
         s3 = self.aws.client("s3")
         existing = s3.get_bucket_notification_configuration(Bucket=bucket).get("QueueConfigurations", [])
         s3.put_bucket_notification_configuration(
@@ -362,6 +409,41 @@ class LocalStack:
         )
 
 
+def api_stage_names(transformed: dict[str, Any], api: str) -> list[str]:
+    """Every stage a REST API of the transformed template is deployed to: its Stage resources, and the stage a
+    Deployment names itself (which SAM adds, as "Stage", unless the API sets OpenApiVersion)."""
+    names = set()
+    for resource in transformed["Resources"].values():
+        props = resource.get("Properties", {})
+        is_stage = resource["Type"] in ("AWS::ApiGateway::Stage", "AWS::ApiGateway::Deployment")
+        if is_stage and props.get("RestApiId") == {"Ref": api} and isinstance(props.get("StageName"), str):
+            names.add(props["StageName"])
+    return sorted(names)
+
+
+def require_invoke_permission(
+    transformed: dict[str, Any], resolver: Resolver, function: str, principal: str, source_arn: str
+) -> None:
+    """An AWS::Lambda::Permission lets `principal` invoke `function` from `source_arn` (SourceArn, when set, must match
+    it; SourceAccount, when set, must be the account). Otherwise AWS refuses the notification when it is created."""
+    for resource in transformed["Resources"].values():
+        if resource["Type"] != "AWS::Lambda::Permission":
+            continue
+        props = resolver.resolve(resource["Properties"])
+        if (
+            props.get("FunctionName") in (resolver.resource_values[function], resolver.attributes[(function, "Arn")])
+            and props.get("Principal") == principal
+            and props.get("Action") in ("lambda:InvokeFunction", "lambda:*")
+            and fnmatch.fnmatchcase(source_arn, props.get("SourceArn", "*"))
+            and props.get("SourceAccount", resolver.account_id) == resolver.account_id
+        ):
+            return
+    raise TemplateError(
+        f"Unable to validate the destination configuration: {principal} may not invoke {function} "
+        f"from {source_arn} (no AWS::Lambda::Permission allows it)"
+    )
+
+
 _CLIENT_OUTPUTS = frozenset(
     {
         "MediaBucketName",
@@ -380,6 +462,6 @@ def environment_for_clients(info: StackInfo) -> dict[str, str]:
         "AWS_ENDPOINT_URL": info.aws_endpoint_url,
         "AWS_REGION": info.region,
         "AWS_DEFAULT_REGION": info.region,
-        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "local"),
-        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "local"),
+        # The operator's key: the embedded AWS's root user. Never real credentials, which it would refuse anyway.
+        **OPERATOR.environment(),
     }

@@ -18,6 +18,7 @@ import base64
 import copy
 import json
 import re
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -34,8 +35,6 @@ __all__ = [
     "EventSpec",
     "FunctionSpec",
     "Resolver",
-    "S3EventSource",
-    "S3KeyFilterRule",
     "ScheduleEventSource",
     "SqsEventSource",
     "TemplateError",
@@ -233,8 +232,10 @@ class Resolver:
             "AWS::NoValue": NO_VALUE,
             "AWS::Partition": self.partition,
             "AWS::Region": self.region,
+            # CloudFormation ends a stack's id with a UUID of its own; this one is the same for every run of a stack.
             "AWS::StackId": (
-                f"arn:{self.partition}:cloudformation:{self.region}:{self.account_id}:stack/{self.stack_name}/local"
+                f"arn:{self.partition}:cloudformation:{self.region}:{self.account_id}:stack/{self.stack_name}/"
+                f"{uuid.uuid5(uuid.NAMESPACE_URL, f'{self.account_id}/{self.region}/{self.stack_name}')}"
             ),
             "AWS::StackName": self.stack_name,
             "AWS::URLSuffix": self.url_suffix,
@@ -545,40 +546,6 @@ def merge_globals(global_value: Any, local_value: Any) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
-class S3KeyFilterRule:
-    name: str  # "prefix" or "suffix" (lower-cased)
-    value: str
-
-
-@dataclass(frozen=True, slots=True)
-class S3EventSource:
-    bucket: str  # logical id of the bucket (SAM requires a Ref to a bucket in the same template)
-    events: list[str]  # e.g. ["s3:ObjectCreated:*"]
-    rules: list[S3KeyFilterRule]
-
-    @property
-    def prefix(self) -> str:
-        return "".join(rule.value for rule in self.rules if rule.name == "prefix")
-
-    @property
-    def suffix(self) -> str:
-        return "".join(rule.value for rule in self.rules if rule.name == "suffix")
-
-    def matches_key(self, key: str) -> bool:
-        return key.startswith(self.prefix) and key.endswith(self.suffix)
-
-    def matches_event_name(self, event_name: str) -> bool:
-        """Whether a notification's eventName ("ObjectCreated:Put" or "s3:ObjectCreated:Put") is subscribed."""
-        name = event_name if event_name.startswith("s3:") else f"s3:{event_name}"
-        return any(
-            name.startswith(pattern[:-1]) if pattern.endswith("*") else name == pattern for pattern in self.events
-        )
-
-    def matches(self, event_name: str, key: str) -> bool:
-        return self.matches_event_name(event_name) and self.matches_key(key)
-
-
-@dataclass(frozen=True, slots=True)
 class ApiEventSource:
     path: str  # e.g. "/webhooks/{provider}"
     method: str  # upper-cased; "ANY" matches every method
@@ -656,24 +623,6 @@ class EventSpec:
 
     def _where(self, key: str) -> str:
         return f"event {self.name} ({self.type}) {key}"
-
-    def s3(self) -> S3EventSource:
-        self._require("S3")
-        bucket = _ref_target(self.properties.get("Bucket"), self._where("Bucket"))
-        raw_events = self.properties.get("Events")
-        events = [raw_events] if isinstance(raw_events, str) else raw_events
-        if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
-            raise TemplateError(f"{self._where('Events')}: expected an event name or a list of them")
-        rules = []
-        key_filter = ((self.properties.get("Filter") or {}).get("S3Key") or {}).get("Rules") or []
-        for rule in key_filter:
-            if not isinstance(rule, dict) or not isinstance(rule.get("Name"), str):
-                raise TemplateError(f"{self._where('Filter')}: bad rule {rule!r}")
-            name = rule["Name"].lower()
-            if name not in {"prefix", "suffix"}:
-                raise TemplateError(f"{self._where('Filter')}: rule name must be prefix or suffix, got {name!r}")
-            rules.append(S3KeyFilterRule(name, _scalar_to_str(rule.get("Value", ""), self._where("Filter"))))
-        return S3EventSource(bucket=bucket, events=list(events), rules=rules)
 
     def api(self) -> ApiEventSource:
         self._require("Api", "HttpApi")

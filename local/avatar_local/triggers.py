@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from avatar_local.aws import EmbeddedAws
+from avatar_local.aws import AwsClients, EmbeddedAws
 from avatar_local.aws_faults import AwsFaultPlan
 from avatar_local.event_filter import filterable_record, matches_any
 from avatar_local.runtime import FunctionPool, InvocationError
@@ -39,7 +39,7 @@ logger = logging.getLogger("avatar_local")
 class AsyncInvoker:
     """Lambda's asynchronous invocation: a queue, retries, then the on-failure destination (an SQS queue)."""
 
-    def __init__(self, pool: FunctionPool, aws: EmbeddedAws, max_retries: int, failure_queue_url: str | None) -> None:
+    def __init__(self, pool: FunctionPool, aws: AwsClients, max_retries: int, failure_queue_url: str | None) -> None:
         self._pool = pool
         self._aws = aws
         self._max_retries = max_retries
@@ -167,7 +167,7 @@ class StreamPump:
 
     def __init__(
         self,
-        aws: EmbeddedAws,
+        aws: AwsClients,
         stream_arn: str,
         pool: FunctionPool,
         *,
@@ -318,7 +318,7 @@ class SqsPoller:
 
     def __init__(
         self,
-        aws: EmbeddedAws,
+        aws: AwsClients,
         queue_arn: str,
         queue_url: str,
         pool: FunctionPool,

@@ -22,7 +22,7 @@ import pytest
 from aws_lambda_powertools.utilities.parser.models import SqsModel
 from test_local_runtime import make_pool  # noqa: F401 - the fixture, shared
 
-from avatar_local.aws import EmbeddedAws, create_resources
+from avatar_local.aws import EmbeddedAws, create_resources, create_roles
 from avatar_local.runtime import FunctionPool
 from avatar_local.stack import LocalStack, LocalStackConfig
 from avatar_local.template import Resolver, function_by_id
@@ -347,7 +347,9 @@ def test_a_queue_whose_visibility_timeout_is_shorter_than_the_function_timeout_i
 
 # ------------------------------------------------------------------------------------------------ the stack's wiring
 
+# A valid SAM template (the local stack runs the SAM transform on it for the function's role).
 WIRED_TEMPLATE = """
+Transform: AWS::Serverless-2016-10-31
 Resources:
   WakeupQueue:
     Type: AWS::SQS::Queue
@@ -359,7 +361,14 @@ Resources:
     Properties:
       CodeUri: .
       Handler: sqs_recorder.handler
+      Runtime: python3.13
       Timeout: 1
+      # What the real template grants the dispatcher on its wake-up queue. (The SAM-attached managed policy's
+      # sqs:DeleteMessage alone would do on AWS, which authorises DeleteMessageBatch as DeleteMessage, but the
+      # embedded AWS checks sqs:DeleteMessageBatch as an action of its own.)
+      Policies:
+        - SQSPollerPolicy:
+            QueueName: !GetAtt WakeupQueue.QueueName
       Events:
         Wakeup:
           Type: SQS
@@ -385,6 +394,9 @@ def test_the_stack_wires_an_sqs_event_to_its_queue_and_waits_for_its_deliveries(
         stack.aws.start()
         resolver = Resolver(stack.template, stack_name=stack_name, region=REGION, account_id="123456789012")
         created = create_resources(stack.aws, stack.template, resolver, stack_name, secret_values={})
+        # Lambda reads the queue with the function's execution role, as the SAM transform makes it
+        create_roles(stack.aws, stack.transformed, resolver, stack_name)
+        stack.roles["Wakeup"] = stack.aws.assume_role(resolver.attributes[("WakeupRole", "Arn")], stack_name)
         stack.pools["Wakeup"] = make_pool(
             RECORDER,
             module="sqs_recorder",
@@ -392,7 +404,7 @@ def test_the_stack_wires_an_sqs_event_to_its_queue_and_waits_for_its_deliveries(
             timeout_seconds=1,  # the template's Timeout
             environment={"DELIVERIES": str(deliveries)},
         )
-        stack._wire_events(function_by_id(stack.template, "Wakeup"), resolver, created.refs, [])
+        stack._wire_events(function_by_id(stack.template, "Wakeup"), resolver, [])
         for worker in stack._workers:
             worker.start()
         sqs = stack.aws.client("sqs")

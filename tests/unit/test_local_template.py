@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -220,6 +221,27 @@ def test_resource_values_may_name_sam_generated_resources() -> None:
     ) == (f"https://api123.execute-api.{REGION}.amazonaws.com")
 
 
+def test_the_stack_id_ends_with_a_uuid_of_its_own_stack() -> None:
+    """Given CloudFormation ends a stack's id with a UUID (which the media bucket's default name is made from), then
+    the resolver's stack id is arn:...:stack/<name>/<UUID>: the same for every run of one stack, another for a stack
+    of another name, region or account."""
+
+    def stack_id(stack_name: str = STACK, region: str = REGION, account_id: str = ACCOUNT) -> str:
+        return str(
+            Resolver(SYNTHETIC, stack_name=stack_name, region=region, account_id=account_id).resolve(
+                {"Ref": "AWS::StackId"}
+            )
+        )
+
+    prefix = f"arn:aws:cloudformation:{REGION}:{ACCOUNT}:stack/{STACK}/"
+    assert stack_id().startswith(prefix)
+    assert str(uuid.UUID(stack_id().removeprefix(prefix))) == stack_id().removeprefix(prefix)
+    assert stack_id() == stack_id()
+    others = {stack_id(stack_name="other"), stack_id(region="eu-west-1"), stack_id(account_id="210987654321")}
+    tails = {other.rsplit("/", 1)[-1] for other in others} | {stack_id().rsplit("/", 1)[-1]}
+    assert len(tails) == 4
+
+
 def test_resolve_str_renders_scalars_like_cloudformation() -> None:
     resolver = synthetic_resolver()
     assert resolver.resolve_str(True) == "true"
@@ -391,40 +413,6 @@ def test_event_helpers_check_the_event_type() -> None:
 
 
 @pytest.mark.parametrize(
-    ("properties", "message"),
-    [
-        ({"Bucket": "literal-name", "Events": "s3:ObjectCreated:*"}, "Bucket"),
-        ({"Bucket": {"Ref": "B"}, "Events": []}, "Events"),
-        (
-            {"Bucket": {"Ref": "B"}, "Events": "e", "Filter": {"S3Key": {"Rules": [{"Name": "middle", "Value": "x"}]}}},
-            "prefix or suffix",
-        ),
-    ],
-)
-def test_s3_event_errors(properties: dict[str, Any], message: str) -> None:
-    with pytest.raises(TemplateError, match=message):
-        EventSpec(name="E", type="S3", properties=properties).s3()
-
-
-def test_s3_event_with_list_of_events_and_suffix() -> None:
-    source = EventSpec(
-        name="E",
-        type="S3",
-        properties={
-            "Bucket": {"Ref": "B"},
-            "Events": ["s3:ObjectCreated:Put", "s3:ObjectRemoved:*"],
-            "Filter": {"S3Key": {"Rules": [{"Name": "Prefix", "Value": "in/"}, {"Name": "Suffix", "Value": ".png"}]}},
-        },
-    ).s3()
-    assert (source.prefix, source.suffix) == ("in/", ".png")
-    assert source.matches("ObjectCreated:Put", "in/a.png")
-    assert source.matches("s3:ObjectRemoved:Delete", "in/b.png")
-    assert not source.matches("ObjectCreated:Copy", "in/a.png")
-    assert not source.matches("ObjectCreated:Put", "in/a.jpg")
-    assert not source.matches("ObjectCreated:Put", "out/a.png")
-
-
-@pytest.mark.parametrize(
     ("pattern", "message"),
     [
         ("{not json", "not JSON"),
@@ -532,6 +520,9 @@ def specs(template: dict[str, Any]) -> dict[str, FunctionSpec]:
     return {spec.logical_id: spec for spec in functions(template)}
 
 
+# The bucket's name when MediaBucketName is empty: the account, then the last group of the stack id's UUID.
+STACK_ID = Resolver({}, stack_name=STACK, region=REGION, account_id=ACCOUNT).pseudo_parameter("AWS::StackId")
+MEDIA_BUCKET = f"{ACCOUNT}-avatar-media-{STACK_ID.rsplit('-', 1)[-1]}"
 RESOURCE_VALUES = {
     "TaskTable": "avatar-local-TaskTable",
     "IdempotencyTable": "avatar-local-IdempotencyTable",
@@ -540,6 +531,8 @@ RESOURCE_VALUES = {
     "CometApiSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-CometApiSecret-GhIjKl",
     "WebhookApi": "abc123defg",
     "AdmissionWakeupQueue": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/avatar-local-AdmissionWakeupQueue",
+    "MediaBucket": MEDIA_BUCKET,
+    "SubmitFunction": f"{STACK}-submit",
 }
 ATTRIBUTES = {
     (
@@ -552,9 +545,9 @@ ATTRIBUTES = {
     ("FinalizeFailureQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-FinalizeFailureQueue",
     ("AdmissionWakeupQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-AdmissionWakeupQueue",
     ("AdmissionWakeupQueue", "QueueName"): "avatar-local-AdmissionWakeupQueue",
-    ("MediaBucket", "Arn"): f"arn:aws:s3:::{STACK}-{ACCOUNT}-{REGION}-media",
+    ("MediaBucket", "Arn"): f"arn:aws:s3:::{MEDIA_BUCKET}",
+    ("SubmitFunction", "Arn"): f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:{STACK}-submit",
 }
-MEDIA_BUCKET = f"{STACK}-{ACCOUNT}-{REGION}-media"
 
 
 def real_resolver(template: dict[str, Any], **overrides: Any) -> Resolver:
@@ -597,7 +590,8 @@ def test_load_template_reports_unreadable_files(tmp_path: Path) -> None:
 
 def test_the_five_functions_and_their_handlers(specs: dict[str, FunctionSpec]) -> None:
     expected = {
-        "SubmitFunction": ("functions/submit/", "submit_handler", [("InboxUpload", "S3")], 120),
+        # No SAM event: the media bucket's notification invokes submit (test_submit_is_triggered_by_inbox_uploads).
+        "SubmitFunction": ("functions/submit/", "submit_handler", [], 120),
         "DispatchFunction": (
             "functions/dispatch/",
             "dispatch_handler",
@@ -630,18 +624,6 @@ def test_function_by_id(template: dict[str, Any]) -> None:
     assert function_by_id(template, "PollerFunction").module == "poller_handler"
     with pytest.raises(TemplateError, match="MediaBucket"):
         function_by_id(template, "MediaBucket")
-
-
-def test_submit_is_triggered_by_inbox_uploads(specs: dict[str, FunctionSpec]) -> None:
-    source = specs["SubmitFunction"].event("InboxUpload").s3()
-    assert source.bucket == "MediaBucket"
-    assert source.events == ["s3:ObjectCreated:*"]
-    assert [(rule.name, rule.value) for rule in source.rules] == [("prefix", "inbox/")]
-    assert (source.prefix, source.suffix) == ("inbox/", "")
-    assert source.matches("ObjectCreated:Put", "inbox/alice smith/face.png")
-    assert source.matches("ObjectCreated:CompleteMultipartUpload", "inbox/alice smith/voice.mp3")
-    assert not source.matches("ObjectCreated:Put", "outputs/alice smith/task.mp4")
-    assert not source.matches("ObjectRemoved:Delete", "inbox/alice smith/face.png")
 
 
 def test_webhook_is_routed_from_its_api(specs: dict[str, FunctionSpec]) -> None:
@@ -836,7 +818,19 @@ def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict
     ]
     assert secrets == [RESOURCE_VALUES["WaveSpeedSecret"], RESOURCE_VALUES["CometApiSecret"]]
     submit = resolver.resolve(specs["SubmitFunction"].properties)
-    assert submit["Events"]["InboxUpload"]["Properties"]["Bucket"] == MEDIA_BUCKET
+    # Submit names the bucket by the expression the bucket's name is: all of them resolve to the bucket's name.
+    bucket = resolver.resolve(template["Resources"]["MediaBucket"]["Properties"])
+    assert bucket["BucketName"] == MEDIA_BUCKET
+    (notification,) = bucket["NotificationConfiguration"]["LambdaConfigurations"]
+    assert notification["Function"] == ATTRIBUTES[("SubmitFunction", "Arn")]
+    assert submit["Environment"]["Variables"]["MEDIA_BUCKET"] == MEDIA_BUCKET
+    assert {"S3ReadPolicy": {"BucketName": MEDIA_BUCKET}} in submit["Policies"]
+    permission = resolver.resolve(template["Resources"]["SubmitFunctionInboxUploadPermission"]["Properties"])
+    assert (permission["FunctionName"], permission["SourceArn"], permission["SourceAccount"]) == (
+        f"{STACK}-submit",
+        f"arn:aws:s3:::{MEDIA_BUCKET}",
+        ACCOUNT,
+    )
     assert not any("AWSSecretsManagerGetSecretValuePolicy" in p for p in submit["Policies"])
     assert (
         submit["EventInvokeConfig"]["DestinationConfig"]["OnFailure"]["Destination"]

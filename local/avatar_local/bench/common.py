@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from avatar_local.aws import OPERATOR
+
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
@@ -148,8 +150,7 @@ def lambda_environment(logical_id: str, *, extra_parameters: Mapping[str, str] |
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
         "LAMBDA_TASK_ROOT": str(code_dir),
         "_HANDLER": spec.handler,
-        "AWS_ACCESS_KEY_ID": "bench",
-        "AWS_SECRET_ACCESS_KEY": "bench",
+        **OPERATOR.environment(),
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
     }
     return {
