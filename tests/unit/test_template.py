@@ -17,13 +17,40 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from cfnlint.decode import decode_str
 
 from avatar_local.event_filter import check_pattern, matches_any
+from avatar_local.sam_transform import transform
+from avatar_local.template import load_template
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
 from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS, Settings
 from avatar_pipeline.models import HOLDING_STATUSES, TaskStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
-BUCKET_NAME = "${AWS::StackName}-${AWS::AccountId}-${AWS::Region}-media"
+# The media bucket's name as the bucket computes it: the MediaBucketName parameter, else
+# <account>-avatar-media-<last group of the stack id's UUID>. SubmitFunction, which the bucket's notification names,
+# uses this expression instead of a reference back to the bucket (a circular dependency).
+BUCKET_NAME = {
+    "Fn::If": [
+        "HasMediaBucketName",
+        {"Ref": "MediaBucketName"},
+        {
+            "Fn::Join": [
+                "-",
+                [
+                    {"Ref": "AWS::AccountId"},
+                    "avatar-media",
+                    {
+                        "Fn::Select": [
+                            4,
+                            {"Fn::Split": ["-", {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]}]},
+                        ]
+                    },
+                ],
+            ]
+        },
+    ]
+}
+BUCKET_REF = {"Ref": "MediaBucket"}
+WEBHOOK_BASE_URL = {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}/v1"}
 
 FUNCTIONS = {
     "SubmitFunction": ("functions/submit/", "submit_handler.lambda_handler"),
@@ -35,9 +62,14 @@ FUNCTIONS = {
 
 
 @pytest.fixture(scope="module")
-def template() -> dict[str, Any]:
+def template_path() -> Path:
+    return ROOT / "template.yaml"
+
+
+@pytest.fixture(scope="module")
+def template(template_path: Path) -> dict[str, Any]:
     # cfn-lint's decoder understands the short-form tags (!Ref, !Sub, !GetAtt, ...) and expands them.
-    decoded, problems = decode_str((ROOT / "template.yaml").read_text())
+    decoded, problems = decode_str(template_path.read_text())
     assert not problems, problems
     return decoded
 
@@ -191,7 +223,12 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
     assert glob["Layers"] == [{"Ref": "SharedLayer"}]
     env = glob["Environment"]["Variables"]
     assert env["TASK_TABLE_NAME"] == {"Ref": "TaskTable"}
-    assert env["MEDIA_BUCKET"] == {"Fn::Sub": BUCKET_NAME}
+    # Each function is told the bucket itself: submit by the computed name (the bucket's notification names submit,
+    # so a reference back would be circular), every other function by a reference to the bucket.
+    assert "MEDIA_BUCKET" not in env
+    for function in FUNCTIONS:
+        expected = BUCKET_NAME if function == "SubmitFunction" else BUCKET_REF
+        assert template["Resources"][function]["Properties"]["Environment"]["Variables"]["MEDIA_BUCKET"] == expected
     assert env["TOPIC_ARN"] == {"Ref": "NotificationTopic"}
     assert env["WAVESPEED_SECRET_ID"] == {"Ref": "WaveSpeedSecret"}
     assert "WEBHOOK_BASE_URL" not in env, "the webhook function must not get it (circular dependency)"
@@ -293,13 +330,32 @@ def test_only_finalize_gets_the_allowed_output_hosts_whose_default_is_the_provid
 
 
 def test_submit_listens_to_every_object_created_under_inbox(resources: dict[str, Any]) -> None:
-    """Given multipart uploads arrive as CompleteMultipartUpload, then Submit subscribes to all ObjectCreated
-    events (not Put only), filtered to the inbox/ prefix."""
-    event = event_of(resources, "SubmitFunction", "S3")
-    assert event["Bucket"] == {"Ref": "MediaBucket"}
-    events = event["Events"] if isinstance(event["Events"], list) else [event["Events"]]
-    assert events == ["s3:ObjectCreated:*"]
-    assert event["Filter"]["S3Key"]["Rules"] == [{"Name": "prefix", "Value": "inbox/"}]
+    """Given multipart uploads arrive as CompleteMultipartUpload, then the media bucket notifies Submit of all
+    ObjectCreated events (not Put only), filtered to the inbox/ prefix; S3 may invoke Submit for this bucket only,
+    and the permission exists before the notification is set (S3 checks it then)."""
+    bucket = resources["MediaBucket"]
+    assert bucket["Properties"]["NotificationConfiguration"] == {
+        "LambdaConfigurations": [
+            {
+                "Event": "s3:ObjectCreated:*",
+                "Function": {"Fn::GetAtt": ["SubmitFunction", "Arn"]},
+                "Filter": {"S3Key": {"Rules": [{"Name": "prefix", "Value": "inbox/"}]}},
+            }
+        ]
+    }
+    depends_on = bucket["DependsOn"] if isinstance(bucket["DependsOn"], list) else [bucket["DependsOn"]]
+    assert "SubmitFunctionInboxUploadPermission" in depends_on
+    permission = resources["SubmitFunctionInboxUploadPermission"]
+    assert permission["Type"] == "AWS::Lambda::Permission"
+    assert props(resources, "SubmitFunctionInboxUploadPermission") == {
+        "Action": "lambda:InvokeFunction",
+        "FunctionName": {"Ref": "SubmitFunction"},
+        "Principal": "s3.amazonaws.com",
+        "SourceArn": {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}", {"Bucket": BUCKET_NAME}]},
+        "SourceAccount": {"Ref": "AWS::AccountId"},
+    }
+    # No SAM S3 event besides: its permission would let any bucket of the account invoke Submit.
+    assert not [e for e in props(resources, "SubmitFunction").get("Events", {}).values() if e["Type"] == "S3"]
 
 
 def test_async_functions_send_failures_to_the_failure_queue(resources: dict[str, Any]) -> None:
@@ -332,9 +388,8 @@ def test_api_function_does_not_reference_its_own_api(resources: dict[str, Any]) 
     provider (the dispatcher, and the poller that dispatches too) get the URL; submit only queues."""
     webhook = {k: v for k, v in props(resources, "WebhookFunction").items() if k != "Events"}
     assert not references(webhook, "WebhookApi")
-    url = {"Fn::Sub": "https://${WebhookApi}.execute-api.${AWS::Region}.amazonaws.com/v1"}
     for name in ("DispatchFunction", "PollerFunction"):
-        assert props(resources, name)["Environment"]["Variables"]["WEBHOOK_BASE_URL"] == url
+        assert props(resources, name)["Environment"]["Variables"]["WEBHOOK_BASE_URL"] == WEBHOOK_BASE_URL
     for name in set(FUNCTIONS) - {"DispatchFunction", "PollerFunction"}:
         assert "WEBHOOK_BASE_URL" not in props(resources, name).get("Environment", {}).get("Variables", {}), name
 
@@ -603,26 +658,78 @@ def test_dispatch_filter_drops_quota_spend_and_pairing_records(dispatch_patterns
 # --------------------------------------------------------------------------------------------------- data
 
 
-def test_bucket_is_only_named_never_referenced_from_functions(
+def test_submit_names_the_bucket_by_the_buckets_own_expression_and_the_others_reference_it(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
-    """Given the bucket's S3 notification references SubmitFunction, then no function, policy or environment may
-    reference the bucket resource back (a circular dependency): they use the computed name."""
-    assert props(resources, "MediaBucket")["BucketName"] == {"Fn::Sub": BUCKET_NAME}
+    """Given the bucket's notification names SubmitFunction, then Submit's environment, its read policy and its
+    invoke permission use the very expression the bucket's name is (never the bucket resource, a circular
+    dependency); the other functions reference the bucket, so their grants follow it."""
+    assert props(resources, "MediaBucket")["BucketName"] == BUCKET_NAME
     assert not references(template["Globals"], "MediaBucket")
-    for function in FUNCTIONS:
-        function_props = props(resources, function)
-        assert not references(function_props.get("Policies", []), "MediaBucket"), function
-        assert not references(function_props.get("Environment", {}), "MediaBucket"), function
-    bucket_policies = [
-        item
-        for function in FUNCTIONS
-        for policy in props(resources, function).get("Policies", [])
-        for key, item in policy.items()
-        if key.startswith("S3")
-    ]
-    assert bucket_policies
-    assert all(item["BucketName"] == {"Fn::Sub": BUCKET_NAME} for item in bucket_policies)
+    submit = props(resources, "SubmitFunction")
+    assert not references(submit, "MediaBucket")
+    assert not references(props(resources, "SubmitFunctionInboxUploadPermission"), "MediaBucket")
+    assert submit["Environment"]["Variables"]["MEDIA_BUCKET"] == BUCKET_NAME
+    assert ("S3ReadPolicy", {"BucketName": BUCKET_NAME}) in policy_templates(resources, "SubmitFunction")
+    bucket_policies = {
+        function: [item for name, item in policy_templates(resources, function) if name.startswith("S3")]
+        for function in FUNCTIONS.keys() - {"SubmitFunction"}
+    }
+    assert {function for function, items in bucket_policies.items() if items} == {
+        "DispatchFunction",
+        "PollerFunction",
+        "FinalizeFunction",
+    }
+    for function, items in bucket_policies.items():
+        assert all(item["BucketName"] == BUCKET_REF for item in items), function
+
+
+def resource_dependencies(resource: dict[str, Any], logical_ids: set[str]) -> set[str]:
+    """The resources `resource` depends on, as CloudFormation orders them: Ref, Fn::GetAtt, ${...} in Fn::Sub
+    (whose own variables excepted), and DependsOn."""
+    found: set[str] = set()
+    depends_on = resource.get("DependsOn", [])
+    found.update([depends_on] if isinstance(depends_on, str) else depends_on)
+    for item in walk({k: v for k, v in resource.items() if k != "DependsOn"}):
+        if not isinstance(item, dict) or len(item) != 1:
+            continue
+        if isinstance(item.get("Ref"), str):
+            found.add(item["Ref"])
+        get_att = item.get("Fn::GetAtt")
+        if isinstance(get_att, list) and get_att:
+            found.add(get_att[0])
+        elif isinstance(get_att, str):
+            found.add(get_att.split(".", 1)[0])
+        sub = item.get("Fn::Sub")
+        text, variables = (sub[0], sub[1]) if isinstance(sub, list) else (sub, {})
+        if isinstance(text, str):
+            for name in re.findall(r"\$\{([^!}][^}]*)\}", text):
+                if name not in variables:
+                    found.add(name.split(".", 1)[0])
+    return found & logical_ids
+
+
+def test_the_transformed_template_has_no_circular_dependency(template_path: Path) -> None:
+    """Given the bucket's notification names SubmitFunction (and the bucket waits for Submit's invoke permission),
+    when SAM has transformed the template, then no resource depends on itself through others: CloudFormation
+    refuses a circular dependency before it creates anything. Submit and its role never wait for the bucket."""
+    transformed = transform(load_template(template_path), "us-east-1")["Resources"]
+    graph = {name: resource_dependencies(resource, set(transformed)) for name, resource in transformed.items()}
+
+    def closure(start: str) -> set[str]:
+        seen: set[str] = set()
+        pending = list(graph[start])
+        while pending:
+            name = pending.pop()
+            if name not in seen:
+                seen.add(name)
+                pending.extend(graph[name])
+        return seen
+
+    assert {"SubmitFunction", "SubmitFunctionInboxUploadPermission"} <= closure("MediaBucket")
+    for name in ("SubmitFunction", "SubmitFunctionRole", "SubmitFunctionInboxUploadPermission"):
+        assert "MediaBucket" not in closure(name), name
+    assert [name for name in graph if name in closure(name)] == []
 
 
 def test_bucket_is_private_encrypted_and_tidied(resources: dict[str, Any]) -> None:
@@ -646,9 +753,10 @@ def test_bucket_is_private_encrypted_and_tidied(resources: dict[str, Any]) -> No
 
 
 def test_bucket_outlives_the_stack(resources: dict[str, Any]) -> None:
-    """Given users' uploads and videos, then deleting or replacing the stack never deletes the bucket."""
+    """Given users' uploads and videos, then deleting or replacing the stack never deletes the bucket; only a first
+    deploy that rolls back (the bucket still empty) deletes it, so the retry does not meet it."""
     bucket = resources["MediaBucket"]
-    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("Retain", "Retain")
+    assert (bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]) == ("RetainExceptOnCreate", "Retain")
 
 
 def test_bucket_policy_denies_plain_http(resources: dict[str, Any]) -> None:
@@ -775,7 +883,7 @@ def test_dispatch_may_read_provider_secrets_the_stream_and_its_wakeup_queue(reso
     wakeup_queue = {"QueueName": {"Fn::GetAtt": ["AdmissionWakeupQueue", "QueueName"]}}
     assert ("SQSSendMessagePolicy", wakeup_queue) in granted
     assert ("SQSPollerPolicy", wakeup_queue) in granted
-    assert ("S3ReadPolicy", {"BucketName": {"Fn::Sub": BUCKET_NAME}}) in granted
+    assert ("S3ReadPolicy", {"BucketName": BUCKET_REF}) in granted
     assert not references(props(resources, "DispatchFunction"), "IdempotencyTable")
 
 
@@ -821,11 +929,10 @@ def test_finalize_may_find_and_abort_unfinished_copies_of_outputs_only(resources
         for policy in props(resources, "FinalizeFunction")["Policies"]
         for statement in policy.get("Statement", [])
     }
-    bucket_arn = "arn:${AWS::Partition}:s3:::${AWS::StackName}-${AWS::AccountId}-${AWS::Region}-media"
     assert statements["ListUnfinishedCopies"]["Action"] == "s3:ListBucketMultipartUploads"
-    assert statements["ListUnfinishedCopies"]["Resource"] == {"Fn::Sub": bucket_arn}
+    assert statements["ListUnfinishedCopies"]["Resource"] == {"Fn::GetAtt": ["MediaBucket", "Arn"]}
     assert "s3:AbortMultipartUpload" in statements["WriteOutputsMultipart"]["Action"]
-    assert statements["WriteOutputsMultipart"]["Resource"] == {"Fn::Sub": bucket_arn + "/outputs/*"}
+    assert statements["WriteOutputsMultipart"]["Resource"] == {"Fn::Sub": "${MediaBucket.Arn}/outputs/*"}
 
 
 def test_queues_and_topic_are_encrypted(resources: dict[str, Any]) -> None:
@@ -850,7 +957,7 @@ def test_each_function_logs_json_to_its_own_retained_group(resources: dict[str, 
 def test_outputs(template: dict[str, Any]) -> None:
     """Given an operator after deploying, then the outputs name everything they need to use the pipeline."""
     outputs = template["Outputs"]
-    assert outputs["MediaBucketName"]["Value"] == {"Fn::Sub": BUCKET_NAME}
+    assert outputs["MediaBucketName"]["Value"] == BUCKET_REF
     assert outputs["InboxPrefix"]["Value"] == "inbox/"
     assert (
         outputs["WebhookBaseUrl"]["Value"]
