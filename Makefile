@@ -14,7 +14,7 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos batch bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate deploy clean
+.PHONY: help demo up chaos batch bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate rehearse deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 BATCH_PAIRS ?= 120
@@ -35,6 +35,7 @@ help:
 	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13, and compiled to 3.13 bytecode with node)"
 	@echo "make check-build  import every handler from $(BUILD_DIR) only; check its compiled code is for the target"
 	@echo "make validate   sam validate --lint on template.yaml"
+	@echo "make rehearse   create the SAM-transformed template as a stack in moto's CloudFormation; check IAM grants on \"*\""
 	@echo "make deploy     build, check-build, then sam deploy --guided (STACK_NAME=$(STACK_NAME))"
 
 $(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
@@ -106,6 +107,9 @@ check-build: setup
 
 validate: $(SAM_STAMP)
 	$(SAM) validate --lint --template-file template.yaml
+
+rehearse: setup
+	$(BIN)/python -m avatar_local.rehearsal
 
 deploy: build
 	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
