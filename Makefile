@@ -38,10 +38,11 @@ help:
 	@echo "make rehearse   create the SAM-transformed template as a stack in moto's CloudFormation; check IAM grants on \"*\""
 	@echo "make deploy     build, check-build, then sam deploy --guided (STACK_NAME=$(STACK_NAME))"
 
-$(BIN)/activate: requirements-dev.txt layers/shared/requirements.txt pyproject.toml
+$(BIN)/activate: requirements-dev.txt requirements-sam-translator.txt layers/shared/requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -r requirements-sam-translator.txt
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(BIN)/activate
 
