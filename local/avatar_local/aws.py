@@ -137,7 +137,15 @@ class CreatedResources:
 
 
 DATA_RESOURCE_TYPES = frozenset(
-    {"AWS::S3::Bucket", "AWS::DynamoDB::Table", "AWS::SNS::Topic", "AWS::SQS::Queue", "AWS::SecretsManager::Secret"}
+    {
+        "AWS::S3::Bucket",
+        "AWS::DynamoDB::Table",
+        "AWS::SNS::Topic",
+        "AWS::SQS::Queue",
+        "AWS::SecretsManager::Secret",
+        "AWS::IAM::User",
+        "AWS::IAM::AccessKey",
+    }
 )
 _TABLE_CREATE_KEYS = ("AttributeDefinitions", "KeySchema", "GlobalSecondaryIndexes", "BillingMode")
 # A queue's properties that change how it delivers (SQS attributes of the same names). Its RedrivePolicy is set once
@@ -157,6 +165,8 @@ _LOCAL_PROPERTIES: dict[str, tuple[str, ...]] = {
     "AWS::SNS::Topic": ("TopicName",),
     "AWS::SQS::Queue": ("QueueName", *_QUEUE_ATTRIBUTES),
     "AWS::SecretsManager::Secret": ("Name", "SecretString"),
+    "AWS::IAM::User": ("UserName", "Policies"),
+    "AWS::IAM::AccessKey": ("UserName",),
 }
 
 
@@ -167,9 +177,11 @@ def create_resources(
     stack_name: str,
     secret_values: Mapping[str, str],
 ) -> CreatedResources:
-    """Create the template's data resources (bucket, table, topic, queues, secrets) in the embedded AWS.
+    """Create the template's data resources (bucket, table, topic, queues, secrets, IAM users and their keys) in the
+    embedded AWS, in the template's order (a resource may only refer to those before it).
 
-    Compute (functions, API, layer) is run by the local runtime instead; IAM, logs and policies have no local effect.
+    Compute (functions, API, layer) is run by the local runtime instead; the functions' roles come from the SAM
+    transform (`create_roles`); logs, alarms and bucket policies have no local effect.
     A queue gets the properties that change how it delivers (visibility timeout, retention, delay, FIFO, redrive).
     """
     created = CreatedResources()
@@ -225,6 +237,19 @@ def create_resources(
             value = secret_values.get(logical_id, props.get("SecretString", ""))
             arn = aws.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
             created.refs[logical_id] = arn
+        elif kind == "AWS::IAM::User":
+            name = props.get("UserName", f"{stack_name}-{logical_id}"[:64])
+            user = aws.client("iam").create_user(UserName=name)["User"]
+            for policy in props.get("Policies", []):
+                aws.client("iam").put_user_policy(
+                    UserName=name, PolicyName=policy["PolicyName"], PolicyDocument=json.dumps(policy["PolicyDocument"])
+                )
+            created.refs[logical_id] = name
+            created.attributes[(logical_id, "Arn")] = user["Arn"]
+        elif kind == "AWS::IAM::AccessKey":
+            key = aws.client("iam").create_access_key(UserName=props["UserName"])["AccessKey"]
+            created.refs[logical_id] = key["AccessKeyId"]
+            created.attributes[(logical_id, "SecretAccessKey")] = key["SecretAccessKey"]
         resolver.resource_values.update(created.refs)
         resolver.attributes.update(created.attributes)
     for url, policy in redrive_policies.items():

@@ -25,8 +25,10 @@ from avatar_pipeline.errors import DeliveryInProgressError
 from avatar_pipeline.media_checks import BytesSource
 from avatar_pipeline.models import (
     HOLDING_STATUSES,
+    MAX_PRESIGNED_URL_SECONDS,
     Notification,
     PairSlot,
+    PresignedUrl,
     ProviderJob,
     ProviderJobStatus,
     ProviderName,
@@ -321,9 +323,15 @@ class Copy:
 
 
 class FakeMediaStore:
-    """`ports.MediaStore` over a dict of objects; downloads are scripted per URL."""
+    """`ports.MediaStore` over a dict of objects; downloads are scripted per URL.
 
-    def __init__(self) -> None:
+    Links are signed at `clock()` (the world's clock in a `make_world`); set `credentials_expire_at` to sign them with
+    credentials that expire then, as short-lived ones do.
+    """
+
+    def __init__(self, clock: Callable[[], datetime] = lambda: T0) -> None:
+        self.clock = clock
+        self.credentials_expire_at: datetime | None = None
         self.lock = threading.Lock()
         self.objects: dict[tuple[str, str], bytes] = {}
         self.copies: list[Copy] = []
@@ -341,10 +349,16 @@ class FakeMediaStore:
         """What `copy_from_url(url)` gets on successive calls: the video's bytes, or an exception to raise."""
         self._downloads.setdefault(url, _Script()).add(results)
 
-    def presigned_get(self, obj: S3Object, expires_in: int) -> str:
+    def presigned_get(self, obj: S3Object, expires_in: int) -> PresignedUrl:
         with self.lock:
             self.presigned.append((obj, expires_in))
-        return f"https://presigned.test/{obj.bucket}/{obj.key}?expires={expires_in}"
+        # As S3MediaStore computes it: the earliest of its own expiry, SigV4's 7 days and its credentials' expiry.
+        ends = [self.clock() + timedelta(seconds=min(expires_in, MAX_PRESIGNED_URL_SECONDS))]
+        if self.credentials_expire_at is not None:
+            ends.append(self.credentials_expire_at)
+        return PresignedUrl(
+            url=f"https://presigned.test/{obj.bucket}/{obj.key}?expires={expires_in}", expires_at=min(ends)
+        )
 
     def unchanged(self, obj: S3Object) -> bool:
         return (obj.bucket, obj.key) not in self.changed
@@ -591,15 +605,16 @@ def make_context(**overrides: Any) -> PipelineContext:
     if not isinstance(settings, Settings):
         settings = make_settings(**(settings or {}))
     provider = overrides.pop("provider", None) or ScriptedProvider()
+    clock = overrides.pop("clock", None) or FakeClock()
     parts: dict[str, Any] = {
         "tasks": InMemoryTaskRepository(),
-        "media": FakeMediaStore(),
+        "media": FakeMediaStore(clock),
         "notifier": RecordingNotifier(),
         "providers": {provider.name: provider},
         "meter": RecordingMeter(),
         "deliveries": InMemoryDeliveryLog(),
         "waker": RecordingWaker(),
-        "clock": FakeClock(),
+        "clock": clock,
     }
     unknown = set(overrides) - set(parts)
     if unknown:

@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.sts.models import sts_backends
 
-from avatar_local.aws import ACCOUNT_ID, EmbeddedAws, RoleSession, create_resources, create_roles
+from avatar_local.aws import ACCOUNT_ID, Credentials, EmbeddedAws, RoleSession, create_resources, create_roles
 from avatar_local.sam_transform import transform
 from avatar_local.template import Resolver, load_template
 
@@ -28,6 +28,7 @@ class Stack:
     def __init__(self, aws: EmbeddedAws, resolver: Resolver, refs: dict[str, str]) -> None:
         self.aws = aws
         self.resolver = resolver
+        self.refs = refs
         self.bucket = refs["MediaBucket"]
         self.table = refs["TaskTable"]
         self.topic = refs["NotificationTopic"]
@@ -191,3 +192,24 @@ def test_the_roles_are_the_sam_transforms_own(stack: Stack) -> None:
         trust = iam.get_role(RoleName=name)["Role"]["AssumeRolePolicyDocument"]
         trust = json.loads(trust) if isinstance(trust, str) else trust
         assert trust["Statement"][0]["Principal"] == {"Service": ["lambda.amazonaws.com"]}
+
+
+def test_the_link_signers_key_reads_inputs_and_outputs_and_nothing_else(stack: Stack) -> None:
+    """Given the link signer's key, as the stack stores it in its secret, then a link it signs for an input or an
+    output works (it needs no role session, so it lives as long as it says) and one for any other key is refused."""
+    secret = stack.aws.client("secretsmanager").get_secret_value(SecretId=stack.refs["LinkSignerSecret"])
+    key = json.loads(secret["SecretString"])
+    signer = RoleSession(stack.aws.endpoint_url, REGION, Credentials(key["access_key_id"], key["secret_access_key"]))
+    s3 = stack.aws.client("s3")
+    for name in ("inbox/job/voice.mp3", "outputs/job/task.mp4", "elsewhere/notes.txt"):
+        s3.put_object(Bucket=stack.bucket, Key=name, Body=name.encode())
+
+    answers = {
+        name: httpx.get(presigned(signer, stack.bucket, name, 7 * 24 * 3600))
+        for name in ("inbox/job/voice.mp3", "outputs/job/task.mp4", "elsewhere/notes.txt")
+    }
+
+    assert key["access_key_id"].startswith("AKIA")
+    assert answers["inbox/job/voice.mp3"].content == b"inbox/job/voice.mp3"
+    assert answers["outputs/job/task.mp4"].content == b"outputs/job/task.mp4"
+    assert answers["elsewhere/notes.txt"].status_code == 403

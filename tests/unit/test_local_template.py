@@ -529,6 +529,7 @@ RESOURCE_VALUES = {
     "NotificationTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:avatar-local-NotificationTopic",
     "WaveSpeedSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-WaveSpeedSecret-AbCdEf",
     "CometApiSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-CometApiSecret-GhIjKl",
+    "LinkSignerSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:LinkSignerSecret-MnOpQr",
     "WebhookApi": "abc123defg",
     "AdmissionWakeupQueue": f"https://sqs.{REGION}.amazonaws.com/{ACCOUNT}/avatar-local-AdmissionWakeupQueue",
     "MediaBucket": MEDIA_BUCKET,
@@ -788,6 +789,20 @@ def test_only_dispatch_and_poller_get_the_webhook_url_and_the_wakeup_queue(
         specs["DispatchFunction"].resolved_environment(real_resolver(template, resource_values=without_api))
 
 
+def test_only_the_functions_that_sign_links_are_told_the_link_signers_secret(
+    template: dict[str, Any], specs: dict[str, FunctionSpec]
+) -> None:
+    """Given links are signed by dispatch (inputs), finalize (downloads) and the poller (both, as fallback), then only
+    they get the link signer's secret."""
+    resolver = real_resolver(template)
+    told = {name for name, spec in specs.items() if "LINK_SIGNER_SECRET_ID" in spec.resolved_environment(resolver)}
+    assert told == {"DispatchFunction", "FinalizeFunction", "PollerFunction"}
+    for name in told:
+        assert (
+            specs[name].resolved_environment(resolver)["LINK_SIGNER_SECRET_ID"] == RESOURCE_VALUES["LinkSignerSecret"]
+        )
+
+
 def test_the_webhook_is_told_its_idempotency_table(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
     environment = specs["WebhookFunction"].resolved_environment(real_resolver(template))
     assert environment["IDEMPOTENCY_TABLE_NAME"] == RESOURCE_VALUES["IdempotencyTable"]
@@ -816,7 +831,11 @@ def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict
         for p in dispatch["Policies"]
         if len(p) == 1 and "AWSSecretsManagerGetSecretValuePolicy" in p
     ]
-    assert secrets == [RESOURCE_VALUES["WaveSpeedSecret"], RESOURCE_VALUES["CometApiSecret"]]
+    assert secrets == [
+        RESOURCE_VALUES["WaveSpeedSecret"],
+        RESOURCE_VALUES["CometApiSecret"],
+        RESOURCE_VALUES["LinkSignerSecret"],
+    ]
     submit = resolver.resolve(specs["SubmitFunction"].properties)
     # Submit names the bucket by the expression the bucket's name is: all of them resolve to the bucket's name.
     bucket = resolver.resolve(template["Resources"]["MediaBucket"]["Properties"])

@@ -606,13 +606,13 @@ def test_presigned_get_is_a_sigv4_url_for_the_key_with_its_expiry(s3: Any) -> No
     store = S3MediaStore(s3)
 
     # When a link is presigned for 15 minutes
-    url = store.presigned_get(S3Object(bucket=BUCKET, key=KEY), 900)
+    link = store.presigned_get(S3Object(bucket=BUCKET, key=KEY), 900)
 
     # Then it points at the key, signed with SigV4, and says when it expires
-    assert BUCKET in url
-    assert KEY in url
-    assert "X-Amz-Expires=900" in url
-    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in url
+    assert BUCKET in link.url
+    assert KEY in link.url
+    assert "X-Amz-Expires=900" in link.url
+    assert "X-Amz-Algorithm=AWS4-HMAC-SHA256" in link.url
 
 
 def test_read_small_object_returns_none_for_a_missing_key(s3: Any) -> None:

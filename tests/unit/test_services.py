@@ -217,8 +217,9 @@ def test_the_dispatcher_sends_the_first_in_line_once_and_records_the_providers_i
     assert w.provider.submit_count == 1
     request = w.provider.submissions[0]
     assert request.task_id == task.task_id
-    assert request.image_url == f"https://presigned.test/{BUCKET}/inbox/alice/face.png?expires=3600"
-    assert request.audio_url == f"https://presigned.test/{BUCKET}/inbox/alice/voice.mp3?expires=3600"
+    # signed for the provider's queue and render times (6 h + 1 h by default) and a margin of 15 min
+    assert request.image_url == f"https://presigned.test/{BUCKET}/inbox/alice/face.png?expires=26100"
+    assert request.audio_url == f"https://presigned.test/{BUCKET}/inbox/alice/voice.mp3?expires=26100"
     assert (request.mode, request.prompt) == ("std", None)
     assert request.webhook_url == f"https://hooks.example.test/v1/webhooks/wavespeed?task_id={task.task_id}"
 
@@ -1391,6 +1392,8 @@ def test_announce_publishes_one_notification_for_a_completed_task(w: World) -> N
     key = f"outputs/alice/{task.task_id}.mp4"
     assert note.output == f"s3://{BUCKET}/{key}"
     assert note.download_url == f"https://presigned.test/{BUCKET}/{key}?expires=86400"
+    # and says when the link stops working: a day after it was signed (at the announcement)
+    assert note.download_url_expires_at == w.clock.now + timedelta(days=1)
     assert note.provider == "wavespeed"
     assert note.provider_task_id == "ws-1"
     assert note.created_at == T0

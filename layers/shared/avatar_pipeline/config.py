@@ -11,12 +11,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from avatar_pipeline.models import Mode, ProviderName
+from avatar_pipeline.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
 from avatar_pipeline.quota import QuotaLimits
 
 # Where the providers' outputs live: WaveSpeed serves them from CloudFront (https://<id>.cloudfront.net/output/...),
 # CometAPI from the Kling CDN; the providers' own domains cover a move to a CDN of theirs.
 DEFAULT_ALLOWED_OUTPUT_HOSTS = ("*.cloudfront.net", "*.wavespeed.ai", "*.klingai.com", "*.cometapi.com")
+# Input links outlive the provider's fetch window by this much: the submission itself (up to the dispatcher's time
+# budget for it) comes before the provider's queue clock starts, and the poller ends a stage a little after its clock.
+INPUT_URL_MARGIN_SECONDS = 900
 
 
 class Settings(BaseModel):
@@ -47,8 +50,16 @@ class Settings(BaseModel):
     # A queued task of a job that allows failover moves to the other provider's line once it has waited this long
     # there and the other provider has room; 0: never.
     spill_over_after_seconds: int = Field(default=600, alias="SPILL_OVER_AFTER_SECONDS", ge=0)
-    input_url_expiry_seconds: int = Field(default=3600, alias="INPUT_URL_EXPIRY_SECONDS", gt=0)
-    download_url_expiry_seconds: int = Field(default=86400, alias="DOWNLOAD_URL_EXPIRY_SECONDS", gt=0, le=604800)
+    # How long the notification's download link works (SigV4 allows 7 days at most). The input links given to the
+    # providers have no setting: they live as long as the provider may fetch them (`input_url_expiry_seconds`).
+    download_url_expiry_seconds: int = Field(
+        default=86400, alias="DOWNLOAD_URL_EXPIRY_SECONDS", gt=0, le=MAX_PRESIGNED_URL_SECONDS
+    )
+    # Name or ARN of a Secrets Manager secret holding {"access_key_id": ..., "secret_access_key": ...}: the access key
+    # of an IAM user that may only read the bucket's inbox/ and outputs/. Links are presigned with it, because a link
+    # dies with the credentials that signed it, and the functions' role credentials are temporary. Empty: the
+    # functions' own credentials sign (links may then die before they say). Only functions that presign need it.
+    link_signer_secret_id: str = Field(default="", alias="LINK_SIGNER_SECRET_ID")
     max_pair_wait_seconds: int = Field(default=1800, alias="MAX_PAIR_WAIT_SECONDS", gt=0)
     # Each stage has a clock of its own; waiting in our own line has none (a pair never times out for its turn).
     # Accepted by the provider but not yet rendering (its own queue), or sent with no answer and no callback yet.
@@ -74,6 +85,19 @@ class Settings(BaseModel):
         default=DEFAULT_ALLOWED_OUTPUT_HOSTS, alias="ALLOWED_OUTPUT_HOSTS", min_length=1
     )
     task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
+
+    @property
+    def provider_fetch_window(self) -> timedelta:
+        """How long after a submission the provider may still fetch its inputs: until its queue's and its render's
+        clocks have both run out."""
+        return timedelta(seconds=self.max_provider_queue_seconds + self.max_render_seconds)
+
+    @property
+    def input_url_expiry_seconds(self) -> int:
+        """How long the input links handed to a provider are signed for: the provider's fetch window and a margin,
+        within SigV4's 7 days."""
+        window = int(self.provider_fetch_window.total_seconds())
+        return min(window + INPUT_URL_MARGIN_SECONDS, MAX_PRESIGNED_URL_SECONDS)
 
     def quota_limits(self, provider: ProviderName) -> QuotaLimits:
         per_minute, at_once = {

@@ -206,6 +206,25 @@ class SubmissionRequest(BaseModel):
     webhook_url: str
 
 
+# A SigV4 presigned URL lives at most 7 days, whatever its X-Amz-Expires asks for.
+MAX_PRESIGNED_URL_SECONDS = 604800
+
+
+class PresignedUrl(BaseModel):
+    """A presigned GET link and its real end of life.
+
+    A presigned URL stops working when the credentials that signed it expire, whatever its X-Amz-Expires says; so
+    `expires_at` is the earliest of the link's own expiry, its signing credentials' expiry (where known) and SigV4's
+    7 days.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    # Its query string carries a signature: never logged whole (kept out of the repr).
+    url: str = Field(repr=False)
+    expires_at: datetime
+
+
 class Notification(BaseModel):
     """The JSON body of the one SNS message each task produces when it ends."""
 
@@ -216,6 +235,9 @@ class Notification(BaseModel):
     inputs: dict[str, str]
     output: str | None = None
     download_url: str | None = None
+    # When `download_url` stops working (UTC); the video stays at `output` after that. Absent with no link, and in
+    # notifications from before the field existed.
+    download_url_expires_at: datetime | None = None
     provider: ProviderName
     provider_task_id: str | None = None
     estimated_cost_usd: str | None = None
@@ -247,9 +269,19 @@ class Notification(BaseModel):
         if self.reason:
             lines.append(f"Reason: {self.reason}")
         if self.download_url:
-            lines += ["", "Download (link expires):", self.download_url]
+            if self.download_url_expires_at is not None:
+                # Rounded down to the minute: the link works at least until the time shown.
+                until = self.download_url_expires_at.astimezone(UTC)
+                lines += ["", f"Download (this link works until {until:%Y-%m-%d %H:%M} UTC):", self.download_url]
+            else:
+                lines += ["", "Download (the link expires):", self.download_url]
         if self.output:
-            lines.append(f"Stored at: {self.output}")
+            # The link dies; the object does not.
+            lines.append(
+                f"After the link has expired, the video stays at {self.output}"
+                if self.download_url
+                else f"Stored at: {self.output}"
+            )
         if self.estimated_cost_usd:
             lines.append(f"Estimated provider cost: ${self.estimated_cost_usd}")
         lines += ["", "Inputs:", *(f"  {role}: {uri}" for role, uri in self.inputs.items())]

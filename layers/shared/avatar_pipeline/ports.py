@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 from avatar_pipeline.models import (
     Notification,
     PairSlot,
+    PresignedUrl,
     ProviderJob,
     ProviderName,
     ProviderQuota,
@@ -111,7 +112,10 @@ class TaskRepository(Protocol):
 
 
 class MediaStore(Protocol):
-    def presigned_get(self, obj: S3Object, expires_in: int) -> str: ...
+    def presigned_get(self, obj: S3Object, expires_in: int) -> PresignedUrl:
+        """A GET link to the object, signed for `expires_in` seconds (at most SigV4's 7 days), with the moment it
+        really stops working: earlier than asked when the credentials that signed it expire first."""
+        ...
 
     def unchanged(self, obj: S3Object) -> bool:
         """Whether the object is still there with the ETag it had (False once overwritten or deleted)."""

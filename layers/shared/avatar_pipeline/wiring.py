@@ -6,6 +6,7 @@ import functools
 import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
+from typing import Any
 
 import boto3
 import httpx
@@ -17,7 +18,7 @@ from avatar_pipeline.adapters.cometapi import CometApiProvider
 from avatar_pipeline.adapters.deliveries import IdempotentDeliveryLog, idempotency_config
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.adapters.metrics import EmfUsageMeter
-from avatar_pipeline.adapters.s3 import S3MediaStore
+from avatar_pipeline.adapters.s3 import LinkSigner, S3MediaStore
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownloader
 from avatar_pipeline.adapters.sns import SnsNotifier
 from avatar_pipeline.adapters.wakeups import SqsWaker
@@ -31,6 +32,42 @@ SECRET_MAX_AGE_SECONDS = 300
 # Callback deliveries are remembered for longer than webhook senders retry one (days, not weeks). One config per
 # container, as Powertools has it: the webhook handler registers each invocation's Lambda context on it.
 DELIVERY_IDEMPOTENCY = idempotency_config(remember_for=timedelta(days=7))
+# SigV4 for presigned links too (buckets created since mid-2020 refuse SigV2 ones).
+S3_CONFIG = Config(signature_version="s3v4")
+
+
+def read_json_secret(secrets: SecretsProvider, secret_id: str) -> dict[str, str]:
+    """A JSON secret's fields as text, through Powertools' cache (read again once SECRET_MAX_AGE_SECONDS old)."""
+    secret = secrets.get(secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
+    assert isinstance(secret, dict)
+    return {key: str(value) for key, value in secret.items()}
+
+
+def s3_client(session: boto3.session.Session, credentials: tuple[str, str] | None = None) -> Any:
+    """An S3 client from the session: its region and its endpoint (AWS_ENDPOINT_URL, as the local stack sets it);
+    signing with `credentials` (access key id, secret access key) when given, else the session's own."""
+    if credentials is None:
+        return session.client("s3", config=S3_CONFIG)
+    access_key_id, secret_access_key = credentials
+    # No session token: a long-term key has none, and the session's (if any) belongs to other credentials.
+    return session.client(
+        "s3",
+        config=S3_CONFIG,
+        aws_access_key_id=access_key_id,
+        aws_secret_access_key=secret_access_key,
+        aws_session_token=None,
+    )
+
+
+def link_signer(settings: Settings, session: boto3.session.Session, secrets: SecretsProvider) -> LinkSigner | None:
+    """Presigning with the link signer's access key when LINK_SIGNER_SECRET_ID names its secret; read on first use."""
+    secret_id = settings.link_signer_secret_id
+    if not secret_id:
+        return None
+    return LinkSigner(
+        read_secret=lambda: read_json_secret(secrets, secret_id),
+        make_client=lambda access_key_id, secret_access_key: s3_client(session, (access_key_id, secret_access_key)),
+    )
 
 
 def split_secrets(value: str) -> list[str]:
@@ -51,9 +88,7 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
         return tuple(name for name, secret_id in ids.items() if secret_id)
 
     def _secret(self, secret_id: str) -> dict[str, str]:
-        secret = self._secrets.get(secret_id, transform="json", max_age=SECRET_MAX_AGE_SECONDS)
-        assert isinstance(secret, dict)
-        return {key: str(value) for key, value in secret.items()}
+        return read_json_secret(self._secrets, secret_id)
 
     def __getitem__(self, name: str) -> VideoProvider:
         """The provider's adapter; KeyError when it is not configured (no secret, or no API key in it yet)."""
@@ -88,7 +123,8 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
 def pipeline() -> PipelineContext:
     settings = Settings.from_env()
     session = boto3.session.Session()
-    s3 = session.client("s3", config=Config(signature_version="s3v4"))
+    s3 = s3_client(session)
+    secrets = SecretsProvider(boto3_client=session.client("secretsmanager"))
     http = httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
     return PipelineContext(
         settings=settings,
@@ -97,7 +133,11 @@ def pipeline() -> PipelineContext:
             task_ttl=timedelta(days=settings.task_ttl_days),
         ),
         # Downloads get a client of their own: its connections are checked (public addresses only), the API's are not.
-        media=S3MediaStore(s3, SafeDownloader(OutputUrlPolicy.parse(settings.allowed_output_hosts))),
+        media=S3MediaStore(
+            s3,
+            SafeDownloader(OutputUrlPolicy.parse(settings.allowed_output_hosts)),
+            link_signer=link_signer(settings, session, secrets),
+        ),
         # Well inside the notify lease (60 s): a slow publish must not outlive the claim that guards it.
         notifier=SnsNotifier(
             session.client("sns", config=Config(connect_timeout=5, read_timeout=10, retries={"max_attempts": 2})),
@@ -111,6 +151,6 @@ def pipeline() -> PipelineContext:
             ),
             DELIVERY_IDEMPOTENCY,
         ),
-        providers=SecretBackedProviders(settings, SecretsProvider(boto3_client=session.client("secretsmanager")), http),
+        providers=SecretBackedProviders(settings, secrets, http),
         waker=SqsWaker(session.client("sqs"), settings.wakeup_queue_url),
     )

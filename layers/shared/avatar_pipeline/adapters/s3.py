@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -18,7 +21,7 @@ from avatar_pipeline.adapters.safe_download import (
     redact_url,
 )
 from avatar_pipeline.errors import InputGoneError, OutputCopyInterruptedError, OutputUnusableError
-from avatar_pipeline.models import S3Object
+from avatar_pipeline.models import MAX_PRESIGNED_URL_SECONDS, PresignedUrl, S3Object, utcnow
 from avatar_pipeline.mp4_stream import Mp4StreamCheck, Mp4StructureError
 
 logger = logging.getLogger(__name__)
@@ -35,6 +38,49 @@ GONE_STATUSES = frozenset({403, 404, 410})
 VIDEO_CONTENT_TYPE = "video/mp4"
 _MISSING_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 _PRESIGN_HANDLER_ID = "avatar_pipeline.adapters.s3.presign_sigv4"
+
+
+class LinkSignerError(RuntimeError):
+    """The link signer's secret holds no usable access key."""
+
+
+class LinkSigner:
+    """The S3 client that presigns links with the access key of the link-signing IAM user.
+
+    A presigned link dies with the credentials that signed it; the functions' role credentials are temporary, this
+    user's access key is not, so links signed with it live as long as they say. The key is kept in a Secrets Manager
+    secret ({"access_key_id": ..., "secret_access_key": ...}), read through `read_secret` when a link is signed (so an
+    invocation that signs nothing never reads it; its cache keeps repeated reads cheap). A client is built with
+    `make_client(access_key_id, secret_access_key)` the first time and again only when the key changed (rotation).
+    Neither the key nor the client is ever logged.
+    """
+
+    def __init__(self, read_secret: Callable[[], Mapping[str, Any]], make_client: Callable[[str, str], Any]) -> None:
+        self._read_secret = read_secret
+        self._make_client = make_client
+        self._lock = threading.Lock()
+        self._fingerprint = b""  # a digest of the key the client was built with: the key itself is not kept here
+        self._client: Any = None
+
+    def __repr__(self) -> str:
+        return "LinkSigner()"
+
+    def client(self) -> Any:
+        secret = self._read_secret()
+        key_id = str(secret.get("access_key_id") or "").strip()
+        secret_key = str(secret.get("secret_access_key") or "").strip()
+        if not key_id or not secret_key:
+            raise LinkSignerError(
+                "the link signer's secret (LINK_SIGNER_SECRET_ID) holds no access_key_id and secret_access_key"
+            )
+        fingerprint = hashlib.sha256(f"{key_id}\0{secret_key}".encode()).digest()
+        with self._lock:
+            if self._client is None or fingerprint != self._fingerprint:
+                client = self._make_client(key_id, secret_key)
+                _presign_with_sigv4(client)
+                self._client, self._fingerprint = client, fingerprint
+                logger.info("links are presigned with the link signer's access key (read from its secret)")
+            return self._client
 
 
 class S3RangeSource:
@@ -76,10 +122,18 @@ class S3MediaStore:
     memory (about `part_size` bytes each, plus the chunk that tipped one over): the one downloading and those
     uploading; nothing is written to disk. Without a
     `downloader`, every output URL is refused (an empty allow-list): downloads are only ever allowed on purpose.
+
+    Links are presigned with the `link_signer`'s client when there is one, else with `s3_client`'s own credentials.
     """
 
     def __init__(
-        self, s3_client: Any, downloader: SafeDownloader | None = None, part_size: int = DEFAULT_PART_SIZE
+        self,
+        s3_client: Any,
+        downloader: SafeDownloader | None = None,
+        part_size: int = DEFAULT_PART_SIZE,
+        *,
+        link_signer: LinkSigner | None = None,
+        clock: Callable[[], datetime] = utcnow,
     ) -> None:
         if part_size < MIN_PART_SIZE:
             raise ValueError(f"part_size must be at least {MIN_PART_SIZE} bytes (the S3 minimum), got {part_size}")
@@ -87,14 +141,48 @@ class S3MediaStore:
         _presign_with_sigv4(s3_client)
         self._downloader = downloader if downloader is not None else SafeDownloader(OutputUrlPolicy())
         self._part_size = part_size
+        self._link_signer = link_signer
+        self._clock = clock
+        self._warned_of_temporary_credentials = False
 
-    def presigned_get(self, obj: S3Object, expires_in: int) -> str:
-        url = self._s3.generate_presigned_url(
+    def presigned_get(self, obj: S3Object, expires_in: int) -> PresignedUrl:
+        if expires_in <= 0:
+            raise ValueError(f"expires_in must be positive, got {expires_in}")
+        lifetime = min(expires_in, MAX_PRESIGNED_URL_SECONDS)
+        signer = self._link_signer.client() if self._link_signer is not None else self._s3
+        # The link's clock starts at its X-Amz-Date: whole seconds, at or after this moment.
+        signed_at = self._clock().astimezone(UTC).replace(microsecond=0)
+        url = signer.generate_presigned_url(
             "get_object",
             Params={"Bucket": obj.bucket, "Key": obj.key},
-            ExpiresIn=expires_in,
+            ExpiresIn=lifetime,
         )
-        return str(url)
+        expires_at = signed_at + timedelta(seconds=lifetime)
+        # Read after signing: signing refreshes credentials that were about to expire.
+        credentials_end = credentials_expiry(signer)
+        if credentials_end is not None and credentials_end < expires_at:
+            expires_at = credentials_end
+            logger.debug(
+                "a link to s3://%s/%s works until %s, when the credentials that signed it expire (asked: %d s)",
+                obj.bucket,
+                obj.key,
+                f"{expires_at:%Y-%m-%d %H:%M:%S} UTC",
+                lifetime,
+            )
+        elif credentials_end is None and self._link_signer is None:
+            self._warn_if_temporary(signer)
+        return PresignedUrl(url=str(url), expires_at=expires_at)
+
+    def _warn_if_temporary(self, signer: Any) -> None:
+        """Temporary credentials whose expiry botocore is not told (a Lambda role's, from the environment) end a link
+        at a moment nobody knows: said once per store (per container)."""
+        if self._warned_of_temporary_credentials or not getattr(_signing_credentials(signer), "token", None):
+            return
+        self._warned_of_temporary_credentials = True
+        logger.warning(
+            "links are presigned with temporary credentials whose expiry is not known: a link may stop working"
+            " before its expiry; set LINK_SIGNER_SECRET_ID so links are signed with a long-term key"
+        )
 
     def unchanged(self, obj: S3Object) -> bool:
         request = {"Bucket": obj.bucket, "Key": obj.key}
@@ -273,6 +361,31 @@ class S3MediaStore:
         except Exception:
             # The original failure matters more; a lifecycle rule sweeps whatever this leaves behind.
             logger.exception("could not abort multipart upload %s of s3://%s/%s", upload_id, bucket, key)
+
+
+def credentials_expiry(client: Any) -> datetime | None:
+    """When the credentials `client` signs with expire (UTC), where botocore knows it: refreshable credentials (an
+    assumed role, a container's or an instance's, SSO, or AWS_CREDENTIAL_EXPIRATION in the environment). None for
+    long-term access keys, and for temporary ones given without their expiry.
+
+    botocore has no public interface for this: its private one is read defensively, and an expiry it can no longer
+    find is unknown (None), never an error.
+    """
+    credentials = _signing_credentials(client)
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime):
+        return None
+    return expiry.astimezone(UTC) if expiry.tzinfo is not None else expiry.replace(tzinfo=UTC)
+
+
+def _signing_credentials(client: Any) -> Any:
+    get_credentials = getattr(client, "_get_credentials", None)
+    if callable(get_credentials):
+        try:
+            return get_credentials()
+        except Exception:
+            return None
+    return getattr(getattr(client, "_request_signer", None), "_credentials", None)
 
 
 def _presign_with_sigv4(s3_client: Any) -> None:

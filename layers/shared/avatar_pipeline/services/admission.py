@@ -15,6 +15,7 @@ provider was sent it — a task is only ever at one provider.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from decimal import Decimal
 from typing import Literal
 
 from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.exceptions import OrphanedChildLoggerError
 
 from avatar_pipeline.errors import (
     ProviderConfigError,
@@ -344,6 +346,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     assert claimed.image is not None
     assert claimed.audio is not None
     name = display_name(claimed.provider)
+    # The provider may fetch its inputs until its queue's and its render's clocks have run out.
     expiry = ctx.settings.input_url_expiry_seconds
     try:
         try:
@@ -351,10 +354,14 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
             changed = [obj.key for obj in (claimed.image, claimed.audio) if not ctx.media.unchanged(obj)]
             if changed:
                 return _fail_inputs_changed(ctx, claimed, changed)
+            fetch_until = ctx.clock() + ctx.settings.provider_fetch_window
+            image = ctx.media.presigned_get(claimed.image, expiry)
+            audio = ctx.media.presigned_get(claimed.audio, expiry)
+            _warn_if_links_die_early(claimed, min(image.expires_at, audio.expires_at), fetch_until)
             request = SubmissionRequest(
                 task_id=claimed.task_id,
-                image_url=ctx.media.presigned_get(claimed.image, expiry),
-                audio_url=ctx.media.presigned_get(claimed.audio, expiry),
+                image_url=image.url,
+                audio_url=audio.url,
                 prompt=claimed.prompt,
                 mode=claimed.mode,
                 webhook_url=webhook_url(ctx, claimed, provider),
@@ -408,6 +415,56 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     ctx.meter.record_submission(claimed.provider, claimed.estimated_cost_usd)
     logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
     return "submitted"
+
+
+def _invocation_id() -> str | None:
+    """The Lambda invocation this runs in: the request id the handler's Logger carries (Powertools adds it with
+    `inject_lambda_context`). None outside Lambda (a script, a unit test) or before a handler's Logger exists."""
+    try:
+        request_id = logger.get_current_keys().get("function_request_id")
+    except OrphanedChildLoggerError:
+        return None
+    return str(request_id) if request_id else None
+
+
+class _OncePerInvocation:
+    """True the first time it is asked in each Lambda invocation; where no invocation is known, every time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: str | None = None
+
+    def first(self) -> bool:
+        invocation = _invocation_id()
+        if invocation is None:
+            return True
+        with self._lock:
+            if invocation == self._last:
+                return False
+            self._last = invocation
+            return True
+
+
+_LINKS_DIE_EARLY_WARNING = _OncePerInvocation()
+
+
+def _warn_if_links_die_early(claimed: Task, links_end: datetime, fetch_until: datetime) -> None:
+    """Input links that stop working before the provider's fetch window ends (signed with short-lived credentials,
+    or a window longer than SigV4's 7 days) may be dead when the provider gets to them. The submission goes ahead
+    (the provider usually fetches at once); the warning is given once per invocation, as every link signed in it
+    shares its credentials."""
+    if links_end >= fetch_until or not _LINKS_DIE_EARLY_WARNING.first():
+        return
+    logger.warning(
+        "input links may stop working before the provider fetches them",
+        extra={
+            "task_id": claimed.task_id,
+            "links_work_until": links_end.isoformat(),
+            "provider_may_fetch_until": fetch_until.isoformat(),
+            "hint": "sign links with the link signer's long-term key (LINK_SIGNER_SECRET_ID), or shorten the"
+            " provider's queue and render times (MAX_PROVIDER_QUEUE_SECONDS + MAX_RENDER_SECONDS)",
+        },
+    )
 
 
 def _fail_inputs_changed(ctx: PipelineContext, claimed: Task, keys: list[str]) -> SubmitAction:

@@ -169,9 +169,9 @@ def _fail_if(ctx: PipelineContext, task: Task, still_ours: Callable[[Task], bool
 
 def build_notification(ctx: PipelineContext, task: Task) -> Notification:
     ended_at = task.history[-1].at if task.history else task.updated_at
-    download_url = None
+    download = None
     if task.status is TaskStatus.COMPLETED and task.output is not None:
-        download_url = ctx.media.presigned_get(task.output, ctx.settings.download_url_expiry_seconds)
+        download = ctx.media.presigned_get(task.output, ctx.settings.download_url_expiry_seconds)
     return Notification(
         job=task.job,
         task_id=task.task_id,
@@ -179,7 +179,9 @@ def build_notification(ctx: PipelineContext, task: Task) -> Notification:
         reason=None if task.status is TaskStatus.COMPLETED else task.reason,
         inputs={role: obj.uri for role, obj in (("image", task.image), ("audio", task.audio)) if obj is not None},
         output=task.output.uri if task.output else None,
-        download_url=download_url,
+        download_url=download.url if download else None,
+        # When the link really stops working (its signing credentials may expire before its own expiry).
+        download_url_expires_at=download.expires_at if download else None,
         provider=task.provider,
         provider_task_id=task.provider_task_id,
         estimated_cost_usd=task.estimated_cost_usd,
