@@ -28,6 +28,12 @@ def without_task_table_access(template: dict[str, Any]) -> dict[str, Any]:
     return template
 
 
+@pytest.fixture(autouse=True)
+def _quick_provider() -> None:
+    """This module runs a stack of its own: the shared one (conftest) is not started for it. (moto's backends live as
+    long as the process, so a second start of the shared stack would meet the tables of the first.)"""
+
+
 @pytest.fixture(scope="module")
 def crippled(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     state = tmp_path_factory.mktemp("iam-stack")
