@@ -18,12 +18,21 @@ pytestmark = pytest.mark.e2e
 
 
 def test_every_function_of_the_template_runs_with_its_events_wired(e2e: E2E) -> None:
-    # Given the template's functions
+    # Given the template's functions, and the bucket notifications of its SAM transform
     specs = functions(load_template(e2e.stack.config.root / "template.yaml"))
-    # Then each runs locally, and each of its events has a local source
+    notifications = [
+        (configuration["Function"]["Fn::GetAtt"][0], f"{bucket} notification {number}")
+        for bucket, resource in e2e.stack.transformed["Resources"].items()
+        if resource["Type"] == "AWS::S3::Bucket"
+        for number, configuration in enumerate(
+            resource["Properties"].get("NotificationConfiguration", {}).get("LambdaConfigurations", [])
+        )
+    ]
+    # Then each runs locally, and each of its events and notifications has a local source
     assert set(e2e.stack.pools) == {spec.logical_id for spec in specs}
+    assert notifications == [("SubmitFunction", "MediaBucket notification 0")]
     assert sorted(e2e.stack.wired_events) == sorted(
-        (spec.logical_id, event.name) for spec in specs for event in spec.events
+        [(spec.logical_id, event.name) for spec in specs for event in spec.events] + notifications
     )
 
 
