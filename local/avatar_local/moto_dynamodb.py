@@ -11,6 +11,16 @@
   every condition before it writes anything, as DynamoDB does (its items are distinct, so none can affect another's
   condition); should a write still fail, the items written so far are put back as they were and their stream
   records dropped, in the same shard.
+- A read never fails because another request writes the same table at the same moment. moto's server answers requests
+  on several threads, and a Query or Scan iterating a table's items (as ListStreams and DescribeTable do, to count
+  them) while another thread's PutItem or DeleteItem adds or removes one fails with HTTP 500 ("dictionary changed size
+  during iteration"), as does copying or serialising an item that an UpdateItem (which moto applies to the stored
+  item in place) changes meanwhile. The real service never answers 500 for that. So each DynamoDB request is handled
+  whole (from its parsed parameters to its serialised answer) under the lock the writes take, one at a time across
+  every table, and so is each DynamoDB Streams read of a table or its shard (nor does a stream reader see the records
+  of a transaction that is then cancelled); the stream records it returns, which never change once written, are
+  serialised outside the lock. Under the GIL these requests never ran in parallel anyway: this costs no throughput,
+  though a short request may wait for a long one to finish instead of sharing the CPU with it.
 """
 
 from __future__ import annotations
@@ -32,8 +42,19 @@ from moto.dynamodb.exceptions import (
     TransactWriteSingleOpException,
 )
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.responses import DynamoHandler
+from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 
 _WRITES = ("put_item", "update_item", "delete_item", "transact_write_items", "batch_write_item")
+_STREAM_READS = ("describe_stream", "list_streams", "get_shard_iterator", "get_records")
+# What runs under `_lock`: moto's DynamoDB writes (also when called directly, not through a request), every DynamoDB
+# request (moto calls `call_action` for each, in server mode and under mock_aws alike: it runs the action and
+# serialises the answer), and DynamoDB Streams' reads of tables and shards.
+_SERIALISED: tuple[tuple[type, tuple[str, ...]], ...] = (
+    (DynamoDBBackend, _WRITES),
+    (DynamoHandler, ("call_action",)),
+    (DynamoDBStreamsBackend, _STREAM_READS),
+)
 _lock = threading.RLock()
 
 Error = tuple[str, str, Any] | tuple[None, None, None]
@@ -173,14 +194,16 @@ def _without_records_of_cancelled_writes(transact: Callable[..., Any]) -> Callab
 
 @contextmanager
 def faithful_dynamodb_writes() -> Iterator[None]:
-    originals = {name: getattr(DynamoDBBackend, name) for name in _WRITES if hasattr(DynamoDBBackend, name)}
-    for name, method in originals.items():
-        patched = (
-            _without_records_of_cancelled_writes(transact_write_items) if name == "transact_write_items" else method
-        )
-        setattr(DynamoDBBackend, name, _serialised(patched))
+    """moto's DynamoDB with the guarantees above, until exit."""
+    originals = [
+        (owner, name, getattr(owner, name)) for owner, names in _SERIALISED for name in names if hasattr(owner, name)
+    ]
+    for owner, name, method in originals:
+        transact = owner is DynamoDBBackend and name == "transact_write_items"
+        patched = _without_records_of_cancelled_writes(transact_write_items) if transact else method
+        setattr(owner, name, _serialised(patched))
     try:
         yield
     finally:
-        for name, method in originals.items():
-            setattr(DynamoDBBackend, name, method)
+        for owner, name, method in originals:
+            setattr(owner, name, method)
