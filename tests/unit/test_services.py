@@ -321,6 +321,8 @@ def test_same_stem_jobs_do_not_read_options(w: World) -> None:
         pytest.param(json.dumps({"mode": "ultra"}), id="unknown-mode"),
         pytest.param(json.dumps(["hi"]), id="not-an-object"),
         pytest.param(json.dumps({"prompt": "p" * 70_000}), id="larger-than-64KiB"),
+        # 64,000 bytes, within the size cap: the JSON parser runs out of recursion.
+        pytest.param("[" * 32_000 + "]" * 32_000, id="nested-32000-deep"),
     ],
 )
 def test_invalid_job_json_rejects_the_pair_without_submitting(w: World, body: str) -> None:
@@ -335,6 +337,21 @@ def test_invalid_job_json_rejects_the_pair_without_submitting(w: World, body: st
     assert task.reason is not None
     assert "job.json" in task.reason
     assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.REJECTED)]
+    assert w.provider.submit_count == 0
+
+
+def test_a_job_whose_video_key_would_exceed_s3s_limit_is_rejected_before_anything_is_paid(w: World) -> None:
+    # Given a folder job whose name leaves room for its inputs' keys (S3 took them) but not for its video's key
+    job = "j" * 1000
+    image, audio = upload(f"inbox/{job}/a.png"), upload(f"inbox/{job}/a.mp3")
+    assert len(image.key.encode()) <= 1024
+    # When its pair arrives
+    outcome = deliver_pair(w, image, audio)
+    # Then it is REJECTED, saying why, and never sent to the provider
+    task = stored(w, outcome.task_id)
+    assert task.status is S.REJECTED
+    assert task.reason == "the job name is too long: its video's key would be 1,045 bytes, over S3's limit of 1,024"
+    assert run_dispatcher(w) == {}
     assert w.provider.submit_count == 0
 
 

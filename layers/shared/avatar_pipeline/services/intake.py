@@ -28,11 +28,14 @@ from avatar_pipeline.pricing import estimate_cost
 from avatar_pipeline.providers import alternative
 from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
+from avatar_pipeline.services.finishing import output_key
 from avatar_pipeline.state_machine import begin, transition
 
 logger = Logger(child=True)
 
 MAX_OPTIONS_BYTES = 64 * 1024
+# S3's longest object key, in UTF-8 bytes.
+MAX_S3_KEY_BYTES = 1024
 
 UploadAction = Literal["ignored", "waiting", "duplicate", "rejected", "queued"]
 
@@ -218,6 +221,9 @@ def _read_options(ctx: PipelineContext, job: str) -> tuple[JobOptions | None, st
         return None, f"job.json is not valid: {details}"
     except ValueError as error:
         return None, f"job.json is not valid JSON: {error}"
+    except RecursionError:
+        # Thousands of nested brackets fit in the size cap; the parser gives up rather than the pair being stuck.
+        return None, "job.json is nested too deeply to read (it must be one flat JSON object)"
 
 
 def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: datetime) -> Task:
@@ -242,6 +248,13 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         audio=audio,
     )
     problems = [options_problem] if options_problem else []
+    # Checked before anything is paid: S3 would refuse to store the video under a longer key.
+    video_key_bytes = len(output_key(waiting).encode())
+    if video_key_bytes > MAX_S3_KEY_BYTES:
+        problems.append(
+            f"the job name is too long: its video's key would be {video_key_bytes:,} bytes, over S3's limit of "
+            f"{MAX_S3_KEY_BYTES:,}"
+        )
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
     from avatar_pipeline.validation import fits, validate_pair
 
