@@ -17,6 +17,7 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 from avatar_local.moto_dynamodb import faithful_dynamodb_writes
 from avatar_local.moto_iam import enforced_iam
+from avatar_local.moto_s3 import faithful_s3_limits
 from avatar_local.template import Resolver
 
 ACCOUNT_ID = "123456789012"
@@ -106,6 +107,7 @@ class EmbeddedAws:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
         _list_moto_modules_once()
         self._patches.enter_context(faithful_dynamodb_writes())
+        self._patches.enter_context(faithful_s3_limits())
         if self._enforce_iam:
             self._patches.enter_context(enforced_iam(OPERATOR.access_key_id))
         self._server.start()
