@@ -15,6 +15,7 @@ from avatar_pipeline.errors import (
     WebhookAuthError,
     WebhookPayloadError,
 )
+from avatar_pipeline.pairing import is_task_id
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.tracking import UnknownProviderError, receive_callback
 from avatar_pipeline.wiring import DELIVERY_IDEMPOTENCY, pipeline
@@ -45,6 +46,9 @@ def provider_callback(provider: str) -> Response[dict[str, str]]:
         return _answer(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "callback body too large")
     if not task_id:
         return _answer(HTTPStatus.BAD_REQUEST, "task_id query parameter missing")
+    if not is_task_id(task_id):
+        # Refused before any read: a forged id costs no table read, and one over DynamoDB's key size no 5xx.
+        return _answer(HTTPStatus.BAD_REQUEST, "task_id is not a task id")
     logger.append_keys(task_id=task_id, provider=provider)
     try:
         query = dict(event.query_string_parameters or {})

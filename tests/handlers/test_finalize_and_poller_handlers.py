@@ -252,7 +252,7 @@ def test_sample_stream_event_is_accepted_and_a_vanished_task_is_skipped(stack: S
     response = finalize(sample("finalize_output_ready.json"), FakeLambdaContext())
     # Then the record is done with (no retry loop on something that cannot be finished) and nothing was written
     assert response == {"batchItemFailures": []}
-    assert pipeline().tasks.get("task-event-0001") is None
+    assert pipeline().tasks.get("0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01") is None
 
 
 def test_poller_reports_how_long_the_most_overdue_task_waited(

@@ -400,10 +400,35 @@ def test_callback_without_a_task_id_is_a_bad_request(submitted_task: Task):
     assert_untouched(submitted_task)
 
 
-def test_callback_for_an_unknown_task_is_not_found(submitted_task: Task):
-    answer = callback("no-such-task", completed())
+def test_signed_callback_for_an_unknown_task_is_not_found(submitted_task: Task):
+    answer = callback("f" * 32, completed())
     assert answer["status"] == 404
     assert_untouched(submitted_task)
+
+
+@pytest.mark.parametrize("task_id", ["no-such-task", "x" * 3000, "F" * 32, "0" * 31])
+def test_callback_whose_task_id_is_not_a_task_id_is_a_bad_request(submitted_task: Task, task_id: str):
+    """Given a task id of the wrong form (one of 3,000 characters is over DynamoDB's key size, which answered 500),
+    then the callback is refused before anything is read."""
+    answer = callback(task_id, completed())
+    assert answer == {"status": 400, "body": {"message": "task_id is not a task id"}}
+    assert_untouched(submitted_task)
+
+
+def test_cometapi_callback_for_an_unknown_task_is_refused_as_a_wrong_token_is(
+    cometapi_task: Task, provider_http: respx.MockRouter
+):
+    """Given CometAPI callbacks carry a token, then one for a task that does not exist answers exactly as one with a
+    wrong token for a task that does (401), so answers never tell which task ids exist."""
+    body = comet_task(COMET_TASK_ID, "failed")
+    query = mock_cometapi_query(provider_http, body)
+
+    unknown = comet_callback("e" * 32, body, token="a-guess")
+    wrong = comet_callback(cometapi_task.task_id, body, token="a-guess")
+
+    assert unknown == wrong == {"status": 401, "body": {"message": "callback not authenticated"}}
+    assert not query.called
+    assert_untouched(cometapi_task)
 
 
 def test_callback_to_an_unknown_provider_is_not_found(submitted_task: Task):

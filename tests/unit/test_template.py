@@ -542,7 +542,7 @@ def task_change(
     *,
     old_provider: str = "wavespeed",
     new_provider: str = "wavespeed",
-    pk: str = "TASK#task-event-0001",
+    pk: str = "TASK#0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01",
 ) -> dict[str, Any]:
     """A stream record (from the finalize sample, so of the shape Lambda delivers) of a task going from `old` to
     `new` (None: no such image, as for an INSERT or a REMOVE)."""
@@ -631,8 +631,8 @@ def test_dispatch_filter_follows_a_failover_into_the_other_providers_line(
     record = task_change(S.SUBMITTING, S.QUEUED, new_provider="cometapi")
     assert matches_any(dispatch_patterns, record)
     assert _stream_changes({"Records": [record]}) == (
-        {"wavespeed": {"task-event-0001"}},
-        {"cometapi": {"task-event-0001"}},
+        {"wavespeed": {"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01"}},
+        {"cometapi": {"0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01"}},
     )
 
 
@@ -1395,7 +1395,7 @@ def test_webhook_event_signature_verifies() -> None:
     assert not hmac.compare_digest(signature, hmac.new(key, tampered, hashlib.sha256).hexdigest())
     assert event["isBase64Encoded"] is False
     assert event["pathParameters"] == {"provider": "wavespeed"}
-    assert event["queryStringParameters"] == {"task_id": "task-event-0001"}
+    assert event["queryStringParameters"] == {"task_id": "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01"}
     assert event["requestContext"]["stage"] == "v1"
     prediction = json.loads(event["body"])
     assert prediction["status"] == "completed"
@@ -1408,7 +1408,7 @@ def test_finalize_event_is_an_output_ready_transition() -> None:
     assert record["eventName"] == "MODIFY"
     assert record["eventSource"] == "aws:dynamodb"
     stream = record["dynamodb"]
-    assert stream["Keys"] == {"pk": {"S": "TASK#task-event-0001"}}
+    assert stream["Keys"] == {"pk": {"S": "TASK#0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01"}}
     assert stream["StreamViewType"] == "NEW_AND_OLD_IMAGES"
     assert (stream["OldImage"]["status"], stream["OldImage"]["version"]) == ({"S": "PROCESSING"}, {"N": "3"})
     assert (stream["NewImage"]["status"], stream["NewImage"]["version"]) == ({"S": "OUTPUT_READY"}, {"N": "4"})

@@ -22,6 +22,9 @@ AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".m4a", ".aac"})
 
 EntryKind = Literal["image", "audio", "options", "unsupported"]
 
+# A task id: the first 32 hex digits of a SHA-256 (content_id).
+TASK_ID_LENGTH = 32
+
 
 @dataclass(frozen=True)
 class InboxEntry:
@@ -67,6 +70,11 @@ def options_key(job: str) -> str:
     return f"{INBOX_PREFIX}{job}/{OPTIONS_FILE_NAME}"
 
 
+def is_task_id(value: str) -> bool:
+    """Whether `value` has the form of a task id (see content_id), so anything else is refused before any read."""
+    return len(value) == TASK_ID_LENGTH and all(char in "0123456789abcdef" for char in value)
+
+
 def content_id(job: str, *objects: S3Object, occasion: str = "") -> str:
     """A task id that is the same for the same job and the same bytes (same keys and ETags), and only then.
 
@@ -76,7 +84,7 @@ def content_id(job: str, *objects: S3Object, occasion: str = "") -> str:
     digest = hashlib.sha256(job.encode() + b"\0" + occasion.encode())
     for obj in objects:
         digest.update(b"\0" + obj.key.encode() + b"\0" + obj.etag.strip('"').encode())
-    return digest.hexdigest()[:32]
+    return digest.hexdigest()[:TASK_ID_LENGTH]
 
 
 ROLES: tuple[MediaRole, MediaRole] = ("image", "audio")

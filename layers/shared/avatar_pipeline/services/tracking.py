@@ -179,9 +179,10 @@ def _confirm_and_record(
     body: bytes,
     query: Mapping[str, str],
 ) -> NewsAction:
-    task = _existing_task(ctx, task_id)
+    # An unknown task is refused as a wrong token is: the answer must not tell a caller which task ids exist.
+    task = ctx.tasks.get(task_id)
     token = query.get("token", "")
-    if not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
+    if task is None or not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
         raise WebhookAuthError("the callback's token does not match the task's")
     _check_addressee(task, provider_name)
     hint = provider.parse_callback(headers, body, ctx.clock())
