@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import multiprocessing
 import os
 import sys
@@ -94,6 +95,9 @@ def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses
         log = open(runtime.log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
         sys.stdout = sys.stderr = log
     os.environ.update(runtime.environment)
+    # As Lambda's Python runtime does for a function that logs JSON: the root logger at AWS_LAMBDA_LOG_LEVEL (INFO by
+    # default) writes to the function's log, so what libraries log at INFO is in it, as it would be in CloudWatch.
+    logging.basicConfig(level=os.environ.get("AWS_LAMBDA_LOG_LEVEL", "INFO"), stream=sys.stdout, force=True)
     install(runtime.faults, runtime.name, number)
     calls: Counter[str] = Counter()
     _count_aws_calls(calls)

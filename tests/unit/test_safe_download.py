@@ -7,6 +7,7 @@ under the real `GuardedTransport`; redirect rules are also tested over an `httpx
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 from collections.abc import Callable
 
@@ -459,3 +460,20 @@ def test_a_downloader_builds_its_client_at_the_first_download_only(monkeypatch: 
     assert before == 0
     assert built == [POLICY]
     assert bodies == [b"video", b"video"]
+
+
+def test_a_signed_output_url_never_reaches_the_logs_with_logging_set_up_as_lambda_does(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Given the root logger at INFO, as Lambda's runtime sets it up for functions logging JSON, when a signed output
+    URL is downloaded, then no log record holds its query string (httpx would log the whole URL at INFO)."""
+    signed = "https://cdn.provider.test/out.mp4?X-Amz-Signature=secretsignature&X-Amz-Credential=AKIAEXAMPLE"
+    downloader = mock_downloader(lambda _: httpx.Response(200, content=b"video"))
+
+    with caplog.at_level(logging.INFO):
+        logging.getLogger().setLevel(logging.INFO)
+        assert read(downloader, signed) == b"video"
+
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "secretsignature" not in logged
+    assert "X-Amz-Credential" not in logged

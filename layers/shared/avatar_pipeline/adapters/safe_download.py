@@ -33,6 +33,9 @@ import httpx
 from avatar_pipeline.errors import OutputUnusableError
 
 logger = logging.getLogger(__name__)
+# httpx logs every request's whole URL at INFO, the level Lambda's root logger has when functions log JSON: a
+# provider's signed output URL (and its signature) would land in CloudWatch. Our own lines say `redact_url(url)`.
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # (host, port) -> its addresses, in the order to try them. The system resolver by default; a fake one in tests.
