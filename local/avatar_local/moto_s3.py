@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -44,7 +45,8 @@ def faithful_s3_limits() -> Iterator[None]:
     """While inside, the embedded S3 refuses what S3 refuses (see the module's docstring)."""
     originals = {name: getattr(S3Backend, name) for name in _KEY_ARGUMENTS}
     for name, argument in _KEY_ARGUMENTS.items():
-        position = list(originals[name].__code__.co_varnames).index(argument) - 1  # without self
+        # From the signature (which follows functools.wraps), so a backend patched twice is read right too.
+        position = list(inspect.signature(originals[name]).parameters).index(argument) - 1  # without self
         setattr(S3Backend, name, _refusing_long_keys(originals[name], argument, position))
     try:
         yield
