@@ -50,9 +50,17 @@ class _JsonAccessDenied(JsonRESTError):
         super().__init__("AccessDeniedException", message)
 
 
+def _dynamodb_request(handler: DynamoHandler) -> dict[str, Any]:
+    return handler.body if isinstance(handler.body, dict) else json.loads(handler.body or "{}")
+
+
+def _table_arn(handler: DynamoHandler, name: str) -> str:
+    return f"arn:aws:dynamodb:{handler.region}:{handler.current_account}:table/{name}"
+
+
 def _table_resource(handler: DynamoHandler) -> str:
     """The ARN AWS authorises a DynamoDB request against: the table, or the index a Query or Scan reads."""
-    body = handler.body if isinstance(handler.body, dict) else json.loads(handler.body or "{}")
+    body = _dynamodb_request(handler)
     name = body.get("TableName")
     # A batch: AWS checks every table it names; each of ours names one table.
     if name is None and body.get("RequestItems"):
@@ -61,7 +69,7 @@ def _table_resource(handler: DynamoHandler) -> str:
         return _ANY
     if name.startswith("arn:"):
         return str(name)
-    arn = f"arn:aws:dynamodb:{handler.region}:{handler.current_account}:table/{name}"
+    arn = _table_arn(handler, name)
     index = body.get("IndexName")
     return f"{arn}/index/{index}" if index else arn
 
@@ -79,11 +87,9 @@ _TRANSACTION_PART_ACTIONS = {
 
 def _transaction_parts(handler: DynamoHandler) -> list[tuple[str, str]]:
     """(action, table ARN) of every part of a TransactWriteItems or TransactGetItems request."""
-    body = handler.body if isinstance(handler.body, dict) else json.loads(handler.body or "{}")
-    table_arn = f"arn:aws:dynamodb:{handler.region}:{handler.current_account}:table/"
     return [
-        (_TRANSACTION_PART_ACTIONS[kind], table_arn + part["TableName"])
-        for item in body.get("TransactItems", [])
+        (_TRANSACTION_PART_ACTIONS[kind], _table_arn(handler, part["TableName"]))
+        for item in _dynamodb_request(handler).get("TransactItems", [])
         for kind, part in item.items()
     ]
 
@@ -160,6 +166,15 @@ def _presigned_expired(query: dict[str, list[str]], access_key_id: str, account_
     return False
 
 
+def _permissions_needed(handler: Any, action: str, resource: str) -> list[tuple[str, str]]:
+    """(IAM action, resource) pairs a request must be allowed: itself, or what AWS authorises it as."""
+    if isinstance(handler, DynamoHandler) and action in ("TransactWriteItems", "TransactGetItems"):
+        return _transaction_parts(handler)
+    if isinstance(handler, SQSResponse) and action in _SQS_BATCH_ACTIONS:
+        return [(_SQS_BATCH_ACTIONS[action], resource)]
+    return [(action, resource)]
+
+
 @contextmanager
 def enforced_iam(operator_access_key: str) -> Iterator[None]:
     """While inside, every request to moto (in this process) is authorised as AWS would authorise it."""
@@ -184,11 +199,7 @@ def enforced_iam(operator_access_key: str) -> Iterator[None]:
         elif access_key_id is None:
             headers = {"Authorization": "AWS4-HMAC-SHA256 Credential=anonymous/19700101/us-east-1/s3/aws4_request"}
         action = self._get_action()
-        checks = [(action, resource)]
-        if isinstance(self, DynamoHandler) and action in ("TransactWriteItems", "TransactGetItems"):
-            checks = _transaction_parts(self)
-        elif isinstance(self, SQSResponse) and action in _SQS_BATCH_ACTIONS:
-            checks = [(_SQS_BATCH_ACTIONS[action], resource)]
+        checks = _permissions_needed(self, action, resource)
 
         def request_for(action: str) -> Any:
             return iam_request_cls(

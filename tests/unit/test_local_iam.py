@@ -213,3 +213,18 @@ def test_the_link_signers_key_reads_inputs_and_outputs_and_nothing_else(stack: S
     assert answers["inbox/job/voice.mp3"].content == b"inbox/job/voice.mp3"
     assert answers["outputs/job/task.mp4"].content == b"outputs/job/task.mp4"
     assert answers["elsewhere/notes.txt"].status_code == 403
+
+
+def test_an_sqs_batch_is_authorised_as_the_single_message_action_it_batches(stack: Stack) -> None:
+    """Given the finalize role may only sqs:SendMessage to its failure queue (what SAM grants for the stream's
+    on-failure destination), when it sends a batch there, then it is allowed, as SQS authorises SendMessageBatch as
+    SendMessage; a batch to a queue it was not given is refused."""
+    sqs = stack.role("FinalizeFunction").client("sqs")
+    entries = [{"Id": "1", "MessageBody": "record"}]
+
+    sent = sqs.send_message_batch(QueueUrl=stack.refs["FinalizeFailureQueue"], Entries=entries)
+    with pytest.raises(ClientError) as refused:
+        sqs.send_message_batch(QueueUrl=stack.refs["AsyncFailureQueue"], Entries=entries)
+
+    assert [entry["Id"] for entry in sent["Successful"]] == ["1"]
+    assert "sqs:SendMessage" in str(refused.value)
