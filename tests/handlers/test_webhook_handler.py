@@ -29,8 +29,9 @@ from handlers.helpers import (
     prediction,
     upload,
 )
-from support.aws import API_KEY, REGION, WAVESPEED_BASE_URL, WEBHOOK_SECRET, Stack
+from support.aws import REGION, WAVESPEED_BASE_URL, WEBHOOK_SECRET, Stack
 from support.events import FakeLambdaContext, api_post, sample, signed_headers
+from support.fakes import callback_query
 from webhook_handler import MAX_BODY_BYTES, lambda_handler
 
 from avatar_pipeline import wiring
@@ -81,6 +82,11 @@ def new_webhook_id() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
+def token_of(provider: str, task_id: str) -> str:
+    """The token in the task's callback URL, as the dispatcher made it."""
+    return callback_query(provider, task_id)["token"]
+
+
 def callback(
     task_id: str | None,
     body: dict | bytes,
@@ -88,11 +94,14 @@ def callback(
     secret: str = WEBHOOK_SECRET,
     webhook_id: str | None = None,
     timestamp: int | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
-    """A WaveSpeed webhook about the task, signed with `secret`: a new delivery unless `webhook_id` names one."""
+    """A WaveSpeed webhook about the task, signed with `secret`, to the task's callback URL (carrying `token`, by
+    default the task's own): a new delivery unless `webhook_id` names one."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     headers = signed_headers(raw, secret, webhook_id or new_webhook_id(), timestamp or int(time.time()))
-    return post("wavespeed", {"task_id": task_id} if task_id else {}, raw, headers)
+    query = {"task_id": task_id, "token": token or token_of("wavespeed", task_id)} if task_id else {}
+    return post("wavespeed", query, raw, headers)
 
 
 def comet_callback(task_id: str, body: dict, token: str | None) -> dict[str, Any]:
@@ -151,8 +160,8 @@ def test_signed_completion_moves_the_task_to_output_ready(submitted_task: Task):
 def test_two_secrets_are_valid_at_once_while_rotating(submitted_task: Task, stack: Stack):
     # Given the secret holds the old and the new webhook secret, and the one before them is retired
     boto3.client("secretsmanager", region_name=REGION).put_secret_value(
-        SecretId=stack.secret_id,
-        SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": "whsec_old_secret, whsec_new_secret"}),
+        SecretId=stack.webhook_secret_id,
+        SecretString=json.dumps({"webhook_secret": "whsec_old_secret, whsec_new_secret"}),
     )
     wiring.pipeline.cache_clear()  # read again, as every container does once its copy is 5 minutes old
     # When a callback signed with the retired secret comes
@@ -188,10 +197,10 @@ def test_replayed_delivery_is_acknowledged_as_a_duplicate_and_changes_nothing(su
     # Given a completion delivered and recorded
     raw = json.dumps(completed()).encode()
     headers = signed_headers(raw, WEBHOOK_SECRET, "msg_once", int(time.time()))
-    assert post("wavespeed", {"task_id": submitted_task.task_id}, raw, headers) == RECORDED
+    assert post("wavespeed", callback_query("wavespeed", submitted_task.task_id), raw, headers) == RECORDED
     recorded = stored(submitted_task.task_id)
     # When the same delivery comes again: as captured (same signature), and as WaveSpeed retries it (signed afresh)
-    replayed = post("wavespeed", {"task_id": submitted_task.task_id}, raw, headers)
+    replayed = post("wavespeed", callback_query("wavespeed", submitted_task.task_id), raw, headers)
     retried = callback(submitted_task.task_id, completed(), webhook_id="msg_once", timestamp=int(time.time()) + 1)
     # Then both are acknowledged as duplicates, and the task is exactly as the first delivery left it
     assert replayed == retried == DUPLICATE
@@ -296,7 +305,7 @@ def test_forged_signature_is_refused_without_any_change(submitted_task: Task):
     raw = json.dumps(completed()).encode()
     headers = signed_headers(raw, WEBHOOK_SECRET, new_webhook_id(), int(time.time()))
     headers["webhook-signature"] = "v3," + "0" * 64
-    answer = post("wavespeed", {"task_id": submitted_task.task_id}, raw, headers)
+    answer = post("wavespeed", callback_query("wavespeed", submitted_task.task_id), raw, headers)
     # Then 401, and the task is untouched
     assert answer["status"] == 401
     assert_untouched(submitted_task)
@@ -325,10 +334,16 @@ def test_failed_authentication_is_counted(submitted_task: Task, capsys: pytest.C
     assert emitted_metrics(capsys.readouterr().out) == {"WebhookAuthFailure": 1, "CallbackAnswered401": 1}
 
 
-def test_sample_event_is_understood_by_the_handler(stack: Stack, provider_http: respx.MockRouter):
-    # The checked-in sample event is signed with the test secret, but its timestamp is long past: refused as stale.
+def test_sample_event_is_understood_by_the_handler(
+    stack: Stack, provider_http: respx.MockRouter, caplog: pytest.LogCaptureFixture
+):
+    # The checked-in sample event carries its task's token and is signed with the test secret, but its timestamp is
+    # long past: it passes the token check and is refused as stale.
     response = lambda_handler(sample("webhook_wavespeed_completed.json"), FakeLambdaContext())
     assert response["statusCode"] == 401
+    assert [getattr(record, "error", None) for record in caplog.records if record.levelname == "WARNING"] == [
+        "webhook-timestamp is outside the accepted window"
+    ]
 
 
 def test_cometapi_callback_with_a_wrong_or_no_token_is_refused_unconfirmed(
@@ -345,7 +360,7 @@ def test_cometapi_callback_with_a_wrong_or_no_token_is_refused_unconfirmed(
     assert not query.called
     assert_untouched(cometapi_task)
     # While the same callback with the task's token is confirmed and recorded
-    assert comet_callback(cometapi_task.task_id, body, token=cometapi_task.callback_token) == RECORDED
+    assert comet_callback(cometapi_task.task_id, body, token=token_of("cometapi", cometapi_task.task_id)) == RECORDED
     assert stored(cometapi_task.task_id).status is TaskStatus.FAILED
 
 
@@ -368,12 +383,12 @@ def test_wavespeed_callback_for_a_cometapi_task_is_a_conflict(cometapi_task: Tas
 
 def test_cometapi_callback_for_a_wavespeed_task_is_refused(cometapi: None, submitted_task: Task):
     body = comet_task(PREDICTION_ID, "succeed", task_result={"videos": [{"id": "v", "url": OUTPUT_URL}]})
-    # When /webhooks/cometapi is called about a WaveSpeed task: with no token, and with the task's own token (which
-    # only a CometAPI task's callback URL carries, so it could only have leaked)
+    # When /webhooks/cometapi is called about a WaveSpeed task: with no token, and with the token of the task's own
+    # (WaveSpeed) callback URL, leaked
     anonymous = comet_callback(submitted_task.task_id, body, token=None)
-    leaked = comet_callback(submitted_task.task_id, body, token=submitted_task.callback_token)
-    # Then 401 (nothing proves who is calling) and 409 (the token is right, but the task is not CometAPI's)
-    assert (anonymous["status"], leaked["status"]) == (401, 409)
+    leaked = comet_callback(submitted_task.task_id, body, token=token_of("wavespeed", submitted_task.task_id))
+    # Then both are refused: a token names the provider it was made for as well as the task
+    assert (anonymous["status"], leaked["status"]) == (401, 401)
     assert_untouched(submitted_task)
 
 
@@ -431,9 +446,30 @@ def test_cometapi_callback_for_an_unknown_task_is_refused_as_a_wrong_token_is(
     assert_untouched(cometapi_task)
 
 
+@pytest.mark.parametrize("token", [None, "a-guess", "another-tasks"])
+def test_validly_signed_callback_without_the_tasks_token_is_refused_unread(
+    submitted_task: Task, monkeypatch: pytest.MonkeyPatch, token: str | None
+):
+    """The signature covers the body, not the URL: a delivery captured for one task, replayed to another task's URL,
+    is refused by the token, which is checked before the table is read."""
+    reads: list[str] = []
+    tasks = pipeline().tasks
+    read = tasks.get
+    monkeypatch.setattr(tasks, "get", lambda task_id: reads.append(task_id) or read(task_id))
+    raw = json.dumps(completed()).encode()
+    headers = signed_headers(raw, WEBHOOK_SECRET, new_webhook_id(), int(time.time()))
+    query = {"task_id": submitted_task.task_id}
+    if token is not None:
+        query["token"] = token_of("wavespeed", "0" * 32) if token == "another-tasks" else token
+    answer = post("wavespeed", query, raw, headers)
+    assert answer == {"status": 401, "body": {"message": "callback not authenticated"}}
+    assert reads == []
+    assert_untouched(submitted_task)
+
+
 def test_callback_to_an_unknown_provider_is_not_found(submitted_task: Task):
     raw = json.dumps(completed()).encode()
     headers = signed_headers(raw, WEBHOOK_SECRET, new_webhook_id(), int(time.time()))
-    answer = post("acme", {"task_id": submitted_task.task_id}, raw, headers)
+    answer = post("acme", callback_query("acme", submitted_task.task_id), raw, headers)
     assert answer == {"status": 404, "body": {"message": "no provider called 'acme'"}}
     assert_untouched(submitted_task)

@@ -10,6 +10,8 @@ from typing import Any
 import boto3
 from cfnlint.decode import decode_str
 
+from support.fakes import CALLBACK_KEY
+
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"
 BUCKET = "avatar-media-test"
@@ -17,7 +19,9 @@ TABLE = "avatar-tasks-test"
 IDEMPOTENCY_TABLE = "avatar-idempotency-test"
 WAKEUP_QUEUE = "admission-wakeups-test"
 SECRET_ID = "avatar-wavespeed-test"
+WEBHOOK_SECRET_ID = "avatar-wavespeed-webhook-test"
 WEBHOOK_SECRET = "whsec_test_events_secret"
+CALLBACK_KEY_SECRET_ID = "avatar-callback-key-test"
 API_KEY = "test-api-key"
 WAVESPEED_BASE_URL = "https://api.wavespeed.test"
 WEBHOOK_BASE_URL = "https://hooks.example.test/v1"
@@ -52,6 +56,7 @@ class Stack:
     secret_id: str
     idempotency_table: str
     wakeup_queue_url: str
+    webhook_secret_id: str = WEBHOOK_SECRET_ID
 
     def environment(self) -> dict[str, str]:
         return {
@@ -61,7 +66,10 @@ class Stack:
             "TOPIC_ARN": self.topic_arn,
             "WEBHOOK_BASE_URL": WEBHOOK_BASE_URL,
             "WAVESPEED_BASE_URL": WAVESPEED_BASE_URL,
+            # One environment for every function here; the template gives each only the secrets its work needs.
             "WAVESPEED_SECRET_ID": self.secret_id,
+            "WAVESPEED_WEBHOOK_SECRET_ID": self.webhook_secret_id,
+            "CALLBACK_KEY_SECRET_ID": CALLBACK_KEY_SECRET_ID,
             "DEFAULT_PROVIDER": "wavespeed",
             "DEFAULT_MODE": "std",
             "WAKEUP_QUEUE_URL": self.wakeup_queue_url,
@@ -115,7 +123,7 @@ class Stack:
 
 def create_stack() -> Stack:
     """Inside an active moto mock: bucket, task and idempotency tables, topic with a queue subscribed, the
-    dispatcher's wake-up queue, WaveSpeed's secret."""
+    dispatcher's wake-up queue, WaveSpeed's secrets, the callback key."""
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     dynamodb = boto3.client("dynamodb", region_name=REGION)
     dynamodb.create_table(TableName=TABLE, **table_definition())
@@ -127,9 +135,10 @@ def create_stack() -> Stack:
     queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
     wakeup_queue_url = sqs.create_queue(QueueName=WAKEUP_QUEUE)["QueueUrl"]
-    boto3.client("secretsmanager", region_name=REGION).create_secret(
-        Name=SECRET_ID, SecretString=json.dumps({"api_key": API_KEY, "webhook_secret": WEBHOOK_SECRET})
-    )
+    secrets = boto3.client("secretsmanager", region_name=REGION)
+    secrets.create_secret(Name=SECRET_ID, SecretString=json.dumps({"api_key": API_KEY}))
+    secrets.create_secret(Name=WEBHOOK_SECRET_ID, SecretString=json.dumps({"webhook_secret": WEBHOOK_SECRET}))
+    secrets.create_secret(Name=CALLBACK_KEY_SECRET_ID, SecretString=json.dumps({"key": CALLBACK_KEY}))
     return Stack(BUCKET, TABLE, topic_arn, queue_url, SECRET_ID, IDEMPOTENCY_TABLE, wakeup_queue_url)
 
 

@@ -20,6 +20,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
+from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import DeliveryInProgressError
 from avatar_pipeline.media_checks import BytesSource
@@ -60,6 +61,8 @@ def sample_audio() -> bytes:
 BUCKET = "avatar-media-unit"
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
+# The key the test contexts derive callback tokens from.
+CALLBACK_KEY = "test-callback-key"
 TEST_ENV: dict[str, str] = {
     "TASK_TABLE_NAME": "avatar-tasks-unit",
     "MEDIA_BUCKET": BUCKET,
@@ -597,10 +600,15 @@ def make_settings(**env: str) -> Settings:
     return Settings.from_env({**TEST_ENV, **env})
 
 
+def callback_query(provider: str, task_id: str) -> dict[str, str]:
+    """The query of the task's callback URL, as the test contexts would have made it."""
+    return {"task_id": task_id, "token": CallbackTokens(lambda: [CALLBACK_KEY]).token_for(provider, task_id)}
+
+
 def make_context(**overrides: Any) -> PipelineContext:
     """A PipelineContext on fresh fakes. Override any part: settings (Settings, or a dict of environment
     variables merged into the test environment), tasks, media, notifier, provider, providers, meter, deliveries,
-    waker, clock."""
+    waker, callback_tokens, clock."""
     settings = overrides.pop("settings", None)
     if not isinstance(settings, Settings):
         settings = make_settings(**(settings or {}))
@@ -614,6 +622,7 @@ def make_context(**overrides: Any) -> PipelineContext:
         "meter": RecordingMeter(),
         "deliveries": InMemoryDeliveryLog(),
         "waker": RecordingWaker(),
+        "callback_tokens": CallbackTokens(lambda: [CALLBACK_KEY]),
         "clock": clock,
     }
     unknown = set(overrides) - set(parts)

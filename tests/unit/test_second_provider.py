@@ -7,7 +7,17 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
-from support.fakes import BUCKET, T0, ScriptedProvider, World, make_settings, make_world, run_dispatcher, upload
+from support.fakes import (
+    BUCKET,
+    T0,
+    ScriptedProvider,
+    World,
+    callback_query,
+    make_settings,
+    make_world,
+    run_dispatcher,
+    upload,
+)
 
 from avatar_pipeline.errors import CallbackMismatchError, ProviderTransientError, WebhookAuthError
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, ProviderName, TaskStatus
@@ -60,9 +70,13 @@ def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_task_token(t
     assert run_dispatcher(w) == {"submit-submitted": 1}
     # Then only CometAPI got it, with a callback URL naming the task and its secret token
     task = w.tasks.get(task_id)
-    assert task is not None and task.provider == "cometapi" and task.callback_token
+    assert task is not None and task.provider == "cometapi"
     assert (wavespeed.submit_count, comet.submit_count) == (0, 1)
-    assert comet.submissions[0].webhook_url.endswith(f"task_id={task_id}&token={task.callback_token}")
+    token = callback_query("cometapi", task_id)["token"]
+    assert (
+        comet.submissions[0].webhook_url
+        == f"https://hooks.example.test/v1/webhooks/cometapi?task_id={task_id}&token={token}"
+    )
 
 
 def test_turned_away_submission_fails_over_once_and_never_reaches_both(two) -> None:
@@ -145,7 +159,7 @@ def test_cometapi_callback_with_a_wrong_token_is_refused_and_a_right_one_is_conf
     assert w.tasks.get(task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]
     # When the right token comes, but the provider's own answer says it is still processing
     comet.script_fetch(ProviderJob(provider_task_id=task.provider_task_id, status=ProviderJobStatus.PROCESSING))
-    action = receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+    action = receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", callback_query("cometapi", task_id))
     # Then what is recorded is the provider's answer, not the callback's claim
     assert action == "recorded"
     assert w.tasks.get(task_id).status is TaskStatus.PROCESSING  # type: ignore[union-attr]
@@ -191,7 +205,7 @@ def test_a_callback_that_cannot_be_confirmed_now_is_acknowledged_and_polled_at_o
     # Given CometAPI cannot answer our confirming query right now
     comet.script_fetch(ProviderTransientError("HTTP 429"))
     # When an authentic callback arrives
-    action = receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+    action = receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", callback_query("cometapi", task_id))
     # Then it is acknowledged as deferred, nothing is recorded from the unconfirmed hint, and the poller is due now
     after = w.tasks.get(task_id)
     assert action == "deferred"
@@ -207,7 +221,7 @@ def test_a_callback_to_the_wrong_provider_route_is_refused_before_any_query(two)
     assert task is not None
     # When a callback for it comes in on the CometAPI route, even with the right token
     with pytest.raises(CallbackMismatchError):
-        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", callback_query("cometapi", task_id))
     # Then CometAPI was never asked about it
     assert comet.fetches == []
 
@@ -226,5 +240,5 @@ def test_a_confirmed_task_created_for_another_of_our_tasks_is_refused(two) -> No
     comet.script_fetch(confirmed)
     # When it is received, it is refused and nothing changes
     with pytest.raises(CallbackMismatchError):
-        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", {"token": task.callback_token})
+        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", callback_query("cometapi", task_id))
     assert w.tasks.get(task_id).status is TaskStatus.SUBMITTED  # type: ignore[union-attr]

@@ -13,8 +13,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from support.fakes import BUCKET, T0, Copy, World, make_world, run_dispatcher, upload
+from support.fakes import (
+    BUCKET,
+    CALLBACK_KEY,
+    T0,
+    Copy,
+    World,
+    callback_query,
+    make_world,
+    run_dispatcher,
+    upload,
+)
 
+from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.errors import (
     CallbackMismatchError,
     DeliveryInProgressError,
@@ -221,7 +232,11 @@ def test_the_dispatcher_sends_the_first_in_line_once_and_records_the_providers_i
     assert request.image_url == f"https://presigned.test/{BUCKET}/inbox/alice/face.png?expires=26100"
     assert request.audio_url == f"https://presigned.test/{BUCKET}/inbox/alice/voice.mp3?expires=26100"
     assert (request.mode, request.prompt) == ("std", None)
-    assert request.webhook_url == f"https://hooks.example.test/v1/webhooks/wavespeed?task_id={task.task_id}"
+    # and its callback URL names the task with the token derived for it, which the webhook checks before any read
+    token = callback_query("wavespeed", task.task_id)["token"]
+    assert (
+        request.webhook_url == f"https://hooks.example.test/v1/webhooks/wavespeed?task_id={task.task_id}&token={token}"
+    )
 
 
 @pytest.mark.parametrize("order", ["image-first", "audio-first"])
@@ -1133,7 +1148,10 @@ def test_one_failing_task_does_not_stop_the_poll(w: World) -> None:
 def test_callback_is_authenticated_then_recorded(w: World) -> None:
     task = submitted(w)
     w.provider.script_callback(news(P.SUCCEEDED))
-    assert receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", {}) == "recorded"
+    assert (
+        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", callback_query("wavespeed", task.task_id))
+        == "recorded"
+    )
     assert stored(w, task.task_id).status is S.OUTPUT_READY
 
 
@@ -1141,14 +1159,14 @@ def test_an_unauthentic_callback_changes_nothing(w: World) -> None:
     task = submitted(w)
     w.provider.script_callback(WebhookAuthError("bad signature"))
     with pytest.raises(WebhookAuthError):
-        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", {})
+        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", callback_query("wavespeed", task.task_id))
     assert stored(w, task.task_id) == task
 
 
 def test_a_callback_for_an_unknown_task_is_refused(w: World) -> None:
     w.provider.script_callback(news(P.SUCCEEDED))
     with pytest.raises(UnknownTaskError):
-        receive_callback(w.ctx, "wavespeed", "no-such-task", {}, b"{}", {})
+        receive_callback(w.ctx, "wavespeed", "no-such-task", {}, b"{}", callback_query("wavespeed", "no-such-task"))
 
 
 def test_a_repeated_delivery_is_a_duplicate_and_changes_nothing(w: World) -> None:
@@ -1156,11 +1174,16 @@ def test_a_repeated_delivery_is_a_duplicate_and_changes_nothing(w: World) -> Non
     task = submitted(w)
     w.provider.script_callback(news(P.SUCCEEDED))
     delivery = {"webhook-id": "msg-1"}
-    assert receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {}) == "recorded"
+    assert (
+        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id))
+        == "recorded"
+    )
     recorded = stored(w, task.task_id)
     writes = w.tasks.replace_calls
     # When the provider delivers it again (authenticated again, as every delivery is)
-    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    outcome = receive_callback(
+        w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id)
+    )
     # Then it is a duplicate: nothing written, the task as the first delivery left it
     assert outcome == "duplicate"
     assert len(w.provider.callbacks) == 2
@@ -1175,12 +1198,78 @@ def test_a_delivery_readdressed_to_another_task_is_a_duplicate_too(w: World) -> 
     other = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
     w.provider.script_callback(news(P.SUCCEEDED, first.provider_task_id or ""))
     delivery = {"webhook-id": "msg-1"}
-    assert receive_callback(w.ctx, "wavespeed", first.task_id, delivery, b"{}", {}) == "recorded"
-    # When the same delivery is sent again with the other task's id (the query is not signed)
-    outcome = receive_callback(w.ctx, "wavespeed", other.task_id, delivery, b"{}", {})
+    assert (
+        receive_callback(w.ctx, "wavespeed", first.task_id, delivery, b"{}", callback_query("wavespeed", first.task_id))
+        == "recorded"
+    )
+    # When the same delivery is sent again to the other task's callback URL (by someone who has that URL too)
+    outcome = receive_callback(
+        w.ctx, "wavespeed", other.task_id, delivery, b"{}", callback_query("wavespeed", other.task_id)
+    )
     # Then it is a duplicate, and the other task is untouched
     assert outcome == "duplicate"
     assert stored(w, other.task_id) == other
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["", "a-guess", "x" * 10_000, "é" * 43, callback_query("cometapi", "0" * 32)["token"]],
+    ids=["none", "guess", "huge", "not-ascii", "another-providers"],
+)
+def test_a_callback_without_its_tasks_token_is_refused_before_anything_is_read(
+    w: World, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    # Given a task at the provider, and a table that records every read
+    task = submitted(w)
+    w.provider.script_callback(news(P.SUCCEEDED))
+    reads: list[str] = []
+    monkeypatch.setattr(w.tasks, "get", reads.append)
+    # When a callback comes for it without the token derived for it
+    with pytest.raises(WebhookAuthError, match="token"):
+        receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", {"token": token})
+    # Then it is refused before the table is read, and before the provider's adapter looks at it
+    assert reads == []
+    assert w.provider.callbacks == []
+
+
+def test_a_signed_delivery_replayed_to_another_tasks_url_is_refused(w: World) -> None:
+    """The provider's signature covers the body, not the URL: the token binds a delivery to its task."""
+    # Given a task still waiting for the provider's answer, and a signed delivery captured from another task's URL
+    first = submitted(w)
+    waiting = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
+    captured = callback_query("wavespeed", first.task_id)
+    w.provider.script_callback(news(P.SUCCEEDED, first.provider_task_id or ""))
+    # When it is replayed to the waiting task's id, with the captured token
+    with pytest.raises(WebhookAuthError):
+        receive_callback(w.ctx, "wavespeed", waiting.task_id, {"webhook-id": "msg-9"}, b"{}", captured)
+    # Then the waiting task is untouched
+    assert stored(w, waiting.task_id) == waiting
+
+
+def test_callback_keys_rotate_without_refusing_tasks_already_submitted(w: World) -> None:
+    # Given a task submitted while the old key signed
+    task = submitted(w)
+    old_token = callback_query("wavespeed", task.task_id)["token"]
+    # When a new key is put first and the old one kept second
+    w.ctx.callback_tokens = CallbackTokens(lambda: ["new-callback-key", CALLBACK_KEY])
+    w.provider.script_callback(news(P.SUCCEEDED))
+    # Then the task's callback (with the old key's token) is still taken, and new URLs carry the new key's token
+    assert receive_callback(w.ctx, "wavespeed", task.task_id, {}, b"{}", {"token": old_token}) == "recorded"
+    assert w.ctx.callback_tokens.token_for("wavespeed", task.task_id) != old_token
+
+
+def test_without_a_callback_key_nothing_is_sent_and_the_task_fails_as_misconfigured() -> None:
+    # Given a stack whose callback key cannot be found (its secret is empty)
+    w = make_world(callback_tokens=CallbackTokens(list))
+    handle_upload(w.ctx, IMAGE)
+    handle_upload(w.ctx, AUDIO)
+    # When the dispatcher would send the pair
+    run_dispatcher(w)
+    # Then nothing is sent (its callbacks could not be authenticated), and the task says why
+    assert w.provider.submit_count == 0
+    (task,) = w.tasks.all_tasks()
+    assert task.status is S.FAILED
+    assert task.reason is not None and "no callback key is configured" in task.reason
 
 
 def test_only_a_delivery_processed_to_the_end_is_remembered(w: World) -> None:
@@ -1190,10 +1279,12 @@ def test_only_a_delivery_processed_to_the_end_is_remembered(w: World) -> None:
     delivery = {"webhook-id": "msg-1"}
     w.tasks.fail_next("get")
     with pytest.raises(RuntimeError):
-        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id))
     assert w.deliveries.processed == {}
     # When the provider retries it
-    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    outcome = receive_callback(
+        w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id)
+    )
     # Then it is processed, not taken for a duplicate
     assert outcome == "recorded"
     assert stored(w, task.task_id).status is S.OUTPUT_READY
@@ -1205,9 +1296,11 @@ def test_an_unauthentic_delivery_is_not_remembered(w: World) -> None:
     w.provider.script_callback(WebhookAuthError("bad signature"), news(P.SUCCEEDED))
     delivery = {"webhook-id": "msg-1"}
     with pytest.raises(WebhookAuthError):
-        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+        receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id))
     # When the real delivery comes
-    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    outcome = receive_callback(
+        w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id)
+    )
     # Then the forgery did not use its id up
     assert outcome == "recorded"
 
@@ -1223,13 +1316,17 @@ def test_a_twin_of_a_delivery_being_processed_is_refused_for_now(w: World, monke
     def read_as_the_twin_arrives(task_id: str) -> Task | None:
         if not twin:
             with pytest.raises(DeliveryInProgressError) as refused:
-                receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+                receive_callback(
+                    w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id)
+                )
             twin.append(refused.value)
         return read(task_id)
 
     monkeypatch.setattr(w.tasks, "get", read_as_the_twin_arrives)
     # When the first is processed
-    outcome = receive_callback(w.ctx, "wavespeed", task.task_id, delivery, b"{}", {})
+    outcome = receive_callback(
+        w.ctx, "wavespeed", task.task_id, delivery, b"{}", callback_query("wavespeed", task.task_id)
+    )
     # Then the twin was refused as in progress, and the first recorded the news
     assert len(twin) == 1
     assert outcome == "recorded"
@@ -1637,7 +1734,9 @@ def test_a_video_delivered_after_the_time_out_is_copied_and_announced_again_as_a
     # When WaveSpeed's SUCCEEDED callback comes after all
     w.clock.advance(600)
     w.provider.script_callback(news(P.SUCCEEDED))
-    action = receive_callback(w.ctx, "wavespeed", task.task_id, {"webhook-id": "late-1"}, b"{}", {})
+    action = receive_callback(
+        w.ctx, "wavespeed", task.task_id, {"webhook-id": "late-1"}, b"{}", callback_query("wavespeed", task.task_id)
+    )
     # Then the paid video is kept: the task reopens to OUTPUT_READY, marked as correcting its time-out
     assert action == "recorded"
     task = stored(w, task.task_id)
@@ -1660,7 +1759,12 @@ def test_a_video_delivered_after_the_time_out_is_copied_and_announced_again_as_a
     assert "This replaces the earlier notification for this task, which said TIMED_OUT." in second.email_text
     # and that is all: exactly two notifications, however often the callback repeats and the poller runs
     w.provider.script_callback(news(P.SUCCEEDED))
-    assert receive_callback(w.ctx, "wavespeed", task.task_id, {"webhook-id": "late-2"}, b"{}", {}) == "unchanged"
+    assert (
+        receive_callback(
+            w.ctx, "wavespeed", task.task_id, {"webhook-id": "late-2"}, b"{}", callback_query("wavespeed", task.task_id)
+        )
+        == "unchanged"
+    )
     for _ in range(3):
         w.clock.advance(LATE_VIDEO_CHECK_EVERY.total_seconds())
         run_poll(w)

@@ -106,8 +106,6 @@ class Task(BaseModel):
     image: S3Object | None = None
     audio: S3Object | None = None
     provider_task_id: str | None = None
-    # For providers whose callbacks are unsigned: the secret in this task's callback URL (never logged).
-    callback_token: str | None = Field(default=None, repr=False)
     failover_allowed: bool = False
     failed_over_from: ProviderName | None = None
     audio_ms: int | None = None

@@ -23,6 +23,7 @@ from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownload
 from avatar_pipeline.adapters.sns import SnsNotifier
 from avatar_pipeline.adapters.wakeups import SqsWaker
 from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
+from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
 from avatar_pipeline.ports import VideoProvider
 from avatar_pipeline.services.context import PipelineContext
@@ -71,8 +72,16 @@ def link_signer(settings: Settings, session: boto3.session.Session, secrets: Sec
 
 
 def split_secrets(value: str) -> list[str]:
-    """Several webhook secrets may be valid at once (rotation): separated by commas or whitespace."""
+    """Several webhook secrets or callback keys may be valid at once (rotation): separated by commas or whitespace."""
     return [part for part in re.split(r"[\s,]+", value) if part]
+
+
+def callback_tokens(settings: Settings, secrets: SecretsProvider) -> CallbackTokens:
+    """Callback tokens keyed by the secret CALLBACK_KEY_SECRET_ID names (several keys while rotating); none without."""
+    secret_id = settings.callback_key_secret_id
+    return CallbackTokens(
+        lambda: split_secrets(read_json_secret(secrets, secret_id).get("key", "")) if secret_id else []
+    )
 
 
 class SecretBackedProviders(Mapping[str, VideoProvider]):
@@ -84,29 +93,40 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
         self._http = http
 
     def _configured(self) -> tuple[str, ...]:
-        ids = {"wavespeed": self._settings.wavespeed_secret_id, "cometapi": self._settings.cometapi_secret_id}
+        settings = self._settings
+        ids = {
+            "wavespeed": settings.wavespeed_secret_id or settings.wavespeed_webhook_secret_id,
+            "cometapi": settings.cometapi_secret_id,
+        }
         return tuple(name for name, secret_id in ids.items() if secret_id)
 
-    def _secret(self, secret_id: str) -> dict[str, str]:
-        return read_json_secret(self._secrets, secret_id)
+    def _field(self, secret_id: str, field: str) -> str:
+        """A field of the secret; empty when this function is given no such secret."""
+        return read_json_secret(self._secrets, secret_id).get(field, "") if secret_id else ""
 
     def __getitem__(self, name: str) -> VideoProvider:
-        """The provider's adapter; KeyError when it is not configured (no secret, or no API key in it yet)."""
+        """The provider's adapter; KeyError when it is not configured (no secret, or the stack's empty placeholder).
+
+        A function holds only what its work needs: WaveSpeed's API key, or (the webhook) its webhook secret alone.
+        """
         if name not in self._configured():
             raise KeyError(name)
-        secret_id = self._settings.wavespeed_secret_id if name == "wavespeed" else self._settings.cometapi_secret_id
-        secret = self._secret(secret_id)
-        if not secret.get("api_key"):
-            raise KeyError(name)  # the stack creates the secret with an empty placeholder
         if name == "wavespeed":
+            api_key = self._field(self._settings.wavespeed_secret_id, "api_key")
+            webhook_secrets = split_secrets(self._field(self._settings.wavespeed_webhook_secret_id, "webhook_secret"))
+            if not (api_key or webhook_secrets):
+                raise KeyError(name)
             return WaveSpeedProvider(
-                api_key=secret.get("api_key", ""),
-                webhook_secrets=split_secrets(secret.get("webhook_secret", "")),
+                api_key=api_key,
+                webhook_secrets=webhook_secrets,
                 base_url=self._settings.wavespeed_base_url,
                 client=self._http,
             )
+        api_key = self._field(self._settings.cometapi_secret_id, "api_key")
+        if not api_key:
+            raise KeyError(name)
         return CometApiProvider(
-            api_key=secret["api_key"],
+            api_key=api_key,
             base_url=self._settings.cometapi_base_url,
             client=self._http,
             default_prompt=self._settings.cometapi_default_prompt,
@@ -153,4 +173,5 @@ def pipeline() -> PipelineContext:
         ),
         providers=SecretBackedProviders(settings, secrets, http),
         waker=SqsWaker(session.client("sqs"), settings.wakeup_queue_url),
+        callback_tokens=callback_tokens(settings, secrets),
     )

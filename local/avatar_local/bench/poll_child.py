@@ -161,6 +161,7 @@ def main(finished: int, in_flight: int, polls: int) -> dict[str, Any]:
             meter=nothing,
             deliveries=nothing,
             waker=nothing,
+            callback_tokens=nothing,
         )
         table.meta.client.meta.events.register("after-call.dynamodb", count)
         results = []

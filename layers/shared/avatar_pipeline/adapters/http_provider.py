@@ -8,6 +8,7 @@ import httpx
 from pydantic import ValidationError
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, call_with_retry
+from avatar_pipeline.errors import ProviderConfigError
 from avatar_pipeline.models import ProviderJob, SubmissionRequest
 
 # Provider text quoted in our messages (task reasons, notifications) is kept short.
@@ -38,6 +39,8 @@ class HttpProvider:
         retry: RetryPolicy | None,
         timeout: httpx.Timeout,
     ) -> None:
+        # No key: an adapter that only checks callbacks (the webhook function is not given the paid API key).
+        self._has_key = bool(api_key)
         self._headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
         self._base_url = base_url.rstrip("/")
         self._owns_client = client is None
@@ -55,6 +58,7 @@ class HttpProvider:
     def submit(self, request: SubmissionRequest) -> ProviderJob:
         """Create the provider's task. Retries only answers that prove the request was not taken, and not a rate limit
         answer: the dispatcher paces submissions by the account's quota, and a 429 pauses it rather than us."""
+        self._require_key()
         return call_with_retry(
             lambda: self._submit_once(request),
             self._retry,
@@ -66,9 +70,14 @@ class HttpProvider:
         """The provider's task as it stands now."""
         if not provider_task_id:
             raise ValueError("provider_task_id is empty")
+        self._require_key()
         return call_with_retry(
             lambda: self._fetch_once(provider_task_id), self._retry, description=f"{self.display_name} fetch"
         )
+
+    def _require_key(self) -> None:
+        if not self._has_key:
+            raise ProviderConfigError(f"this function holds no {self.display_name} API key")
 
     def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
         raise NotImplementedError

@@ -33,7 +33,7 @@ from avatar_pipeline.errors import (
     ProviderTransientError,
 )
 from avatar_pipeline.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
-from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError, VideoProvider
+from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
 from avatar_pipeline.pricing import estimate_cost
 from avatar_pipeline.providers import alternative, display_name
 from avatar_pipeline.quota import (
@@ -214,7 +214,7 @@ def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName
     """The first task of `source`'s line that has waited past the spill-over time and may fail over, moved to
     `target`'s line (the caller's: empty, with room); None when there is none."""
     after = timedelta(seconds=ctx.settings.spill_over_after_seconds)
-    if not after:
+    if not after or not ctx.settings.may_fail_over_to(target):
         return None
     for task_id in ctx.tasks.queue_head(source, HEAD_LOOKAHEAD):
         task = ctx.tasks.get(task_id)
@@ -325,15 +325,14 @@ def _wake_when_over(
     ctx.waker.wake(quota.provider, wait.until)
 
 
-def webhook_url(ctx: PipelineContext, task: Task, provider: VideoProvider) -> str:
+def webhook_url(ctx: PipelineContext, task: Task) -> str:
     base = ctx.settings.webhook_base_url.rstrip("/")
     if not base:
         raise ProviderConfigError("WEBHOOK_BASE_URL is not configured, so the provider could not call back")
-    url = f"{base}/webhooks/{task.provider}?task_id={task.task_id}"
-    if provider.callback_auth == "task_token":
-        # The provider does not sign its callbacks: the URL carries the task's secret instead.
-        url += f"&token={task.callback_token}"
-    return url
+    # The token is checked before anything else, for every provider: signed callbacks (WaveSpeed) are then also bound
+    # to their task, which the provider's signature does not cover.
+    token = ctx.callback_tokens.token_for(task.provider, task.task_id)
+    return f"{base}/webhooks/{task.provider}?task_id={task.task_id}&token={token}"
 
 
 def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
@@ -364,7 +363,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
                 audio_url=audio.url,
                 prompt=claimed.prompt,
                 mode=claimed.mode,
-                webhook_url=webhook_url(ctx, claimed, provider),
+                webhook_url=webhook_url(ctx, claimed),
             )
         except ProviderError:
             raise
@@ -519,11 +518,12 @@ def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientE
 
 
 def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:
-    """The provider a turned-away task moves to, once, if the job allows it and that provider is configured."""
+    """The provider a turned-away task moves to, once, if the job and the operator (now) allow it and that provider
+    is configured."""
     if not claimed.failover_allowed or claimed.failed_over_from is not None:
         return None
     other = alternative(claimed.provider)
-    return other if _configured(ctx, other) else None
+    return other if ctx.settings.may_fail_over_to(other) and _configured(ctx, other) else None
 
 
 def _configured(ctx: PipelineContext, provider: ProviderName) -> bool:

@@ -9,6 +9,7 @@ from datetime import datetime
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.exceptions import OrphanedChildLoggerError
 
+from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import ProviderConfigError
 from avatar_pipeline.models import PairSlot, Task, TaskStatus, utcnow
@@ -57,6 +58,7 @@ class PipelineContext:
     meter: UsageMeter
     deliveries: DeliveryLog
     waker: Waker
+    callback_tokens: CallbackTokens
     clock: Callable[[], datetime] = field(default=utcnow)
 
     def provider_for(self, task: Task) -> VideoProvider:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hmac
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -136,14 +135,18 @@ def receive_callback(
 ) -> CallbackOutcome:
     """An HTTP callback from a provider: authenticate it first, then record it, once per delivery.
 
-    Signed callbacks (WaveSpeed) are verified before anything is read from the table. Unsigned ones (CometAPI) must
-    carry the task's secret token, and are only hints: what is recorded is the provider's answer to our own query.
+    Every callback URL carries the task's token (derived, see `CallbackTokens`), checked before anything else is
+    done: a forged callback costs no read. Signed callbacks (WaveSpeed) are then verified too; unsigned ones
+    (CometAPI) are only hints: what is recorded is the provider's answer to our own query.
     A delivery the provider names (WaveSpeed's webhook-id, kept on its retries) is processed once; a repeat of it is
     a "duplicate" and changes nothing. Only a delivery processed to the end is remembered: one that failed midway is
     processed afresh when the provider retries it.
     Raises UnknownProviderError, WebhookAuthError, WebhookPayloadError, UnknownTaskError, CallbackMismatchError or
     DeliveryInProgressError.
     """
+    # An unknown task is refused as a wrong token is: the answer must not tell a caller which task ids exist.
+    if not ctx.callback_tokens.accepts(provider_name, task_id, query.get("token", "")):
+        raise WebhookAuthError("the callback's token is not the task's")
     provider = ctx.providers.get(provider_name)
     if provider is None:
         raise UnknownProviderError(f"no provider called {provider_name!r}")
@@ -152,7 +155,7 @@ def receive_callback(
         news = provider.parse_callback(headers, body, ctx.clock())
         process = functools.partial(_record_signed, ctx, provider_name, task_id, news)
     else:
-        process = functools.partial(_confirm_and_record, ctx, provider, provider_name, task_id, headers, body, query)
+        process = functools.partial(_confirm_and_record, ctx, provider, provider_name, task_id, headers, body)
     delivery_id = provider.delivery_id(headers)
     if delivery_id is None:
         return process()
@@ -177,13 +180,8 @@ def _confirm_and_record(
     task_id: str,
     headers: Mapping[str, str],
     body: bytes,
-    query: Mapping[str, str],
 ) -> NewsAction:
-    # An unknown task is refused as a wrong token is: the answer must not tell a caller which task ids exist.
-    task = ctx.tasks.get(task_id)
-    token = query.get("token", "")
-    if task is None or not task.callback_token or not hmac.compare_digest(token.encode(), task.callback_token.encode()):
-        raise WebhookAuthError("the callback's token does not match the task's")
+    task = _existing_task(ctx, task_id)
     _check_addressee(task, provider_name)
     hint = provider.parse_callback(headers, body, ctx.clock())
     if task.provider_task_id and hint.provider_task_id != task.provider_task_id:
