@@ -1010,7 +1010,7 @@ def test_key_is_never_in_repr_errors_or_logs_even_when_the_gateway_echoes_it(
     texts = [str(submitted.value), str(submitted.value.code), str(fetched.value), caplog.text, repr(provider)]
     for text in texts:
         assert API_KEY not in text
-    assert "***" in str(submitted.value)
+    assert "[redacted]" in str(submitted.value)
 
 
 def test_submit_refused_because_our_task_id_already_exists_is_an_unknown_outcome_not_bad_input(
@@ -1072,3 +1072,69 @@ def test_find_by_task_passes_on_a_provider_that_cannot_answer(
     router.get(f"{CREATE_PATH}/task-1").respond(503, json=gateway_error("busy"))
     with pytest.raises(ProviderTransientError):
         provider.find_by_task("task-1")
+
+
+# ---------------------------------------------------------------------------------------------- echoed secrets
+
+# What CometAPI may echo back of what we sent: presigned inputs, our callback URL with its token, our key.
+SIGNED_AUDIO = (
+    "https://bucket.s3.amazonaws.com/in/voice.mp3?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=ASIAEXAMPLECREDENTIAL%2F20250601%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Security-Token=IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN&X-Amz-Signature=5f1e0c0ffee5ignature"
+)
+CALLBACK_TOKEN = "cb-token-9f8e7d6c5b4a"
+CALLBACK_URL = f"https://hooks.example.com/webhooks/cometapi?task_id=task-1&token={CALLBACK_TOKEN}"
+ECHOED_SECRETS = (
+    "ASIAEXAMPLECREDENTIAL",
+    "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN",
+    "5f1e0c0ffee5ignature",
+    CALLBACK_TOKEN,
+    API_KEY,
+)
+ECHO = f"sound_file {SIGNED_AUDIO} unreachable; callback_url {CALLBACK_URL}"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(400, kling_error(1201, ECHO), id="kling-1201"),
+        pytest.param(400, gateway_error(ECHO), id="gateway-error"),
+        pytest.param(400, ECHO, id="text"),
+        pytest.param(200, {"code": "bad_request", "message": ECHO}, id="textual-code-in-200"),
+    ],
+)
+def test_an_error_body_echoing_our_signed_urls_and_callback_token_is_quoted_without_them(
+    router: respx.MockRouter, provider: CometApiProvider, status: int, body: dict[str, Any] | str
+) -> None:
+    # Given CometAPI refuses a create with an error body that echoes our presigned input and callback URL
+    answer = httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
+    router.post(CREATE_PATH).mock(return_value=answer)
+
+    # When we submit
+    with pytest.raises(ProviderError) as caught:
+        provider.submit(submission())
+
+    # Then the error still says which input and which callback, but carries none of their secrets
+    message = str(caught.value)
+    for secret in ECHOED_SECRETS:
+        assert secret not in message
+    assert "bucket.s3.amazonaws.com/in/voice.mp3" in message
+    assert "hooks.example.com/webhooks/cometapi" in message
+
+
+def test_a_failed_task_echoing_a_signed_url_and_a_bearer_key_reports_its_failure_without_them(
+    router: respx.MockRouter, provider: CometApiProvider
+) -> None:
+    # Given a task that failed with a status message quoting our presigned input and an Authorization header
+    failed = task("failed", task_status_msg=f"fetching {SIGNED_AUDIO} with Bearer other-key-0123456789 failed")
+    router.get(QUERY_PATH).respond(200, json=envelope(failed))
+
+    # When we fetch it
+    job = provider.fetch(TASK_ID)
+
+    # Then its failure message keeps the input's path but neither the signature, the credentials nor the bearer key
+    assert job.status is ProviderJobStatus.FAILED
+    assert job.error_message is not None
+    assert "bucket.s3.amazonaws.com/in/voice.mp3" in job.error_message
+    for secret in (*ECHOED_SECRETS, "other-key-0123456789"):
+        assert secret not in job.error_message

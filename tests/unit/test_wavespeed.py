@@ -883,3 +883,69 @@ def test_single_secret_string_instead_of_a_list_is_refused() -> None:
     # Then it refuses rather than treating each character as a secret
     with pytest.raises(TypeError):
         WaveSpeedProvider(API_KEY, SECRET)
+
+
+# ---------------------------------------------------------------------------------------------- echoed secrets
+
+# What a provider's error body may echo back of what we sent: presigned inputs, our callback URL with its token.
+SIGNED_IMAGE = (
+    "https://bucket.s3.amazonaws.com/in/face.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+    "&X-Amz-Credential=ASIAEXAMPLECREDENTIAL%2F20250601%2Fus-east-1%2Fs3%2Faws4_request"
+    "&X-Amz-Security-Token=IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN&X-Amz-Signature=5f1e0c0ffee5ignature"
+)
+CALLBACK_TOKEN = "cb-token-9f8e7d6c5b4a"
+CALLBACK_URL = f"https://hooks.example.com/webhooks/wavespeed?task_id=task-1&token={CALLBACK_TOKEN}"
+ECHOED_SECRETS = (
+    "ASIAEXAMPLECREDENTIAL",
+    "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN",
+    "5f1e0c0ffee5ignature",
+    CALLBACK_TOKEN,
+    API_KEY,
+)
+ECHO = f"cannot download image {SIGNED_IMAGE} (webhook {CALLBACK_URL}, authorization: Bearer {API_KEY})"
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        pytest.param(400, {"code": 400, "message": ECHO}, id="http-400-json"),
+        pytest.param(422, {"detail": {"loc": ["image"], "msg": ECHO}}, id="http-422-json-detail"),
+        pytest.param(400, ECHO, id="http-400-text"),
+        pytest.param(200, {"code": 1400, "message": ECHO, "data": None}, id="envelope-code-1400"),
+    ],
+)
+def test_an_error_body_echoing_our_signed_urls_and_key_is_quoted_without_them(
+    router: respx.MockRouter, provider: WaveSpeedProvider, status: int, body: dict[str, Any] | str
+) -> None:
+    # Given WaveSpeed refuses a submit with an error body that echoes our presigned input, callback URL and key
+    answer = httpx.Response(status, json=body) if isinstance(body, dict) else httpx.Response(status, text=body)
+    router.post(STD_PATH).mock(return_value=answer)
+
+    # When we submit
+    with pytest.raises(ProviderError) as caught:
+        provider.submit(submission())
+
+    # Then the error quotes where the failure was (the input's path, the callback's host) but no secret of ours
+    message = str(caught.value)
+    for secret in ECHOED_SECRETS:
+        assert secret not in message
+    assert "bucket.s3.amazonaws.com/in/face.png" in message
+    assert "hooks.example.com/webhooks/wavespeed" in message
+
+
+def test_a_failed_prediction_echoing_a_signed_url_reports_its_failure_without_the_signature(
+    router: respx.MockRouter, provider: WaveSpeedProvider
+) -> None:
+    # Given a prediction that failed with an error quoting our presigned input
+    failed = prediction("failed", error=f"download failed: {SIGNED_IMAGE}", code=1200)
+    router.get(RESULT_PATH).respond(200, json=envelope(failed))
+
+    # When we fetch it
+    job = provider.fetch(TASK_ID)
+
+    # Then its failure message keeps the input's path but not the signature or the credentials
+    assert job.status is ProviderJobStatus.FAILED
+    assert job.error_message is not None
+    assert "bucket.s3.amazonaws.com/in/face.png" in job.error_message
+    for secret in ECHOED_SECRETS:
+        assert secret not in job.error_message

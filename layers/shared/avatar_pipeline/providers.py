@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from avatar_pipeline.models import ProviderJob, ProviderName
+from avatar_pipeline.redaction import mask_secrets
 
 DISPLAY_NAMES: dict[ProviderName, str] = {"wavespeed": "WaveSpeed", "cometapi": "CometAPI"}
 PROVIDER_NAMES: tuple[ProviderName, ...] = ("wavespeed", "cometapi")
@@ -23,6 +24,8 @@ def display_name(provider: str) -> str:
 
 
 def describe_failure(provider: str, job: ProviderJob) -> str:
-    code = f" (code {job.error_code})" if job.error_code else ""
-    message = job.error_message or "no reason given"
+    """A provider-reported failure as a task's reason (and a notification's text): the provider's words, masked,
+    since they may echo our signed input URLs or callback token back."""
+    code = f" (code {mask_secrets(job.error_code)})" if job.error_code else ""
+    message = mask_secrets(job.error_message or "") or "no reason given"
     return f"{display_name(provider)} could not make the video{code}: {message}"

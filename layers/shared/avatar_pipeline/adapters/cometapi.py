@@ -49,7 +49,8 @@ RemoteProtocolError, any other transport failure       fetch: ProviderTransientE
 
 The error's ``code`` is the Kling code when there is one, else the gateway's ``error.code`` when not empty, else
 the HTTP status. Its message is the body's ``message`` (or ``error.message``, ``error``, ``detail``, or the raw
-text), plus the envelope's ``request_id`` when there is one; the API key is masked out of anything quoted.
+text), plus the envelope's ``request_id`` when there is one. Whatever CometAPI wrote is masked (`mask_secrets`)
+before it is quoted: it may echo our presigned inputs, the callback URL's token or the API key.
 
 Retries (see `http_retry`): only ProviderTransientError is retried, for fetch and submit alike, because each of
 those answers proves the request was not taken. ProviderOutcomeUnknownError is never retried: a re-POSTed
@@ -73,7 +74,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, truncate
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -88,6 +89,7 @@ from avatar_pipeline.errors import (
     WebhookPayloadError,
 )
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.redaction import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +122,6 @@ _STATUSES: Final[Mapping[str, ProviderJobStatus]] = {
     "succeed": ProviderJobStatus.SUCCEEDED,
     "failed": ProviderJobStatus.FAILED,
 }
-_MASK: Final = "***"
-MIN_MASKED_KEY_LENGTH: Final = 8
 
 
 def parse_duration(value: object) -> float | None:
@@ -281,7 +281,8 @@ class CometApiProvider(HttpProvider):
             raise WebhookPayloadError("CometAPI callback body is not valid JSON") from exc
         if isinstance(payload, dict) and "task_id" not in payload and "data" in payload:
             if _numeric_code(payload.get("code", 0)) != 0:
-                raise WebhookPayloadError(f"CometAPI callback envelope has code {payload.get('code')!r}, not 0")
+                code = mask_secrets(repr(payload.get("code")), limit=80)
+                raise WebhookPayloadError(f"CometAPI callback envelope has code {code}, not 0")
             payload = payload["data"]
         return _parse_task(payload, WebhookPayloadError, "CometAPI callback body")
 
@@ -394,10 +395,8 @@ class CometApiProvider(HttpProvider):
         return kling_code, other_code, self._clean(detail)
 
     def _clean(self, text: str) -> str:
-        """Provider text fit for a message: the API key masked out (gateways may echo it), and bounded."""
-        # Short keys are not masked: replacing a few common letters would garble every message, and hide nothing.
-        masked = text.replace(self._api_key, _MASK) if len(self._api_key) >= MIN_MASKED_KEY_LENGTH else text
-        return truncate(masked)
+        """Provider text fit for a message: secrets it may echo (the key, signed URLs, tokens) masked, and bounded."""
+        return mask_secrets(text, known=(self._api_key,))
 
 
 # -------------------------------------------------------------------- mapping helpers
@@ -429,7 +428,8 @@ def _task_to_job(task: CometTask) -> ProviderJob | None:
             provider_task_id=task.task_id,
             status=status,
             error_code=None if task.code in (None, "", 0) else str(task.code),
-            error_message=truncate(task.task_status_msg or "") or "CometAPI reported the task failed without a message",
+            error_message=mask_secrets(task.task_status_msg or "")
+            or "CometAPI reported the task failed without a message",
         )
     return ProviderJob(provider_task_id=task.task_id, status=status)
 
@@ -444,7 +444,8 @@ def _parse_task(data: object, error: type[Exception], what: str) -> ProviderJob:
         raise error(f"{what} is not a task: {summarise(exc)}") from exc
     job = task_to_job(task)
     if job is None:
-        raise error(f"{what}: task {task.task_id} has an unknown status {truncate(task.task_status)!r}")
+        status = mask_secrets(task.task_status, limit=80)
+        raise error(f"{what}: task {mask_secrets(task.task_id, limit=80)} has an unknown status {status!r}")
     return job
 
 

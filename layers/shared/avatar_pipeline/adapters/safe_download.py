@@ -30,6 +30,7 @@ from typing import Any, Final
 import httpcore
 import httpx
 
+from avatar_pipeline import redaction
 from avatar_pipeline.errors import OutputUnusableError
 
 logger = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ class RefusedOutputUrlError(OutputUnusableError):
 
 
 def redact_url(url: str | httpx.URL) -> str:
-    """The URL without its query string: presigned provider links carry credentials there."""
-    return str(url).split("?", 1)[0].split("#", 1)[0]
+    """The URL without its query string (or userinfo): presigned provider links carry credentials there. One way of
+    redacting for the whole pipeline: the domain's, which also masks provider text quoted in messages."""
+    return redaction.redact_url(str(url))
 
 
 # ------------------------------------------------------------------------------------------------ URLs

@@ -35,7 +35,8 @@ RemoteProtocolError, any other transport failure       fetch: ProviderTransientE
 =====================================================  ==============================================
 
 The error's ``code`` is the envelope/body ``code`` when there is one, else the HTTP status. Its message is read
-from the body's ``message``, ``error`` or ``detail`` (or the raw text when the body is not JSON).
+from the body's ``message``, ``error`` or ``detail`` (or the raw text when the body is not JSON). Whatever WaveSpeed
+wrote is masked (`mask_secrets`) before it is quoted: it may echo our presigned inputs, callback token or key.
 
 Retries (see `http_retry`): only ProviderTransientError is retried, for fetch and submit alike, because each of
 those answers proves the request was not taken. ProviderOutcomeUnknownError is never retried: a re-POSTed
@@ -61,7 +62,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, truncate
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -78,6 +79,7 @@ from avatar_pipeline.errors import (
     WebhookPayloadError,
 )
 from avatar_pipeline.models import Mode, ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.redaction import mask_secrets
 
 logger = logging.getLogger(__name__)
 
@@ -146,8 +148,6 @@ class WaveSpeedProvider(HttpProvider):
         client: httpx.Client | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        if not api_key:
-            raise ValueError("WaveSpeed API key is empty")
         if isinstance(webhook_secrets, str):
             raise TypeError("webhook_secrets must be a sequence of secrets, not one string")
         keys = [_signing_key(secret) for secret in webhook_secrets]
@@ -155,6 +155,8 @@ class WaveSpeedProvider(HttpProvider):
             # An empty HMAC key is known to everyone: accepting it would let anyone forge callbacks.
             raise ValueError("a WaveSpeed webhook secret is empty")
         self._signing_keys: tuple[bytes, ...] = tuple(keys)
+        # Masked out of anything WaveSpeed says that we quote, should it echo the key back.
+        self._secrets: tuple[str, ...] = (api_key,)
         super().__init__(api_key, base_url, client, retry, DEFAULT_TIMEOUT)
 
     # ---------------------------------------------------------------- submit / fetch
@@ -168,7 +170,7 @@ class WaveSpeedProvider(HttpProvider):
             response = self._client.post(url, params={"webhook": request.webhook_url}, json=body, headers=self._headers)
         except httpx.HTTPError as exc:
             raise_transport_error(exc, "WaveSpeed", "submit", request_may_be_taken=True)
-        return _job_from_response(response, "submit", unusable=ProviderOutcomeUnknownError)
+        return _job_from_response(response, "submit", unusable=ProviderOutcomeUnknownError, secrets=self._secrets)
 
     def _fetch_once(self, provider_task_id: str) -> ProviderJob:
         url = self._base_url + RESULT_PATH.format(id=quote(provider_task_id, safe=""))
@@ -176,7 +178,7 @@ class WaveSpeedProvider(HttpProvider):
             response = self._client.get(url, headers=self._headers)
         except httpx.HTTPError as exc:
             raise_transport_error(exc, "WaveSpeed", "fetch", request_may_be_taken=False)
-        return _job_from_response(response, "fetch", unusable=ProviderError)
+        return _job_from_response(response, "fetch", unusable=ProviderError, secrets=self._secrets)
 
     # ---------------------------------------------------------------- callbacks
 
@@ -249,7 +251,8 @@ def prediction_to_job(prediction: WaveSpeedPrediction) -> ProviderJob | None:
             provider_task_id=prediction.id,
             status=status,
             error_code=None if prediction.code is None else str(prediction.code),
-            error_message=prediction.error or "WaveSpeed reported the prediction failed without a message",
+            error_message=mask_secrets(prediction.error or "")
+            or "WaveSpeed reported the prediction failed without a message",
         )
     return ProviderJob(provider_task_id=prediction.id, status=status)
 
@@ -263,10 +266,13 @@ def _signing_key(secret: str) -> bytes:
     return secret.removeprefix(SECRET_PREFIX).encode("utf-8")
 
 
-def _job_from_response(response: httpx.Response, operation: str, *, unusable: type[ProviderError]) -> ProviderJob:
-    """Turn an HTTP answer into a job, or raise the mapped error. `unusable` is raised for a garbled 2xx."""
+def _job_from_response(
+    response: httpx.Response, operation: str, *, unusable: type[ProviderError], secrets: Sequence[str]
+) -> ProviderJob:
+    """Turn an HTTP answer into a job, or raise the mapped error. `unusable` is raised for a garbled 2xx; `secrets`
+    are masked out of whatever of the answer the error quotes."""
     if not response.is_success:
-        _raise_http_error(response, operation)
+        _raise_http_error(response, operation, secrets)
     try:
         payload = response.json()
     except ValueError as exc:
@@ -276,7 +282,7 @@ def _job_from_response(response: httpx.Response, operation: str, *, unusable: ty
     except ValidationError as exc:
         raise unusable(f"WaveSpeed {operation}: unexpected answer: {summarise(exc)}") from exc
     if envelope.code != 200:
-        _raise_envelope_error(envelope, operation)
+        _raise_envelope_error(envelope, operation, secrets)
     return _parse_prediction(envelope.data, unusable, f"WaveSpeed {operation} answer")
 
 
@@ -290,13 +296,14 @@ def _parse_prediction(data: object, error: type[Exception], what: str) -> Provid
         raise error(f"{what} is not a prediction: {summarise(exc)}") from exc
     job = prediction_to_job(prediction)
     if job is None:
-        raise error(f"{what}: prediction {prediction.id} has an unknown status {prediction.status!r}")
+        status = mask_secrets(prediction.status, limit=80)
+        raise error(f"{what}: prediction {mask_secrets(prediction.id, limit=80)} has an unknown status {status!r}")
     return job
 
 
-def _raise_http_error(response: httpx.Response, operation: str) -> NoReturn:
+def _raise_http_error(response: httpx.Response, operation: str, secrets: Sequence[str]) -> NoReturn:
     status = response.status_code
-    body_code, detail = _error_details(response)
+    body_code, detail = _error_details(response, secrets)
     code = body_code or str(status)
     message = f"WaveSpeed {operation}: HTTP {status}" + (f": {detail}" if detail else "")
     if status in (401, 403):
@@ -312,11 +319,11 @@ def _raise_http_error(response: httpx.Response, operation: str) -> NoReturn:
     raise ProviderError(message, code=code)
 
 
-def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str) -> NoReturn:
+def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str, secrets: Sequence[str]) -> NoReturn:
     code = envelope.code
     data_error = envelope.data.get("error") if isinstance(envelope.data, dict) else None
     detail = envelope.message or data_error or "no message"
-    message = f"WaveSpeed {operation}: error code {code}: {truncate(str(detail))}"
+    message = f"WaveSpeed {operation}: error code {code}: {mask_secrets(str(detail), known=secrets)}"
     if 1000 <= code <= 1999:
         raise ProviderInputError(message, code=str(code))
     transient = 5000 <= code <= 5999 or code == 429 or 500 <= code <= 599
@@ -329,18 +336,19 @@ def _raise_envelope_error(envelope: WaveSpeedEnvelope, operation: str) -> NoRetu
     raise ProviderError(message, code=str(code))
 
 
-def _error_details(response: httpx.Response) -> tuple[str | None, str]:
-    """The body's own error code (if any) and message, from JSON `message`/`error`/`detail` or raw text."""
+def _error_details(response: httpx.Response, secrets: Sequence[str]) -> tuple[str | None, str]:
+    """The body's own error code (if any) and message, from JSON `message`/`error`/`detail` or raw text, masked."""
     try:
         payload = response.json()
     except ValueError:
-        return None, truncate(response.text.strip())
+        return None, mask_secrets(response.text.strip(), known=secrets)
     if not isinstance(payload, dict):
-        return None, truncate(json.dumps(payload))
+        return None, mask_secrets(json.dumps(payload), known=secrets)
     raw_code = payload.get("code")
     code = str(raw_code) if isinstance(raw_code, int | str) and not isinstance(raw_code, bool) else None
+    code = mask_secrets(code, known=secrets, limit=80) if code is not None else None
     for key in ("message", "error", "detail"):
         value = payload.get(key)
         if value:
-            return code, truncate(value if isinstance(value, str) else json.dumps(value))
+            return code, mask_secrets(value if isinstance(value, str) else json.dumps(value), known=secrets)
     return code, ""
