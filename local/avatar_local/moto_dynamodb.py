@@ -21,12 +21,21 @@
   of a transaction that is then cancelled); the stream records it returns, which never change once written, are
   serialised outside the lock. Under the GIL these requests never ran in parallel anyway: this costs no throughput,
   though a short request may wait for a long one to finish instead of sharing the CPU with it.
+- A key over DynamoDB's limits (a partition key over 2,048 bytes, a sort key over 1,024, in UTF-8) is refused with a
+  ValidationException by every request that names it. moto refuses it only when it stores an item (PutItem,
+  BatchWriteItem, a transaction's Put, an UpdateItem that creates one); GetItem, DeleteItem, an UpdateItem whose
+  condition fails, BatchGetItem, TransactGetItems, a transaction's ConditionCheck or Delete and a Query for an
+  oversize partition key all answered as if the key were fine. Nor did moto refuse an UpdateItem that sets a
+  secondary index's key attribute over the limit, which DynamoDB refuses, writing nothing: here the update is undone
+  (item and stream record) and refused. Index keys are refused in DynamoDB's words for them ("Size limit exceeded
+  for Index Key ..."), where moto used its table-key message.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,13 +44,17 @@ from typing import Any
 from moto.dynamodb.comparisons import get_filter_expression
 from moto.dynamodb.exceptions import (
     ConditionalCheckFailed,
+    HashKeyTooLong,
     MockValidationException,
     MultipleTransactionsException,
+    RangeKeyTooLong,
     TooManyTransactionsException,
     TransactionCanceledException,
     TransactWriteSingleOpException,
 )
+from moto.dynamodb.limits import HASH_KEY_MAX_LENGTH, RANGE_KEY_MAX_LENGTH
 from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 
@@ -192,18 +205,153 @@ def _without_records_of_cancelled_writes(transact: Callable[..., Any]) -> Callab
     return transact_write_items
 
 
+# ------------------------------------------------------------------------------------------------ key sizes
+
+
+def _size(value: Any) -> int:
+    """A key attribute's size as DynamoDB counts it (UTF-8 bytes for a string), as moto's own check counts it."""
+    return int(DynamoType(value).size())
+
+
+def _check_table_key(table: Any, key: dict[str, Any]) -> None:
+    """Refuse a request naming a key over DynamoDB's limits, in DynamoDB's words (moto's exceptions carry them)."""
+    hash_value = key.get(table.hash_key_attr)
+    if hash_value and _size(hash_value) > HASH_KEY_MAX_LENGTH:
+        raise HashKeyTooLong
+    range_value = key.get(table.range_key_attr) if table.range_key_attr else None
+    if range_value and _size(range_value) > RANGE_KEY_MAX_LENGTH:
+        raise RangeKeyTooLong
+
+
+def _check_index_keys(table: Any, attributes: dict[str, Any]) -> None:
+    """Refuse an item whose secondary index key attribute (other than the table's own keys) is over its limit."""
+    table_keys = {table.hash_key_attr, table.range_key_attr}
+    for index in table.all_indexes():
+        for element in index.schema:
+            name = element["AttributeName"]
+            value = attributes.get(name)
+            if name in table_keys or not value:
+                continue
+            limit = HASH_KEY_MAX_LENGTH if element["KeyType"] == "HASH" else RANGE_KEY_MAX_LENGTH
+            size = _size(value)
+            if size > limit:
+                raise MockValidationException(
+                    f"One or more parameter values were invalid: Size limit exceeded for Index Key {name} "
+                    f"Actual Size: {size} bytes Max Size: {limit} bytes IndexName: {index.name}"
+                )
+
+
+def _bound(method: Callable[..., Any], backend: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The method's arguments by name, however they were passed (read from its signature, as moto_s3 does)."""
+    return dict(inspect.signature(method).bind(backend, *args, **kwargs).arguments)
+
+
+def _refusing_long_keys(method: Callable[..., Any], key_argument: str) -> Callable[..., Any]:
+    """GetItem, DeleteItem (and, through them, BatchGetItem, TransactGetItems, BatchWriteItem's deletes and every
+    item a transaction names): the key is checked before anything is read."""
+
+    @functools.wraps(method)
+    def checked(backend: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        arguments = _bound(method, backend, args, kwargs)
+        _check_table_key(backend.get_table(arguments["table_name"]), arguments[key_argument])
+        return method(backend, *args, **kwargs)
+
+    return checked
+
+
+def _refusing_long_item_keys(put_item: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(put_item)
+    def checked(backend: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        arguments = _bound(put_item, backend, args, kwargs)
+        table = backend.get_table(arguments["table_name"])
+        _check_table_key(table, arguments["item_attrs"])  # the table's keys first, as moto and DynamoDB do
+        _check_index_keys(table, arguments["item_attrs"])
+        return put_item(backend, *args, **kwargs)
+
+    return checked
+
+
+def _refusing_long_updated_keys(update_item: Callable[..., Any]) -> Callable[..., Any]:
+    """The key is checked first (before a condition can fail on it); an update that leaves an index key over its
+    limit is undone (the item as it was, its stream record dropped) and refused, as DynamoDB writes nothing then.
+    moto applies an update to the stored item in place, so it is judged afterwards, under the writes' lock."""
+
+    @functools.wraps(update_item)
+    def checked(backend: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        arguments = _bound(update_item, backend, args, kwargs)
+        table = backend.get_table(arguments["table_name"])
+        key = arguments["key"]
+        _check_table_key(table, key)
+        if table.hash_key_attr not in key:
+            return update_item(backend, *args, **kwargs)  # moto's own answer to a key without its partition key
+        hash_key = DynamoType(key[table.hash_key_attr])
+        range_key = DynamoType(key[table.range_key_attr]) if table.range_key_attr in key else None
+        before = copy.deepcopy(table.get_item(hash_key, range_key))
+        records = len(table.stream_shard.items) if table.stream_shard is not None else 0
+        item = update_item(backend, *args, **kwargs)
+        try:
+            _check_index_keys(table, item.to_json()["Attributes"])
+        except MockValidationException:
+            _restore(table, hash_key, range_key, before)
+            if table.stream_shard is not None:
+                del table.stream_shard.items[records:]
+            raise
+        return item
+
+    return checked
+
+
+def _refusing_long_query_keys(query: Callable[..., Any]) -> Callable[..., Any]:
+    """A Query for a partition key value over 2,048 bytes (of the table or an index)."""
+
+    @functools.wraps(query)
+    def checked(backend: DynamoDBBackend, *args: Any, **kwargs: Any) -> Any:
+        hash_key = _bound(query, backend, args, kwargs).get("hash_key_dict")
+        if hash_key and _size(hash_key) > HASH_KEY_MAX_LENGTH:
+            raise HashKeyTooLong
+        return query(backend, *args, **kwargs)
+
+    return checked
+
+
+_KEY_LIMITS: dict[str, Callable[[Callable[..., Any]], Callable[..., Any]]] = {
+    "get_item": lambda method: _refusing_long_keys(method, "keys"),
+    "delete_item": lambda method: _refusing_long_keys(method, "key"),
+    "put_item": _refusing_long_item_keys,
+    "update_item": _refusing_long_updated_keys,
+    "query": _refusing_long_query_keys,
+}
+
+
 @contextmanager
-def faithful_dynamodb_writes() -> Iterator[None]:
-    """moto's DynamoDB with the guarantees above, until exit."""
-    originals = [
-        (owner, name, getattr(owner, name)) for owner, names in _SERIALISED for name in names if hasattr(owner, name)
-    ]
-    for owner, name, method in originals:
-        transact = owner is DynamoDBBackend and name == "transact_write_items"
-        patched = _without_records_of_cancelled_writes(transact_write_items) if transact else method
-        setattr(owner, name, _serialised(patched))
+def _faithful_key_sizes() -> Iterator[None]:
+    originals = {name: getattr(DynamoDBBackend, name) for name in _KEY_LIMITS}
+    for name, refusing in _KEY_LIMITS.items():
+        setattr(DynamoDBBackend, name, refusing(originals[name]))
     try:
         yield
     finally:
+        for name, method in originals.items():
+            setattr(DynamoDBBackend, name, method)
+
+
+@contextmanager
+def faithful_dynamodb_writes() -> Iterator[None]:
+    """moto's DynamoDB with the guarantees above, until exit."""
+    # Key sizes are checked inside the lock: what `originals` captures below is already checking.
+    with _faithful_key_sizes():
+        originals = [
+            (owner, name, getattr(owner, name))
+            for owner, names in _SERIALISED
+            for name in names
+            if hasattr(owner, name)
+        ]
         for owner, name, method in originals:
-            setattr(owner, name, method)
+            transact = owner is DynamoDBBackend and name == "transact_write_items"
+            patched = _without_records_of_cancelled_writes(transact_write_items) if transact else method
+            setattr(owner, name, _serialised(patched))
+        try:
+            yield
+        finally:
+            for owner, name, method in originals:
+                setattr(owner, name, method)
