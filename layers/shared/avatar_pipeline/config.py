@@ -9,7 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from avatar_pipeline.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
 from avatar_pipeline.quota import QuotaLimits
@@ -30,13 +30,29 @@ class Settings(BaseModel):
     topic_arn: str = Field(alias="TOPIC_ARN")
     # Only the functions that submit to providers need it (the webhook function cannot reference its own API).
     webhook_base_url: str = Field(default="", alias="WEBHOOK_BASE_URL")
+    # Name or ARN of a Secrets Manager secret holding {"key": ...}: the key each task's callback token is derived
+    # from (HMAC), so the webhook checks a callback's URL before it reads anything. Several keys, separated by commas,
+    # are all accepted (rotation); the first one signs.
+    callback_key_secret_id: str = Field(default="", alias="CALLBACK_KEY_SECRET_ID")
     # Only the webhook function needs it: Powertools Idempotency's table, which remembers processed deliveries.
     idempotency_table_name: str = Field(default="", alias="IDEMPOTENCY_TABLE_NAME")
     default_provider: ProviderName = Field(default="wavespeed", alias="DEFAULT_PROVIDER")
     default_mode: Mode = Field(default="std", alias="DEFAULT_MODE")
+    # What a job's job.json may choose (separated by commas or whitespace); the defaults above must be among them. A
+    # pair asking for another mode or provider is rejected, and a task never fails over to a provider not allowed.
+    allowed_modes: tuple[Mode, ...] = Field(default=("std", "pro"), alias="ALLOWED_MODES", min_length=1)
+    allowed_providers: tuple[ProviderName, ...] = Field(
+        default=("wavespeed", "cometapi"), alias="ALLOWED_PROVIDERS", min_length=1
+    )
+    # A pair whose estimated cost is more than this (USD) is rejected, and a task never fails over to a provider where
+    # it would cost more; 0: no limit (a pair's cost is still bounded by the providers' longest voice clip).
+    max_cost_per_pair_usd: Decimal = Field(default=Decimal(0), alias="MAX_COST_PER_PAIR_USD", ge=0)
     wavespeed_base_url: str = Field(default="https://api.wavespeed.ai", alias="WAVESPEED_BASE_URL")
-    # Name or ARN of a Secrets Manager secret holding {"api_key": ..., "webhook_secret": ...}.
-    wavespeed_secret_id: str = Field(alias="WAVESPEED_SECRET_ID")
+    # Name or ARN of a Secrets Manager secret holding {"api_key": ...}: only the functions that call WaveSpeed's API.
+    wavespeed_secret_id: str = Field(default="", alias="WAVESPEED_SECRET_ID")
+    # Name or ARN of a Secrets Manager secret holding {"webhook_secret": ...}: only the webhook function, which so
+    # never holds the paid API key.
+    wavespeed_webhook_secret_id: str = Field(default="", alias="WAVESPEED_WEBHOOK_SECRET_ID")
     cometapi_base_url: str = Field(default="https://api.cometapi.com", alias="COMETAPI_BASE_URL")
     # Name or ARN of a Secrets Manager secret holding {"api_key": ...}.
     cometapi_secret_id: str = Field(default="", alias="COMETAPI_SECRET_ID")
@@ -46,6 +62,7 @@ class Settings(BaseModel):
     # USD per started 5 s of video; CometAPI publishes no fixed price, so set what your account pays.
     cometapi_price_std: Decimal = Field(default=Decimal("0.30"), alias="COMETAPI_PRICE_STD_PER_5S", ge=0)
     cometapi_price_pro: Decimal = Field(default=Decimal("0.60"), alias="COMETAPI_PRICE_PRO_PER_5S", ge=0)
+    # Whether tasks may fail over (by default, or when their job.json asks); false: never, whatever job.json says.
     allow_failover: bool = Field(default=True, alias="ALLOW_FAILOVER")
     # A queued task of a job that allows failover moves to the other provider's line once it has waited this long
     # there and the other provider has room; 0: never.
@@ -99,6 +116,14 @@ class Settings(BaseModel):
         window = int(self.provider_fetch_window.total_seconds())
         return min(window + INPUT_URL_MARGIN_SECONDS, MAX_PRESIGNED_URL_SECONDS)
 
+    def may_fail_over_to(self, provider: ProviderName) -> bool:
+        """Whether a task may move to `provider`'s line (its job allowing it): the operator allows failover and that
+        provider."""
+        return self.allow_failover and provider in self.allowed_providers
+
+    def within_cost_limit(self, cost: Decimal) -> bool:
+        return not self.max_cost_per_pair_usd or cost <= self.max_cost_per_pair_usd
+
     def quota_limits(self, provider: ProviderName) -> QuotaLimits:
         per_minute, at_once = {
             "wavespeed": (self.wavespeed_submissions_per_minute, self.wavespeed_renders_at_once),
@@ -106,10 +131,25 @@ class Settings(BaseModel):
         }[provider]
         return QuotaLimits(per_minute, timedelta(seconds=self.rate_window_seconds), at_once)
 
-    @field_validator("allowed_output_hosts", mode="before")
+    @field_validator("allowed_output_hosts", "allowed_modes", "allowed_providers", mode="before")
     @classmethod
-    def _split_hosts(cls, value: Any) -> Any:
+    def _split_list(cls, value: Any) -> Any:
         return tuple(part for part in re.split(r"[\s,]+", value) if part) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _defaults_are_allowed(self) -> Settings:
+        """Jobs that choose nothing get the defaults, so the operator must allow them."""
+        if self.default_mode not in self.allowed_modes:
+            raise ValueError(
+                f"DEFAULT_MODE ({self.default_mode}) must be one of ALLOWED_MODES ({', '.join(self.allowed_modes)}):"
+                " jobs that choose no mode get it"
+            )
+        if self.default_provider not in self.allowed_providers:
+            raise ValueError(
+                f"DEFAULT_PROVIDER ({self.default_provider}) must be one of ALLOWED_PROVIDERS"
+                f" ({', '.join(self.allowed_providers)}): jobs that choose no provider get it"
+            )
+        return self
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:

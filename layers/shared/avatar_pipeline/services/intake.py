@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -11,8 +10,9 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
+from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import InputGoneError
-from avatar_pipeline.models import JobOptions, MediaRole, PairSlot, S3Object, Task, TaskStatus
+from avatar_pipeline.models import JobOptions, MediaRole, PairSlot, ProviderName, S3Object, Task, TaskStatus
 from avatar_pipeline.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -248,6 +248,8 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         audio=audio,
     )
     problems = [options_problem] if options_problem else []
+    # Nothing beyond what the operator allows: such a pair is never checked, sent nor paid for.
+    refused = _not_allowed(ctx.settings, options, provider)
     # Checked before anything is paid: S3 would refuse to store the video under a longer key.
     video_key_bytes = len(output_key(waiting).encode())
     if video_key_bytes > MAX_S3_KEY_BYTES:
@@ -255,6 +257,8 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
             f"the job name is too long: its video's key would be {video_key_bytes:,} bytes, over S3's limit of "
             f"{MAX_S3_KEY_BYTES:,}"
         )
+    if refused:
+        return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems + refused), now=now, next_check_at=now)
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
     from avatar_pipeline.validation import fits, validate_pair
 
@@ -267,12 +271,27 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     if problems:
         return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
     assert report.audio is not None  # accepted, so it was read
-    cost = estimate_cost(provider, waiting.mode, report.audio.duration_seconds, ctx.settings)
+    seconds = report.audio.duration_seconds
+    cost = estimate_cost(provider, waiting.mode, seconds, ctx.settings)
+    if not ctx.settings.within_cost_limit(cost):
+        why = (
+            f"its estimated cost of ${cost} is more than the per-pair cost limit of"
+            f" ${ctx.settings.max_cost_per_pair_usd} (MaxCostPerPairUsd)"
+        )
+        return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
     limit = ctx.settings.daily_spend_limit_usd
     if limit and cost > limit:
         why = f"its estimated cost of ${cost} is more than the daily spend limit of ${limit}, so it could never be sent"
         return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
     wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
+    other = alternative(provider)
+    # Only to a provider the operator allows, that would accept these very files too, within the per-pair limit.
+    failover_allowed = (
+        wants_failover
+        and ctx.settings.may_fail_over_to(other)
+        and fits(report, image, audio, other)
+        and ctx.settings.within_cost_limit(estimate_cost(other, waiting.mode, seconds, ctx.settings))
+    )
     paired = f"paired {image.key} with {audio.key}" + (
         "" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"
     )
@@ -282,12 +301,33 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         why=f"{paired}; {line_note(ctx, provider, ctx.tasks.queue_length(provider), now)}",
         now=now,
         queued_at=now,
-        audio_ms=round(report.audio.duration_seconds * 1000),
-        callback_token=secrets.token_urlsafe(32),
-        # Only if the other provider would accept these very files too.
-        failover_allowed=wants_failover and fits(report, image, audio, alternative(provider)),
+        audio_ms=round(seconds * 1000),
+        failover_allowed=failover_allowed,
         estimated_cost_usd=str(cost),
     )
+
+
+def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName) -> list[str]:
+    """What job.json asks for that the operator does not allow, each naming the stack parameter and what it allows."""
+    refused = []
+    if options.mode is not None and options.mode not in settings.allowed_modes:
+        refused.append(
+            f'job.json asks for mode "{options.mode}", which this stack does not allow'
+            f" (AllowedModes: {', '.join(settings.allowed_modes)})"
+        )
+    if options.provider is not None and options.provider not in settings.allowed_providers:
+        refused.append(
+            f'job.json asks for provider "{options.provider}", which this stack does not allow'
+            f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
+        )
+    if options.failover and not settings.allow_failover:
+        refused.append("job.json asks for failover, which this stack does not allow (AllowFailover: false)")
+    elif options.failover and (other := alternative(provider)) not in settings.allowed_providers:
+        refused.append(
+            f"job.json asks for failover, but the only other provider, {other}, is not allowed"
+            f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
+        )
+    return refused
 
 
 def _gone_task(ctx: PipelineContext, slot: PairSlot, task_id: str, why: str, now: datetime) -> Task:

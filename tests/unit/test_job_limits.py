@@ -1,0 +1,340 @@
+"""What job.json may choose is bounded by the operator's settings: the modes and providers allowed, whether a task may
+fail over, and the most one pair may cost. A pair that asks for more is rejected before anything is paid."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from support.fakes import BUCKET, TEST_ENV, ScriptedProvider, World, make_settings, make_world, run_dispatcher, upload
+
+from avatar_pipeline.config import Settings
+from avatar_pipeline.errors import ProviderTransientError
+from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.services.admission import dispatch
+from avatar_pipeline.services.intake import UploadOutcome, handle_upload
+
+S = TaskStatus
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE = upload("inbox/zoe/face.png", etag="img-1", size=200_000)
+AUDIO = upload("inbox/zoe/voice.mp3", etag="aud-1", size=300_000)  # the fakes' sample: 3 s, one billing step
+
+
+def two_providers(**settings: str) -> tuple[World, ScriptedProvider, ScriptedProvider]:
+    """Both providers configured, under these settings."""
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    w = make_world(provider=wavespeed, providers={"wavespeed": wavespeed, "cometapi": comet}, settings=settings)
+    return w, wavespeed, comet
+
+
+def deliver(w: World, options: dict[str, Any] | None = None) -> UploadOutcome:
+    """Job zoe's job.json (if given), then its image and its voice clip, arrive."""
+    if options is not None:
+        w.media.put_object(BUCKET, "inbox/zoe/job.json", json.dumps(options))
+    assert handle_upload(w.ctx, IMAGE).action == "waiting"
+    return handle_upload(w.ctx, AUDIO)
+
+
+def the_task(w: World, outcome: UploadOutcome) -> Task:
+    task = w.tasks.get(outcome.task_id or "")
+    assert task is not None
+    return task
+
+
+def assert_rejected_unpaid(w: World, outcome: UploadOutcome, reason: str, *providers: ScriptedProvider) -> None:
+    """The pair is REJECTED with `reason`, never joined a line, and no provider was sent anything."""
+    assert outcome.action == "rejected"
+    task = the_task(w, outcome)
+    assert (task.status, task.reason) == (S.REJECTED, reason)
+    assert [(step.from_status, step.to_status) for step in task.history] == [
+        (None, S.WAITING_FOR_PAIR),
+        (S.WAITING_FOR_PAIR, S.REJECTED),
+    ]
+    assert (w.tasks.line("wavespeed"), w.tasks.line("cometapi")) == ([], [])
+    run_dispatcher(w)
+    assert [provider.submit_count for provider in providers or (w.provider,)] == [0] * len(providers or (w.provider,))
+    assert w.tasks.spent_on("2025-06-01") == Decimal(0)
+
+
+# ============================================================================================== intake
+
+
+def test_a_mode_the_operator_does_not_allow_is_rejected_naming_the_allowed_modes() -> None:
+    # Given a stack that allows std only
+    w = make_world(settings={"ALLOWED_MODES": "std"})
+    # When a job asks for pro in its job.json
+    outcome = deliver(w, {"mode": "pro"})
+    # Then the pair is rejected, naming the setting and what it allows, and nothing is sent or paid
+    assert_rejected_unpaid(
+        w, outcome, 'job.json asks for mode "pro", which this stack does not allow (AllowedModes: std)'
+    )
+
+
+def test_a_provider_the_operator_does_not_allow_is_rejected_naming_the_allowed_providers() -> None:
+    # Given a stack with both providers configured that allows WaveSpeed only
+    w, wavespeed, comet = two_providers(ALLOWED_PROVIDERS="wavespeed")
+    # When a job asks for CometAPI
+    outcome = deliver(w, {"provider": "cometapi"})
+    # Then the pair is rejected, and neither provider is sent anything
+    assert_rejected_unpaid(
+        w,
+        outcome,
+        'job.json asks for provider "cometapi", which this stack does not allow (AllowedProviders: wavespeed)',
+        wavespeed,
+        comet,
+    )
+
+
+def test_a_jobs_failover_cannot_override_the_operators_allow_failover_false() -> None:
+    # Given a stack whose operator forbids failover
+    w, wavespeed, comet = two_providers(ALLOW_FAILOVER="false")
+    # When a job asks for failover in its job.json
+    outcome = deliver(w, {"failover": True})
+    # Then the pair is rejected, saying the stack does not allow it
+    assert_rejected_unpaid(
+        w,
+        outcome,
+        "job.json asks for failover, which this stack does not allow (AllowFailover: false)",
+        wavespeed,
+        comet,
+    )
+
+
+def test_a_jobs_failover_is_rejected_when_the_only_other_provider_is_not_allowed() -> None:
+    # Given a stack that allows failover but only WaveSpeed
+    w, wavespeed, comet = two_providers(ALLOWED_PROVIDERS="wavespeed")
+    # When a job asks for failover
+    outcome = deliver(w, {"failover": True})
+    # Then the pair is rejected: failing over could only go to CometAPI, which the stack does not allow
+    assert_rejected_unpaid(
+        w,
+        outcome,
+        "job.json asks for failover, but the only other provider, cometapi, is not allowed"
+        " (AllowedProviders: wavespeed)",
+        wavespeed,
+        comet,
+    )
+
+
+def test_a_pair_that_costs_more_than_the_per_pair_limit_is_rejected_saying_so() -> None:
+    # Given a per-pair limit of $0.40, and a job asking for pro ($0.50 for its 3 s clip at WaveSpeed)
+    w = make_world(settings={"MAX_COST_PER_PAIR_USD": "0.40"})
+    # When its pair arrives
+    outcome = deliver(w, {"mode": "pro"})
+    # Then it is rejected with its estimate and the limit, and nothing is sent or paid
+    assert_rejected_unpaid(
+        w, outcome, "its estimated cost of $0.50 is more than the per-pair cost limit of $0.40 (MaxCostPerPairUsd)"
+    )
+
+
+def test_a_job_within_every_limit_is_still_queued_and_sent_as_it_asks() -> None:
+    # Given a stack that limits modes, providers and cost, with room for what this job asks
+    w, wavespeed, comet = two_providers(
+        ALLOWED_MODES="std,pro", ALLOWED_PROVIDERS="wavespeed cometapi", MAX_COST_PER_PAIR_USD="0.60"
+    )
+    # When a job asks for CometAPI in pro ($0.60) with failover
+    outcome = deliver(w, {"provider": "cometapi", "mode": "pro", "failover": True})
+    # Then it joins CometAPI's line as asked, may fail over (WaveSpeed's pro is $0.50), and is sent
+    assert outcome.action == "queued"
+    task = the_task(w, outcome)
+    assert (task.provider, task.mode, task.estimated_cost_usd, task.failover_allowed) == (
+        "cometapi",
+        "pro",
+        "0.60",
+        True,
+    )
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    assert (wavespeed.submit_count, comet.submit_count) == (0, 1)
+    assert comet.submissions[0].mode == "pro"
+
+
+def test_without_a_cost_limit_a_costly_pair_is_queued() -> None:
+    # Given no per-pair limit (the default)
+    w = make_world()
+    assert w.ctx.settings.max_cost_per_pair_usd == 0
+    # When a pro pair arrives
+    outcome = deliver(w, {"mode": "pro"})
+    # Then it is queued
+    assert outcome.action == "queued"
+
+
+# ============================================================================================== failover targets
+
+
+def test_a_task_never_fails_over_to_a_provider_the_operator_does_not_allow() -> None:
+    # Given failover is the stack's default, but only WaveSpeed is allowed; the job says nothing about failover
+    w, wavespeed, comet = two_providers(ALLOWED_PROVIDERS="wavespeed")
+    outcome = deliver(w)
+    assert outcome.action == "queued"
+    # Then its task may not fail over
+    assert the_task(w, outcome).failover_allowed is False
+    # When WaveSpeed turns it away
+    wavespeed.script_submit(ProviderTransientError("HTTP 429", code="429"))
+    assert run_dispatcher(w) == {"submit-requeued": 1}
+    # Then it is back in WaveSpeed's line, and CometAPI is never sent it
+    task = the_task(w, outcome)
+    assert (task.status, task.provider, task.failed_over_from) == (S.QUEUED, "wavespeed", None)
+    assert (w.tasks.line("wavespeed"), w.tasks.line("cometapi")) == ([task.task_id], [])
+    assert comet.submit_count == 0
+
+
+def test_a_task_does_not_fail_over_where_it_would_cost_more_than_the_per_pair_limit() -> None:
+    # Given a per-pair limit of $0.28: WaveSpeed's std costs $0.25 for the clip, CometAPI's $0.30
+    w, _, _ = two_providers(MAX_COST_PER_PAIR_USD="0.28")
+    # When a job that asks for failover arrives
+    outcome = deliver(w, {"failover": True})
+    # Then it is queued at WaveSpeed, but may not fail over
+    assert outcome.action == "queued"
+    assert the_task(w, outcome).failover_allowed is False
+
+
+@pytest.mark.parametrize(
+    "redeployed",
+    [{"ALLOW_FAILOVER": "false"}, {"ALLOWED_PROVIDERS": "wavespeed"}],
+    ids=["failover-forbidden", "other-provider-not-allowed"],
+)
+def test_a_task_queued_before_the_operator_restricted_failover_does_not_fail_over(redeployed: dict[str, str]) -> None:
+    # Given a task queued while failover was allowed
+    w, wavespeed, comet = two_providers(WAVESPEED_RENDERS_AT_ONCE="1")
+    outcome = deliver(w)
+    assert the_task(w, outcome).failover_allowed is True
+    # When the stack is redeployed without failover to CometAPI, and WaveSpeed turns the task away
+    w.ctx.settings = make_settings(**redeployed, WAVESPEED_RENDERS_AT_ONCE="1")
+    wavespeed.script_submit(ProviderTransientError("HTTP 503", code="503"))
+    assert run_dispatcher(w) == {"submit-requeued": 1}
+    # Then it waits in WaveSpeed's line
+    task = the_task(w, outcome)
+    assert (task.status, task.provider) == (S.QUEUED, "wavespeed")
+    # and when it has waited past the spill-over time while CometAPI has room, it still does not move there
+    w.clock.advance(w.ctx.settings.spill_over_after_seconds + w.ctx.settings.rate_window_seconds)
+    dispatch(w.ctx, "cometapi", lambda: timedelta(minutes=5))
+    task = the_task(w, outcome)
+    assert task.provider == "wavespeed"
+    assert comet.submit_count == 0
+
+
+# ============================================================================================== settings
+
+
+def test_the_defaults_allow_every_mode_and_provider_and_set_no_cost_limit() -> None:
+    settings = make_settings()
+    assert settings.allowed_modes == ("std", "pro")
+    assert settings.allowed_providers == ("wavespeed", "cometapi")
+    assert settings.max_cost_per_pair_usd == Decimal(0)
+
+
+@pytest.mark.parametrize("written", ["std,pro", "std pro", " std ,  pro ", "std\tpro"])
+def test_allowed_modes_are_split_on_commas_or_whitespace(written: str) -> None:
+    assert make_settings(ALLOWED_MODES=written).allowed_modes == ("std", "pro")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ALLOWED_MODES": "std", "DEFAULT_MODE": "pro"}, "DEFAULT_MODE (pro) must be one of ALLOWED_MODES (std)"),
+        (
+            {"ALLOWED_PROVIDERS": "cometapi"},
+            "DEFAULT_PROVIDER (wavespeed) must be one of ALLOWED_PROVIDERS (cometapi)",
+        ),
+    ],
+    ids=["default-mode", "default-provider"],
+)
+def test_a_default_the_operator_does_not_allow_is_refused_with_a_clear_message(
+    env: dict[str, str], message: str
+) -> None:
+    # Given settings whose default is not among the allowed values; When they are read; Then they are refused
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings.from_env({**TEST_ENV, **env})
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"ALLOWED_MODES": "ultra"},
+        {"ALLOWED_MODES": ""},
+        {"ALLOWED_PROVIDERS": "openai"},
+        {"MAX_COST_PER_PAIR_USD": "-1"},
+    ],
+)
+def test_unknown_or_empty_allowed_values_and_a_negative_cost_limit_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ValidationError):
+        Settings.from_env({**TEST_ENV, **env})
+
+
+# ============================================================================================== the template
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    from avatar_local.template import load_template
+
+    return load_template(ROOT / "template.yaml")
+
+
+PARAMETERS = {
+    "AllowedModes": ("ALLOWED_MODES", "allowed_modes"),
+    "AllowedProviders": ("ALLOWED_PROVIDERS", "allowed_providers"),
+    "MaxCostPerPairUsd": ("MAX_COST_PER_PAIR_USD", "max_cost_per_pair_usd"),
+}
+
+
+@pytest.mark.parametrize("parameter", PARAMETERS)
+def test_every_function_gets_the_limits_from_parameters_whose_defaults_are_the_settings_defaults(
+    template: dict[str, Any], parameter: str
+) -> None:
+    variable, field = PARAMETERS[parameter]
+    declared = template["Parameters"][parameter]
+    assert declared["Description"].strip()
+    assert re.fullmatch(declared["AllowedPattern"], str(declared["Default"]))
+    assert template["Globals"]["Function"]["Environment"]["Variables"][variable] == {"Ref": parameter}
+    settings = Settings.from_env({**TEST_ENV, variable: str(declared["Default"])})
+    assert getattr(settings, field) == Settings.model_fields[field].default
+
+
+@pytest.mark.parametrize(
+    ("parameter", "accepted", "refused"),
+    [
+        ("AllowedModes", ["std", "pro", "std pro", "std,pro", "pro, std"], ["", "ultra", "std,", "std;pro"]),
+        ("AllowedProviders", ["wavespeed", "wavespeed cometapi", "cometapi,wavespeed"], ["", "openai", ",cometapi"]),
+        ("MaxCostPerPairUsd", ["0", "5", "12.50"], ["", "-1", "$5", "1e3", "12."]),
+    ],
+)
+def test_the_limit_parameters_take_what_the_settings_take(
+    template: dict[str, Any], parameter: str, accepted: list[str], refused: list[str]
+) -> None:
+    variable, _ = PARAMETERS[parameter]
+    pattern = template["Parameters"][parameter]["AllowedPattern"]
+    default = {"AllowedModes": "DEFAULT_MODE", "AllowedProviders": "DEFAULT_PROVIDER"}.get(parameter)
+    for value in accepted:
+        assert re.fullmatch(pattern, value), value
+        # (with a default among the allowed values, as the settings require)
+        chosen = {default: re.split(r"[\s,]+", value)[0]} if default else {}
+        Settings.from_env({**TEST_ENV, **chosen, variable: value})
+    for value in refused:
+        assert not re.fullmatch(pattern, value), value
+
+
+def test_the_local_stack_passes_the_limits_on_and_refuses_values_the_stack_would() -> None:
+    """Given the local stack resolves the template's parameters as CloudFormation does, then an override reaches the
+    functions' ALLOWED_MODES, ALLOWED_PROVIDERS and MAX_COST_PER_PAIR_USD, and a value CloudFormation would refuse
+    is refused."""
+    from avatar_local.template import Resolver, TemplateError, functions, load_template
+
+    template = load_template(ROOT / "template.yaml")
+    overrides = {"AllowedModes": "std", "AllowedProviders": "wavespeed", "MaxCostPerPairUsd": "5"}
+    resolver = Resolver(template, stack_name="s", region="us-east-1", account_id="123456789012", parameters=overrides)
+    for spec in functions(template):
+        environment = spec.environment
+        for parameter, (variable, _) in PARAMETERS.items():
+            assert resolver.resolve(environment[variable]) == overrides[parameter], (spec.logical_id, variable)
+    for parameter, refused in (("AllowedModes", "ultra"), ("AllowedProviders", "openai"), ("MaxCostPerPairUsd", "-1")):
+        with pytest.raises(TemplateError, match=parameter):
+            Resolver(
+                template, stack_name="s", region="us-east-1", account_id="123456789012", parameters={parameter: refused}
+            ).ref(parameter)
