@@ -6,6 +6,8 @@ import contextlib
 import functools
 import json
 import logging
+import secrets
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -166,7 +168,7 @@ _LOCAL_PROPERTIES: dict[str, tuple[str, ...]] = {
     "AWS::DynamoDB::Table": ("TableName", *_TABLE_CREATE_KEYS, "StreamSpecification", "TimeToLiveSpecification"),
     "AWS::SNS::Topic": ("TopicName",),
     "AWS::SQS::Queue": ("QueueName", *_QUEUE_ATTRIBUTES),
-    "AWS::SecretsManager::Secret": ("Name", "SecretString"),
+    "AWS::SecretsManager::Secret": ("Name", "SecretString", "GenerateSecretString"),
     "AWS::IAM::User": ("UserName", "Policies"),
     "AWS::IAM::AccessKey": ("UserName",),
 }
@@ -236,7 +238,7 @@ def create_resources(
             created.attributes[(logical_id, "QueueName")] = name
         elif kind == "AWS::SecretsManager::Secret":
             name = props.get("Name", f"{stack_name}-{logical_id}")
-            value = secret_values.get(logical_id, props.get("SecretString", ""))
+            value = secret_values.get(logical_id) or props.get("SecretString") or _generated_secret(props)
             arn = aws.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
             created.refs[logical_id] = arn
         elif kind == "AWS::IAM::User":
@@ -327,6 +329,17 @@ def subscribe_queue(aws: EmbeddedAws, topic_arn: str, queue_name: str) -> str:
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     aws.client("sns").subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=arn)
     return url
+
+
+def _generated_secret(props: Mapping[str, Any]) -> str:
+    """What CloudFormation makes of GenerateSecretString with a GenerateStringKey: the template's JSON with a random
+    string (letters and digits, as ExcludePunctuation asks) of PasswordLength (default 32) under that key."""
+    spec = props.get("GenerateSecretString")
+    if not spec:
+        return ""
+    alphabet = string.ascii_letters + string.digits
+    value = "".join(secrets.choice(alphabet) for _ in range(int(spec.get("PasswordLength", 32))))
+    return json.dumps({**json.loads(spec["SecretStringTemplate"]), spec["GenerateStringKey"]: value})
 
 
 def secret_json(values: Mapping[str, str]) -> str:

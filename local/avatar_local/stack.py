@@ -163,7 +163,8 @@ class LocalStack:
             resource_values={"WebhookApi": LOCAL_API_ID},
         )
         secrets = {
-            "WaveSpeedSecret": secret_json({"api_key": LOCAL_API_KEY, "webhook_secret": self.simulator.webhook_secret}),
+            "WaveSpeedSecret": secret_json({"api_key": LOCAL_API_KEY}),
+            "WaveSpeedWebhookSecret": secret_json({"webhook_secret": self.simulator.webhook_secret}),
             "CometApiSecret": secret_json({"api_key": LOCAL_API_KEY}),
         }
         created = create_resources(self.aws, self.template, resolver, config.stack_name, secrets)

@@ -10,7 +10,7 @@ from typing import Any
 import boto3
 from cfnlint.decode import decode_str
 
-from support.fakes import CALLBACK_KEY
+from support.callback_key import CALLBACK_KEY
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"

@@ -44,6 +44,7 @@ from avatar_pipeline.pairing import AUDIO_EXTENSIONS
 from avatar_pipeline.ports import Charge, ConflictError, OutcomeT, SpendLimitReachedError
 from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.services.context import PipelineContext
+from support.callback_key import CALLBACK_KEY
 
 AUDIO_SUFFIXES = tuple(AUDIO_EXTENSIONS)
 
@@ -61,8 +62,6 @@ def sample_audio() -> bytes:
 BUCKET = "avatar-media-unit"
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 
-# The key the test contexts derive callback tokens from.
-CALLBACK_KEY = "test-callback-key"
 TEST_ENV: dict[str, str] = {
     "TASK_TABLE_NAME": "avatar-tasks-unit",
     "MEDIA_BUCKET": BUCKET,

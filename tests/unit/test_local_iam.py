@@ -228,3 +228,50 @@ def test_an_sqs_batch_is_authorised_as_the_single_message_action_it_batches(stac
 
     assert [entry["Id"] for entry in sent["Successful"]] == ["1"]
     assert "sqs:SendMessage" in str(refused.value)
+
+
+def test_the_webhook_may_not_read_the_paid_api_key_nor_query_the_task_table(stack: Stack) -> None:
+    """Given the internet-facing webhook's role, when it reads WaveSpeed's API key, queries or deletes in the task
+    table, then each is refused; reading its own secrets (the webhook secret, the callback key) and an item is
+    allowed."""
+    webhook = stack.role("WebhookFunction")
+    secrets = webhook.client("secretsmanager")
+    dynamodb = webhook.client("dynamodb")
+
+    with pytest.raises(ClientError) as api_key:
+        secrets.get_secret_value(SecretId=stack.refs["WaveSpeedSecret"])
+    with pytest.raises(ClientError) as scan:
+        dynamodb.scan(TableName=stack.table)
+    with pytest.raises(ClientError) as delete:
+        dynamodb.delete_item(TableName=stack.table, Key={"pk": {"S": "TASK#x"}})
+
+    assert {error_code(e.value) for e in (api_key, scan, delete)} == {"AccessDeniedException"}
+    assert json.loads(secrets.get_secret_value(SecretId=stack.refs["WaveSpeedWebhookSecret"])["SecretString"])
+    assert (
+        len(json.loads(secrets.get_secret_value(SecretId=stack.refs["CallbackKeySecret"])["SecretString"])["key"]) == 64
+    )
+    assert "Item" not in dynamodb.get_item(TableName=stack.table, Key={"pk": {"S": "TASK#x"}})
+
+
+@pytest.mark.parametrize(
+    ("function", "readable", "unreadable"),
+    [
+        ("SubmitFunction", "inbox/job/face.png", "outputs/job/video.mp4"),
+        ("DispatchFunction", "inbox/job/face.png", "outputs/job/video.mp4"),
+        ("FinalizeFunction", "outputs/job/video.mp4", "inbox/job/face.png"),
+        ("PollerFunction", "outputs/job/video.mp4", "elsewhere/secret.txt"),
+    ],
+)
+def test_each_function_reads_only_its_part_of_the_bucket(
+    stack: Stack, function: str, readable: str, unreadable: str
+) -> None:
+    """Given objects in inbox/, outputs/ and elsewhere, when a function's role reads them, then only the prefixes its
+    work needs are readable."""
+    for key in (readable, unreadable):
+        stack.aws.client("s3").put_object(Bucket=stack.bucket, Key=key, Body=b"x")
+    s3 = stack.role(function).client("s3")
+
+    assert s3.get_object(Bucket=stack.bucket, Key=readable)["Body"].read() == b"x"
+    with pytest.raises(ClientError) as refused:
+        s3.get_object(Bucket=stack.bucket, Key=unreadable)
+    assert error_code(refused.value) == "AccessDenied"

@@ -528,6 +528,10 @@ RESOURCE_VALUES = {
     "IdempotencyTable": "avatar-local-IdempotencyTable",
     "NotificationTopic": f"arn:aws:sns:{REGION}:{ACCOUNT}:avatar-local-NotificationTopic",
     "WaveSpeedSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-WaveSpeedSecret-AbCdEf",
+    "WaveSpeedWebhookSecret": (
+        f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-WaveSpeedWebhookSecret-StUvWx"
+    ),
+    "CallbackKeySecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-CallbackKeySecret-YzAbCd",
     "CometApiSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:avatar-local-CometApiSecret-GhIjKl",
     "LinkSignerSecret": f"arn:aws:secretsmanager:{REGION}:{ACCOUNT}:secret:LinkSignerSecret-MnOpQr",
     "WebhookApi": "abc123defg",
@@ -541,6 +545,7 @@ ATTRIBUTES = {
         "StreamArn",
     ): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/avatar-local-TaskTable/stream/2026-01-01T00:00:00.000",
     ("TaskTable", "Arn"): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/avatar-local-TaskTable",
+    ("IdempotencyTable", "Arn"): f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/avatar-local-IdempotencyTable",
     ("NotificationTopic", "TopicName"): "avatar-local-NotificationTopic",
     ("AsyncFailureQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-AsyncFailureQueue",
     ("FinalizeFailureQueue", "Arn"): f"arn:aws:sqs:{REGION}:{ACCOUNT}:avatar-local-FinalizeFailureQueue",
@@ -706,6 +711,8 @@ def test_dispatch_reads_the_task_stream_filtered_and_its_wakeup_queue(specs: dic
 
 
 def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
+    """Given submit pairs, checks and queues (it calls no provider), then its environment resolves to plain strings:
+    the stack's settings and no secret's id."""
     environment = specs["SubmitFunction"].resolved_environment(real_resolver(template))
     assert environment == {
         "POWERTOOLS_SERVICE_NAME": "avatar-pipeline",
@@ -719,9 +726,7 @@ def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], 
         "ALLOWED_MODES": "std pro",
         "ALLOWED_PROVIDERS": "wavespeed cometapi",
         "WAVESPEED_BASE_URL": "https://api.wavespeed.ai",
-        "WAVESPEED_SECRET_ID": RESOURCE_VALUES["WaveSpeedSecret"],
         "COMETAPI_BASE_URL": "https://api.cometapi.com",
-        "COMETAPI_SECRET_ID": RESOURCE_VALUES["CometApiSecret"],
         "COMETAPI_PRICE_STD_PER_5S": "0.30",
         "COMETAPI_PRICE_PRO_PER_5S": "0.60",
         "ALLOW_FAILOVER": "true",
@@ -806,6 +811,45 @@ def test_only_the_functions_that_sign_links_are_told_the_link_signers_secret(
         )
 
 
+# The secret ids each function is told, resolved: the ARNs of the secrets its work needs.
+TOLD_SECRETS = {
+    "SubmitFunction": {},
+    "DispatchFunction": {
+        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
+    },
+    "WebhookFunction": {
+        "WAVESPEED_WEBHOOK_SECRET_ID": "WaveSpeedWebhookSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+    },
+    "PollerFunction": {
+        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
+    },
+    "FinalizeFunction": {"LINK_SIGNER_SECRET_ID": "LinkSignerSecret"},
+}
+
+
+def test_each_function_is_told_the_ids_of_the_secrets_its_work_needs_only(
+    template: dict[str, Any], specs: dict[str, FunctionSpec]
+) -> None:
+    """Given secrets are told per function (none in Globals), when each function's environment is resolved as the
+    local stack resolves it, then its *_SECRET_ID variables are exactly its secrets' ARNs: the webhook gets WaveSpeed's
+    webhook secret, never its API key, and submit and finalize no provider secret and no callback key."""
+    resolver = real_resolver(template)
+    assert set(TOLD_SECRETS) == set(specs)
+    for name, spec in specs.items():
+        told = {k: v for k, v in spec.resolved_environment(resolver).items() if k.endswith("_SECRET_ID")}
+        assert told == {variable: RESOURCE_VALUES[secret] for variable, secret in TOLD_SECRETS[name].items()}, name
+    webhook = specs["WebhookFunction"].resolved_environment(resolver)
+    assert RESOURCE_VALUES["WaveSpeedSecret"] not in webhook.values()
+
+
 def test_the_webhook_is_told_its_idempotency_table(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
     environment = specs["WebhookFunction"].resolved_environment(real_resolver(template))
     assert environment["IDEMPOTENCY_TABLE_NAME"] == RESOURCE_VALUES["IdempotencyTable"]
@@ -820,8 +864,9 @@ def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict
     assert finalize["FunctionName"] == f"{STACK}-finalize"
     stream_policy = next(p for p in finalize["Policies"] if "DynamoDBStreamReadPolicy" in p)
     assert stream_policy["DynamoDBStreamReadPolicy"]["StreamName"] == "2026-01-01T00:00:00.000"
-    statement = next(p for p in finalize["Policies"] if "Statement" in p)["Statement"][0]
-    assert statement["Resource"] == f"arn:aws:s3:::{MEDIA_BUCKET}/outputs/*"
+    statements = {s["Sid"]: s for s in next(p for p in finalize["Policies"] if "Statement" in p)["Statement"]}
+    assert statements["ReadOutputs"]["Resource"] == f"arn:aws:s3:::{MEDIA_BUCKET}/outputs/*"
+    assert statements["WriteOutputsMultipart"]["Resource"] == f"arn:aws:s3:::{MEDIA_BUCKET}/outputs/*"
     assert finalize["Events"]["TaskStream"]["Properties"]["Stream"] == ATTRIBUTES[("TaskTable", "StreamArn")]
     dispatch = resolver.resolve(specs["DispatchFunction"].properties)
     assert dispatch["FunctionName"] == f"{STACK}-dispatch"
@@ -837,7 +882,23 @@ def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict
     assert secrets == [
         RESOURCE_VALUES["WaveSpeedSecret"],
         RESOURCE_VALUES["CometApiSecret"],
+        RESOURCE_VALUES["CallbackKeySecret"],
         RESOURCE_VALUES["LinkSignerSecret"],
+    ]
+    webhook = resolver.resolve(specs["WebhookFunction"].properties)
+    assert [
+        p["AWSSecretsManagerGetSecretValuePolicy"]["SecretArn"]
+        for p in webhook["Policies"]
+        if "AWSSecretsManagerGetSecretValuePolicy" in p
+    ] == [
+        RESOURCE_VALUES["WaveSpeedWebhookSecret"],
+        RESOURCE_VALUES["CometApiSecret"],
+        RESOURCE_VALUES["CallbackKeySecret"],
+    ]
+    (webhook_statements,) = [p["Statement"] for p in webhook["Policies"] if "Statement" in p]
+    assert [(s["Sid"], s["Resource"]) for s in webhook_statements] == [
+        ("ReadAndWriteTasks", ATTRIBUTES[("TaskTable", "Arn")]),
+        ("RememberDeliveries", ATTRIBUTES[("IdempotencyTable", "Arn")]),
     ]
     submit = resolver.resolve(specs["SubmitFunction"].properties)
     # Submit names the bucket by the expression the bucket's name is: all of them resolve to the bucket's name.
@@ -846,7 +907,11 @@ def test_whole_function_properties_resolve(template: dict[str, Any], specs: dict
     (notification,) = bucket["NotificationConfiguration"]["LambdaConfigurations"]
     assert notification["Function"] == ATTRIBUTES[("SubmitFunction", "Arn")]
     assert submit["Environment"]["Variables"]["MEDIA_BUCKET"] == MEDIA_BUCKET
-    assert {"S3ReadPolicy": {"BucketName": MEDIA_BUCKET}} in submit["Policies"]
+    (submit_statements,) = [p["Statement"] for p in submit["Policies"] if "Statement" in p]
+    assert {s["Sid"]: (s["Action"], s["Resource"]) for s in submit_statements} == {
+        "ReadInbox": ("s3:GetObject", f"arn:aws:s3:::{MEDIA_BUCKET}/inbox/*"),
+        "MissingKeysAnswerNotFound": ("s3:ListBucket", f"arn:aws:s3:::{MEDIA_BUCKET}"),
+    }
     permission = resolver.resolve(template["Resources"]["SubmitFunctionInboxUploadPermission"]["Properties"])
     assert (permission["FunctionName"], permission["SourceArn"], permission["SourceAccount"]) == (
         f"{STACK}-submit",
@@ -868,6 +933,11 @@ def test_template_conditions(template: dict[str, Any]) -> None:
     assert default.condition("HasNotificationEmail") is False
     assert default.condition("HasApiAccessLogging") is False
     assert "AccessLogSetting" not in default.resolve(api)  # !If [..., !Ref AWS::NoValue] drops the key
+    # No web ACL unless a per-address limit is set; the stage's throttle is the parameters' defaults.
+    assert default.condition("HasWebhookFirewall") is False
+    assert default.resolve(api)["MethodSettings"][0]["ThrottlingRateLimit"] == "10"
+    assert default.resolve(api)["MethodSettings"][0]["ThrottlingBurstLimit"] == "40"
+    assert real_resolver(template, parameters={"WebhookRateLimitPerIp": "500"}).condition("HasWebhookFirewall") is True
 
     log_group_arn = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:/aws/apigateway/{STACK}-webhook-api"
     logging = real_resolver(

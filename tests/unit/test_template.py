@@ -15,11 +15,13 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from cfnlint.decode import decode_str
+from support.fakes import CALLBACK_KEY, callback_query
 
 from avatar_local.event_filter import check_pattern, matches_any
 from avatar_local.sam_transform import transform
 from avatar_local.template import load_template
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
+from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS, Settings
 from avatar_pipeline.models import HOLDING_STATUSES, TaskStatus
 
@@ -114,6 +116,15 @@ def references(node: Any, logical_id: str) -> bool:
         if isinstance(text, str) and ("${" + logical_id + "}" in text or "${" + logical_id + "." in text):
             return True
     return False
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def inline_statements(resources: dict[str, Any], function: str) -> list[dict[str, Any]]:
+    """The statements of the function's inline policies (its Policies entries that are a Statement)."""
+    return [statement for policy in props(resources, function)["Policies"] for statement in policy.get("Statement", [])]
 
 
 def load_event(name: str) -> dict[str, Any]:
@@ -230,11 +241,14 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
         expected = BUCKET_NAME if function == "SubmitFunction" else BUCKET_REF
         assert template["Resources"][function]["Properties"]["Environment"]["Variables"]["MEDIA_BUCKET"] == expected
     assert env["TOPIC_ARN"] == {"Ref": "NotificationTopic"}
-    assert env["WAVESPEED_SECRET_ID"] == {"Ref": "WaveSpeedSecret"}
+    # No secret is named to every function: each is told the ones its work needs (test_each_function_is_told_...).
+    assert not [name for name in env if name.endswith("_SECRET_ID")]
     assert "WEBHOOK_BASE_URL" not in env, "the webhook function must not get it (circular dependency)"
     for name, parameter in {
         "DEFAULT_PROVIDER": "DefaultProvider",
         "DEFAULT_MODE": "DefaultMode",
+        "ALLOWED_MODES": "AllowedModes",
+        "ALLOWED_PROVIDERS": "AllowedProviders",
         "WAVESPEED_BASE_URL": "WaveSpeedBaseUrl",
         "MAX_PAIR_WAIT_SECONDS": "MaxPairWaitSeconds",
         "MAX_PROVIDER_QUEUE_SECONDS": "MaxProviderQueueSeconds",
@@ -245,6 +259,7 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
         "COMETAPI_RENDERS_AT_ONCE": "CometApiRendersAtOnce",
         "RATE_WINDOW_SECONDS": "RateWindowSeconds",
         "DAILY_SPEND_LIMIT_USD": "DailySpendLimitUsd",
+        "MAX_COST_PER_PAIR_USD": "MaxCostPerPairUsd",
         "POLL_AFTER_SECONDS": "PollAfterSeconds",
         "DOWNLOAD_URL_EXPIRY_SECONDS": "DownloadUrlExpirySeconds",
     }.items():
@@ -271,7 +286,7 @@ QUOTA_AND_CLOCK_PARAMETERS = {
 
 def settings_with(name: str, value: str) -> Settings:
     """The settings a function gets with this one variable set (and the stack's required ones)."""
-    required = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t", "WAVESPEED_SECRET_ID": "s"}
+    required = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t"}
     return Settings.from_env({**required, name: value})
 
 
@@ -376,10 +391,88 @@ def test_webhook_route(resources: dict[str, Any]) -> None:
     assert event["RestApiId"] == {"Ref": "WebhookApi"}
     assert event["Path"] == "/webhooks/{provider}"
     assert event["Method"].upper() == "POST"
+    assert props(resources, "WebhookApi")["StageName"] == "v1"
+
+
+def test_webhook_stage_is_untraced_and_throttled_by_its_parameters(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """Given a callback's URL carries its task's token, then the stage does not trace (a stage trace records the full
+    URL; the webhook function's own active tracing starts each trace instead), and every route is throttled at the
+    WebhookThrottleRate / WebhookThrottleBurst parameters, whose defaults stay far below what a flood of forged
+    callbacks would need to cost much, yet above a batch of real ones."""
     api = props(resources, "WebhookApi")
-    assert api["StageName"] == "v1"
-    assert api["TracingEnabled"] is True
-    assert api["MethodSettings"][0]["ThrottlingRateLimit"] > 0
+    assert api["TracingEnabled"] is False
+    assert props(resources, "WebhookFunction").get("Tracing", template["Globals"]["Function"]["Tracing"]) == "Active"
+    assert api["MethodSettings"] == [
+        {
+            "ResourcePath": "/*",
+            "HttpMethod": "*",
+            "MetricsEnabled": True,
+            "ThrottlingRateLimit": {"Ref": "WebhookThrottleRate"},
+            "ThrottlingBurstLimit": {"Ref": "WebhookThrottleBurst"},
+        }
+    ]
+    rate, burst = template["Parameters"]["WebhookThrottleRate"], template["Parameters"]["WebhookThrottleBurst"]
+    assert (rate["Type"], burst["Type"]) == ("Number", "Number")
+    assert 1 <= rate["Default"] <= 50
+    assert rate["Default"] <= burst["Default"] <= 200
+    # A zero limit would answer every callback 429.
+    assert rate["MinValue"] >= 1
+    assert burst["MinValue"] >= 1
+
+
+def test_the_webhook_firewall_exists_only_with_a_per_address_limit(
+    template: dict[str, Any], resources: dict[str, Any]
+) -> None:
+    """Given WebhookRateLimitPerIp (0, the default: no firewall), then the WAF web ACL and its association exist only
+    under HasWebhookFirewall; the ACL lets everything through but blocks a source address over the limit in 5
+    minutes, keeps no sampled requests (they would hold callback URLs, tokens included), and is associated with the
+    WebhookApi's own stage."""
+    parameter = template["Parameters"]["WebhookRateLimitPerIp"]
+    assert (parameter["Type"], parameter["Default"]) == ("String", "0")
+    # AWS WAF refuses a limit under 10: the parameter refuses it before anything is deployed.
+    pattern = re.compile(parameter["AllowedPattern"])
+    assert [value for value in ("0", "10", "500", "2000000000") if not pattern.fullmatch(value)] == []
+    assert [value for value in ("1", "9", "00", "010", "0.0", "-5", "") if pattern.fullmatch(value)] == []
+    assert template["Conditions"]["HasWebhookFirewall"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "WebhookRateLimitPerIp"}, "0"]}]
+    }
+    firewall_resources = {
+        name: resource["Type"] for name, resource in resources.items() if resource["Type"].startswith("AWS::WAFv2::")
+    }
+    assert firewall_resources == {
+        "WebhookFirewall": "AWS::WAFv2::WebACL",
+        "WebhookFirewallAssociation": "AWS::WAFv2::WebACLAssociation",
+    }
+    for name in firewall_resources:
+        assert resources[name]["Condition"] == "HasWebhookFirewall", name
+    # Nothing outside the condition refers to them (it would not deploy without the firewall).
+    for name, resource in resources.items():
+        if name not in firewall_resources:
+            assert not references(resource, "WebhookFirewall"), name
+
+    acl = props(resources, "WebhookFirewall")
+    assert acl["Scope"] == "REGIONAL"
+    assert acl["DefaultAction"] == {"Allow": {}}
+    (rule,) = acl["Rules"]
+    assert rule["Action"] == {"Block": {}}
+    assert rule["Statement"] == {
+        "RateBasedStatement": {
+            "AggregateKeyType": "IP",
+            "EvaluationWindowSec": 300,
+            "Limit": {"Ref": "WebhookRateLimitPerIp"},
+        }
+    }
+    for visibility in (acl["VisibilityConfig"], rule["VisibilityConfig"]):
+        assert visibility["SampledRequestsEnabled"] is False
+        assert visibility["CloudWatchMetricsEnabled"] is True
+
+    association = props(resources, "WebhookFirewallAssociation")
+    assert association["WebACLArn"] == {"Fn::GetAtt": ["WebhookFirewall", "Arn"]}
+    assert association["ResourceArn"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}::/restapis/${WebhookApi}/stages/${WebhookApi.Stage}"
+    }
 
 
 def test_api_function_does_not_reference_its_own_api(resources: dict[str, Any]) -> None:
@@ -661,27 +754,39 @@ def test_dispatch_filter_drops_quota_spend_and_pairing_records(dispatch_patterns
 def test_submit_names_the_bucket_by_the_buckets_own_expression_and_the_others_reference_it(
     template: dict[str, Any], resources: dict[str, Any]
 ) -> None:
-    """Given the bucket's notification names SubmitFunction, then Submit's environment, its read policy and its
+    """Given the bucket's notification names SubmitFunction, then Submit's environment, its S3 statements and its
     invoke permission use the very expression the bucket's name is (never the bucket resource, a circular
-    dependency); the other functions reference the bucket, so their grants follow it."""
+    dependency); the other functions' S3 statements reference the bucket's ARN, so their grants follow it."""
     assert props(resources, "MediaBucket")["BucketName"] == BUCKET_NAME
     assert not references(template["Globals"], "MediaBucket")
     submit = props(resources, "SubmitFunction")
     assert not references(submit, "MediaBucket")
     assert not references(props(resources, "SubmitFunctionInboxUploadPermission"), "MediaBucket")
     assert submit["Environment"]["Variables"]["MEDIA_BUCKET"] == BUCKET_NAME
-    assert ("S3ReadPolicy", {"BucketName": BUCKET_NAME}) in policy_templates(resources, "SubmitFunction")
-    bucket_policies = {
-        function: [item for name, item in policy_templates(resources, function) if name.startswith("S3")]
-        for function in FUNCTIONS.keys() - {"SubmitFunction"}
+    s3_resources = {
+        function: [
+            resource
+            for statement in inline_statements(resources, function)
+            if any(action.startswith("s3:") for action in as_list(statement["Action"]))
+            for resource in as_list(statement["Resource"])
+        ]
+        for function in FUNCTIONS
     }
-    assert {function for function, items in bucket_policies.items() if items} == {
+    assert s3_resources["SubmitFunction"]
+    for resource in s3_resources.pop("SubmitFunction"):
+        text, variables = resource["Fn::Sub"]
+        assert variables == {"Bucket": BUCKET_NAME}
+        assert text.partition("/")[0] == "arn:${AWS::Partition}:s3:::${Bucket}", text
+    assert {function for function, items in s3_resources.items() if items} == {
         "DispatchFunction",
         "PollerFunction",
         "FinalizeFunction",
     }
-    for function, items in bucket_policies.items():
-        assert all(item["BucketName"] == BUCKET_REF for item in items), function
+    for function, items in s3_resources.items():
+        for resource in items:
+            assert resource == {"Fn::GetAtt": ["MediaBucket", "Arn"]} or resource["Fn::Sub"].startswith(
+                "${MediaBucket.Arn}/"
+            ), (function, resource)
 
 
 def resource_dependencies(resource: dict[str, Any], logical_ids: set[str]) -> set[str]:
@@ -822,10 +927,16 @@ def test_idempotency_table_is_what_powertools_writes_expiring_and_encrypted(reso
 
 
 def test_only_the_webhook_reaches_the_idempotency_table(template: dict[str, Any], resources: dict[str, Any]) -> None:
-    """Given only the webhook deduplicates deliveries, then it alone gets the table's name and read-write access."""
+    """Given only the webhook deduplicates deliveries, then it alone gets the table's name and may read and write its
+    items: the four item actions Powertools Idempotency makes, on the table itself."""
     webhook = props(resources, "WebhookFunction")
     assert webhook["Environment"]["Variables"]["IDEMPOTENCY_TABLE_NAME"] == {"Ref": "IdempotencyTable"}
-    assert {"DynamoDBCrudPolicy": {"TableName": {"Ref": "IdempotencyTable"}}} in webhook["Policies"]
+    assert {
+        "Sid": "RememberDeliveries",
+        "Effect": "Allow",
+        "Action": ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+        "Resource": {"Fn::GetAtt": ["IdempotencyTable", "Arn"]},
+    } in inline_statements(resources, "WebhookFunction")
     assert not references(template["Globals"], "IdempotencyTable")
     for function in FUNCTIONS.keys() - {"WebhookFunction"}:
         assert not references(props(resources, function), "IdempotencyTable"), function
@@ -841,11 +952,40 @@ def test_no_parameter_carries_a_secret(template: dict[str, Any]) -> None:
         assert "key" not in name.lower(), name
 
 
-def test_wavespeed_secret_is_an_empty_placeholder(resources: dict[str, Any]) -> None:
-    """Given the operator sets the real values after deploying, then the template only ships empty fields."""
-    secret = props(resources, "WaveSpeedSecret")
-    assert json.loads(secret["SecretString"]) == {"api_key": "", "webhook_secret": ""}
-    assert "put-secret-value" in secret["Description"]
+def test_provider_secrets_are_empty_placeholders_wavespeeds_key_apart_from_its_webhook_secret(
+    resources: dict[str, Any],
+) -> None:
+    """Given the operator sets the real values after deploying, then the template only ships empty fields; and
+    WaveSpeed's API key (which spends money) and its webhook secret (which the internet-facing webhook needs) are
+    two secrets, so a function can be let read one without the other."""
+    expected = {
+        "WaveSpeedSecret": {"api_key": ""},
+        "WaveSpeedWebhookSecret": {"webhook_secret": ""},
+        "CometApiSecret": {"api_key": ""},
+    }
+    for name, fields in expected.items():
+        secret = props(resources, name)
+        assert resources[name]["Type"] == "AWS::SecretsManager::Secret", name
+        assert json.loads(secret["SecretString"]) == fields, name
+        assert "GenerateSecretString" not in secret, name
+        assert "after deploying" in secret["Description"], name
+    assert "put-secret-value" in props(resources, "WaveSpeedSecret")["Description"]
+
+
+def test_the_callback_key_is_generated_by_the_stack(resources: dict[str, Any]) -> None:
+    """Given callback tokens are HMACs under CallbackKeySecret's "key", then CloudFormation generates that key (no
+    value ships in the template): long, and of letters and digits only, since a comma or a space would split it into
+    several keys (the rotation format)."""
+    secret = props(resources, "CallbackKeySecret")
+    assert resources["CallbackKeySecret"]["Type"] == "AWS::SecretsManager::Secret"
+    assert "SecretString" not in secret
+    generate = secret["GenerateSecretString"]
+    assert generate["GenerateStringKey"] == "key"
+    assert json.loads(generate["SecretStringTemplate"]) == {}
+    assert generate["PasswordLength"] >= 32
+    assert generate["ExcludePunctuation"] is True
+    assert generate.get("IncludeSpace", False) is False
+    assert "key" in secret["Description"]
 
 
 def test_policies_are_scoped_no_wildcard_actions_on_wildcard_resources(resources: dict[str, Any]) -> None:
@@ -863,14 +1003,137 @@ def policy_templates(resources: dict[str, Any], function: str) -> list[tuple[str
     return [(name, value) for policy in props(resources, function)["Policies"] for name, value in policy.items()]
 
 
-SECRETS = ("WaveSpeedSecret", "CometApiSecret")
+# The secrets each function's work needs, by the variable that names it: the providers' API keys to submit and poll,
+# WaveSpeed's webhook secret to check its signatures (CometAPI's key to confirm its unsigned callbacks), the callback
+# key to make (dispatch, poller) or check (webhook) callback tokens, the link signer's key to presign long-lived links.
+SECRET_IDS: dict[str, dict[str, str]] = {
+    "SubmitFunction": {},
+    "DispatchFunction": {
+        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
+    },
+    "WebhookFunction": {
+        "WAVESPEED_WEBHOOK_SECRET_ID": "WaveSpeedWebhookSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+    },
+    "PollerFunction": {
+        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
+    },
+    "FinalizeFunction": {"LINK_SIGNER_SECRET_ID": "LinkSignerSecret"},
+}
 
 
-def test_dispatch_may_read_provider_secrets_the_stream_and_its_wakeup_queue(resources: dict[str, Any]) -> None:
-    """Given the dispatcher submits to the providers, then it may read both providers' secrets and the inputs (to
-    presign them), read and write the task table, read its stream, receive its wake-ups and schedule new ones."""
+def readable_secrets(resources: dict[str, Any], function: str) -> list[str]:
+    """The secrets the function's AWSSecretsManagerGetSecretValuePolicy entries name, in order."""
+    return [
+        value["SecretArn"]["Ref"]
+        for name, value in policy_templates(resources, function)
+        if name == "AWSSecretsManagerGetSecretValuePolicy"
+    ]
+
+
+def test_the_secret_table_covers_every_function_and_every_secret(resources: dict[str, Any]) -> None:
+    """Given the two tests below go through SECRET_IDS, then it names every function and every secret of the
+    template, and each variable it lists is one the settings read."""
+    assert set(SECRET_IDS) == set(FUNCTIONS)
+    secrets = {name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"}
+    assert {secret for told in SECRET_IDS.values() for secret in told.values()} == secrets
+    aliases = {field.alias for field in Settings.model_fields.values()}
+    assert {variable for told in SECRET_IDS.values() for variable in told} <= aliases
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_each_function_is_told_exactly_the_secrets_its_work_needs(
+    template: dict[str, Any], resources: dict[str, Any], function: str
+) -> None:
+    """Given each function, then the *_SECRET_ID variables it gets (Globals and its own) are exactly those of
+    SECRET_IDS, each naming its secret."""
+    variables = {
+        **template["Globals"]["Function"]["Environment"]["Variables"],
+        **props(resources, function).get("Environment", {}).get("Variables", {}),
+    }
+    told = {name: value for name, value in variables.items() if name.endswith("_SECRET_ID")}
+    assert told == {name: {"Ref": secret} for name, secret in SECRET_IDS[function].items()}
+
+
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_each_function_may_read_exactly_the_secrets_it_is_told(resources: dict[str, Any], function: str) -> None:
+    """Given each function, then its AWSSecretsManagerGetSecretValuePolicy entries name exactly the secrets it is
+    told (once each), and no inline statement grants a Secrets Manager action besides."""
+    readable = readable_secrets(resources, function)
+    assert sorted(readable) == sorted(set(SECRET_IDS[function].values()))
+    for statement in inline_statements(resources, function):
+        assert not any(action.startswith("secretsmanager:") for action in as_list(statement["Action"])), statement
+
+
+def test_the_internet_facing_webhook_never_holds_wavespeeds_api_key(resources: dict[str, Any]) -> None:
+    """Given the webhook answers anyone on the internet, then it can read WaveSpeed's webhook secret (to check
+    signatures) but not WaveSpeed's API key, which spends money: it is neither told nor allowed that secret; and only
+    the webhook reads the webhook secret."""
+    webhook = props(resources, "WebhookFunction")
+    assert not references(webhook, "WaveSpeedSecret")
+    assert "WAVESPEED_SECRET_ID" not in webhook["Environment"]["Variables"]
+    assert "WaveSpeedSecret" not in readable_secrets(resources, "WebhookFunction")
+    assert "WaveSpeedWebhookSecret" in readable_secrets(resources, "WebhookFunction")
+    for function in FUNCTIONS.keys() - {"WebhookFunction"}:
+        assert not references(props(resources, function), "WaveSpeedWebhookSecret"), function
+
+
+def test_the_webhook_may_only_get_and_put_tasks_and_remember_deliveries(resources: dict[str, Any]) -> None:
+    """Given the webhook reads a callback's task and writes it back (a versioned put), then GetItem and PutItem on the
+    task table itself is all it may do there (no Query, Scan, DeleteItem, UpdateItem or batch writes, no index), and
+    the idempotency table's item actions are its only others: no SAM DynamoDB policy template grants more."""
+    assert {name for name, _ in policy_templates(resources, "WebhookFunction")} == {
+        "Statement",
+        "AWSSecretsManagerGetSecretValuePolicy",
+    }
+    statements = {
+        statement["Sid"]: (statement["Effect"], sorted(as_list(statement["Action"])), statement["Resource"])
+        for statement in inline_statements(resources, "WebhookFunction")
+    }
+    assert statements == {
+        "ReadAndWriteTasks": (
+            "Allow",
+            ["dynamodb:GetItem", "dynamodb:PutItem"],
+            {"Fn::GetAtt": ["TaskTable", "Arn"]},
+        ),
+        "RememberDeliveries": (
+            "Allow",
+            ["dynamodb:DeleteItem", "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"],
+            {"Fn::GetAtt": ["IdempotencyTable", "Arn"]},
+        ),
+    }
+
+
+def test_no_function_may_read_the_whole_bucket_and_the_webhook_none_of_it(resources: dict[str, Any]) -> None:
+    """Given each function reads only the prefixes its work needs (test_template_deploy resolves which), then none
+    uses a SAM S3 policy template (S3ReadPolicy grants every key of the bucket), no s3:GetObject is granted on the
+    bucket's every key, and the webhook, which never touches the bucket, has no S3 action at all."""
+    for function in FUNCTIONS:
+        assert not [name for name, _ in policy_templates(resources, function) if name.startswith("S3")], function
+        for statement in inline_statements(resources, function):
+            if "s3:GetObject" not in as_list(statement["Action"]):
+                continue
+            for resource in as_list(statement["Resource"]):
+                sub = resource["Fn::Sub"]
+                text = sub[0] if isinstance(sub, list) else sub
+                assert not text.endswith(("}/*", "}*")), (function, text)
+    for statement in inline_statements(resources, "WebhookFunction"):
+        assert not any(action.startswith("s3:") for action in as_list(statement["Action"])), statement
+
+
+def test_dispatch_may_read_provider_keys_the_inputs_the_stream_and_its_wakeup_queue(resources: dict[str, Any]) -> None:
+    """Given the dispatcher submits to the providers, then it may read both providers' API keys and the callback key
+    (to put each task's token into its callback URL) and the inputs under inbox/ (to presign them), read and write the
+    task table, read its stream, receive its wake-ups and schedule new ones."""
     granted = policy_templates(resources, "DispatchFunction")
-    for secret in SECRETS:
+    for secret in ("WaveSpeedSecret", "CometApiSecret", "CallbackKeySecret"):
         assert ("AWSSecretsManagerGetSecretValuePolicy", {"SecretArn": {"Ref": secret}}) in granted
     assert ("DynamoDBCrudPolicy", {"TableName": {"Ref": "TaskTable"}}) in granted
     assert (
@@ -883,20 +1146,30 @@ def test_dispatch_may_read_provider_secrets_the_stream_and_its_wakeup_queue(reso
     wakeup_queue = {"QueueName": {"Fn::GetAtt": ["AdmissionWakeupQueue", "QueueName"]}}
     assert ("SQSSendMessagePolicy", wakeup_queue) in granted
     assert ("SQSPollerPolicy", wakeup_queue) in granted
-    assert ("S3ReadPolicy", {"BucketName": BUCKET_REF}) in granted
+    assert {
+        "Sid": "ReadInbox",
+        "Effect": "Allow",
+        "Action": "s3:GetObject",
+        "Resource": {"Fn::Sub": "${MediaBucket.Arn}/inbox/*"},
+    } in inline_statements(resources, "DispatchFunction")
     assert not references(props(resources, "DispatchFunction"), "IdempotencyTable")
 
 
-def test_submit_only_queues_so_it_reads_no_provider_secret(resources: dict[str, Any]) -> None:
-    """Given submit no longer calls a provider (it pairs, checks and queues), then it may not read the providers'
-    secrets, is not told the webhook URL and schedules no wake-ups: reading the inputs and the task table is all."""
+def test_submit_only_queues_so_it_reads_no_secret_only_the_inbox(resources: dict[str, Any]) -> None:
+    """Given submit no longer calls a provider (it pairs, checks and queues), then it may read no secret (no provider
+    key, no callback key), is not told the webhook URL and schedules no wake-ups: reading inbox/ (and learning that a
+    key is missing) and the task table is all."""
     submit = props(resources, "SubmitFunction")
     assert sorted(name for name, _ in policy_templates(resources, "SubmitFunction")) == [
         "DynamoDBCrudPolicy",
-        "S3ReadPolicy",
+        "Statement",
     ]
-    for secret in SECRETS:
-        assert not references(submit["Policies"], secret), secret
+    assert {statement["Sid"]: statement["Action"] for statement in inline_statements(resources, "SubmitFunction")} == {
+        "ReadInbox": "s3:GetObject",
+        "MissingKeysAnswerNotFound": "s3:ListBucket",
+    }
+    for secret in (name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"):
+        assert not references(submit, secret), secret
     assert not references(submit, "AdmissionWakeupQueue")
     assert "Environment" not in submit or "WEBHOOK_BASE_URL" not in submit["Environment"]["Variables"]
 
@@ -905,7 +1178,7 @@ def test_the_poller_may_read_secrets_and_schedule_wakeups_as_the_dispatchers_fal
     resources: dict[str, Any],
 ) -> None:
     granted = policy_templates(resources, "PollerFunction")
-    for secret in SECRETS:
+    for secret in ("WaveSpeedSecret", "CometApiSecret", "CallbackKeySecret"):
         assert ("AWSSecretsManagerGetSecretValuePolicy", {"SecretArn": {"Ref": secret}}) in granted
     assert ("SQSSendMessagePolicy", {"QueueName": {"Fn::GetAtt": ["AdmissionWakeupQueue", "QueueName"]}}) in granted
     # Only the dispatcher receives the wake-ups.
@@ -1376,9 +1649,10 @@ def test_s3_events_carry_url_encoded_inbox_keys() -> None:
     assert audio["s3"]["object"]["eTag"].endswith("-2")
 
 
-def test_webhook_event_signature_verifies() -> None:
+def test_webhook_event_signature_verifies_and_its_url_carries_the_tasks_callback_token() -> None:
     """Given the WaveSpeed scheme (HMAC-SHA256 over id.timestamp.body, key = secret without whsec_ as ASCII
-    bytes, lowercase hex, header v3,<hex>), when the sample is verified with the test secret, then it matches."""
+    bytes, lowercase hex, header v3,<hex>), when the sample is verified with the test secret, then it matches; and
+    its query carries the task id and the callback token derived for that task with the tests' callback key."""
     event = load_event("webhook_wavespeed_completed.json")
     headers = event["headers"]
     whsec = "whsec_test_events_secret"
@@ -1395,7 +1669,16 @@ def test_webhook_event_signature_verifies() -> None:
     assert not hmac.compare_digest(signature, hmac.new(key, tampered, hashlib.sha256).hexdigest())
     assert event["isBase64Encoded"] is False
     assert event["pathParameters"] == {"provider": "wavespeed"}
-    assert event["queryStringParameters"] == {"task_id": "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01"}
+    task_id = "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01"
+    assert event["queryStringParameters"] == callback_query("wavespeed", task_id)
+    assert event["multiValueQueryStringParameters"] == {
+        name: [value] for name, value in callback_query("wavespeed", task_id).items()
+    }
+    # The token is the task's, for this provider only: another task's or another provider's is not it.
+    tokens = CallbackTokens(lambda: [CALLBACK_KEY])
+    assert tokens.accepts("wavespeed", task_id, event["queryStringParameters"]["token"])
+    assert not tokens.accepts("cometapi", task_id, event["queryStringParameters"]["token"])
+    assert not tokens.accepts("wavespeed", "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e02", event["queryStringParameters"]["token"])
     assert event["requestContext"]["stage"] == "v1"
     prediction = json.loads(event["body"])
     assert prediction["status"] == "completed"

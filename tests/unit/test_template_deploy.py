@@ -147,9 +147,11 @@ def allows(statements: list[dict[str, Any]], action: str, resource: str) -> bool
 def test_given_the_webhook_api_when_sam_transforms_it_then_it_is_deployed_to_the_v1_stage_only(
     transformed: dict[str, Any],
 ) -> None:
-    """Given WebhookApi's stage v1 carries the throttling, tracing and logging, when SAM transforms the template,
-    then the API is deployed to v1 alone: no Deployment names a stage of its own (SAM's "Stage", which has none of
-    v1's settings and no throttling), and the one Stage resource is v1's."""
+    """Given WebhookApi's stage v1 carries the throttling, the tracing setting and logging, when SAM transforms the
+    template, then the API is deployed to v1 alone: no Deployment names a stage of its own (SAM's "Stage", which has
+    none of v1's settings and no throttling), and the one Stage resource is v1's: untraced (a trace would record each
+    callback's URL, token included) and throttled at the WebhookThrottle* parameters, which resolve to positive
+    limits."""
     resources = transformed["Resources"]
     assert api_stage_names(transformed, "WebhookApi") == ["v1"]
     deployments = {name: r for name, r in resources.items() if r["Type"] == "AWS::ApiGateway::Deployment"}
@@ -160,7 +162,45 @@ def test_given_the_webhook_api_when_sam_transforms_it_then_it_is_deployed_to_the
     (stage,) = stages
     assert (stage["StageName"], stage["RestApiId"]) == ("v1", {"Ref": "WebhookApi"})
     assert stage["DeploymentId"] == {"Ref": next(iter(deployments))}
-    assert all(setting["ThrottlingRateLimit"] > 0 for setting in stage["MethodSettings"])
+    assert stage["TracingEnabled"] is False
+    deployed = DeployedStack(transformed)
+    (setting,) = stage["MethodSettings"]
+    assert (setting["ResourcePath"], setting["HttpMethod"]) == ("/*", "*")
+    assert (setting["ThrottlingRateLimit"], setting["ThrottlingBurstLimit"]) == (
+        {"Ref": "WebhookThrottleRate"},
+        {"Ref": "WebhookThrottleBurst"},
+    )
+    rate, burst = (float(deployed.resolve_str(setting[key])) for key in ("ThrottlingRateLimit", "ThrottlingBurstLimit"))
+    assert rate > 0
+    assert burst > 0
+
+
+def test_given_a_per_address_limit_when_deployed_then_the_firewall_guards_the_v1_stage_and_only_then(
+    transformed: dict[str, Any],
+) -> None:
+    """Given WebhookRateLimitPerIp, when SAM has transformed the template (WebhookApi.Stage becomes the stage
+    resource), then the web ACL's association names the ARN of the deployed v1 stage, and waits for it; with the
+    default 0 neither the ACL nor its association is created."""
+    resources = transformed["Resources"]
+    (stage_id,) = [name for name, r in resources.items() if r["Type"] == "AWS::ApiGateway::Stage"]
+    association = resources["WebhookFirewallAssociation"]
+    assert {resources[name]["Condition"] for name in ("WebhookFirewall", "WebhookFirewallAssociation")} == {
+        "HasWebhookFirewall"
+    }
+    assert stage_id in association["Properties"]["ResourceArn"]["Fn::Sub"]
+    region = "eu-central-1"
+    stack = DeployedStack(
+        transformed,
+        region=region,
+        parameters={"WebhookRateLimitPerIp": "500"},
+        resource_values={"WebhookApi": "abc123defg", stage_id: "v1"},
+    )
+    assert stack.condition("HasWebhookFirewall") is True
+    assert stack.resolve_str(association["Properties"]["ResourceArn"]) == (
+        f"arn:aws:apigateway:{region}::/restapis/abc123defg/stages/v1"
+    )
+    for parameters in ({}, {"WebhookRateLimitPerIp": "0"}):
+        assert DeployedStack(transformed, parameters=parameters).condition("HasWebhookFirewall") is False
 
 
 # ------------------------------------------------------------------------------------------ (b) a failed first deploy
@@ -228,8 +268,9 @@ def test_given_the_bucket_notifies_submit_then_submits_environment_policy_and_pe
     transformed: dict[str, Any], parameters: dict[str, str]
 ) -> None:
     """Given SubmitFunction names the bucket by the expression the bucket's name is (a reference would be circular),
-    when both are resolved for a deployed stack, then Submit's MEDIA_BUCKET, the bucket its role may read and the
-    bucket its invoke permission names are all the bucket's own name, and the other functions reference the bucket."""
+    when both are resolved for a deployed stack, then Submit's MEDIA_BUCKET, the bucket whose inbox/ its role may read
+    (and list) and the bucket its invoke permission names are all the bucket's own name, and the other functions
+    reference the bucket."""
     resources = transformed["Resources"]
     stack = DeployedStack(transformed, stack_name=LONG_STACK, region="ap-southeast-2", parameters=parameters)
     name = bucket_name(transformed, stack)
@@ -237,12 +278,13 @@ def test_given_the_bucket_notifies_submit_then_submits_environment_policy_and_pe
 
     submit_environment = resources["SubmitFunction"]["Properties"]["Environment"]["Variables"]
     assert stack.resolve_str(submit_environment["MEDIA_BUCKET"]) == name
-    readable = [
-        stack.resolve(statement["Resource"])
+    s3_grants = [
+        (action, stack.resolve(statement["Resource"]))
         for statement in statements_of(resources["SubmitFunctionRole"])
-        if "s3:GetObject" in as_list(statement["Action"])
+        for action in as_list(statement["Action"])
+        if action.startswith("s3:")
     ]
-    assert readable == [[f"arn:aws:s3:::{name}", f"arn:aws:s3:::{name}/*"]]
+    assert s3_grants == [("s3:GetObject", f"arn:aws:s3:::{name}/inbox/*"), ("s3:ListBucket", f"arn:aws:s3:::{name}")]
     permission = resources["SubmitFunctionInboxUploadPermission"]["Properties"]
     assert stack.resolve_str(permission["SourceArn"]) == f"arn:aws:s3:::{name}"
     for function in ("DispatchFunction", "WebhookFunction", "PollerFunction", "FinalizeFunction"):
@@ -469,3 +511,50 @@ def test_given_the_poller_discards_stalled_copies_then_its_role_may_list_and_abo
     assert allows(statements, "s3:AbortMultipartUpload", f"arn:aws:s3:::{name}/outputs/job/task.mp4")
     assert not allows(statements, "s3:AbortMultipartUpload", f"arn:aws:s3:::{name}/inbox/job/face.png")
     assert not allows(statements, "s3:AbortMultipartUpload", "arn:aws:s3:::another-bucket/outputs/job/task.mp4")
+
+
+# ------------------------------------------------------------------------------------------ (i) what each reads
+
+
+# The keys each function may get from the bucket: the inputs (submit pairs and checks them, dispatch presigns them),
+# the videos (finalize presigns the download link), both for the poller (the fallback of both); the webhook nothing.
+PROBE_KEYS = {"inbox/": "inbox/alice smith/face.png", "outputs/": "outputs/alice smith/task.mp4", "other": "job.json"}
+READABLE_PREFIXES = {
+    "SubmitFunction": {"inbox/"},
+    "DispatchFunction": {"inbox/"},
+    "WebhookFunction": set(),
+    "PollerFunction": {"inbox/", "outputs/"},
+    "FinalizeFunction": {"outputs/"},
+}
+
+
+@pytest.mark.parametrize("function", READABLE_PREFIXES)
+def test_given_each_functions_role_then_it_may_get_objects_under_its_own_prefixes_only(
+    transformed: dict[str, Any], function: str
+) -> None:
+    """Given each function's role as SAM generates it, resolved for a deployed stack, then s3:GetObject is allowed on
+    exactly the prefixes its work reads (never the whole bucket, never another bucket); and a function that reads any
+    may list the bucket, so that a missing key answers 404 rather than 403. The webhook has no S3 action at all."""
+    resources = transformed["Resources"]
+    prefixes = READABLE_PREFIXES[function]
+    stack = DeployedStack(transformed, stack_name=LONG_STACK, region="ap-southeast-2")
+    name = bucket_name(transformed, stack)
+    stack.resource_values["MediaBucket"] = name
+    stack.attributes[("MediaBucket", "Arn")] = f"arn:aws:s3:::{name}"
+    statements = [
+        stack.resolve(statement)
+        for statement in statements_of(resources[f"{function}Role"])
+        if any(str(action).startswith("s3:") for action in as_list(statement["Action"]))
+    ]
+
+    readable = {
+        prefix for prefix, key in PROBE_KEYS.items() if allows(statements, "s3:GetObject", f"arn:aws:s3:::{name}/{key}")
+    }
+
+    assert readable == prefixes
+    for key in PROBE_KEYS.values():
+        assert not allows(statements, "s3:GetObject", f"arn:aws:s3:::another-bucket/{key}")
+    assert allows(statements, "s3:ListBucket", f"arn:aws:s3:::{name}") is bool(prefixes)
+    assert not allows(statements, "s3:ListBucket", "arn:aws:s3:::another-bucket")
+    if not prefixes:
+        assert statements == []
