@@ -10,18 +10,11 @@ from pydantic import ValidationError
 from avatar_pipeline.adapters.http_retry import RetryPolicy, call_with_retry
 from avatar_pipeline.errors import ProviderConfigError
 from avatar_pipeline.models import ProviderJob, SubmissionRequest
-
-# Provider text quoted in our messages (task reasons, notifications) is kept short.
-MAX_MESSAGE_CHARS = 500
-
-
-def truncate(text: str) -> str:
-    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
-
+from avatar_pipeline.redaction import mask_secrets
 
 def summarise(exc: ValidationError) -> str:
-    """A provider answer's validation errors, one line: where, and what was wrong."""
-    return truncate("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
+    """A provider answer's validation errors, one line: where, and what was wrong (quoted as all provider text is)."""
+    return mask_secrets("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
 
 
 class HttpProvider:
