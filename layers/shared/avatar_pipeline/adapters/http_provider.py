@@ -12,6 +12,7 @@ from avatar_pipeline.errors import ProviderConfigError
 from avatar_pipeline.models import ProviderJob, SubmissionRequest
 from avatar_pipeline.redaction import mask_secrets
 
+
 def summarise(exc: ValidationError) -> str:
     """A provider answer's validation errors, one line: where, and what was wrong (quoted as all provider text is)."""
     return mask_secrets("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
