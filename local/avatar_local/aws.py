@@ -238,7 +238,7 @@ def create_resources(
             created.attributes[(logical_id, "QueueName")] = name
         elif kind == "AWS::SecretsManager::Secret":
             name = props.get("Name", f"{stack_name}-{logical_id}")
-            value = secret_values.get(logical_id) or props.get("SecretString") or _generated_secret(props)
+            value = secret_values.get(logical_id, props.get("SecretString") or _generated_secret(props))
             arn = aws.client("secretsmanager").create_secret(Name=name, SecretString=value)["ARN"]
             created.refs[logical_id] = arn
         elif kind == "AWS::IAM::User":

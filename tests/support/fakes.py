@@ -502,11 +502,9 @@ class ScriptedProvider:
     """
 
     name = "wavespeed"
-    callback_auth: Literal["signature", "task_token"] = "signature"
+    callback_auth: Literal["signature", "query"] = "signature"
 
-    def __init__(
-        self, name: str = "wavespeed", callback_auth: Literal["signature", "task_token"] = "signature"
-    ) -> None:
+    def __init__(self, name: str = "wavespeed", callback_auth: Literal["signature", "query"] = "signature") -> None:
         self.name = name
         self.callback_auth = callback_auth
         self.lock = threading.Lock()

@@ -345,7 +345,7 @@ def test_a_pause_keeps_the_slots_of_tasks_already_at_the_provider(w: World) -> N
 
 def test_failover_puts_the_task_in_the_other_providers_line_at_its_place_and_never_at_both() -> None:
     # Given CometAPI renders one at a time, a WaveSpeed pair in line first, then a CometAPI pair
-    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "query")
     w = make_world(
         provider=wavespeed,
         providers={"wavespeed": wavespeed, "cometapi": comet},
@@ -410,7 +410,7 @@ SPILL_OVER_AFTER = timedelta(seconds=600)
 
 
 def one_render_each() -> tuple[World, ScriptedProvider, ScriptedProvider]:
-    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "query")
     w = make_world(
         provider=wavespeed,
         providers={"wavespeed": wavespeed, "cometapi": comet},
@@ -454,7 +454,7 @@ def test_a_pair_stays_in_its_providers_line_when(
     why_it_stays: str, options: dict | None, settings: dict[str, str], waited: timedelta
 ) -> None:
     # Given WaveSpeed renders one at a time and CometAPI's line is empty
-    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "query")
     w = make_world(
         provider=wavespeed,
         providers={"wavespeed": wavespeed, "cometapi": comet},
@@ -550,7 +550,7 @@ def test_a_task_turned_away_is_not_charged_again_when_it_is_sent() -> None:
 
 def test_a_task_that_fails_over_is_counted_at_the_other_providers_cost_too() -> None:
     # Given a spend limit, both providers, and WaveSpeed turns the first submission away
-    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "query")
     w = make_world(
         provider=wavespeed,
         providers={"wavespeed": wavespeed, "cometapi": comet},

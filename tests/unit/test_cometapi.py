@@ -116,14 +116,14 @@ def provider(sleep: FakeSleep) -> Iterator[CometApiProvider]:
 # ---------------------------------------------------------------------------------------------- identity
 
 
-def test_provider_is_a_video_provider_named_cometapi_that_needs_task_token_callbacks() -> None:
+def test_provider_is_a_video_provider_named_cometapi_whose_callbacks_are_confirmed_by_query() -> None:
     # Given a provider built with the defaults
     provider: VideoProvider = CometApiProvider(API_KEY)
 
     # When we read what it tells the domain about itself
-    # Then it is "cometapi", and its callbacks must be authenticated by a per-task token (nothing is signed)
+    # Then it is "cometapi", and its callbacks (nothing is signed) must be confirmed by asking CometAPI
     assert provider.name == "cometapi"
-    assert CometApiProvider.callback_auth == "task_token"
+    assert CometApiProvider.callback_auth == "query"
 
 
 @pytest.mark.parametrize("key", ["", "   "])

@@ -28,7 +28,7 @@ AUDIO = upload("inbox/zoe/voice.mp3", etag="aud-1", size=300_000)  # the fakes' 
 
 def two_providers(**settings: str) -> tuple[World, ScriptedProvider, ScriptedProvider]:
     """Both providers configured, under these settings."""
-    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "task_token")
+    wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "query")
     w = make_world(provider=wavespeed, providers={"wavespeed": wavespeed, "cometapi": comet}, settings=settings)
     return w, wavespeed, comet
 

@@ -33,7 +33,7 @@ AUDIO = upload("inbox/zoe/voice.mp3", etag="aud-1", size=300_000)
 @pytest.fixture
 def two() -> tuple[World, ScriptedProvider, ScriptedProvider]:
     wavespeed = ScriptedProvider()
-    comet = ScriptedProvider("cometapi", "task_token")
+    comet = ScriptedProvider("cometapi", "query")
     world = make_world(provider=wavespeed, providers={"wavespeed": wavespeed, "cometapi": comet})
     return world, wavespeed, comet
 
@@ -60,7 +60,7 @@ def submit_pair(w: World, options: dict | None = None) -> str:
     return task_id
 
 
-def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_task_token(two) -> None:
+def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_tasks_token(two) -> None:
     w, wavespeed, comet = two
     # When a job asks for CometAPI
     task_id = queue_pair(w, {"provider": "cometapi", "mode": "pro"})
@@ -68,7 +68,7 @@ def test_job_json_chooses_cometapi_and_its_callback_url_carries_the_task_token(t
     assert (w.tasks.line("wavespeed"), w.tasks.line("cometapi")) == ([], [task_id])
     # When the dispatcher sends it
     assert run_dispatcher(w) == {"submit-submitted": 1}
-    # Then only CometAPI got it, with a callback URL naming the task and its secret token
+    # Then only CometAPI got it, with a callback URL naming the task and the token derived for it
     task = w.tasks.get(task_id)
     assert task is not None and task.provider == "cometapi"
     assert (wavespeed.submit_count, comet.submit_count) == (0, 1)
@@ -215,11 +215,14 @@ def test_a_callback_that_cannot_be_confirmed_now_is_acknowledged_and_polled_at_o
 
 def test_a_callback_to_the_wrong_provider_route_is_refused_before_any_query(two) -> None:
     w, _, comet = two
-    # Given a WaveSpeed task (whose token CometAPI never saw)
+    # Given a WaveSpeed task
     task_id = submit_pair(w)
     task = w.tasks.get(task_id)
     assert task is not None
-    # When a callback for it comes in on the CometAPI route, even with the right token
+    # When a callback for it comes in on the CometAPI route with the task's own token (made for the WaveSpeed route)
+    with pytest.raises(WebhookAuthError):
+        receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", callback_query("wavespeed", task_id))
+    # or with a token made for the CometAPI route (which only the key's holder could make)
     with pytest.raises(CallbackMismatchError):
         receive_callback(w.ctx, "cometapi", task_id, {}, b"{}", callback_query("cometapi", task_id))
     # Then CometAPI was never asked about it

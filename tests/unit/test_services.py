@@ -1233,16 +1233,21 @@ def test_a_callback_without_its_tasks_token_is_refused_before_anything_is_read(
 
 
 def test_a_signed_delivery_replayed_to_another_tasks_url_is_refused(w: World) -> None:
-    """The provider's signature covers the body, not the URL: the token binds a delivery to its task."""
-    # Given a task still waiting for the provider's answer, and a signed delivery captured from another task's URL
-    first = submitted(w)
-    waiting = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
+    """The provider's signature covers the body, not the URL: the token binds a delivery to its task. The task at risk
+    is one whose submission answer was lost: SUBMITTING, with no provider id to tell another prediction's news apart."""
+    # Given a finished task's signed delivery, captured with its URL, and a task whose submission answer was lost
+    first = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
     captured = callback_query("wavespeed", first.task_id)
+    w.provider.script_submit(ProviderOutcomeUnknownError("read timeout"))
+    waiting = queued(w)
+    assert send_next(w).actions == {"submit-unknown": 1}
+    waiting = stored(w, waiting.task_id)
+    assert (waiting.status, waiting.provider_task_id) == (S.SUBMITTING, None)
     w.provider.script_callback(news(P.SUCCEEDED, first.provider_task_id or ""))
-    # When it is replayed to the waiting task's id, with the captured token
+    # When the delivery is replayed to the waiting task's id, with the captured token
     with pytest.raises(WebhookAuthError):
         receive_callback(w.ctx, "wavespeed", waiting.task_id, {"webhook-id": "msg-9"}, b"{}", captured)
-    # Then the waiting task is untouched
+    # Then the waiting task is untouched: it did not get the other task's video
     assert stored(w, waiting.task_id) == waiting
 
 

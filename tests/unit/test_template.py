@@ -959,7 +959,7 @@ def test_provider_secrets_are_empty_placeholders_wavespeeds_key_apart_from_its_w
     WaveSpeed's API key (which spends money) and its webhook secret (which the internet-facing webhook needs) are
     two secrets, so a function can be let read one without the other."""
     expected = {
-        "WaveSpeedSecret": {"api_key": ""},
+        "WaveSpeedSecret": {"api_key": "", "webhook_secret": ""},  # webhook_secret unused, see the next test
         "WaveSpeedWebhookSecret": {"webhook_secret": ""},
         "CometApiSecret": {"api_key": ""},
     }
@@ -970,6 +970,30 @@ def test_provider_secrets_are_empty_placeholders_wavespeeds_key_apart_from_its_w
         assert "GenerateSecretString" not in secret, name
         assert "after deploying" in secret["Description"], name
     assert "put-secret-value" in props(resources, "WaveSpeedSecret")["Description"]
+
+
+# What the first release shipped, byte for byte: CloudFormation writes a changed SecretString over the value the
+# operator put, so an update that changed a placeholder would blank a live API key.
+SHIPPED_PLACEHOLDERS = {
+    "WaveSpeedSecret": (
+        '{"api_key": "", "webhook_secret": ""}',
+        'WaveSpeedAI credentials as JSON {"api_key": ..., "webhook_secret": ...}. Created with empty placeholders; set'
+        " the real values after deploying with aws secretsmanager put-secret-value.",
+    ),
+    "CometApiSecret": (
+        '{"api_key": ""}',
+        'CometAPI credentials as JSON {"api_key": ...}. Created with an empty placeholder; set the real value after'
+        " deploying with aws secretsmanager put-secret-value.",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_PLACEHOLDERS))
+def test_a_provider_secret_deployed_before_is_never_rewritten_by_an_update(
+    resources: dict[str, Any], name: str
+) -> None:
+    secret = props(resources, name)
+    assert (secret["SecretString"], secret["Description"]) == SHIPPED_PLACEHOLDERS[name]
 
 
 def test_the_callback_key_is_generated_by_the_stack(resources: dict[str, Any]) -> None:

@@ -152,9 +152,10 @@ class Notifier(Protocol):
 
 class VideoProvider(Protocol):
     name: str
-    # "signature": parse_callback authenticates (WaveSpeed signs its webhooks). "task_token": callbacks are unsigned;
-    # the domain checks the task's secret token in the callback URL and confirms what they say with fetch.
-    callback_auth: Literal["signature", "task_token"]
+    # Every callback URL carries its task's token, which the domain checks first. "signature": parse_callback also
+    # verifies the provider's signature (WaveSpeed signs its webhooks). "query": callbacks are unsigned, so what they
+    # say is only a hint, confirmed by asking the provider (fetch).
+    callback_auth: Literal["signature", "query"]
 
     def submit(self, request: SubmissionRequest) -> ProviderJob: ...
 

@@ -56,8 +56,8 @@ Retries (see `http_retry`): only ProviderTransientError is retried, for fetch an
 those answers proves the request was not taken. ProviderOutcomeUnknownError is never retried: a re-POSTed
 submit could create a second, paid task.
 
-Callbacks: CometAPI signs nothing, so `parse_callback` only parses. ``callback_auth = "task_token"`` tells the
-domain to authenticate each callback itself (an unguessable per-task token in the callback URL) and to confirm
+Callbacks: CometAPI signs nothing, so `parse_callback` only parses. ``callback_auth = "query"`` tells the
+domain that the task's token in the callback URL is all that authenticates a callback, and to confirm
 what it says with `fetch` before acting on it.
 """
 
@@ -213,8 +213,8 @@ class CometApiProvider(HttpProvider):
 
     name = "cometapi"
     display_name = "CometAPI"
-    # No signed callbacks: the domain authenticates them with a per-task token and confirms them with `fetch`.
-    callback_auth: Literal["signature", "task_token"] = "task_token"
+    # No signed callbacks: the domain authenticates them by the task's token only and confirms them with `fetch`.
+    callback_auth: Literal["signature", "query"] = "query"
 
     def __init__(
         self,
@@ -270,8 +270,8 @@ class CometApiProvider(HttpProvider):
         """Parse a callback body (a bare task object, or one wrapped in ``{"code": 0, "data": {...}}``).
 
         CometAPI does not sign its callbacks, so nothing here authenticates: `headers` and `now` are not used and
-        no WebhookAuthError is ever raised. The domain must authenticate the callback itself (the per-task token
-        in the callback URL, see ``callback_auth``) and treat what it says as a hint to confirm with `fetch`.
+        no WebhookAuthError is ever raised. The domain authenticates the callback by the task's token in its URL
+        (see ``callback_auth``) and treats what it says as a hint to confirm with `fetch`.
 
         Raises WebhookPayloadError when the body is not a task object with a known status.
         """

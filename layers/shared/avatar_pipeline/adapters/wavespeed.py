@@ -138,7 +138,7 @@ class WaveSpeedProvider(HttpProvider):
 
     name = "wavespeed"
     display_name = "WaveSpeed"
-    callback_auth: Literal["signature", "task_token"] = "signature"  # webhooks are HMAC-signed
+    callback_auth: Literal["signature", "query"] = "signature"  # webhooks are HMAC-signed
 
     def __init__(
         self,
