@@ -16,9 +16,10 @@ from support.fakes import BUCKET, TEST_ENV, ScriptedProvider, World, make_settin
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import ProviderTransientError
-from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.services.admission import dispatch
 from avatar_pipeline.services.intake import UploadOutcome, handle_upload
+from avatar_pipeline.services.tracking import record_provider_news
 
 S = TaskStatus
 ROOT = Path(__file__).resolve().parents[2]
@@ -338,3 +339,47 @@ def test_the_local_stack_passes_the_limits_on_and_refuses_values_the_stack_would
             Resolver(
                 template, stack_name="s", region="us-east-1", account_id="123456789012", parameters={parameter: refused}
             ).ref(parameter)
+
+
+@pytest.mark.parametrize(
+    ("redeployed", "reason"),
+    [
+        ({"ALLOWED_MODES": "std", "DEFAULT_MODE": "std"}, "its mode pro is no longer allowed (AllowedModes: std)"),
+        (
+            {"MAX_COST_PER_PAIR_USD": "0.40"},
+            "its estimated cost of $0.50 is more than the per-pair cost limit of $0.40 (MaxCostPerPairUsd)",
+        ),
+        (
+            {"ALLOWED_PROVIDERS": "cometapi", "DEFAULT_PROVIDER": "cometapi"},
+            "its provider wavespeed is no longer allowed (AllowedProviders: cometapi)",
+        ),
+    ],
+    ids=["mode", "cost", "provider"],
+)
+def test_a_task_queued_before_the_operator_tightened_the_limits_is_not_sent(
+    redeployed: dict[str, str], reason: str
+) -> None:
+    # Given a pro task queued at WaveSpeed ($0.50) while the stack allowed it, behind a full render slot
+    w, wavespeed, comet = two_providers(WAVESPEED_RENDERS_AT_ONCE="1")
+    first = deliver(w)
+    assert first.action == "queued"
+    w.clock.advance(1)  # so the line's order is the arrival order
+    w.media.put_object(BUCKET, "inbox/amy/job.json", json.dumps({"mode": "pro"}))
+    handle_upload(w.ctx, upload("inbox/amy/face.png", etag="img-2", size=200_000))
+    outcome = handle_upload(w.ctx, upload("inbox/amy/voice.mp3", etag="aud-2", size=300_000))
+    assert the_task(w, outcome).estimated_cost_usd == "0.50"
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    # When the stack is redeployed with tighter limits, and the render slot comes free
+    w.ctx.settings = make_settings(**redeployed, WAVESPEED_RENDERS_AT_ONCE="1")
+    rendered = the_task(w, first)
+    done = ProviderJob(
+        provider_task_id=rendered.provider_task_id or "",
+        status=ProviderJobStatus.SUCCEEDED,
+        output_url="https://cdn.example/v.mp4",
+    )
+    assert record_provider_news(w.ctx, rendered.task_id, done) == "recorded"
+    assert run_dispatcher(w) == {"not-allowed": 1}
+    # Then the task is not sent, and ends FAILED saying which limit it is beyond
+    task = the_task(w, outcome)
+    assert (task.status, task.reason) == (S.FAILED, f"not sent: {reason}")
+    assert (wavespeed.submit_count, comet.submit_count) == (1, 0)

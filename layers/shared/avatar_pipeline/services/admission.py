@@ -151,6 +151,10 @@ def dispatch(
         if task is None:
             break
         log_about(task.job, task.task_id)
+        if beyond := _beyond_operator_limits(ctx, task):
+            _fail_beyond_limits(ctx, task, beyond)
+            report.actions["not-allowed"] += 1
+            continue
         charge = _charge_for(ctx, task, now)
         if charge is not None and charge.amount > charge.limit:
             _fail_never_fits(ctx, task, charge)
@@ -274,6 +278,33 @@ def _charge_for(ctx: PipelineContext, task: Task, now: datetime) -> Charge | Non
     if not limit or task.charged_on is not None:
         return None  # no limit, or counted at an earlier admission (the provider turned that one away)
     return Charge(day=budget_day(now), amount=Decimal(task.estimated_cost_usd or "0"), limit=limit)
+
+
+def _beyond_operator_limits(ctx: PipelineContext, task: Task) -> str | None:
+    """Why the stack may no longer send this task (it was queued under looser settings; intake refuses such pairs
+    now), or None. Checked at admission, so a redeploy that tightens the limits holds for the pairs in line too."""
+    settings = ctx.settings
+    if task.mode not in settings.allowed_modes:
+        return f"its mode {task.mode} is no longer allowed (AllowedModes: {', '.join(settings.allowed_modes)})"
+    if task.provider not in settings.allowed_providers:
+        allowed = ", ".join(settings.allowed_providers)
+        return f"its provider {task.provider} is no longer allowed (AllowedProviders: {allowed})"
+    if task.estimated_cost_usd is not None and not settings.within_cost_limit(Decimal(task.estimated_cost_usd)):
+        return (
+            f"its estimated cost of ${task.estimated_cost_usd} is more than the per-pair cost limit of"
+            f" ${settings.max_cost_per_pair_usd} (MaxCostPerPairUsd)"
+        )
+    return None
+
+
+def _fail_beyond_limits(ctx: PipelineContext, task: Task, beyond: str) -> None:
+    ctx.end_task(
+        task,
+        TaskStatus.FAILED,
+        f"not sent: {beyond}",
+        provided=lambda current: current.status is TaskStatus.QUEUED,
+    )
+    logger.warning("task beyond the stack's limits; failed unsent", extra={"task_id": task.task_id, "why": beyond})
 
 
 def _fail_never_fits(ctx: PipelineContext, task: Task, charge: Charge) -> None:
