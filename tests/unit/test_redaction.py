@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.providers import describe_failure
 from avatar_pipeline.redaction import MAX_QUOTED_CHARS, REDACTED, mask_secrets, redact_url
 
@@ -128,3 +128,20 @@ def test_mask_secrets_masks_before_it_caps() -> None:
     # Then no part of the query survives the cut
     assert "X-Amz" not in masked
     assert "?" not in masked
+
+
+def test_a_submission_requests_repr_shows_no_link_nor_callback_token() -> None:
+    # Given a submission request with presigned links and a callback URL carrying a token
+    request = SubmissionRequest(
+        task_id="0" * 32,
+        image_url="https://b.s3.amazonaws.com/inbox/j/face.png?X-Amz-Signature=imgsig",
+        audio_url="https://b.s3.amazonaws.com/inbox/j/voice.mp3?X-Amz-Signature=audsig",
+        prompt=None,
+        mode="std",
+        webhook_url="https://hooks.example/v1/webhooks/wavespeed?task_id=x&token=tok3n",
+    )
+    # When it is written out as a log line or an error would write it
+    written = repr(request) + str(request)
+    # Then none of its secrets is there, while the task it is about is
+    assert not any(secret in written for secret in ("imgsig", "audsig", "tok3n"))
+    assert "0" * 32 in written

@@ -197,11 +197,12 @@ class ProviderJob(BaseModel):
 
 class SubmissionRequest(BaseModel):
     task_id: str
-    image_url: str
-    audio_url: str
+    # Presigned links and the callback URL (its token): secrets, kept out of the repr so a logged request shows none.
+    image_url: str = Field(repr=False)
+    audio_url: str = Field(repr=False)
     prompt: str | None
     mode: Mode
-    webhook_url: str
+    webhook_url: str = Field(repr=False)
 
 
 # A SigV4 presigned URL lives at most 7 days, whatever its X-Amz-Expires asks for.
