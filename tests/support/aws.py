@@ -30,6 +30,32 @@ COMETAPI_API_KEY = "test-cometapi-key"
 COMETAPI_BASE_URL = "https://api.cometapi.test"
 
 
+# The secrets each function's work needs, by the variable that names it: the providers' API keys to submit and poll,
+# WaveSpeed's webhook secret to check its signatures (CometAPI's key to confirm its unsigned callbacks), the callback
+# key to make (dispatch, poller) or check (webhook) callback tokens, the link signer's key to presign long-lived links.
+SECRET_IDS: dict[str, dict[str, str]] = {
+    "SubmitFunction": {},
+    "DispatchFunction": {
+        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
+    },
+    "WebhookFunction": {
+        "WAVESPEED_WEBHOOK_SECRET_ID": "WaveSpeedWebhookSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+    },
+    "PollerFunction": {
+        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
+        "COMETAPI_SECRET_ID": "CometApiSecret",
+        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
+        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
+    },
+    "FinalizeFunction": {"LINK_SIGNER_SECRET_ID": "LinkSignerSecret"},
+}
+
+
 def template() -> dict[str, Any]:
     decoded, problems = decode_str((ROOT / "template.yaml").read_text())
     assert not problems, problems

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.aws import SECRET_IDS
 
 from avatar_local.event_filter import check_pattern
 from avatar_local.template import (
@@ -811,30 +812,6 @@ def test_only_the_functions_that_sign_links_are_told_the_link_signers_secret(
         )
 
 
-# The secret ids each function is told, resolved: the ARNs of the secrets its work needs.
-TOLD_SECRETS = {
-    "SubmitFunction": {},
-    "DispatchFunction": {
-        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
-        "COMETAPI_SECRET_ID": "CometApiSecret",
-        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
-        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
-    },
-    "WebhookFunction": {
-        "WAVESPEED_WEBHOOK_SECRET_ID": "WaveSpeedWebhookSecret",
-        "COMETAPI_SECRET_ID": "CometApiSecret",
-        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
-    },
-    "PollerFunction": {
-        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
-        "COMETAPI_SECRET_ID": "CometApiSecret",
-        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
-        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
-    },
-    "FinalizeFunction": {"LINK_SIGNER_SECRET_ID": "LinkSignerSecret"},
-}
-
-
 def test_each_function_is_told_the_ids_of_the_secrets_its_work_needs_only(
     template: dict[str, Any], specs: dict[str, FunctionSpec]
 ) -> None:
@@ -842,10 +819,10 @@ def test_each_function_is_told_the_ids_of_the_secrets_its_work_needs_only(
     local stack resolves it, then its *_SECRET_ID variables are exactly its secrets' ARNs: the webhook gets WaveSpeed's
     webhook secret, never its API key, and submit and finalize no provider secret and no callback key."""
     resolver = real_resolver(template)
-    assert set(TOLD_SECRETS) == set(specs)
+    assert set(SECRET_IDS) == set(specs)
     for name, spec in specs.items():
         told = {k: v for k, v in spec.resolved_environment(resolver).items() if k.endswith("_SECRET_ID")}
-        assert told == {variable: RESOURCE_VALUES[secret] for variable, secret in TOLD_SECRETS[name].items()}, name
+        assert told == {variable: RESOURCE_VALUES[secret] for variable, secret in SECRET_IDS[name].items()}, name
     webhook = specs["WebhookFunction"].resolved_environment(resolver)
     assert RESOURCE_VALUES["WaveSpeedSecret"] not in webhook.values()
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from cfnlint.decode import decode_str
+from support.aws import SECRET_IDS
 from support.fakes import CALLBACK_KEY, callback_query
 
 from avatar_local.event_filter import check_pattern, matches_any
@@ -1025,32 +1026,6 @@ def test_policies_are_scoped_no_wildcard_actions_on_wildcard_resources(resources
 def policy_templates(resources: dict[str, Any], function: str) -> list[tuple[str, Any]]:
     """(SAM policy template, its parameters) of each of the function's policies."""
     return [(name, value) for policy in props(resources, function)["Policies"] for name, value in policy.items()]
-
-
-# The secrets each function's work needs, by the variable that names it: the providers' API keys to submit and poll,
-# WaveSpeed's webhook secret to check its signatures (CometAPI's key to confirm its unsigned callbacks), the callback
-# key to make (dispatch, poller) or check (webhook) callback tokens, the link signer's key to presign long-lived links.
-SECRET_IDS: dict[str, dict[str, str]] = {
-    "SubmitFunction": {},
-    "DispatchFunction": {
-        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
-        "COMETAPI_SECRET_ID": "CometApiSecret",
-        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
-        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
-    },
-    "WebhookFunction": {
-        "WAVESPEED_WEBHOOK_SECRET_ID": "WaveSpeedWebhookSecret",
-        "COMETAPI_SECRET_ID": "CometApiSecret",
-        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
-    },
-    "PollerFunction": {
-        "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
-        "COMETAPI_SECRET_ID": "CometApiSecret",
-        "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
-        "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
-    },
-    "FinalizeFunction": {"LINK_SIGNER_SECRET_ID": "LinkSignerSecret"},
-}
 
 
 def readable_secrets(resources: dict[str, Any], function: str) -> list[str]:
