@@ -467,6 +467,26 @@ def test_validly_signed_callback_without_the_tasks_token_is_refused_unread(
     assert_untouched(submitted_task)
 
 
+@pytest.mark.parametrize("provider", ["wavespeed", "cometapi"])
+def test_no_callback_token_is_stored_in_the_task_table(
+    cometapi: None, stack: Stack, provider_http: respx.MockRouter, task_stream: TaskStream, provider: str
+):
+    """Given a task sent to a provider with its callback URL, then the task table holds nothing a caller could use as
+    the token: it is derived again on each callback, not read."""
+    mock_wavespeed_submit(provider_http, prediction_id=PREDICTION_ID)
+    mock_cometapi_submit(provider_http, COMET_TASK_ID)
+    upload(stack, "inbox/erin/job.json", json.dumps({"provider": provider}).encode())
+    deliver_upload(stack, "inbox/erin/face.png", PNG_BYTES)
+    task_id = deliver_upload(stack, "inbox/erin/voice.mp3", MP3_BYTES)["results"][0]["task_id"]
+    task_stream.settle()
+    assert stored(task_id).status is TaskStatus.SUBMITTED
+    item = boto3.client("dynamodb", region_name=REGION).get_item(
+        TableName=stack.table, Key={"pk": {"S": f"TASK#{task_id}"}}
+    )["Item"]
+    assert token_of(provider, task_id) not in json.dumps(item)
+    assert not [name for name in item if "token" in name]
+
+
 def test_callback_to_an_unknown_provider_is_not_found(submitted_task: Task):
     raw = json.dumps(completed()).encode()
     headers = signed_headers(raw, WEBHOOK_SECRET, new_webhook_id(), int(time.time()))
