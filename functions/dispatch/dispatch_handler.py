@@ -2,6 +2,7 @@
 
 import json
 from datetime import timedelta
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
@@ -17,7 +18,7 @@ tracer = Tracer()
 metrics = Metrics()
 
 
-def _stream_changes(event: dict) -> tuple[dict[ProviderName, set[str]], dict[ProviderName, set[str]]]:
+def _stream_changes(event: dict[str, Any]) -> tuple[dict[ProviderName, set[str]], dict[ProviderName, set[str]]]:
     released: dict[ProviderName, set[str]] = {}
     lines: dict[ProviderName, set[str]] = {}
     for record in DynamoDBStreamEvent(event).records:
@@ -34,7 +35,7 @@ def _stream_changes(event: dict) -> tuple[dict[ProviderName, set[str]], dict[Pro
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if event.get("Records") and event["Records"][0].get("eventSource") == "aws:sqs":
         released: dict[ProviderName, set[str]] = {}
         lines: dict[ProviderName, set[str]] = {

@@ -1,6 +1,7 @@
 """Task table stream → copy a ready video into outputs/, and publish each ended task's one notification."""
 
 from datetime import timedelta
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.metrics import MetricUnit
@@ -56,5 +57,5 @@ def _finish(task_id: str, status: TaskStatus, lambda_context: LambdaContext) -> 
 @logger.inject_lambda_context(clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict, context: LambdaContext) -> PartialItemFailureResponse:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     return process_partial_response(event=event, record_handler=handle_record, processor=processor, context=context)

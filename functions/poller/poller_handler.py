@@ -1,6 +1,7 @@
 """EventBridge schedule → one pass over due in-flight tasks (the webhook's fallback and the pipeline's sweeper)."""
 
 from datetime import timedelta
+from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.logging import correlation_paths
@@ -18,7 +19,7 @@ metrics = Metrics()
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @tracer.capture_lambda_handler
 @metrics.log_metrics
-def lambda_handler(event: dict, context: LambdaContext) -> dict:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     report = poll(pipeline(), time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis()))
     for action, count in report.actions.items():
         metrics.add_metric(name=f"Poll_{action}", unit=MetricUnit.Count, value=count)

@@ -599,7 +599,7 @@ def _measure_m4a(reader: RangeReader, start: int) -> tuple[float, int, int]:
     if b"soun" not in handlers:
         raise _Unusable("has no audio track")
     reader.seek(0)
-    info = MP4(reader).info
+    info = MP4(reader).info  # type: ignore[no-untyped-call]  # mutagen has no type hints
     if info is None:
         raise _Damaged("its audio track could not be measured")
     return float(info.length), int(info.sample_rate), int(info.channels)

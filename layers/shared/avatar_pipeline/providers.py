@@ -7,7 +7,7 @@ from datetime import timedelta
 from avatar_pipeline.models import ProviderJob, ProviderName
 from avatar_pipeline.redaction import mask_secrets
 
-DISPLAY_NAMES: dict[ProviderName, str] = {"wavespeed": "WaveSpeed", "cometapi": "CometAPI"}
+DISPLAY_NAMES: dict[str, str] = {"wavespeed": "WaveSpeed", "cometapi": "CometAPI"}
 PROVIDER_NAMES: tuple[ProviderName, ...] = ("wavespeed", "cometapi")
 # How long each provider keeps a finished video (WaveSpeed deletes predictions and outputs after 7 days; CometAPI's
 # Kling CDN links last 30 days): copies are retried, and late videos watched for, until then.
@@ -20,7 +20,7 @@ def alternative(provider: ProviderName) -> ProviderName:
 
 
 def display_name(provider: str) -> str:
-    return DISPLAY_NAMES.get(provider, provider)  # type: ignore[call-overload]
+    return DISPLAY_NAMES.get(provider, provider)
 
 
 def describe_failure(provider: str, job: ProviderJob) -> str:

@@ -33,7 +33,7 @@ def _epoch(moment: datetime) -> int:
 
 
 def _is_condition_failure(error: ClientError) -> bool:
-    return error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException"
+    return bool(error.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException")
 
 
 def _is_write_conflict(error: ClientError) -> bool:
@@ -209,7 +209,7 @@ class DynamoTaskRepository:
         }
         while True:
             page = self._table.query(**query)
-            count += page.get("Count", 0)
+            count += int(page.get("Count", 0))
             if "LastEvaluatedKey" not in page:
                 return count
             query["ExclusiveStartKey"] = page["LastEvaluatedKey"]

@@ -72,7 +72,7 @@ class RetryPolicy:
         """Seconds to wait before retry `retry_number` (1 for the first retry)."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay)
-        ceiling = min(self.max_delay, self.base_delay * 2 ** (retry_number - 1))
+        ceiling = min(self.max_delay, self.base_delay * 2.0 ** (retry_number - 1))
         return self.random() * ceiling
 
 

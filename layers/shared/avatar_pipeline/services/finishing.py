@@ -40,7 +40,7 @@ def output_key(task: Task) -> str:
 
 def copy_backoff(attempt: int) -> timedelta:
     """How long to wait after failed copy attempt number `attempt` (1 for the first)."""
-    return min(COPY_RETRY_FIRST * 2 ** max(0, min(attempt - 1, 20)), COPY_RETRY_MAX)
+    return min(COPY_RETRY_FIRST * (1 << max(0, min(attempt - 1, 20))), COPY_RETRY_MAX)
 
 
 class CopyLeaseLostError(OutputCopyInterruptedError):
