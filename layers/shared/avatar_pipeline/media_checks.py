@@ -18,7 +18,7 @@ import io
 import math
 import struct
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Protocol, cast
 
@@ -249,53 +249,92 @@ BMP_HEADER_SIZES = frozenset({12, 40, 52, 56, 64, 108, 124})
 
 def identify(head: bytes) -> Identified | None:
     """The format of a file from its first bytes (SNIFF_BYTES are plenty); None when it is not one we know."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return Identified("JPEG", "a JPEG image")
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return Identified("PNG", "a PNG image")
-    if head[:6] in (b"GIF87a", b"GIF89a"):
-        return Identified("GIF", "a GIF image")
-    if head.startswith(b"RIFF") and len(head) >= 12:
-        return {
-            b"WAVE": Identified("WAV", "a WAV audio file"),
-            b"WEBP": Identified("WebP", "a WebP image"),
-            b"AVI ": Identified("AVI", "an AVI video"),
-        }.get(head[8:12], Identified("RIFF", "a RIFF file"))
-    if head[4:8] == b"ftyp":
-        return _identify_iso_bmff(head)
-    if head.startswith(b"BM") and len(head) >= 18 and struct.unpack_from("<I", head, 14)[0] in BMP_HEADER_SIZES:
-        return Identified("BMP", "a BMP image")
-    if head[:4] in (b"II*\x00", b"MM\x00*"):
-        return Identified("TIFF", "a TIFF image")
     for prefix, found in _SIMPLE_SIGNATURES:
         if head.startswith(prefix):
             return found
-    if head.startswith(b"OggS"):
-        payload = head[28:36]
-        if payload.startswith(b"\x01vorbis"):
-            return Identified("Ogg Vorbis", "an Ogg Vorbis audio file")
-        if payload.startswith(b"OpusHead"):
-            return Identified("Ogg Opus", "an Ogg Opus audio file")
-        if payload.startswith(b"\x7fFLAC"):
-            return Identified("Ogg FLAC", "an Ogg FLAC audio file")
-        return Identified("Ogg", "an Ogg file")
-    if head.startswith(b"FORM") and head[8:12] in (b"AIFF", b"AIFC"):
-        return Identified("AIFF", "an AIFF audio file")
-    if head.startswith(b"ID3"):
-        return Identified("MP3", "an MP3 audio file")
-    if head.startswith(b"ADIF") or _is_adts_header(head):
-        return Identified("AAC", "an AAC audio file")
-    layer = _mpeg_audio_layer(head)
-    if layer is not None:
-        return {
-            3: Identified("MP3", "an MP3 audio file"),
-            2: Identified("MP2", "an MPEG layer II (MP2) audio file"),
-            1: Identified("MP1", "an MPEG layer I audio file"),
-        }[layer]
+    for sniff in _SNIFFERS:
+        if (found_by_structure := sniff(head)) is not None:
+            return found_by_structure
     return _identify_text(head)
 
 
+def _identify_riff(head: bytes) -> Identified | None:
+    if not (head.startswith(b"RIFF") and len(head) >= 12):
+        return None
+    return {
+        b"WAVE": Identified("WAV", "a WAV audio file"),
+        b"WEBP": Identified("WebP", "a WebP image"),
+        b"AVI ": Identified("AVI", "an AVI video"),
+    }.get(head[8:12], Identified("RIFF", "a RIFF file"))
+
+
+def _identify_ftyp(head: bytes) -> Identified | None:
+    return _identify_iso_bmff(head) if head[4:8] == b"ftyp" else None
+
+
+def _identify_bmp(head: bytes) -> Identified | None:
+    if head.startswith(b"BM") and len(head) >= 18 and struct.unpack_from("<I", head, 14)[0] in BMP_HEADER_SIZES:
+        return Identified("BMP", "a BMP image")
+    return None
+
+
+def _identify_ogg(head: bytes) -> Identified | None:
+    if not head.startswith(b"OggS"):
+        return None
+    payload = head[28:36]
+    for marker, found in _OGG_CODECS:
+        if payload.startswith(marker):
+            return found
+    return Identified("Ogg", "an Ogg file")
+
+
+def _identify_aiff(head: bytes) -> Identified | None:
+    if head.startswith(b"FORM") and head[8:12] in (b"AIFF", b"AIFC"):
+        return Identified("AIFF", "an AIFF audio file")
+    return None
+
+
+def _identify_aac(head: bytes) -> Identified | None:
+    return Identified("AAC", "an AAC audio file") if head.startswith(b"ADIF") or _is_adts_header(head) else None
+
+
+def _identify_mpeg_audio(head: bytes) -> Identified | None:
+    layer = _mpeg_audio_layer(head)
+    if layer is None:
+        return None
+    return {
+        3: Identified("MP3", "an MP3 audio file"),
+        2: Identified("MP2", "an MPEG layer II (MP2) audio file"),
+        1: Identified("MP1", "an MPEG layer I audio file"),
+    }[layer]
+
+
+_OGG_CODECS: tuple[tuple[bytes, Identified], ...] = (
+    (b"\x01vorbis", Identified("Ogg Vorbis", "an Ogg Vorbis audio file")),
+    (b"OpusHead", Identified("Ogg Opus", "an Ogg Opus audio file")),
+    (b"\x7fFLAC", Identified("Ogg FLAC", "an Ogg FLAC audio file")),
+)
+
+# Formats told by their structure, in this order, after the fixed signatures (an ID3 tag before an MPEG frame).
+_SNIFFERS: tuple[Callable[[bytes], Identified | None], ...] = (
+    _identify_riff,
+    _identify_ftyp,
+    _identify_bmp,
+    _identify_ogg,
+    _identify_aiff,
+    _identify_aac,
+    _identify_mpeg_audio,
+)
+
+# Formats told by their first bytes alone.
 _SIMPLE_SIGNATURES: tuple[tuple[bytes, Identified], ...] = (
+    (b"\xff\xd8\xff", Identified("JPEG", "a JPEG image")),
+    (b"\x89PNG\r\n\x1a\n", Identified("PNG", "a PNG image")),
+    (b"GIF87a", Identified("GIF", "a GIF image")),
+    (b"GIF89a", Identified("GIF", "a GIF image")),
+    (b"II*\x00", Identified("TIFF", "a TIFF image")),
+    (b"MM\x00*", Identified("TIFF", "a TIFF image")),
+    (b"ID3", Identified("MP3", "an MP3 audio file")),
     (b"fLaC", Identified("FLAC", "a FLAC audio file")),
     (b"\x30\x26\xb2\x75\x8e\x66\xcf\x11", Identified("ASF", "a Windows Media (WMA/WMV) file")),
     (b"\x1a\x45\xdf\xa3", Identified("Matroska", "a WebM or Matroska file")),

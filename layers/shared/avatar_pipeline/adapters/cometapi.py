@@ -67,6 +67,7 @@ import json
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal, NoReturn
 from urllib.parse import quote
@@ -328,44 +329,17 @@ class CometApiProvider(HttpProvider):
         """Raise the error an answer means (see the module docstring's table)."""
         status = response.status_code
         kling_code, other_code, detail = self._error_details(response, payload)
-        code = str(kling_code) if kling_code else other_code or str(status)
         where = f"HTTP {status}" + (f", code {kling_code}" if kling_code else "")
-        message = f"CometAPI {operation}: {where}" + (f": {detail}" if detail else "")
-
-        def transient(*, rate_limit: bool = False) -> NoReturn:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            raise TransientHttpError(
-                message, code=code, status_code=status, retry_after=retry_after, rate_limit=rate_limit
-            )
-
-        if kling_code in KLING_CONFIG_CODES:
-            raise ProviderConfigError(message, code=code)
-        if kling_code == KLING_CONTENT_SAFETY:
-            raise ProviderInputError(message, code=code)
-        if kling_code in KLING_LIMIT_CODES:
-            transient(rate_limit=True)  # a rate limit by its code, even over HTTP 200
-        if kling_code in KLING_SERVER_CODES:
-            if operation == "submit":
-                raise ProviderOutcomeUnknownError(message + " (the task may exist)", code=code)
-            transient()
-        if operation == "submit" and "external_task_id" in detail and "exist" in detail:
-            # Our task id is already known there: an earlier attempt was taken. Wait for its callback.
-            raise ProviderOutcomeUnknownError(message + " (an earlier submission of this task exists)", code=code)
-        if kling_code is not None and 1000 <= kling_code <= 1999:
-            raise ProviderInputError(message, code=code)
-
-        if response.is_success:
-            raise ProviderError(message, code=code)
-        if status in (401, 403):
-            raise ProviderConfigError(message, code=code)
-        if operation == "submit" and 500 <= status <= 599 and status not in SUBMIT_NOT_TAKEN_HTTP:
-            # A 500/502/504 may come after the task was created: never resend it blindly.
-            raise ProviderOutcomeUnknownError(message + " (the task may exist)", code=code)
-        if status == 429 or 500 <= status <= 599:
-            transient()
-        if 400 <= status <= 499:
-            raise ProviderInputError(message, code=code)
-        raise ProviderError(message, code=code)
+        raise _ErrorAnswer(
+            operation=operation,
+            status=status,
+            success=response.is_success,
+            kling_code=kling_code,
+            detail=detail,
+            code=str(kling_code) if kling_code else other_code or str(status),
+            message=f"CometAPI {operation}: {where}" + (f": {detail}" if detail else ""),
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+        ).error()
 
     def _error_details(self, response: httpx.Response, payload: Any) -> tuple[int | None, str | None, str]:
         """The body's non-zero Kling code, its other (gateway or textual) code, and its message, key masked."""
@@ -465,3 +439,60 @@ def _numeric_code(value: object) -> int | None:
     if isinstance(value, str) and value.strip().lstrip("-").isdigit():
         return int(value.strip())
     return None
+
+
+@dataclass(frozen=True)
+class _ErrorAnswer:
+    """What an error answer said, and the one error it means: by its Kling code first, else by its HTTP status."""
+
+    operation: str
+    status: int
+    success: bool
+    kling_code: int | None
+    detail: str
+    code: str
+    message: str
+    retry_after: float | None
+
+    def error(self) -> ProviderError:
+        return self._by_kling_code() or self._by_status()
+
+    def _by_kling_code(self) -> ProviderError | None:
+        kling_code = self.kling_code
+        if kling_code in KLING_CONFIG_CODES:
+            return ProviderConfigError(self.message, code=self.code)
+        if kling_code == KLING_CONTENT_SAFETY:
+            return ProviderInputError(self.message, code=self.code)
+        if kling_code in KLING_LIMIT_CODES:
+            return self._transient(rate_limit=True)  # a rate limit by its code, even over HTTP 200
+        if kling_code in KLING_SERVER_CODES:
+            return self._maybe_taken("the task may exist") if self.operation == "submit" else self._transient()
+        if self.operation == "submit" and "external_task_id" in self.detail and "exist" in self.detail:
+            # Our task id is already known there: an earlier attempt was taken. Wait for its callback.
+            return self._maybe_taken("an earlier submission of this task exists")
+        if kling_code is not None and 1000 <= kling_code <= 1999:
+            return ProviderInputError(self.message, code=self.code)
+        return None
+
+    def _by_status(self) -> ProviderError:
+        status = self.status
+        if self.success:
+            return ProviderError(self.message, code=self.code)
+        if status in (401, 403):
+            return ProviderConfigError(self.message, code=self.code)
+        if self.operation == "submit" and 500 <= status <= 599 and status not in SUBMIT_NOT_TAKEN_HTTP:
+            # A 500/502/504 may come after the task was created: never resend it blindly.
+            return self._maybe_taken("the task may exist")
+        if status == 429 or 500 <= status <= 599:
+            return self._transient()
+        if 400 <= status <= 499:
+            return ProviderInputError(self.message, code=self.code)
+        return ProviderError(self.message, code=self.code)
+
+    def _transient(self, *, rate_limit: bool = False) -> ProviderError:
+        return TransientHttpError(
+            self.message, code=self.code, status_code=self.status, retry_after=self.retry_after, rate_limit=rate_limit
+        )
+
+    def _maybe_taken(self, why: str) -> ProviderError:
+        return ProviderOutcomeUnknownError(f"{self.message} ({why})", code=self.code)

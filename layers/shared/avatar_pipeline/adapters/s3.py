@@ -266,11 +266,7 @@ class S3MediaStore:
                 keep_alive()
                 if not chunk:
                     continue
-                total += len(chunk)
-                if total > max_bytes:
-                    raise OutputUnusableError(
-                        f"the provider's output at {source} is more than the {max_bytes} bytes allowed"
-                    )
+                total = _within_size(total + len(chunk), max_bytes, source)
                 _feed(mp4, chunk, source)
                 pending.append(chunk)
                 pending_size += len(chunk)
@@ -282,12 +278,7 @@ class S3MediaStore:
                     self._next_part(uploader, uploading, parts, bucket, key, upload_id, pending)
                     pending_size = 0
 
-            if promised is not None and response.num_bytes_downloaded < promised:
-                raise OutputCopyInterruptedError(
-                    f"the download of {source} was truncated: got {response.num_bytes_downloaded} of {promised} bytes"
-                )
-            if total == 0:
-                raise OutputUnusableError(f"the provider's output at {source} is empty")
+            _check_whole(response, promised, total, source)
             # The whole file has gone by: only now can a missing moov/mdat or a cut-off last box show.
             _finish(mp4, source)
             assert upload_id is not None  # a recognised MP4 started the upload
@@ -426,6 +417,23 @@ def _content_length(response: httpx.Response) -> int | None:
     except ValueError:
         return None
     return length if length >= 0 else None
+
+
+def _within_size(total: int, max_bytes: int, source: str) -> int:
+    """`total`, the bytes downloaded so far, if the output may still be this big."""
+    if total > max_bytes:
+        raise OutputUnusableError(f"the provider's output at {source} is more than the {max_bytes} bytes allowed")
+    return total
+
+
+def _check_whole(response: httpx.Response, promised: int | None, total: int, source: str) -> None:
+    """The download ended: all the bytes its Content-Length promised came (else it was cut off), and some did."""
+    if promised is not None and response.num_bytes_downloaded < promised:
+        raise OutputCopyInterruptedError(
+            f"the download of {source} was truncated: got {response.num_bytes_downloaded} of {promised} bytes"
+        )
+    if total == 0:
+        raise OutputUnusableError(f"the provider's output at {source} is empty")
 
 
 def _feed(mp4: Mp4StreamCheck, chunk: bytes, source: str) -> None:

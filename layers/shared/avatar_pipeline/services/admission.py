@@ -151,14 +151,9 @@ def dispatch(
         if task is None:
             break
         log_about(task.job, task.task_id)
-        if beyond := _beyond_operator_limits(ctx, task):
-            _fail_beyond_limits(ctx, task, beyond)
-            report.actions["not-allowed"] += 1
-            continue
         charge = _charge_for(ctx, task, now)
-        if charge is not None and charge.amount > charge.limit:
-            _fail_never_fits(ctx, task, charge)
-            report.actions["too-costly"] += 1
+        if ended := _end_if_never_sendable(ctx, task, charge):
+            report.actions[ended] += 1
             continue
         claimed = transition(
             task,
@@ -278,6 +273,17 @@ def _charge_for(ctx: PipelineContext, task: Task, now: datetime) -> Charge | Non
     if not limit or task.charged_on is not None:
         return None  # no limit, or counted at an earlier admission (the provider turned that one away)
     return Charge(day=budget_day(now), amount=Decimal(task.estimated_cost_usd or "0"), limit=limit)
+
+
+def _end_if_never_sendable(ctx: PipelineContext, task: Task, charge: Charge | None) -> str | None:
+    """End a task that can never be sent as it stands, and say so ("not-allowed", "too-costly"); None for the rest."""
+    if beyond := _beyond_operator_limits(ctx, task):
+        _fail_beyond_limits(ctx, task, beyond)
+        return "not-allowed"
+    if charge is not None and charge.amount > charge.limit:
+        _fail_never_fits(ctx, task, charge)
+        return "too-costly"
+    return None
 
 
 def _beyond_operator_limits(ctx: PipelineContext, task: Task) -> str | None:

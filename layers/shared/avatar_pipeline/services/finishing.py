@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from aws_lambda_powertools import Logger
 
 from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
-from avatar_pipeline.models import Notification, Task, TaskOutcome, TaskStatus
+from avatar_pipeline.models import Notification, S3Object, Task, TaskOutcome, TaskStatus
 from avatar_pipeline.services.context import PipelineContext
 from avatar_pipeline.state_machine import touch, transition
 
@@ -55,111 +56,127 @@ def finalize_output(ctx: PipelineContext, task: Task | str, time_left: timedelta
     """
     now = ctx.clock()
     deadline = now + time_left
-
-    def claim(current: Task) -> Task | None:
-        lease_over = current.status is TaskStatus.FINALIZING and (current.lease_until or now) <= now
-        if current.status is not TaskStatus.OUTPUT_READY and not lease_over:
-            return None
-        if current.copy_retry_at is not None and current.copy_retry_at > now:
-            return None  # backing off: the poller hands it over when it is time
-        if current.output_expires_at is not None and now >= current.output_expires_at:
-            why = (
-                f"the provider deleted its video before it could be copied ({current.finalize_attempts} attempts;"
-                f" last: {current.reason})"
-            )
-            return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
-        attempt = current.finalize_attempts + 1
-        lease_until = min(now + COPY_LEASE, deadline)
-        return transition(
-            current,
-            TaskStatus.FINALIZING,
-            why=f"copying the video (attempt {attempt})",
-            now=now,
-            finalize_attempts=attempt,
-            copy_retry_at=None,
-            lease_until=lease_until,
-            next_check_at=lease_until + COPY_LEASE_MARGIN,
-        )
-
-    claimed = ctx.update_task(task, claim)
+    claimed = ctx.update_task(task, functools.partial(_claim_copy, now=now, deadline=deadline))
     if claimed is None:
         return "skipped"
     if claimed.status is TaskStatus.FAILED:
         ctx.media.discard_partial_copies(ctx.settings.media_bucket, output_key(claimed))
         return "failed"
-    assert claimed.provider_output_url is not None
-    attempt = claimed.finalize_attempts
+    return _CopyAttempt(ctx, claimed, deadline).run()
 
-    def still_ours(current: Task) -> bool:
-        return current.status is TaskStatus.FINALIZING and current.finalize_attempts == attempt
 
-    held_until = claimed.lease_until or now
+def _claim_copy(current: Task, *, now: datetime, deadline: datetime) -> Task | None:
+    """FINALIZING with a lease, for a ready video (or one whose copy's lease ran out) that is not backing off; FAILED
+    when the provider has deleted the video meanwhile; None when it is not finalize's to copy now."""
+    lease_over = current.status is TaskStatus.FINALIZING and (current.lease_until or now) <= now
+    if current.status is not TaskStatus.OUTPUT_READY and not lease_over:
+        return None
+    if current.copy_retry_at is not None and current.copy_retry_at > now:
+        return None  # backing off: the poller hands it over when it is time
+    if current.output_expires_at is not None and now >= current.output_expires_at:
+        why = (
+            f"the provider deleted its video before it could be copied ({current.finalize_attempts} attempts;"
+            f" last: {current.reason})"
+        )
+        return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
+    attempt = current.finalize_attempts + 1
+    lease_until = min(now + COPY_LEASE, deadline)
+    return transition(
+        current,
+        TaskStatus.FINALIZING,
+        why=f"copying the video (attempt {attempt})",
+        now=now,
+        finalize_attempts=attempt,
+        copy_retry_at=None,
+        lease_until=lease_until,
+        next_check_at=lease_until + COPY_LEASE_MARGIN,
+    )
 
-    def keep_alive() -> None:
+
+class _CopyAttempt:
+    """One claimed copy attempt: it holds the task while bytes flow, and every write it makes is conditional on the
+    task still being this attempt's (FINALIZING, with this attempt's number)."""
+
+    def __init__(self, ctx: PipelineContext, claimed: Task, deadline: datetime) -> None:
+        assert claimed.provider_output_url is not None
+        self._ctx = ctx
+        self._claimed = claimed
+        self._source = claimed.provider_output_url
+        self._attempt = claimed.finalize_attempts
+        self._deadline = deadline
+        self._held_until = claimed.lease_until or ctx.clock()
+
+    def still_ours(self, current: Task) -> bool:
+        return current.status is TaskStatus.FINALIZING and current.finalize_attempts == self._attempt
+
+    def run(self) -> FinalizeAction:
+        ctx, claimed = self._ctx, self._claimed
+        bucket, key = ctx.settings.media_bucket, output_key(claimed)
+        # Parts left behind by an attempt that died mid-copy are of no use to anyone.
+        ctx.media.discard_partial_copies(bucket, key)
+        try:
+            output = ctx.media.copy_from_url(self._source, bucket, key, ctx.settings.max_output_bytes, self.keep_alive)
+        except CopyLeaseLostError as error:
+            logger.warning("copy abandoned", extra={"task_id": claimed.task_id, "reason": str(error)})
+            return "skipped"
+        except OutputUnusableError as error:
+            _fail_if(ctx, claimed, self.still_ours, f"the provider's video could not be used: {error}")
+            return "failed"
+        except OutputCopyInterruptedError as error:
+            self._give_back(error)
+            return "retry-scheduled"
+        return "completed" if ctx.update_task(claimed, functools.partial(self._complete, output=output)) else "skipped"
+
+    def keep_alive(self) -> None:
         """Called as bytes flow: renew the hold when half of it is used, and stop when the task is someone else's
         or this invocation's time is up."""
-        nonlocal held_until
-        moment = ctx.clock()
-        if moment >= deadline:
+        moment = self._ctx.clock()
+        if moment >= self._deadline:
             raise OutputCopyInterruptedError("the copy did not finish within the function's time")
-        if held_until - moment > COPY_LEASE / 2:
+        if self._held_until - moment > COPY_LEASE / 2:
             return
-        renewed_until = min(moment + COPY_LEASE, deadline)
+        renewed_until = min(moment + COPY_LEASE, self._deadline)
 
         def renew(current: Task) -> Task | None:
-            if not still_ours(current):
+            if not self.still_ours(current):
                 return None
             return touch(
                 current, now=moment, lease_until=renewed_until, next_check_at=renewed_until + COPY_LEASE_MARGIN
             )
 
-        if ctx.update_task(claimed.task_id, renew) is None:
-            raise CopyLeaseLostError(f"copy attempt {attempt} was taken over by another attempt")
-        held_until = renewed_until
+        if self._ctx.update_task(self._claimed.task_id, renew) is None:
+            raise CopyLeaseLostError(f"copy attempt {self._attempt} was taken over by another attempt")
+        self._held_until = renewed_until
 
-    bucket, key = ctx.settings.media_bucket, output_key(claimed)
-    # Parts left behind by an attempt that died mid-copy are of no use to anyone.
-    ctx.media.discard_partial_copies(bucket, key)
-    try:
-        output = ctx.media.copy_from_url(
-            claimed.provider_output_url, bucket, key, ctx.settings.max_output_bytes, keep_alive
-        )
-    except CopyLeaseLostError as error:
-        logger.warning("copy abandoned", extra={"task_id": claimed.task_id, "reason": str(error)})
-        return "skipped"
-    except OutputUnusableError as error:
-        _fail_if(ctx, claimed, still_ours, f"the provider's video could not be used: {error}")
-        return "failed"
-    except OutputCopyInterruptedError as error:
-        later = ctx.clock()
-        retry_at = later + copy_backoff(attempt)
-        note = f"copy attempt {attempt} broke off ({error}); trying again at {retry_at:%H:%M:%S} UTC"
+    def _give_back(self, error: OutputCopyInterruptedError) -> None:
+        """The copy broke off: the task is handed back, with a time for the next attempt."""
+        later = self._ctx.clock()
+        retry_at = later + copy_backoff(self._attempt)
+        note = f"copy attempt {self._attempt} broke off ({error}); trying again at {retry_at:%H:%M:%S} UTC"
 
         def release(current: Task) -> Task | None:
-            if not still_ours(current):
+            if not self.still_ours(current):
                 return None
             return touch(
                 current, now=later, lease_until=later, copy_retry_at=retry_at, next_check_at=retry_at, reason=note
             )
 
-        ctx.update_task(claimed, release)
-        logger.warning("copy interrupted; retry scheduled", extra={"task_id": claimed.task_id, "reason": note})
-        return "retry-scheduled"
+        self._ctx.update_task(self._claimed, release)
+        logger.warning("copy interrupted; retry scheduled", extra={"task_id": self._claimed.task_id, "reason": note})
 
-    def complete(current: Task) -> Task | None:
-        if not still_ours(current):
+    def _complete(self, current: Task, *, output: S3Object) -> Task | None:
+        if not self.still_ours(current):
             return None
+        now = self._ctx.clock()
         return transition(
             current,
             TaskStatus.COMPLETED,
             why=f"video stored at {output.uri}",
-            now=ctx.clock(),
+            now=now,
             output=output,
             lease_until=None,
-            next_check_at=ctx.clock() + NOTIFY_LEASE,
+            next_check_at=now + NOTIFY_LEASE,
         )
-
-    return "completed" if ctx.update_task(claimed, complete) else "skipped"
 
 
 def _fail_if(ctx: PipelineContext, task: Task, still_ours: Callable[[Task], bool], why: str) -> None:

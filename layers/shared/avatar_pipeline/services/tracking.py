@@ -443,12 +443,7 @@ def _stop_watching(ctx: PipelineContext, task: Task, now: datetime) -> str:
 
 def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
     """OUTPUT_READY that finalize never picked up or whose copy waits for its retry, or FINALIZING whose copy died."""
-
-    def abandoned(current: Task) -> bool:
-        # The same attempt we looked at, and nobody is copying now.
-        lease_free = current.lease_until is None or current.lease_until <= now
-        return current.finalize_attempts == task.finalize_attempts and lease_free
-
+    abandoned = functools.partial(_copy_abandoned, looked_at=task, now=now)
     if task.output_expires_at is not None and now >= task.output_expires_at:
         why = (
             f"the provider deleted its video before it could be copied ({task.finalize_attempts} attempts;"
@@ -462,28 +457,38 @@ def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
         # The attempt stopped without a word (its function died or ran out of time): the next one after a backoff,
         # so a video that kills every copy does not keep the pipeline busy.
         retry_at = now + copy_backoff(task.finalize_attempts)
-
-        def back_off(current: Task) -> Task | None:
-            if not abandoned(current) or current.status is not TaskStatus.FINALIZING:
-                return None
-            attempt = current.finalize_attempts
-            note = f"copy attempt {attempt} stopped without a word; trying again at {retry_at:%H:%M:%S} UTC"
-            return touch(current, now=now, copy_retry_at=retry_at, next_check_at=retry_at, reason=note)
-
+        back_off = functools.partial(_back_off_silent_copy, abandoned=abandoned, now=now, retry_at=retry_at)
         return "finalize-backoff" if ctx.update_task(task, back_off) else "skipped"
     if task.copy_retry_at is not None and task.copy_retry_at > now:
         _reschedule(ctx, task, task.copy_retry_at)
         return "finalize-waiting"
-
-    def hand_back(current: Task) -> Task | None:
-        if not abandoned(current):
-            return None
-        # A new version of an OUTPUT_READY record is a new stream record: finalize gets another go.
-        if current.status is TaskStatus.FINALIZING:
-            why = f"copy attempt {current.finalize_attempts} did not finish; handing it back to finalize"
-            return transition(current, TaskStatus.OUTPUT_READY, why=why, now=now, next_check_at=now + FINALIZE_GRACE)
-        if current.status is TaskStatus.OUTPUT_READY:
-            return touch(current, now=now, next_check_at=now + FINALIZE_GRACE)
-        return None
-
+    hand_back = functools.partial(_hand_back_to_finalize, abandoned=abandoned, now=now)
     return "finalize-redriven" if ctx.update_task(task, hand_back) else "skipped"
+
+
+def _copy_abandoned(current: Task, *, looked_at: Task, now: datetime) -> bool:
+    """The same copy attempt the poller looked at, and nobody is copying now."""
+    lease_free = current.lease_until is None or current.lease_until <= now
+    return current.finalize_attempts == looked_at.finalize_attempts and lease_free
+
+
+def _back_off_silent_copy(
+    current: Task, *, abandoned: Callable[[Task], bool], now: datetime, retry_at: datetime
+) -> Task | None:
+    if not abandoned(current) or current.status is not TaskStatus.FINALIZING:
+        return None
+    attempt = current.finalize_attempts
+    note = f"copy attempt {attempt} stopped without a word; trying again at {retry_at:%H:%M:%S} UTC"
+    return touch(current, now=now, copy_retry_at=retry_at, next_check_at=retry_at, reason=note)
+
+
+def _hand_back_to_finalize(current: Task, *, abandoned: Callable[[Task], bool], now: datetime) -> Task | None:
+    if not abandoned(current):
+        return None
+    # A new version of an OUTPUT_READY record is a new stream record: finalize gets another go.
+    if current.status is TaskStatus.FINALIZING:
+        why = f"copy attempt {current.finalize_attempts} did not finish; handing it back to finalize"
+        return transition(current, TaskStatus.OUTPUT_READY, why=why, now=now, next_check_at=now + FINALIZE_GRACE)
+    if current.status is TaskStatus.OUTPUT_READY:
+        return touch(current, now=now, next_check_at=now + FINALIZE_GRACE)
+    return None
