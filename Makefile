@@ -14,7 +14,7 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos batch bench setup test lint format typecheck cfn-lint checkov iac-check build check-build validate rehearse deploy clean
+.PHONY: help demo up chaos batch bench setup test lint format typecheck hooks cfn-lint checkov iac-check build check-build validate rehearse deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 BATCH_PAIRS ?= 120
@@ -31,7 +31,8 @@ help:
 	@echo "make lint       ruff lint + format check, and iac-check"
 	@echo "make iac-check  template.yaml through cfn-lint (with the serverless rules) and checkov"
 	@echo "make format     apply ruff formatting and safe fixes"
-	@echo "make typecheck  mypy over the layer and the handlers"
+	@echo "make typecheck  mypy (strict) over the layer and the handlers"
+	@echo "make hooks      install the pre-commit hooks: the code checks CI runs, before each commit"
 	@echo "make build      sam build into $(BUILD_DIR) (no Docker: the layer's wheels are fetched for arm64 / CPython 3.13, and compiled to 3.13 bytecode with node)"
 	@echo "make check-build  import every handler from $(BUILD_DIR) only; check its compiled code is for the target"
 	@echo "make validate   sam validate --lint on template.yaml"
@@ -92,6 +93,9 @@ format: setup
 
 typecheck: setup
 	$(BIN)/mypy layers/shared/avatar_pipeline functions
+
+hooks: setup
+	$(BIN)/pre-commit install
 
 $(SAM_STAMP):
 	rm -rf $(SAM_VENV)
