@@ -5,11 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import ValidationError
 
 from avatar_pipeline.models import TERMINAL_STATUSES, Task, TaskStatus
 from avatar_pipeline.state_machine import (
     ALLOWED_SOURCES,
     InvalidTransitionError,
+    UnknownTaskFieldError,
     can_transition,
     touch,
     transition,
@@ -201,3 +203,31 @@ def test_touch_works_in_terminal_states_too() -> None:
     assert touched.status is S.COMPLETED
     assert touched.notified_at == LATER
     assert touched.version == 4
+
+
+def test_a_change_to_a_field_the_task_does_not_have_is_refused() -> None:
+    # Given a task, when a write misspells a field (lease_untill), then nothing is made of it: it raises, naming it
+    task = make_task(S.FINALIZING)
+    with pytest.raises(UnknownTaskFieldError, match="lease_untill"):
+        touch(task, now=LATER, lease_untill=LATER)
+    with pytest.raises(UnknownTaskFieldError, match="copy_retry"):
+        transition(task, S.COMPLETED, why="stored", now=LATER, copy_retry=LATER)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"submit_attempts": "x"}, {"lease_until": "soon"}, {"status": "DONE"}, {"estimated_cost_usd": 1.5}],
+    ids=["count-as-text", "time-as-text", "unknown-status", "cost-as-float"],
+)
+def test_a_change_of_the_wrong_type_is_refused(change: dict[str, object]) -> None:
+    # Given a task, when a write gives a field a value of the wrong type, then it raises before anything is written
+    with pytest.raises(ValidationError):
+        touch(make_task(S.SUBMITTED), now=LATER, **change)  # type: ignore[arg-type]
+
+
+def test_a_valid_change_keeps_the_records_nested_in_the_task() -> None:
+    # Given a task with history, when it is touched, then its history entries are the very same records
+    task = transition(make_task(S.SUBMITTING), S.SUBMITTED, why="accepted", now=CREATED)
+    touched = touch(task, now=LATER, submit_attempts=2)
+    assert touched.submit_attempts == 2
+    assert all(after is before for after, before in zip(touched.history, task.history, strict=True))

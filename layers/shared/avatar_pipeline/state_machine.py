@@ -73,6 +73,17 @@ def transition(task: Task, target: TaskStatus, *, why: str, now: datetime, **cha
     return touch(task, now=now, status=target, reason=why, history=[*task.history, entry], **changes)
 
 
+class UnknownTaskFieldError(TypeError):
+    """A change names a field the task record does not have (a typo would otherwise be dropped without a word)."""
+
+
 def touch(task: Task, *, now: datetime, **changes: Any) -> Task:
-    """Same status, new facts (a lease, a poll time, the provider's id): still a new version."""
-    return task.model_copy(update={**changes, "version": task.version + 1, "updated_at": now})
+    """Same status, new facts (a lease, a poll time, the provider's id): still a new version.
+
+    The new version is validated as a whole: a change to a field the record does not have, or of the wrong type,
+    raises here, before anything is written (pydantic's model_copy would take either silently).
+    """
+    if unknown := changes.keys() - Task.model_fields.keys():
+        raise UnknownTaskFieldError(f"a task has no field {', '.join(sorted(unknown))}")
+    # Nested records (history entries, S3 objects) are kept as they are; every field's value is checked.
+    return Task.model_validate({**dict(task), **changes, "version": task.version + 1, "updated_at": now})
