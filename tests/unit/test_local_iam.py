@@ -40,15 +40,11 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack() -> Iterator[Stack]:
     template = load_template(ROOT / "template.yaml")
-    aws = EmbeddedAws(REGION)
-    aws.start()
-    try:
+    with EmbeddedAws(REGION) as aws:
         resolver = Resolver(template, stack_name=STACK, region=REGION, account_id=ACCOUNT_ID)
         created = create_resources(aws, template, resolver, STACK, {})
         create_roles(aws, transform(template, REGION), resolver, STACK)
         yield Stack(aws, resolver, created.refs)
-    finally:
-        aws.stop()
 
 
 def error_code(error: ClientError) -> str:

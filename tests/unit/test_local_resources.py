@@ -16,12 +16,8 @@ STACK = "avatar-local"
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[EmbeddedAws]:
-    embedded = EmbeddedAws("us-east-1")
-    embedded.start()
-    try:
+    with EmbeddedAws("us-east-1") as embedded:
         yield embedded
-    finally:
-        embedded.stop()
 
 
 def test_every_data_resource_of_the_template_is_created_without_what_has_no_local_effect(aws: EmbeddedAws) -> None:

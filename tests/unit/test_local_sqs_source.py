@@ -58,12 +58,8 @@ def handler(event, context):
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[EmbeddedAws]:
-    embedded = EmbeddedAws(REGION)
-    embedded.start()
-    try:
+    with EmbeddedAws(REGION) as embedded:
         yield embedded
-    finally:
-        embedded.stop()
 
 
 @pytest.fixture

@@ -47,12 +47,8 @@ def frequent_thread_switches() -> Iterator[None]:
 @pytest.fixture
 def aws() -> Iterator[EmbeddedAws]:
     """moto in server mode, as the local stack runs it (with `faithful_dynamodb_writes`)."""
-    embedded = EmbeddedAws("us-east-1")
-    embedded.start()
-    try:
+    with EmbeddedAws("us-east-1") as embedded:
         yield embedded
-    finally:
-        embedded.stop()
 
 
 def client(aws: EmbeddedAws, service: str = "dynamodb") -> Any:

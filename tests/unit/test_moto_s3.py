@@ -17,14 +17,10 @@ TOO_LONG = "k" * 1025
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[Any]:
-    embedded = EmbeddedAws("us-east-1")
-    embedded.start()
-    try:
+    with EmbeddedAws("us-east-1") as embedded:
         client = embedded.client("s3")
         client.create_bucket(Bucket=BUCKET)
         yield client
-    finally:
-        embedded.stop()
 
 
 def test_a_key_of_1024_bytes_is_stored(s3: Any) -> None:
