@@ -27,7 +27,7 @@ from support.mp4 import fake_mp4
 
 from avatar_local.template import function_by_id, load_template
 from avatar_pipeline.models import Task, TaskStatus
-from avatar_pipeline.providers import OUTPUT_RETENTION
+from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.tracking import LATE_VIDEO_CHECK_EVERY
 from avatar_pipeline.wiring import pipeline
 
@@ -192,7 +192,7 @@ def test_poller_times_out_a_render_the_provider_never_finishes_and_keeps_watchin
     task = pipeline().tasks.get(submitted_task.task_id)
     assert task is not None and task.status is TaskStatus.TIMED_OUT
     assert task.reason == "WaveSpeed did not finish the video within 60 min of starting it"
-    assert task.watch_until == after_limit + OUTPUT_RETENTION["wavespeed"]
+    assert task.watch_until == after_limit + PROVIDERS["wavespeed"].output_retention
     # (with neither the dispatcher nor finalize fed the stream, the poller's next pass frees the slot and announces it)
     assert poll_at(after_limit + timedelta(seconds=1))["actions"] == {"slot-reclaimed": 1, "notify-published": 1}
     assert render_slots() == set()

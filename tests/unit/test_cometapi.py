@@ -12,7 +12,6 @@ import httpx
 import pytest
 import respx
 
-from avatar_pipeline.adapters.cometapi import CometApiProvider, CometTask, parse_duration
 from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError
 from avatar_pipeline.errors import (
     ProviderConfigError,
@@ -24,6 +23,8 @@ from avatar_pipeline.errors import (
 )
 from avatar_pipeline.models import Mode, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.ports import VideoProvider
+from avatar_pipeline.providers.cometapi.adapter import CometApiProvider, CometTask, parse_duration
+from avatar_pipeline.providers.registry import PROVIDERS
 
 BASE_URL = "https://api.cometapi.test"
 API_KEY = "sk-comet-test-key-do-not-log"
@@ -83,6 +84,7 @@ def submission(mode: Mode = "std", prompt: str | None = "A calm presenter") -> S
         audio_url="https://bucket.s3.amazonaws.com/in/voice.mp3?X-Amz-Signature=def",
         prompt=prompt,
         mode=mode,
+        model_id=PROVIDERS.model("cometapi", mode).model_id,
         webhook_url="https://hooks.example.com/webhooks/cometapi?task_id=task-1&token=opaque",
     )
 

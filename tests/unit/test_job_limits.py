@@ -116,8 +116,7 @@ def test_a_jobs_failover_is_rejected_when_the_only_other_provider_is_not_allowed
     assert_rejected_unpaid(
         w,
         outcome,
-        "job.json asks for failover, but the only other provider, cometapi, is not allowed"
-        " (AllowedProviders: wavespeed)",
+        "job.json asks for failover, but no other provider (cometapi) is allowed (AllowedProviders: wavespeed)",
         wavespeed,
         comet,
     )
@@ -295,7 +294,7 @@ def test_every_function_gets_the_limits_from_parameters_whose_defaults_are_the_s
     assert re.fullmatch(declared["AllowedPattern"], str(declared["Default"]))
     assert template["Globals"]["Function"]["Environment"]["Variables"][variable] == {"Ref": parameter}
     settings = Settings.from_env({**TEST_ENV, variable: str(declared["Default"])})
-    assert getattr(settings, field) == Settings.model_fields[field].default
+    assert getattr(settings, field) == Settings.model_fields[field].get_default(call_default_factory=True)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
-from avatar_pipeline.providers import describe_failure
+from avatar_pipeline.providers.registry import PROVIDERS, describe_failure
 from avatar_pipeline.redaction import MAX_QUOTED_CHARS, REDACTED, mask_secrets, redact_url
 
 SIGNED = (
@@ -138,6 +138,7 @@ def test_a_submission_requests_repr_shows_no_link_nor_callback_token() -> None:
         audio_url="https://b.s3.amazonaws.com/inbox/j/voice.mp3?X-Amz-Signature=audsig",
         prompt=None,
         mode="std",
+        model_id=PROVIDERS.model("wavespeed", "std").model_id,
         webhook_url="https://hooks.example/v1/webhooks/wavespeed?task_id=x&token=tok3n",
     )
     # When it is written out as a log line or an error would write it

@@ -32,7 +32,7 @@ from avatar_pipeline.adapters.safe_download import (
     SafeDownloader,
     why_unreachable,
 )
-from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS, Settings
+from avatar_pipeline.config import Settings
 from avatar_pipeline.errors import OutputUnusableError
 
 CDN = "cdn.provider.test"
@@ -194,8 +194,12 @@ def test_settings_split_allowed_output_hosts_and_default_to_the_provider_cdns() 
 
     # Then commas and whitespace separate entries, and the default is the providers' CDNs
     assert given.allowed_output_hosts == ("*.cloudfront.net", "cdn.example.test", "http://127.0.0.1:1")
-    assert Settings.from_env(base).allowed_output_hosts == DEFAULT_ALLOWED_OUTPUT_HOSTS
-    assert "*.cloudfront.net" in DEFAULT_ALLOWED_OUTPUT_HOSTS and "*.klingai.com" in DEFAULT_ALLOWED_OUTPUT_HOSTS
+    assert Settings.from_env(base).allowed_output_hosts == (
+        "*.cloudfront.net",
+        "*.wavespeed.ai",
+        "*.klingai.com",
+        "*.cometapi.com",
+    )
     # And an empty list is a configuration error rather than a finalize that refuses everything
     with pytest.raises(ValueError, match=r"allowed_output_hosts|ALLOWED_OUTPUT_HOSTS"):
         Settings.from_env({**base, "ALLOWED_OUTPUT_HOSTS": " , "})

@@ -5,9 +5,10 @@ a wake-up or the poller calls it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
@@ -41,7 +42,7 @@ from avatar_pipeline.errors import (
 )
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, S3Object, Task, TaskStatus
 from avatar_pipeline.pairing import content_id
-from avatar_pipeline.providers import OUTPUT_RETENTION
+from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.admission import SUBMIT_LEASE, DispatchReport, dispatch
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.finishing import (
@@ -805,7 +806,7 @@ def test_a_task_the_provider_never_starts_times_out_by_the_provider_queue_limit(
     task = stored(w, task.task_id)
     assert task.status is S.TIMED_OUT
     assert task.reason == "WaveSpeed had not started the video 360 min after accepting it"
-    assert task.watch_until == w.clock.now + OUTPUT_RETENTION["wavespeed"]
+    assert task.watch_until == w.clock.now + PROVIDERS["wavespeed"].output_retention
     assert len(w.provider.fetches) == 2
     # and its render slot is given back
     run_dispatcher(w)
@@ -976,7 +977,7 @@ def test_a_copy_that_keeps_dying_is_retried_with_growing_backoff_until_the_provi
     # Given every finalize attempt dies
     task = output_ready(w, RuntimeError("Task timed out"))
     expires = task.output_expires_at
-    assert expires == T0 + timedelta(seconds=60) + OUTPUT_RETENTION["wavespeed"]
+    assert expires == T0 + timedelta(seconds=60) + PROVIDERS["wavespeed"].output_retention
     actions: list[dict[str, int]] = []
     waits: list[timedelta] = []
     for _ in range(4):
@@ -1404,12 +1405,17 @@ def test_an_interrupted_copy_is_retried_after_its_backoff_and_completes(w: World
     assert len(w.media.copies) == 2
 
 
-def test_interrupted_copies_are_retried_until_the_provider_deletes_the_video_then_the_task_fails(
-    w: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def wavespeed_keeps_videos_a_day() -> Iterator[None]:
+    day_long = dataclasses.replace(PROVIDERS["wavespeed"], output_retention=timedelta(days=1))
+    with PROVIDERS.registered(day_long, replacing=True):
+        yield
+
+
+@pytest.mark.usefixtures("wavespeed_keeps_videos_a_day")
+def test_interrupted_copies_are_retried_until_the_provider_deletes_the_video_then_the_task_fails(w: World) -> None:
     # Given a provider that keeps its videos for a day (a week for WaveSpeed: the same, seven times longer), and
     # every copy breaks off
-    monkeypatch.setitem(OUTPUT_RETENTION, "wavespeed", timedelta(days=1))
     task = output_ready(w, OutputCopyInterruptedError("connection reset"))
     expires = task.output_expires_at
     assert expires == w.clock.now + timedelta(days=1)
@@ -1751,7 +1757,7 @@ def test_a_video_delivered_after_the_time_out_is_copied_and_announced_again_as_a
     assert task.corrects is S.TIMED_OUT
     assert (task.notified_at, task.watch_until) == (None, None)
     assert task.provider_output_url == OUTPUT_URL
-    assert task.output_expires_at == w.clock.now + OUTPUT_RETENTION["wavespeed"]
+    assert task.output_expires_at == w.clock.now + PROVIDERS["wavespeed"].output_retention
     # When it is copied and announced
     w.media.script_download(OUTPUT_URL, VIDEO)
     assert finalize_output(w.ctx, task.task_id, FINALIZE_TIME) == "completed"

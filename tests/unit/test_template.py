@@ -23,8 +23,9 @@ from avatar_local.sam_transform import transform
 from avatar_local.template import load_template
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
 from avatar_pipeline.callback_tokens import CallbackTokens
-from avatar_pipeline.config import DEFAULT_ALLOWED_OUTPUT_HOSTS, Settings
+from avatar_pipeline.config import Settings, default_output_hosts
 from avatar_pipeline.models import HOLDING_STATUSES, TaskStatus
+from avatar_pipeline.providers.registry import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
@@ -273,15 +274,16 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
 
 # The stage clocks, the quotas and the spend limit: each parameter's default is the setting's own default, and its
 # lower bound is what the setting accepts.
-QUOTA_AND_CLOCK_PARAMETERS = {
-    "MaxProviderQueueSeconds": "max_provider_queue_seconds",
-    "MaxRenderSeconds": "max_render_seconds",
-    "WaveSpeedSubmissionsPerMinute": "wavespeed_submissions_per_minute",
-    "WaveSpeedRendersAtOnce": "wavespeed_renders_at_once",
-    "CometApiSubmissionsPerMinute": "cometapi_submissions_per_minute",
-    "CometApiRendersAtOnce": "cometapi_renders_at_once",
-    "RateWindowSeconds": "rate_window_seconds",
-    "DailySpendLimitUsd": "daily_spend_limit_usd",
+# Parameter → (None for the pipeline's own settings, else the provider whose settings hold it; the field).
+QUOTA_AND_CLOCK_PARAMETERS: dict[str, tuple[str | None, str]] = {
+    "MaxProviderQueueSeconds": (None, "max_provider_queue_seconds"),
+    "MaxRenderSeconds": (None, "max_render_seconds"),
+    "WaveSpeedSubmissionsPerMinute": ("wavespeed", "submissions_per_minute"),
+    "WaveSpeedRendersAtOnce": ("wavespeed", "renders_at_once"),
+    "CometApiSubmissionsPerMinute": ("cometapi", "submissions_per_minute"),
+    "CometApiRendersAtOnce": ("cometapi", "renders_at_once"),
+    "RateWindowSeconds": (None, "rate_window_seconds"),
+    "DailySpendLimitUsd": (None, "daily_spend_limit_usd"),
 }
 
 
@@ -291,15 +293,16 @@ def settings_with(name: str, value: str) -> Settings:
     return Settings.from_env({**required, name: value})
 
 
-@pytest.mark.parametrize(("parameter", "setting"), QUOTA_AND_CLOCK_PARAMETERS.items())
-def test_quota_and_clock_parameters_default_to_the_settings_defaults(
-    template: dict[str, Any], parameter: str, setting: str
-) -> None:
+@pytest.mark.parametrize("parameter", QUOTA_AND_CLOCK_PARAMETERS)
+def test_quota_and_clock_parameters_default_to_the_settings_defaults(template: dict[str, Any], parameter: str) -> None:
+    provider, setting = QUOTA_AND_CLOCK_PARAMETERS[parameter]
     declared = template["Parameters"][parameter]
-    field = Settings.model_fields[setting]
+    model = Settings if provider is None else PROVIDERS[provider].settings
+    field = model.model_fields[setting]
     assert declared["Description"].strip()
     assert field.alias is not None
-    assert getattr(settings_with(field.alias, str(declared["Default"])), setting) == field.default
+    settings = settings_with(field.alias, str(declared["Default"]))
+    assert getattr(settings if provider is None else settings.provider(provider), setting) == field.default
     if "MinValue" in declared:
         settings_with(field.alias, str(declared["MinValue"]))  # the lowest value the stack takes is valid
 
@@ -337,7 +340,7 @@ def test_only_finalize_gets_the_allowed_output_hosts_whose_default_is_the_provid
     for function in set(FUNCTIONS) - {"FinalizeFunction"}:
         assert "ALLOWED_OUTPUT_HOSTS" not in props(resources, function).get("Environment", {}).get("Variables", {})
     parameter = template["Parameters"]["AllowedOutputHosts"]
-    assert tuple(parameter["Default"].split(",")) == DEFAULT_ALLOWED_OUTPUT_HOSTS
+    assert tuple(parameter["Default"].split(",")) == default_output_hosts()
     OutputUrlPolicy.parse(parameter["Default"].split(","))  # every default entry is well-formed
     for accepted in (parameter["Default"], "http://127.0.0.1:8123,http://127.0.0.1:8124", "*.a.test, b.test"):
         assert re.fullmatch(parameter["AllowedPattern"], accepted), accepted
@@ -1043,7 +1046,8 @@ def test_the_secret_table_covers_every_function_and_every_secret(resources: dict
     assert set(SECRET_IDS) == set(FUNCTIONS)
     secrets = {name for name, r in resources.items() if r["Type"] == "AWS::SecretsManager::Secret"}
     assert {secret for told in SECRET_IDS.values() for secret in told.values()} == secrets
-    aliases = {field.alias for field in Settings.model_fields.values()}
+    models = [Settings, *(spec.settings for spec in PROVIDERS.values())]
+    aliases = {field.alias for model in models for field in model.model_fields.values()}
     assert {variable for told in SECRET_IDS.values() for variable in told} <= aliases
 
 

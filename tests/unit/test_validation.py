@@ -4,25 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import get_args
 
 import pytest
 from support.corpus import mp3, picture, wav
 
 from avatar_pipeline.media_checks import AudioFacts, BytesSource, ImageFacts
-from avatar_pipeline.models import ProviderName, S3Object
+from avatar_pipeline.models import S3Object
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import InputLimits
 from avatar_pipeline.validation import (
-    INPUT_LIMITS,
     MIB,
     TIMES,
-    InputLimits,
     check_audio,
     check_image,
     check_size,
     validate_pair,
 )
 
-LIMITS = INPUT_LIMITS["wavespeed"]
+LIMITS = PROVIDERS.limits("wavespeed", "std")
 
 
 def size_problems(image: S3Object, audio: S3Object) -> list[str]:
@@ -96,14 +95,20 @@ def test_wavespeed_limits_are_klings_published_ones() -> None:
     assert (LIMITS.max_bytes("image"), LIMITS.max_bytes("audio")) == (10 * MIB, 5 * MIB)
 
 
-def test_every_provider_has_a_row() -> None:
-    assert set(INPUT_LIMITS) == set(get_args(ProviderName))
+def test_every_model_of_every_provider_has_its_limits() -> None:
+    assert all(isinstance(model.limits, InputLimits) for spec in PROVIDERS.values() for model in spec.models.values())
 
 
 def test_cometapi_is_stricter_on_duration_than_wavespeed() -> None:
     # CometAPI documents 2-60 s; WaveSpeed proxies Kling, whose own limit is 300 s.
-    assert INPUT_LIMITS["cometapi"].max_audio_seconds == 60
-    assert INPUT_LIMITS["wavespeed"].max_audio_seconds == 300
+    assert {mode: PROVIDERS.limits("cometapi", mode).max_audio_seconds for mode in ("std", "pro")} == {
+        "std": 60,
+        "pro": 60,
+    }
+    assert {mode: PROVIDERS.limits("wavespeed", mode).max_audio_seconds for mode in ("std", "pro")} == {
+        "std": 300,
+        "pro": 300,
+    }
 
 
 # ------------------------------------------------------------------------------------------ sizes (nothing read)
@@ -262,7 +267,7 @@ def test_a_good_pair_is_accepted_with_its_facts_and_what_was_read() -> None:
     image_obj, audio_obj = _objects(jpeg, clip)
 
     # When the pair is validated
-    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "wavespeed")
+    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "wavespeed", "std")
 
     # Then it has no problems, and says what it measured and read
     assert report.accepted
@@ -283,7 +288,7 @@ def test_a_file_whose_event_size_rules_it_out_is_not_read_but_its_partner_still_
     audio_obj = S3Object(bucket="media", key="inbox/bob/voice.wav", size=len(clip))
 
     # When the pair is validated (reading the image would fail the test)
-    report = validate_pair(UnreadableSource(11 * MIB), image_obj, BytesSource(clip), audio_obj, "wavespeed")
+    report = validate_pair(UnreadableSource(11 * MIB), image_obj, BytesSource(clip), audio_obj, "wavespeed", "std")
 
     # Then both problems are reported, image first, and the image was never read
     assert report.problems == [
@@ -298,7 +303,7 @@ def test_a_file_whose_event_size_rules_it_out_is_not_read_but_its_partner_still_
 def test_both_sizes_failing_reads_nothing() -> None:
     image_obj, audio_obj = image(0), audio(6 * MIB)
 
-    report = validate_pair(UnreadableSource(0), image_obj, UnreadableSource(6 * MIB), audio_obj, "wavespeed")
+    report = validate_pair(UnreadableSource(0), image_obj, UnreadableSource(6 * MIB), audio_obj, "wavespeed", "std")
 
     assert report.problems == size_problems(image_obj, audio_obj)
     assert (report.image_bytes_read, report.audio_bytes_read) == (0, 0)
@@ -310,7 +315,7 @@ def test_content_problems_of_both_files_are_reported_together() -> None:
     ogg = bytes.fromhex("4f676753") + bytes(24) + b"\x01vorbis" + bytes(64)
     image_obj, audio_obj = _objects(png, ogg)
 
-    report = validate_pair(BytesSource(png), image_obj, BytesSource(ogg), audio_obj, "wavespeed")
+    report = validate_pair(BytesSource(png), image_obj, BytesSource(ogg), audio_obj, "wavespeed", "std")
 
     assert report.problems == [
         f"face.jpg is 299{TIMES}500 px; each side must be at least 300 px",
@@ -325,17 +330,16 @@ def test_a_storage_failure_is_raised_instead_of_rejecting_the_upload() -> None:
     image_obj, audio_obj = _objects(b"\xff" * 5000, clip)
 
     with pytest.raises(ConnectionError):
-        validate_pair(BrokenSource(5000), image_obj, BytesSource(clip), audio_obj, "wavespeed")
+        validate_pair(BrokenSource(5000), image_obj, BytesSource(clip), audio_obj, "wavespeed", "std")
 
 
-def test_the_providers_own_limits_apply(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_providers_own_limits_apply() -> None:
     # Given a provider whose clips may last at most 60 s (CometAPI documents that for the same model)
-    monkeypatch.setitem(INPUT_LIMITS, "wavespeed", dataclasses.replace(LIMITS, max_audio_seconds=60.0))
     jpeg, clip = picture(400, 400), mp3(60.1, rate=8000, bitrate="8k")
     image_obj, audio_obj = _objects(jpeg, clip)
 
     # When a 60.1 s clip (measured a little longer: whole MP3 frames) is validated
-    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "wavespeed")
+    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "cometapi", "std")
 
     # Then it is refused with that limit
     (problem,) = report.problems

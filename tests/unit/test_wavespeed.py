@@ -16,7 +16,6 @@ import pytest
 import respx
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError, call_with_retry
-from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
 from avatar_pipeline.errors import (
     ProviderConfigError,
     ProviderError,
@@ -27,6 +26,8 @@ from avatar_pipeline.errors import (
     WebhookPayloadError,
 )
 from avatar_pipeline.models import Mode, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 
 BASE_URL = "https://api.wavespeed.test"
 API_KEY = "ws-test-key-do-not-log"
@@ -79,6 +80,7 @@ def submission(mode: Mode = "std", prompt: str | None = "A calm presenter") -> S
         audio_url="https://bucket.s3.amazonaws.com/in/voice.mp3?X-Amz-Signature=def",
         prompt=prompt,
         mode=mode,
+        model_id=PROVIDERS.model("wavespeed", mode).model_id,
         webhook_url="https://hooks.example.com/wavespeed?task=task-1",
     )
 

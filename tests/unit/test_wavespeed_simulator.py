@@ -24,9 +24,10 @@ from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import audio_duration, make_sample_portrait, make_sample_speech, probe_media
 from avatar_local.simulators.wavespeed import WaveSpeedSimulator
 from avatar_pipeline.adapters.http_retry import RetryPolicy
-from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
 from avatar_pipeline.errors import ProviderTransientError, WebhookAuthError
 from avatar_pipeline.models import ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 
 PRO = "/api/v3/kwaivgi/kling-v1-ai-avatar-pro"
 STANDARD = "/api/v3/kwaivgi/kling-v1-ai-avatar-standard"
@@ -364,6 +365,7 @@ def test_the_adapter_submits_and_fetches_against_the_simulator(sim: WaveSpeedSim
         audio_url=peer.url("/audio.mp3"),
         prompt="a friendly greeting",
         mode="std",
+        model_id=PROVIDERS.model("wavespeed", "std").model_id,
         webhook_url=peer.url(path),
     )
 
@@ -539,6 +541,7 @@ def test_submit_error_rate_one_answers_503_and_takes_nothing(
     )
     request = SubmissionRequest(
         task_id="t", image_url=peer.url("/image.png"), audio_url=peer.url("/audio.mp3"), prompt=None, mode="pro",
+        model_id=PROVIDERS.model("wavespeed", "pro").model_id,
         webhook_url=peer.url("/hooks/none"),
     )  # fmt: skip
 

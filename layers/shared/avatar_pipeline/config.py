@@ -12,14 +12,18 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from avatar_pipeline.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import ProviderSettings
 from avatar_pipeline.quota import QuotaLimits
 
-# Where the providers' outputs live: WaveSpeed serves them from CloudFront (https://<id>.cloudfront.net/output/...),
-# CometAPI from the Kling CDN; the providers' own domains cover a move to a CDN of theirs.
-DEFAULT_ALLOWED_OUTPUT_HOSTS = ("*.cloudfront.net", "*.wavespeed.ai", "*.klingai.com", "*.cometapi.com")
 # Input links outlive the provider's fetch window by this much: the submission itself (up to the dispatcher's time
 # budget for it) comes before the provider's queue clock starts, and the poller ends a stage a little after its clock.
 INPUT_URL_MARGIN_SECONDS = 900
+
+
+def default_output_hosts() -> tuple[str, ...]:
+    """Where the registered providers serve their videos from (their specs' `output_hosts`)."""
+    return tuple(dict.fromkeys(host for spec in PROVIDERS.values() for host in spec.output_hosts))
 
 
 class Settings(BaseModel):
@@ -42,26 +46,11 @@ class Settings(BaseModel):
     # pair asking for another mode or provider is rejected, and a task never fails over to a provider not allowed.
     allowed_modes: tuple[Mode, ...] = Field(default=("std", "pro"), alias="ALLOWED_MODES", min_length=1)
     allowed_providers: tuple[ProviderName, ...] = Field(
-        default=("wavespeed", "cometapi"), alias="ALLOWED_PROVIDERS", min_length=1
+        default_factory=lambda: tuple(PROVIDERS), alias="ALLOWED_PROVIDERS", min_length=1
     )
     # A pair whose estimated cost is more than this (USD) is rejected, and a task never fails over to a provider where
     # it would cost more; 0: no limit (a pair's cost is still bounded by the providers' longest voice clip).
     max_cost_per_pair_usd: Decimal = Field(default=Decimal(0), alias="MAX_COST_PER_PAIR_USD", ge=0)
-    wavespeed_base_url: str = Field(default="https://api.wavespeed.ai", alias="WAVESPEED_BASE_URL")
-    # Name or ARN of a Secrets Manager secret holding {"api_key": ...}: only the functions that call WaveSpeed's API.
-    wavespeed_secret_id: str = Field(default="", alias="WAVESPEED_SECRET_ID")
-    # Name or ARN of a Secrets Manager secret holding {"webhook_secret": ...}: only the webhook function, which so
-    # never holds the paid API key.
-    wavespeed_webhook_secret_id: str = Field(default="", alias="WAVESPEED_WEBHOOK_SECRET_ID")
-    cometapi_base_url: str = Field(default="https://api.cometapi.com", alias="COMETAPI_BASE_URL")
-    # Name or ARN of a Secrets Manager secret holding {"api_key": ...}.
-    cometapi_secret_id: str = Field(default="", alias="COMETAPI_SECRET_ID")
-    cometapi_default_prompt: str = Field(
-        default="A person talking naturally to the camera.", alias="COMETAPI_DEFAULT_PROMPT", max_length=2500
-    )
-    # USD per started 5 s of video; CometAPI publishes no fixed price, so set what your account pays.
-    cometapi_price_std: Decimal = Field(default=Decimal("0.30"), alias="COMETAPI_PRICE_STD_PER_5S", ge=0)
-    cometapi_price_pro: Decimal = Field(default=Decimal("0.60"), alias="COMETAPI_PRICE_PRO_PER_5S", ge=0)
     # Whether tasks may fail over (by default, or when their job.json asks); false: never, whatever job.json says.
     allow_failover: bool = Field(default=True, alias="ALLOW_FAILOVER")
     # A queued task of a job that allows failover moves to the other provider's line once it has waited this long
@@ -84,11 +73,6 @@ class Settings(BaseModel):
     # Rendering, counted from when the provider started.
     max_render_seconds: int = Field(default=3600, alias="MAX_RENDER_SECONDS", gt=0)
     poll_after_seconds: int = Field(default=120, alias="POLL_AFTER_SECONDS", gt=0)
-    # The provider accounts' quotas. WaveSpeed's defaults are its default account level; CometAPI publishes none.
-    wavespeed_submissions_per_minute: int = Field(default=5, alias="WAVESPEED_SUBMISSIONS_PER_MINUTE", gt=0)
-    wavespeed_renders_at_once: int = Field(default=3, alias="WAVESPEED_RENDERS_AT_ONCE", gt=0)
-    cometapi_submissions_per_minute: int = Field(default=5, alias="COMETAPI_SUBMISSIONS_PER_MINUTE", gt=0)
-    cometapi_renders_at_once: int = Field(default=3, alias="COMETAPI_RENDERS_AT_ONCE", gt=0)
     # How long the providers' "minute" is: 60 s, unless a simulation runs their clock faster than ours.
     rate_window_seconds: float = Field(default=60.0, alias="RATE_WINDOW_SECONDS", gt=0)
     # At most this much estimated provider spend is admitted per UTC day; 0: no limit.
@@ -99,9 +83,11 @@ class Settings(BaseModel):
     # Hosts finalize may download outputs from: names, `*.suffix` wildcards, or whole origins trusted as they are
     # (`http://127.0.0.1:8123`, for the local stack's simulators). Separated by commas or whitespace.
     allowed_output_hosts: tuple[str, ...] = Field(
-        default=DEFAULT_ALLOWED_OUTPUT_HOSTS, alias="ALLOWED_OUTPUT_HOSTS", min_length=1
+        default_factory=lambda: default_output_hosts(), alias="ALLOWED_OUTPUT_HOSTS", min_length=1
     )
     task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
+    # Each registered provider's own settings (its base URL, secrets, quota, prices), by name.
+    providers: Mapping[str, ProviderSettings]
 
     @property
     def provider_fetch_window(self) -> timedelta:
@@ -124,12 +110,21 @@ class Settings(BaseModel):
     def within_cost_limit(self, cost: Decimal) -> bool:
         return not self.max_cost_per_pair_usd or cost <= self.max_cost_per_pair_usd
 
+    def provider(self, name: str) -> ProviderSettings:
+        return self.providers[name]
+
     def quota_limits(self, provider: ProviderName) -> QuotaLimits:
-        per_minute, at_once = {
-            "wavespeed": (self.wavespeed_submissions_per_minute, self.wavespeed_renders_at_once),
-            "cometapi": (self.cometapi_submissions_per_minute, self.cometapi_renders_at_once),
-        }[provider]
-        return QuotaLimits(per_minute, timedelta(seconds=self.rate_window_seconds), at_once)
+        account = self.provider(provider)
+        window = timedelta(seconds=self.rate_window_seconds)
+        return QuotaLimits(account.submissions_per_minute, window, account.renders_at_once)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_provider_settings(cls, data: Any) -> Any:
+        """Each registered provider reads its own settings from the same environment (its variables' prefix)."""
+        if isinstance(data, Mapping) and "providers" not in data:
+            return {**data, "providers": {name: spec.settings.model_validate(data) for name, spec in PROVIDERS.items()}}
+        return data
 
     @field_validator("allowed_output_hosts", "allowed_modes", "allowed_providers", mode="before")
     @classmethod

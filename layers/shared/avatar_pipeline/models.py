@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from avatar_pipeline.providers.registry import PROVIDERS
 
 
 def utcnow() -> datetime:
@@ -36,8 +38,23 @@ TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskSt
 # The statuses in which a task holds one of its provider's render slots: it is (or may be) at the provider.
 HOLDING_STATUSES = frozenset({TaskStatus.SUBMITTING, TaskStatus.SUBMITTED, TaskStatus.PROCESSING})
 
-ProviderName = Literal["wavespeed", "cometapi"]
-Mode = Literal["std", "pro"]
+
+def _registered_provider(name: str) -> str:
+    if name not in PROVIDERS:
+        raise ValueError(f"no provider is called {name!r}; known providers: {', '.join(PROVIDERS)}")
+    return name
+
+
+def _offered_mode(mode: str) -> str:
+    if not any(mode in spec.models for spec in PROVIDERS.values()):
+        offered = sorted({known for spec in PROVIDERS.values() for known in spec.models})
+        raise ValueError(f"no provider offers a mode called {mode!r}; known modes: {', '.join(offered)}")
+    return mode
+
+
+# A registered provider's name (providers/registry.py), and a mode one of them offers a model for.
+ProviderName = Annotated[str, AfterValidator(_registered_provider)]
+Mode = Annotated[str, AfterValidator(_offered_mode)]
 MediaRole = Literal["image", "audio"]
 
 
@@ -202,6 +219,8 @@ class SubmissionRequest(BaseModel):
     audio_url: str = Field(repr=False)
     prompt: str | None
     mode: Mode
+    # The provider's name for the model the mode chose (its spec's `model_id`).
+    model_id: str
     webhook_url: str = Field(repr=False)
 
 

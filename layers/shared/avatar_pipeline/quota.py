@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from avatar_pipeline.models import ProviderQuota
-from avatar_pipeline.providers import display_name
+from avatar_pipeline.providers.registry import display_name
 
 # Our clock and the provider's see a submission a network round trip apart: counting each of ours a little longer
 # than the provider's window keeps a late-arriving earlier request from making the provider count one too many.

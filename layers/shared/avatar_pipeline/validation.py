@@ -23,62 +23,21 @@ from avatar_pipeline.media_checks import (
     inspect_audio,
     inspect_image,
 )
-from avatar_pipeline.models import MediaRole, ProviderName, S3Object
+from avatar_pipeline.models import ProviderName, S3Object
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import InputLimits
 
 MIB = 1024 * 1024
 Facts = TypeVar("Facts", ImageFacts, AudioFacts)
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 
-@dataclass(frozen=True)
-class InputLimits:
-    max_image_bytes: int
-    max_audio_bytes: int
-    min_image_side: int = 300  # pixels, each side, as displayed (after the EXIF orientation)
-    max_aspect_ratio: float = 2.5  # longer side / shorter side: between 1:2.5 and 2.5:1
-    min_audio_seconds: float = 2.0
-    max_audio_seconds: float = 300.0
-    image_formats: tuple[str, ...] = ("JPEG", "PNG")  # as named by media_checks, from the content
-    audio_formats: tuple[str, ...] = ("MP3", "WAV", "M4A", "AAC")
-
-    def max_bytes(self, role: MediaRole) -> int:
-        return self.max_image_bytes if role == "image" else self.max_audio_bytes
-
-
-# One row per provider.
-# WaveSpeed documents no input limits for the Kling avatar model beyond advice (a portrait of at least 512 px, a
-# clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: image JPG/PNG
-# <= 10 MB, each side >= 300 px, aspect between 1:2.5 and 2.5:1; audio MP3/WAV/M4A/AAC <= 5 MB lasting 2-300 s.
-# "MB" is read as MiB here, as before. CometAPI, when added, documents 2-60 s for the same model.
-INPUT_LIMITS: dict[ProviderName, InputLimits] = {
-    "wavespeed": InputLimits(
-        max_image_bytes=10 * MIB,
-        max_audio_bytes=5 * MIB,
-        min_image_side=300,
-        max_aspect_ratio=2.5,
-        min_audio_seconds=2.0,
-        max_audio_seconds=300.0,  # Kling's official limit [inferred for WaveSpeed]
-        image_formats=("JPEG", "PNG"),
-        audio_formats=("MP3", "WAV", "M4A", "AAC"),
-    ),
-    "cometapi": InputLimits(
-        max_image_bytes=10 * MIB,
-        max_audio_bytes=5 * MIB,
-        min_image_side=300,
-        max_aspect_ratio=2.5,
-        min_audio_seconds=2.0,
-        max_audio_seconds=60.0,  # CometAPI documents 2-60 s, stricter than Kling's own 300 s
-        image_formats=("JPEG", "PNG"),
-        audio_formats=("MP3", "WAV", "M4A", "AAC"),
-    ),
-}
-
-
-def fits(report: PairReport, image: S3Object, audio: S3Object, provider: ProviderName) -> bool:
-    """Would the pair that `report` describes also be accepted by `provider`? (From what was read: no new reads.)"""
+def fits(report: PairReport, image: S3Object, audio: S3Object, provider: ProviderName, mode: str) -> bool:
+    """Would the pair that `report` describes also be accepted by `provider`'s model for `mode`? (From what was read:
+    no new reads.)"""
     if report.image is None or report.audio is None:
         return False
-    limits = INPUT_LIMITS[provider]
+    limits = PROVIDERS.limits(provider, mode)
     sizes_ok = (
         check_size(image, limits.max_image_bytes, provider) is None
         and check_size(audio, limits.max_audio_bytes, provider) is None
@@ -183,14 +142,15 @@ def validate_pair(
     audio_source: RandomAccessSource,
     audio: S3Object,
     provider: ProviderName,
+    mode: str,
 ) -> PairReport:
-    """Every reason the pair cannot go to `provider`, reading only what is needed.
+    """Every reason the pair cannot go to `provider`'s model for `mode`, reading only what is needed.
 
     A file whose event size already rules it out is not read at all. The other is still inspected, so the user
     learns about both files at once. Errors of the sources themselves (network, permissions) propagate: they
     say nothing about the upload and must not reject it.
     """
-    limits = INPUT_LIMITS[provider]
+    limits = PROVIDERS.limits(provider, mode)
     image_problems, image_facts, image_bytes = _stage(
         image_source,
         image,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterator, Mapping
 from datetime import timedelta
 from typing import Any
@@ -14,7 +13,6 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from botocore.config import Config
 
-from avatar_pipeline.adapters.cometapi import CometApiProvider
 from avatar_pipeline.adapters.deliveries import IdempotentDeliveryLog, idempotency_config
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.adapters.metrics import EmfUsageMeter
@@ -22,10 +20,11 @@ from avatar_pipeline.adapters.s3 import LinkSigner, S3MediaStore
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownloader
 from avatar_pipeline.adapters.sns import SnsNotifier
 from avatar_pipeline.adapters.wakeups import SqsWaker
-from avatar_pipeline.adapters.wavespeed import WaveSpeedProvider
 from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
 from avatar_pipeline.ports import VideoProvider
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import split_secrets
 from avatar_pipeline.services.context import PipelineContext
 
 # Secrets are re-read at most this often, so a rotated key or webhook secret is picked up without a deploy.
@@ -71,11 +70,6 @@ def link_signer(settings: Settings, session: boto3.session.Session, secrets: Sec
     )
 
 
-def split_secrets(value: str) -> list[str]:
-    """Several webhook secrets or callback keys may be valid at once (rotation): separated by commas or whitespace."""
-    return [part for part in re.split(r"[\s,]+", value) if part]
-
-
 def callback_tokens(settings: Settings, secrets: SecretsProvider) -> CallbackTokens:
     """Callback tokens keyed by the secret CALLBACK_KEY_SECRET_ID names (several keys while rotating); none without."""
     secret_id = settings.callback_key_secret_id
@@ -85,7 +79,7 @@ def callback_tokens(settings: Settings, secrets: SecretsProvider) -> CallbackTok
 
 
 class SecretBackedProviders(Mapping[str, VideoProvider]):
-    """Provider adapters built with the current secrets each time one is asked for."""
+    """Provider adapters built (by their specs) with the current secrets each time one is asked for."""
 
     def __init__(self, settings: Settings, secrets: SecretsProvider, http: httpx.Client) -> None:
         self._settings = settings
@@ -93,12 +87,7 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
         self._http = http
 
     def _configured(self) -> tuple[str, ...]:
-        settings = self._settings
-        ids = {
-            "wavespeed": settings.wavespeed_secret_id or settings.wavespeed_webhook_secret_id,
-            "cometapi": settings.cometapi_secret_id,
-        }
-        return tuple(name for name, secret_id in ids.items() if secret_id)
+        return tuple(name for name in PROVIDERS if self._settings.provider(name).configured)
 
     def _field(self, secret_id: str, field: str) -> str:
         """A field of the secret; empty when this function is given no such secret."""
@@ -107,30 +96,14 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
     def __getitem__(self, name: str) -> VideoProvider:
         """The provider's adapter; KeyError when it is not configured (no secret, or the stack's empty placeholder).
 
-        A function holds only what its work needs: WaveSpeed's API key, or (the webhook) its webhook secret alone.
+        A function holds only what its work needs (the webhook, for one, no paid API key).
         """
         if name not in self._configured():
             raise KeyError(name)
-        if name == "wavespeed":
-            api_key = self._field(self._settings.wavespeed_secret_id, "api_key")
-            webhook_secrets = split_secrets(self._field(self._settings.wavespeed_webhook_secret_id, "webhook_secret"))
-            if not (api_key or webhook_secrets):
-                raise KeyError(name)
-            return WaveSpeedProvider(
-                api_key=api_key,
-                webhook_secrets=webhook_secrets,
-                base_url=self._settings.wavespeed_base_url,
-                client=self._http,
-            )
-        api_key = self._field(self._settings.cometapi_secret_id, "api_key")
-        if not api_key:
+        provider = PROVIDERS[name].build(self._settings.provider(name), self._field, self._http)
+        if provider is None:
             raise KeyError(name)
-        return CometApiProvider(
-            api_key=api_key,
-            base_url=self._settings.cometapi_base_url,
-            client=self._http,
-            default_prompt=self._settings.cometapi_default_prompt,
-        )
+        return provider
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._configured())

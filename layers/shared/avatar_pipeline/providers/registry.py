@@ -1,26 +1,79 @@
-"""Facts about the providers that the domain needs, kept in one place."""
+"""The providers this pipeline can send work to: every other part reads them from here.
+
+Adding a provider is a folder of its own (`providers/<name>/`: its `SPEC` and its adapter) and one line below.
+"""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-from avatar_pipeline.models import ProviderJob, ProviderName
+from avatar_pipeline.providers import cometapi, wavespeed
+from avatar_pipeline.providers.spec import InputLimits, ModelSpec, ProviderSpec
 from avatar_pipeline.redaction import mask_secrets
 
-DISPLAY_NAMES: dict[str, str] = {"wavespeed": "WaveSpeed", "cometapi": "CometAPI"}
-PROVIDER_NAMES: tuple[ProviderName, ...] = ("wavespeed", "cometapi")
-# How long each provider keeps a finished video (WaveSpeed deletes predictions and outputs after 7 days; CometAPI's
-# Kling CDN links last 30 days): copies are retried, and late videos watched for, until then.
-OUTPUT_RETENTION: dict[ProviderName, timedelta] = {"wavespeed": timedelta(days=7), "cometapi": timedelta(days=30)}
+if TYPE_CHECKING:
+    from avatar_pipeline.models import ProviderJob
 
 
-def alternative(provider: ProviderName) -> ProviderName:
-    """The provider a task may fail over to."""
-    return "cometapi" if provider == "wavespeed" else "wavespeed"
+class ProviderRegistry(Mapping[str, ProviderSpec]):
+    """Provider specs by name, in the order they were registered (the order failover and spill-over try them)."""
+
+    def __init__(self, *specs: ProviderSpec) -> None:
+        self._specs: dict[str, ProviderSpec] = {}
+        for spec in specs:
+            self.register(spec)
+
+    def register(self, spec: ProviderSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"a provider called {spec.name!r} is registered already")
+        self._specs[spec.name] = spec
+
+    @contextmanager
+    def registered(self, spec: ProviderSpec, *, replacing: bool = False) -> Iterator[ProviderSpec]:
+        """`spec` registered for the duration of the block (a test's provider, or a changed fact of a known one when
+        `replacing`), and the registry as it was afterwards."""
+        replaced = self._specs.pop(spec.name) if replacing else None
+        self.register(spec)
+        try:
+            yield spec
+        finally:
+            del self._specs[spec.name]
+            if replaced is not None:
+                self._specs[spec.name] = replaced
+
+    def __getitem__(self, name: str) -> ProviderSpec:
+        return self._specs[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._specs)
+
+    def __len__(self) -> int:
+        return len(self._specs)
+
+    def model(self, provider: str, mode: str) -> ModelSpec:
+        return self[provider].model(mode)
+
+    def limits(self, provider: str, mode: str) -> InputLimits:
+        return self.model(provider, mode).limits
+
+    def others(self, provider: str, mode: str | None = None) -> tuple[str, ...]:
+        """The providers a task of `provider` could move to (those with a model for its `mode`, when given), in the
+        order they are tried."""
+        return tuple(
+            name for name, spec in self._specs.items() if name != provider and (mode is None or mode in spec.models)
+        )
+
+
+PROVIDERS = ProviderRegistry(
+    wavespeed.SPEC,
+    cometapi.SPEC,
+)
 
 
 def display_name(provider: str) -> str:
-    return DISPLAY_NAMES.get(provider, provider)
+    return PROVIDERS[provider].display_name if provider in PROVIDERS else provider
 
 
 def describe_failure(provider: str, job: ProviderJob) -> str:

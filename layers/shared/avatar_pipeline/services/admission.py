@@ -35,7 +35,7 @@ from avatar_pipeline.errors import (
 from avatar_pipeline.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
 from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
 from avatar_pipeline.pricing import estimate_cost
-from avatar_pipeline.providers import alternative, display_name
+from avatar_pipeline.providers.registry import PROVIDERS, display_name
 from avatar_pipeline.quota import (
     Wait,
     admitting,
@@ -147,7 +147,7 @@ def dispatch(
                 report.waiting = wait.reason
                 _wake_when_over(ctx, quota, stored, wait, now)
             break
-        task = _first_in_line(ctx, provider, joined) or _spill_over(ctx, alternative(provider), provider, now)
+        task = _first_in_line(ctx, provider, joined) or _spill_over_to(ctx, provider, now)
         if task is None:
             break
         log_about(task.job, task.task_id)
@@ -209,6 +209,15 @@ def _waiting_for(ctx: PipelineContext, task_id: str, provider: ProviderName) -> 
     return task if task is not None and task.status is TaskStatus.QUEUED and task.provider == provider else None
 
 
+def _spill_over_to(ctx: PipelineContext, target: ProviderName, now: datetime) -> Task | None:
+    """The first task that has waited long enough in another provider's line (tried in the registry's order), moved
+    to `target`'s line; None when there is none."""
+    for source in PROVIDERS.others(target):
+        if moved := _spill_over(ctx, source, target, now):
+            return moved
+    return None
+
+
 def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName, now: datetime) -> Task | None:
     """The first task of `source`'s line that has waited past the spill-over time and may fail over, moved to
     `target`'s line (the caller's: empty, with room); None when there is none."""
@@ -223,7 +232,7 @@ def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName
         waited = now - task.queued_at
         if waited < after:
             return None  # the rest of the line joined later
-        if not task.failover_allowed or task.failed_over_from is not None:
+        if not task.failover_allowed or task.failed_over_from is not None or task.mode not in PROVIDERS[target].models:
             continue
         if not _configured(ctx, target):
             return None
@@ -400,6 +409,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
                 audio_url=audio.url,
                 prompt=claimed.prompt,
                 mode=claimed.mode,
+                model_id=PROVIDERS.model(claimed.provider, claimed.mode).model_id,
                 webhook_url=webhook_url(ctx, claimed),
             )
         except ProviderError:
@@ -559,8 +569,14 @@ def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None
     is configured."""
     if not claimed.failover_allowed or claimed.failed_over_from is not None:
         return None
-    other = alternative(claimed.provider)
-    return other if ctx.settings.may_fail_over_to(other) and _configured(ctx, other) else None
+    return next(
+        (
+            other
+            for other in PROVIDERS.others(claimed.provider, claimed.mode)
+            if ctx.settings.may_fail_over_to(other) and _configured(ctx, other)
+        ),
+        None,
+    )
 
 
 def _configured(ctx: PipelineContext, provider: ProviderName) -> bool:

@@ -25,7 +25,7 @@ from avatar_pipeline.pairing import (
 )
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.pricing import estimate_cost
-from avatar_pipeline.providers import alternative
+from avatar_pipeline.providers.registry import PROVIDERS, display_name
 from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 from avatar_pipeline.services.finishing import output_key
@@ -249,7 +249,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     )
     problems = [options_problem] if options_problem else []
     # Nothing beyond what the operator allows: such a pair is never checked, sent nor paid for.
-    refused = _not_allowed(ctx.settings, options, provider)
+    refused = _not_allowed(ctx.settings, options, provider, waiting.mode)
     # Checked before anything is paid: S3 would refuse to store the video under a longer key.
     video_key_bytes = len(output_key(waiting).encode())
     if video_key_bytes > MAX_S3_KEY_BYTES:
@@ -262,7 +262,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
     from avatar_pipeline.validation import fits, validate_pair
 
-    report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider)
+    report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider, waiting.mode)
     logger.info(
         "inputs checked",
         extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
@@ -284,13 +284,12 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         why = f"its estimated cost of ${cost} is more than the daily spend limit of ${limit}, so it could never be sent"
         return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
     wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
-    other = alternative(provider)
     # Only to a provider the operator allows, that would accept these very files too, within the per-pair limit.
-    failover_allowed = (
-        wants_failover
-        and ctx.settings.may_fail_over_to(other)
-        and fits(report, image, audio, other)
+    failover_allowed = wants_failover and any(
+        ctx.settings.may_fail_over_to(other)
+        and fits(report, image, audio, other, waiting.mode)
         and ctx.settings.within_cost_limit(estimate_cost(other, waiting.mode, seconds, ctx.settings))
+        for other in PROVIDERS.others(provider, waiting.mode)
     )
     paired = f"paired {image.key} with {audio.key}" + (
         "" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"
@@ -307,9 +306,15 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     )
 
 
-def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName) -> list[str]:
-    """What job.json asks for that the operator does not allow, each naming the stack parameter and what it allows."""
+def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName, mode: str) -> list[str]:
+    """What job.json asks for that the operator does not allow (each naming the stack parameter and what it allows),
+    or that its provider does not offer."""
     refused = []
+    if mode not in PROVIDERS[provider].models:
+        refused.append(
+            f'job.json asks for mode "{mode}", which {display_name(provider)} does not offer'
+            f" (its modes: {', '.join(PROVIDERS[provider].models)})"
+        )
     if options.mode is not None and options.mode not in settings.allowed_modes:
         refused.append(
             f'job.json asks for mode "{options.mode}", which this stack does not allow'
@@ -322,9 +327,9 @@ def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName
         )
     if options.failover and not settings.allow_failover:
         refused.append("job.json asks for failover, which this stack does not allow (AllowFailover: false)")
-    elif options.failover and (other := alternative(provider)) not in settings.allowed_providers:
+    elif options.failover and not any(other in settings.allowed_providers for other in PROVIDERS.others(provider)):
         refused.append(
-            f"job.json asks for failover, but the only other provider, {other}, is not allowed"
+            f"job.json asks for failover, but no other provider ({', '.join(PROVIDERS.others(provider))}) is allowed"
             f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
         )
     return refused

@@ -15,7 +15,7 @@ from avatar_pipeline.errors import CallbackMismatchError, ProviderError, Provide
 from avatar_pipeline.models import HOLDING_STATUSES, PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.pairing import consume, content_id
 from avatar_pipeline.ports import ConflictError, VideoProvider
-from avatar_pipeline.providers import OUTPUT_RETENTION, PROVIDER_NAMES, describe_failure, display_name
+from avatar_pipeline.providers.registry import PROVIDERS, describe_failure, display_name
 from avatar_pipeline.services.admission import dispatch, reconcile
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
@@ -77,7 +77,7 @@ def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJ
             why = f"{name} finished the video"
             changes |= {
                 "provider_output_url": news.output_url,
-                "output_expires_at": now + OUTPUT_RETENTION[current.provider],
+                "output_expires_at": now + PROVIDERS[current.provider].output_retention,
                 "next_check_at": now + FINALIZE_GRACE,
             }
         elif target is TaskStatus.FAILED:
@@ -114,7 +114,7 @@ def _reopen_for_late_video(ctx: PipelineContext, task: Task, news: ProviderJob) 
         now=now,
         provider_task_id=news.provider_task_id,
         provider_output_url=news.output_url,
-        output_expires_at=now + OUTPUT_RETENTION[task.provider],
+        output_expires_at=now + PROVIDERS[task.provider].output_retention,
         last_news_at=now,
         watch_until=None,
         corrects=TaskStatus.TIMED_OUT if announced else None,
@@ -234,7 +234,7 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
     report = PollReport()
     # First the dispatcher's safety net, so many due tasks cannot crowd it out: slots whose release was lost are
     # given back, and lines whose wake-up was lost move (a dispatch out of time hands its line to a new invocation).
-    for provider in PROVIDER_NAMES:
+    for provider in PROVIDERS:
         try:
             if reclaimed := reconcile(ctx, provider):
                 report.actions["slot-reclaimed"] += reclaimed
@@ -322,7 +322,7 @@ def _time_out(ctx: PipelineContext, task: Task, why: str, *, still_in: frozenset
     def end(current: Task) -> Task | None:
         if current.status not in still_in:
             return None
-        watch = now + OUTPUT_RETENTION[current.provider] if current.status in HOLDING_STATUSES else None
+        watch = now + PROVIDERS[current.provider].output_retention if current.status in HOLDING_STATUSES else None
         return transition(
             current, TaskStatus.TIMED_OUT, why=why, now=now, lease_until=None, next_check_at=now, watch_until=watch
         )

@@ -2,9 +2,10 @@
 
 Calls
 -----
-- submit: ``POST /kling/v1/videos/avatar/image2video``, JSON ``{"image": url, "sound_file": url, "prompt": str,
-  "mode": "std"|"pro", "callback_url": url, "external_task_id": our task id}``. The prompt is always sent (some
-  versions of the docs say a request without one is refused), falling back to a neutral default.
+- submit: ``POST /<model id>`` (``kling/v1/videos/avatar/image2video``, the spec's), JSON ``{"image": url,
+  "sound_file": url, "prompt": str, "mode": "std"|"pro", "callback_url": url, "external_task_id": our task id}``.
+  The prompt is always sent (some versions of the docs say a request without one is refused), falling back to a
+  neutral default.
 - fetch: ``GET /kling/v1/videos/avatar/image2video/{task_id}``.
 Both answer with a Kling envelope ``{"code": 0, "message": "SUCCEED", "request_id": ..., "data": {task}}``;
 callbacks carry the bare task object (a body wrapped in ``{"code": 0, "data": {task}}`` is accepted too).
@@ -90,6 +91,7 @@ from avatar_pipeline.errors import (
     WebhookPayloadError,
 )
 from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.providers.cometapi import KLING_AVATAR
 from avatar_pipeline.redaction import mask_secrets
 
 logger = logging.getLogger(__name__)
@@ -100,8 +102,9 @@ DEFAULT_PROMPT: Final = "A person talking naturally to the camera."
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
 MAX_PROMPT_CHARS: Final = 2500
 
-CREATE_PATH: Final = "/kling/v1/videos/avatar/image2video"
-QUERY_PATH: Final = "/kling/v1/videos/avatar/image2video/{task_id}"
+CREATE_PATH: Final = "/{model_id}"
+# Every avatar task, std or pro, is queried at its model's endpoint.
+QUERY_PATH: Final = f"/{KLING_AVATAR}/{{task_id}}"
 
 # HTTP answers to a submit that prove the task was not created: rate limited. CometAPI is a gateway in front of
 # Kling, so even a 503 may come after it forwarded the request: any server error on a submit is an unknown outcome
@@ -250,7 +253,7 @@ class CometApiProvider(HttpProvider):
         }
 
     def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
-        url = self._base_url + CREATE_PATH
+        url = self._base_url + CREATE_PATH.format(model_id=request.model_id)
         try:
             response = self._client.post(url, json=self._request_body(request), headers=self._headers)
         except httpx.HTTPError as exc:

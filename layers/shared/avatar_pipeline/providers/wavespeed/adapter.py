@@ -2,7 +2,8 @@
 
 Calls
 -----
-- submit: ``POST /api/v3/kwaivgi/kling-v1-ai-avatar-{standard|pro}?webhook=<url>``,
+- submit: ``POST /api/v3/<model id>?webhook=<url>`` (e.g. ``kwaivgi/kling-v1-ai-avatar-standard``: the models are
+  in the spec, ``providers/wavespeed/__init__.py``),
   JSON ``{"image": url, "audio": url, "prompt"?: str}``.
 - fetch: ``GET /api/v3/predictions/{id}/result``.
 Both answer with an envelope ``{"code": 200, "message": ..., "data": {prediction}}``; callbacks carry the bare
@@ -78,7 +79,7 @@ from avatar_pipeline.errors import (
     WebhookAuthError,
     WebhookPayloadError,
 )
-from avatar_pipeline.models import Mode, ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.redaction import mask_secrets
 
 logger = logging.getLogger(__name__)
@@ -86,10 +87,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_BASE_URL: Final = "https://api.wavespeed.ai"
 DEFAULT_TIMEOUT: Final = httpx.Timeout(20.0, connect=5.0)
 
-MODEL_PATHS: Final[Mapping[Mode, str]] = {
-    "std": "/api/v3/kwaivgi/kling-v1-ai-avatar-standard",
-    "pro": "/api/v3/kwaivgi/kling-v1-ai-avatar-pro",
-}
+MODEL_PATH: Final = "/api/v3/{model_id}"
 RESULT_PATH: Final = "/api/v3/predictions/{id}/result"
 
 # Answers to a submit that prove the prediction was not created, so sending it again is safe: rate limited or
@@ -165,7 +163,7 @@ class WaveSpeedProvider(HttpProvider):
         body: dict[str, str] = {"image": request.image_url, "audio": request.audio_url}
         if request.prompt is not None:
             body["prompt"] = request.prompt
-        url = self._base_url + MODEL_PATHS[request.mode]
+        url = self._base_url + MODEL_PATH.format(model_id=request.model_id)
         try:
             response = self._client.post(url, params={"webhook": request.webhook_url}, json=body, headers=self._headers)
         except httpx.HTTPError as exc:

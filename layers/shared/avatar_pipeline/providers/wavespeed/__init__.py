@@ -1,0 +1,93 @@
+"""WaveSpeedAI: Kling v1 AI Avatar, standard and pro."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from pydantic import ConfigDict
+
+from avatar_pipeline.providers.spec import (
+    InputLimits,
+    ModelSpec,
+    ProviderSettings,
+    ProviderSpec,
+    SecretField,
+    env_prefixed,
+    split_secrets,
+)
+
+if TYPE_CHECKING:
+    import httpx
+
+    from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
+
+MIB = 1024 * 1024
+# WaveSpeed documents no input limits for the Kling avatar model beyond advice (a portrait of at least 512 px, a
+# clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: image JPG/PNG
+# <= 10 MB, each side >= 300 px, aspect between 1:2.5 and 2.5:1; audio MP3/WAV/M4A/AAC <= 5 MB lasting 2-300 s.
+# "MB" is read as MiB.
+KLING_V1_AVATAR_LIMITS = InputLimits(
+    max_image_bytes=10 * MIB,
+    max_audio_bytes=5 * MIB,
+    min_image_side=300,
+    max_aspect_ratio=2.5,
+    min_audio_seconds=2.0,
+    max_audio_seconds=300.0,
+    image_formats=("JPEG", "PNG"),
+    audio_formats=("MP3", "WAV", "M4A", "AAC"),
+)
+
+
+class WaveSpeedSettings(ProviderSettings):
+    model_config = ConfigDict(alias_generator=env_prefixed("WAVESPEED_"))
+
+    base_url: str = "https://api.wavespeed.ai"
+    # Name or ARN of a Secrets Manager secret holding {"webhook_secret": ...}: only the webhook function, which so
+    # never holds the paid API key.
+    webhook_secret_id: str = ""
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.secret_id or self.webhook_secret_id)
+
+
+def build(settings: WaveSpeedSettings, secret: SecretField, http: httpx.Client) -> WaveSpeedProvider | None:
+    """The adapter with what this function holds: the API key, or (the webhook) the webhook secrets alone."""
+    from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
+
+    api_key = secret(settings.secret_id, "api_key")
+    webhook_secrets = split_secrets(secret(settings.webhook_secret_id, "webhook_secret"))
+    if not (api_key or webhook_secrets):
+        return None
+    return WaveSpeedProvider(api_key=api_key, webhook_secrets=webhook_secrets, base_url=settings.base_url, client=http)
+
+
+SPEC = ProviderSpec(
+    name="wavespeed",
+    display_name="WaveSpeed",
+    # WaveSpeed's published prices for Kling v1 AI Avatar, per started 5 s of video.
+    models={
+        "std": ModelSpec(
+            mode="std",
+            model_id="kwaivgi/kling-v1-ai-avatar-standard",
+            title="Kling v1 AI Avatar (standard)",
+            limits=KLING_V1_AVATAR_LIMITS,
+            price_per_step=Decimal("0.25"),
+        ),
+        "pro": ModelSpec(
+            mode="pro",
+            model_id="kwaivgi/kling-v1-ai-avatar-pro",
+            title="Kling v1 AI Avatar (pro)",
+            limits=KLING_V1_AVATAR_LIMITS,
+            price_per_step=Decimal("0.50"),
+        ),
+    },
+    settings=WaveSpeedSettings,
+    # WaveSpeed deletes predictions and their outputs after 7 days.
+    output_retention=timedelta(days=7),
+    # Its CloudFront distribution (https://<id>.cloudfront.net/output/...), and its own domain should it move.
+    output_hosts=("*.cloudfront.net", "*.wavespeed.ai"),
+    build=build,
+)

@@ -1,0 +1,197 @@
+"""A third provider, added by the recipe in docs/architecture.md alone: a spec (models, prices, limits, settings,
+how its adapter is built) and its registration. Nothing else in the pipeline is told about it, yet a job runs
+through it from upload to notification on the in-memory fakes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ConfigDict
+from support.corpus import mp3
+from support.fakes import (
+    BUCKET,
+    ScriptedProvider,
+    World,
+    callback_query,
+    make_world,
+    run_dispatcher,
+    sample_audio,
+    upload,
+)
+
+from avatar_pipeline.config import Settings
+from avatar_pipeline.models import ProviderJob, ProviderJobStatus, TaskStatus
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import (
+    InputLimits,
+    ModelSpec,
+    ProviderSettings,
+    ProviderSpec,
+    SecretField,
+    env_prefixed,
+)
+from avatar_pipeline.services.finishing import announce, finalize_output
+from avatar_pipeline.services.intake import handle_upload
+from avatar_pipeline.services.tracking import receive_callback
+from avatar_pipeline.wiring import SecretBackedProviders
+
+MIB = 1024 * 1024
+OUTPUT_URL = "https://videos.acme.test/out/1.mp4"
+VIDEO = b"\x00\x00\x00\x18ftypisom" + b"\x00" * 64
+
+
+# --- the recipe: step 1, the provider's settings -------------------------------------------------------------
+class AcmeSettings(ProviderSettings):
+    model_config = ConfigDict(alias_generator=env_prefixed("ACME_"))
+
+    base_url: str = "https://api.acme.test"
+
+
+# --- step 2, how its adapter is built from them (here a scripted one; a real one would be `adapter.py`) ---------
+BUILT: list[tuple[AcmeSettings, str]] = []
+
+
+def build(settings: AcmeSettings, secret: SecretField, http: httpx.Client) -> ScriptedProvider | None:
+    api_key = secret(settings.secret_id, "api_key")
+    if not api_key:
+        return None
+    BUILT.append((settings, api_key))
+    return ScriptedProvider("acme")
+
+
+# --- step 3, the spec: its model, price per billing step, limits, retention, output hosts -----------------------
+ACME = ProviderSpec(
+    name="acme",
+    display_name="Acme Video",
+    models={
+        "std": ModelSpec(
+            mode="std",
+            model_id="acme/talking-head-v1",
+            title="Acme Talking Head v1",
+            limits=InputLimits(max_image_bytes=4 * MIB, max_audio_bytes=2 * MIB, max_audio_seconds=30.0),
+            price_per_step=Decimal("0.10"),
+            billing_step_seconds=2,
+        )
+    },
+    settings=AcmeSettings,
+    output_retention=timedelta(days=3),
+    output_hosts=("*.acme.test",),
+    build=build,
+)
+
+
+# --- step 4, its registration (a line in providers/registry.py; for the test's duration here) -------------------
+@pytest.fixture
+def acme() -> Iterator[ProviderSpec]:
+    with PROVIDERS.registered(ACME) as spec:
+        yield spec
+
+
+ENV = {"ALLOWED_PROVIDERS": "wavespeed,cometapi,acme", "ACME_SECRET_ID": "acme-secret"}
+
+
+@pytest.fixture
+def w(acme: ProviderSpec) -> World:
+    wavespeed = ScriptedProvider()
+    return make_world(
+        settings=ENV, provider=wavespeed, providers={"wavespeed": wavespeed, "acme": ScriptedProvider("acme")}
+    )
+
+
+def acme_provider(w: World) -> ScriptedProvider:
+    provider = w.ctx.providers["acme"]
+    assert isinstance(provider, ScriptedProvider)
+    return provider
+
+
+def deliver(w: World, job: str, audio: bytes | None = None) -> str:
+    """A folder job whose job.json chooses Acme; returns its task id."""
+    w.media.put_object(BUCKET, f"inbox/{job}/job.json", json.dumps({"provider": "acme"}))
+    if audio is not None:
+        w.media.put_object(BUCKET, f"inbox/{job}/voice.mp3", audio)
+    handle_upload(w.ctx, upload(f"inbox/{job}/face.png", etag="img", size=200_000))
+    outcome = handle_upload(w.ctx, upload(f"inbox/{job}/voice.mp3", etag="aud", size=len(audio or sample_audio())))
+    assert outcome.task_id is not None
+    return outcome.task_id
+
+
+def test_a_job_runs_through_a_registered_third_provider_from_upload_to_notification(w: World) -> None:
+    acme = acme_provider(w)
+    # Given a job whose job.json chooses Acme (its 3 s voice clip: two 2-second billing steps at $0.10)
+    task_id = deliver(w, "zoe")
+    task = w.tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.QUEUED
+    assert (task.provider, task.estimated_cost_usd) == ("acme", "0.20")
+    assert w.tasks.line("acme") == [task_id]
+    # When the dispatcher moves the lines
+    assert run_dispatcher(w) == {"submit-submitted": 1}
+    # Then Acme got it, for its model, with a callback URL for its route carrying the task's token
+    (request,) = acme.submissions
+    assert request.model_id == "acme/talking-head-v1"
+    token = callback_query("acme", task_id)["token"]
+    assert request.webhook_url == f"https://hooks.example.test/v1/webhooks/acme?task_id={task_id}&token={token}"
+    # When Acme's callback says the video is ready
+    acme.script_callback(
+        ProviderJob(provider_task_id="ws-1", status=ProviderJobStatus.SUCCEEDED, output_url=OUTPUT_URL)
+    )
+    outcome = receive_callback(w.ctx, "acme", task_id, {}, b"{}", callback_query("acme", task_id))
+    assert outcome == "recorded"
+    # Then the copy is retried until Acme's own retention runs out
+    ready = w.tasks.get(task_id)
+    assert ready is not None and ready.status is TaskStatus.OUTPUT_READY
+    assert ready.output_expires_at == w.clock.now + timedelta(days=3)
+    # When finalize copies the video and the task is announced
+    w.media.script_download(OUTPUT_URL, VIDEO)
+    assert finalize_output(w.ctx, task_id, timedelta(minutes=5)) == "completed"
+    assert announce(w.ctx, task_id) == "published"
+    # Then the notification names Acme and the estimated cost
+    (note,) = w.notifier.published
+    assert (note.status, note.provider, note.estimated_cost_usd) == (TaskStatus.COMPLETED, "acme", "0.20")
+    assert note.output == f"s3://{BUCKET}/outputs/zoe/{task_id}.mp4"
+
+
+def test_a_clip_over_the_third_providers_limit_is_rejected_before_anything_is_paid(w: World) -> None:
+    # Given a 31 s clip, over Acme's 30 s (WaveSpeed takes 300 s)
+    task_id = deliver(w, "long", audio=mp3(31.0, rate=8000, bitrate="8k"))
+    # Then the pair is rejected naming the limit, and nothing was sent
+    task = w.tasks.get(task_id)
+    assert task is not None and task.status is TaskStatus.REJECTED
+    assert task.reason is not None and "the limit is 30 s" in task.reason
+    assert acme_provider(w).submit_count == 0
+
+
+def test_the_third_providers_settings_and_adapter_come_from_its_own_variables(acme: ProviderSpec) -> None:
+    # Given a function's environment with Acme's variables (under its prefix)
+    env = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t", **ENV, "ACME_RENDERS_AT_ONCE": "7"}
+    settings = Settings.from_env(env)
+    # Then its settings are read by its own model, its quota from them, its hosts among the allowed ones
+    acme_settings = settings.provider("acme")
+    assert isinstance(acme_settings, AcmeSettings)
+    assert (acme_settings.secret_id, acme_settings.base_url) == ("acme-secret", "https://api.acme.test")
+    assert settings.quota_limits("acme").renders_at_once == 7
+    assert "*.acme.test" in settings.allowed_output_hosts
+    # When the wiring asks for its adapter, with the secret holding a key
+    BUILT.clear()
+    providers = SecretBackedProviders(settings, FakeSecrets({"acme-secret": {"api_key": "k-acme"}}), httpx.Client())
+    # Then it is the one provider this function holds a secret for, and its spec built it from those settings and
+    # that key
+    assert list(providers) == ["acme"]
+    adapter = providers["acme"]
+    assert isinstance(adapter, ScriptedProvider) and adapter.name == "acme"
+    assert [(acme_settings, "k-acme")] == BUILT
+
+
+class FakeSecrets:
+    """Powertools' SecretsProvider, as far as the wiring uses it."""
+
+    def __init__(self, secrets: dict[str, dict[str, str]]) -> None:
+        self._secrets = secrets
+
+    def get(self, name: str, **_: Any) -> dict[str, str]:
+        return self._secrets[name]
