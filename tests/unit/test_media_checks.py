@@ -25,8 +25,10 @@ from support.corpus import (
     render,
     sine,
 )
+from support.mp4 import FTYP, MOOV, box
 
 from avatar_pipeline.media_checks import (
+    BLOCK_SIZE,
     AudioFacts,
     BytesSource,
     ImageFacts,
@@ -424,6 +426,63 @@ def test_an_audio_only_mp4_counts_as_m4a() -> None:
 
     assert isinstance(facts, AudioFacts)
     assert (facts.format, facts.sample_rate, facts.channels) == ("M4A", 44100, 1)
+
+
+def test_an_m4a_is_judged_from_its_box_headers_without_reading_what_lies_between() -> None:
+    # Given a real M4A (index first) followed by a 4 MiB box and a small one
+    m4a = render(*sine(2.5), "-c:a", "aac", "-b:a", "32k", "-movflags", "+faststart", suffix=".m4a")
+    reader = RangeReader(BytesSource(m4a + box(b"free", bytes(4 * 1024 * 1024)) + box(b"skip")))
+
+    # When it is inspected
+    facts = inspect_audio(reader, "voice.m4a")
+
+    # Then it is measured from the first block and the one holding the last box's header, not the 4 MiB between
+    assert isinstance(facts, AudioFacts)
+    assert (facts.format, reader.requests) == ("M4A", 2)
+    assert facts.bytes_read < 2 * BLOCK_SIZE
+
+
+M4A_MDAT = box(b"mdat", bytes(50))
+# A track whose first mdia child declares 3 bytes (less than its header), then a good mdia holding a sound handler.
+TRAK_WITH_A_BAD_CHILD = box(b"trak", struct.pack(">I4s", 3, b"mdia") + box(b"mdia", box(b"hdlr", bytes(8) + b"soun")))
+# A video track whose trak and mdia headers carry 64-bit sizes.
+VIDEO_TRAK_IN_64_BIT_BOXES = box(b"trak", box(b"mdia", box(b"hdlr", bytes(8) + b"vide"), large=True), large=True)
+IS_DAMAGED = "is truncated or damaged:"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (
+            FTYP + struct.pack(">I4s", 4, b"free") + MOOV + M4A_MDAT,
+            f"{IS_DAMAGED} its 'free' box has an impossible size (4)",
+        ),
+        (
+            FTYP + MOOV + M4A_MDAT + struct.pack(">I4sI", 1, b"mdat", 0),
+            f"{IS_DAMAGED} its 'mdat' box header is cut off",
+        ),
+        (
+            FTYP + MOOV + struct.pack(">I4s", 1000, b"mdat") + bytes(92),
+            f"{IS_DAMAGED} its 'mdat' box runs past the end of the file",
+        ),
+        (FTYP + box(b"free") * 4096 + MOOV + M4A_MDAT, f"{IS_DAMAGED} it has an implausible number of top-level boxes"),
+        (FTYP + M4A_MDAT, f"{IS_DAMAGED} it has no 'moov' box (the index of its audio)"),
+        (FTYP + box(b"moov", bytes(17 * 1024 * 1024)) + M4A_MDAT, f"{IS_DAMAGED} its 'moov' box is implausibly large"),
+        (FTYP + box(b"moov", TRAK_WITH_A_BAD_CHILD) + M4A_MDAT, "has no audio track"),
+        (
+            FTYP + box(b"moov", VIDEO_TRAK_IN_64_BIT_BOXES) + M4A_MDAT,
+            "is a video (an MP4 with a picture track); use an audio-only MP3, WAV, M4A or AAC file",
+        ),
+    ],
+    ids=["box-too-small", "header-cut", "box-cut", "too-many-boxes", "no-moov", "huge-moov", "bad-child", "video"],
+)
+def test_an_m4a_whose_boxes_are_broken_or_hold_no_sound_track_is_refused_saying_why(data: bytes, reason: str) -> None:
+    # Given an MP4-branded file whose boxes are damaged, or whose tracks include a picture or no sound
+    # When inspected as audio
+    outcome = inspect_audio(BytesSource(data), "voice.m4a")
+
+    # Then the reason names the file and what is wrong (a bad child header quietly ends its parent's children)
+    assert outcome == f"voice.m4a {reason}"
 
 
 def test_an_id3_tag_with_nothing_after_it_is_damaged() -> None:

@@ -28,6 +28,8 @@ from mutagen.mp4 import MP4
 from mutagen.wave import WaveStreamInfo
 from PIL import Image
 
+from avatar_pipeline.mp4_boxes import Box, BoxError, ftyp_brands, walk_boxes
+
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
@@ -352,9 +354,9 @@ _SIMPLE_SIGNATURES: tuple[tuple[bytes, Identified], ...] = (
 
 
 def _identify_iso_bmff(head: bytes) -> Identified:
-    box_size = struct.unpack_from(">I", head, 0)[0]
-    major = head[8:12]
-    brands = {major} | {head[i : i + 4] for i in range(16, min(len(head), max(box_size, 16)) - 3, 4)}
+    box_size = struct.unpack_from(">I", head, 0)[0]  # a sniff: the 32-bit size only bounds the list of brands
+    major, compatible = ftyp_brands(head[8 : max(box_size, 16)])
+    brands = {major} | compatible
     if brands & HEIC_BRANDS:
         return Identified("HEIC", "a HEIC image")
     if brands & AVIF_BRANDS:
@@ -622,17 +624,18 @@ def _measure_aac(reader: RangeReader, start: int) -> tuple[float, int, int]:
 
 
 def _measure_m4a(reader: RangeReader, start: int) -> tuple[float, int, int]:
-    moov: tuple[int, int] | None = None
-    for name, payload_offset, end in _top_level_boxes(reader, start):
-        if end > reader.size:
-            raise _Damaged(f"its '{_box_name(name)}' box runs past the end of the file")
-        if name == b"moov":
-            moov = payload_offset, end
+    moov: Box | None = None
+    for box in _top_level_boxes(reader, start):
+        if box.end > reader.size:
+            raise _Damaged(f"its '{box.name}' box runs past the end of the file")
+        if box.type == b"moov":
+            moov = box
     if moov is None:
         raise _Damaged("it has no 'moov' box (the index of its audio)")
-    if moov[1] - moov[0] > MAX_MOOV_BYTES:
+    if moov.end - moov.payload_start > MAX_MOOV_BYTES:
         raise _Damaged("its 'moov' box is implausibly large")
-    handlers = [_handler_type(trak) for trak in _child_boxes(reader.read_range(moov[0], moov[1] - moov[0]), b"trak")]
+    payload = reader.read_range(moov.payload_start, moov.end - moov.payload_start)
+    handlers = [_handler_type(trak) for trak in _child_boxes(payload, b"trak")]
     if b"vide" in handlers:
         raise _Unusable("is a video (an MP4 with a picture track); use an audio-only MP3, WAV, M4A or AAC file")
     if b"soun" not in handlers:
@@ -644,43 +647,28 @@ def _measure_m4a(reader: RangeReader, start: int) -> tuple[float, int, int]:
     return float(info.length), int(info.sample_rate), int(info.channels)
 
 
-def _top_level_boxes(reader: RangeReader, start: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload offset, end) of each top-level ISO-BMFF box, from the box headers alone."""
-    position = start
-    for _ in range(MAX_TOP_LEVEL_BOXES):
-        if position + 8 > reader.size:
-            return
-        header = reader.read_range(position, 16)
-        size, name = struct.unpack_from(">I4s", header)
-        header_size = 8
-        if size == 1:
-            if len(header) < 16:
-                raise _Damaged(f"its '{_box_name(name)}' box header is cut off")
-            size, header_size = struct.unpack_from(">Q", header, 8)[0], 16
-        elif size == 0:
-            size = reader.size - position  # "extends to the end of the file"
-        if size < header_size:
-            raise _Damaged(f"its '{_box_name(name)}' box has an impossible size ({size})")
-        yield name, position + header_size, position + size
-        position += size
-    raise _Damaged("it has an implausible number of top-level boxes")
+def _top_level_boxes(reader: RangeReader, start: int) -> Iterator[Box]:
+    """Each top-level box, from the box headers alone; a bad header, or too many boxes, is damage."""
+    try:
+        for count, box in enumerate(walk_boxes(reader.read_range, start, reader.size), start=1):
+            yield box
+            if count == MAX_TOP_LEVEL_BOXES:  # each header may cost a request: a file of tiny boxes is not an M4A
+                raise _Damaged("it has an implausible number of top-level boxes")
+    except BoxError as error:
+        raise _Damaged(str(error)) from error
 
 
 def _child_boxes(payload: bytes, wanted: bytes) -> Iterator[bytes]:
-    """The payloads of the direct children of a box named `wanted`, parsed from the parent's payload in memory."""
-    position = 0
-    while position + 8 <= len(payload):
-        size, name = struct.unpack_from(">I4s", payload, position)
-        header_size = 8
-        if size == 1 and position + 16 <= len(payload):
-            size, header_size = struct.unpack_from(">Q", payload, position + 8)[0], 16
-        elif size == 0:
-            size = len(payload) - position
-        if size < header_size:
-            return
-        if name == wanted:
-            yield payload[position + header_size : position + size]
-        position += size
+    """The payloads of the direct children of a box named `wanted`, parsed from the parent's payload in memory.
+
+    A bad child header quietly ends the list: the children before it still count.
+    """
+    try:
+        for box in walk_boxes(BytesSource(payload).read_range, 0, len(payload)):
+            if box.type == wanted:
+                yield payload[box.payload_start : box.end]
+    except BoxError:
+        return
 
 
 def _handler_type(trak: bytes) -> bytes:
@@ -689,10 +677,6 @@ def _handler_type(trak: bytes) -> bytes:
         for hdlr in _child_boxes(mdia, b"hdlr"):
             return hdlr[8:12]  # version and flags (4 bytes), pre_defined (4 bytes), handler_type
     return b""
-
-
-def _box_name(name: bytes) -> str:
-    return name.decode("latin-1")
 
 
 _MEASURES = {"MP3": _measure_mp3, "WAV": _measure_wav, "M4A": _measure_m4a, "AAC": _measure_aac}

@@ -11,8 +11,9 @@ Size 1 means a 64-bit size follows the type; size 0 means "to the end of the fil
 
 from __future__ import annotations
 
-import struct
 from typing import Final
+
+from avatar_pipeline.mp4_boxes import SHORT_HEADER, BoxError, fourcc, ftyp_brands, header_length, parse_header
 
 # ftyp = major brand (4) + minor version (4) + compatible brands (4 each); a few dozen brands at most in practice.
 MIN_FTYP_SIZE: Final = 16
@@ -37,10 +38,6 @@ MP4_BRANDS: Final = frozenset(
         b"msnv",
     }
 )
-_HEADER: Final = struct.Struct(">I4s")
-_LARGE_SIZE: Final = struct.Struct(">Q")
-_SHORT_HEADER: Final = 8
-_LONG_HEADER: Final = 16
 
 
 class Mp4StructureError(ValueError):
@@ -79,13 +76,11 @@ class Mp4StreamCheck:
                     self._check_brands(bytes(self._ftyp))
                     self._ftyp = None
                 continue
-            wanted = _LONG_HEADER if self._is_large_header() else _SHORT_HEADER
-            taken = min(wanted - len(self._header), len(chunk) - position)
+            # Up to 8 bytes, then 8 more if its size field says a 64-bit size follows the type.
+            taken = min(header_length(self._header) - len(self._header), len(chunk) - position)
             self._header += chunk[position : position + taken]
             position += taken
-            if len(self._header) == _SHORT_HEADER and self._is_large_header():
-                continue  # a 64-bit size follows: read 8 more bytes first
-            if len(self._header) == wanted:
+            if len(self._header) == header_length(self._header):
                 self._start_box(bytes(self._header))
                 self._header.clear()
         self._offset += len(chunk)
@@ -95,54 +90,44 @@ class Mp4StreamCheck:
         if not self.recognised:  # anything but a short stream was refused by `feed` already
             raise Mp4StructureError("it ends before its 'ftyp' box does")
         # Fewer than 8 stray bytes after the last box are tolerated, as players (and media_checks) do.
-        if len(self._header) >= _SHORT_HEADER:
+        if len(self._header) >= SHORT_HEADER:
             raise Mp4StructureError("it ends inside a box header")
         if not self._to_end and self._next_box > self._offset:
-            name = _name(self._last_box)
+            name = fourcc(self._last_box)
             raise Mp4StructureError(f"its '{name}' box runs past the end of the file (the file is cut short)")
         if not self._seen_moov:
             raise Mp4StructureError("it has no 'moov' box (the index players need)")
         if not self._seen_mdat:
             raise Mp4StructureError("it has no 'mdat' box (no audio or video data)")
 
-    def _is_large_header(self) -> bool:
-        return len(self._header) >= 4 and self._header[:4] == b"\x00\x00\x00\x01"
-
-    def _start_box(self, header: bytes) -> None:
-        size, name = _HEADER.unpack_from(header)
-        header_size = _SHORT_HEADER
-        if size == 1:
-            size, header_size = _LARGE_SIZE.unpack_from(header, _SHORT_HEADER)[0], _LONG_HEADER
+    def _start_box(self, raw_header: bytes) -> None:
+        header = parse_header(raw_header)
         first = self._next_box == 0
-        self._last_box = name
+        self._last_box = header.type
         if first:
             # Checked before anything else, so an HTML page or a JSON error is refused in its first 8 bytes.
-            if name != b"ftyp":
+            if header.type != b"ftyp":
                 raise Mp4StructureError("it does not start with an 'ftyp' box")
-            if not MIN_FTYP_SIZE <= size <= MAX_FTYP_SIZE or header_size != _SHORT_HEADER:
-                raise Mp4StructureError(f"its 'ftyp' box has an implausible size ({size})")
+            if not MIN_FTYP_SIZE <= header.size <= MAX_FTYP_SIZE or header.header_size != SHORT_HEADER:
+                raise Mp4StructureError(f"its 'ftyp' box has an implausible size ({header.size})")
             self._ftyp = bytearray()
-        elif not all(0x20 <= byte <= 0x7E for byte in name):
+        elif not all(0x20 <= byte <= 0x7E for byte in header.type):
             # Box types are four printable characters: anything else means the sizes led us into the data.
-            raise Mp4StructureError(f"there is no valid box at byte {self._next_box} (type {name!r})")
-        if size == 0:
-            self._to_end = True
-        elif size < header_size:
-            raise Mp4StructureError(f"its '{_name(name)}' box has an impossible size ({size})")
-        if name == b"moov":
+            raise Mp4StructureError(f"there is no valid box at byte {self._next_box} (type {header.type!r})")
+        try:
+            header.check_size()
+        except BoxError as error:
+            raise Mp4StructureError(str(error)) from error
+        self._to_end = header.to_end
+        if header.type == b"moov":
             self._seen_moov = True
-        elif name == b"mdat":
+        elif header.type == b"mdat":
             self._seen_mdat = True
-        self._next_box += size
+        self._next_box += header.size
 
     def _check_brands(self, payload: bytes) -> None:
-        major = payload[:4]
-        compatible = {payload[i : i + 4] for i in range(8, len(payload) - 3, 4)}
+        major, compatible = ftyp_brands(payload)
         if major not in MP4_BRANDS and not compatible & MP4_BRANDS:
-            listed = ", ".join(sorted(_name(brand) for brand in {major} | compatible))
+            listed = ", ".join(sorted(fourcc(brand) for brand in {major} | compatible))
             raise Mp4StructureError(f"its brands ({listed}) are not those of an MP4 video")
         self.recognised = True
-
-
-def _name(box_type: bytes) -> str:
-    return box_type.decode("latin-1")
