@@ -9,6 +9,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, SQSEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from avatar_pipeline.config import SenderSettings
 from avatar_pipeline.models import HOLDING_STATUSES, ProviderName, TaskStatus
 from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.wiring import pipeline
@@ -44,7 +45,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     else:
         released, lines = _stream_changes(event)
     report = on_line_changes(
-        pipeline(),
+        pipeline(SenderSettings),
         released,
         lines,
         time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis()),

@@ -8,6 +8,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from avatar_pipeline.config import SenderSettings
 from avatar_pipeline.services.tracking import poll
 from avatar_pipeline.wiring import pipeline
 
@@ -20,7 +21,9 @@ metrics = Metrics()
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    report = poll(pipeline(), time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis()))
+    report = poll(
+        pipeline(SenderSettings), time_left=lambda: timedelta(milliseconds=context.get_remaining_time_in_millis())
+    )
     for action, count in report.actions.items():
         metrics.add_metric(name=f"Poll_{action}", unit=MetricUnit.Count, value=count)
     oldest_due = report.oldest_due.total_seconds()

@@ -10,6 +10,7 @@ from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from avatar_pipeline.config import WebhookSettings
 from avatar_pipeline.errors import (
     CallbackMismatchError,
     DeliveryInProgressError,
@@ -53,7 +54,7 @@ def provider_callback(provider: str) -> Response[dict[str, str]]:
     logger.append_keys(task_id=task_id, provider=provider)
     try:
         query = dict(event.query_string_parameters or {})
-        action = receive_callback(pipeline(), provider, task_id, dict(event.headers), body, query)
+        action = receive_callback(pipeline(WebhookSettings), provider, task_id, dict(event.headers), body, query)
     except WebhookAuthError as error:
         logger.warning("callback failed authentication", extra={"error": str(error)})
         metrics.add_metric(name="WebhookAuthFailure", unit=MetricUnit.Count, value=1)

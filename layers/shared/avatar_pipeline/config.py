@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -147,5 +147,26 @@ class Settings(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Self:
         return cls.model_validate(dict(os.environ if env is None else env))
+
+
+# Each function's own settings: what its work cannot do without is required, so a function deployed without it
+# refuses to build its pipeline (before its first event is touched), naming the variable, instead of failing
+# mid-request. The submit and finalize functions need nothing beyond `Settings`.
+
+
+class SenderSettings(Settings):
+    """The dispatcher's and the poller's (both send tasks to providers): where providers call back, where the
+    dispatcher is woken, and the key callback tokens are derived from."""
+
+    webhook_base_url: str = Field(alias="WEBHOOK_BASE_URL", min_length=1)
+    wakeup_queue_url: str = Field(alias="WAKEUP_QUEUE_URL", min_length=1)
+    callback_key_secret_id: str = Field(alias="CALLBACK_KEY_SECRET_ID", min_length=1)
+
+
+class WebhookSettings(Settings):
+    """The webhook's: where processed deliveries are remembered, and the key that checks callback tokens."""
+
+    idempotency_table_name: str = Field(alias="IDEMPOTENCY_TABLE_NAME", min_length=1)
+    callback_key_secret_id: str = Field(alias="CALLBACK_KEY_SECRET_ID", min_length=1)

@@ -113,8 +113,10 @@ class SecretBackedProviders(Mapping[str, VideoProvider]):
 
 
 @functools.cache
-def pipeline() -> PipelineContext:
-    settings = Settings.from_env()
+def pipeline(settings_model: type[Settings] = Settings) -> PipelineContext:
+    """The container's pipeline, built on first use from the environment, validated by the function's own settings
+    model (`config.SenderSettings`, `config.WebhookSettings`; `Settings` for the others)."""
+    settings = settings_model.from_env()
     session = boto3.session.Session()
     s3 = s3_client(session)
     secrets = SecretsProvider(boto3_client=session.client("secretsmanager"))
