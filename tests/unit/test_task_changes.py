@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -39,6 +41,7 @@ S = TaskStatus
 T0 = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
 SOON = T0 + timedelta(minutes=1)
 LATER = T0 + timedelta(minutes=5)
+SERVICES = Path(__file__).resolve().parents[2] / "layers" / "shared" / "avatar_pipeline" / "services"
 VIDEO = S3Object(bucket="media", key="outputs/alice/t-1.mp4", etag="e", size=10)
 
 
@@ -366,6 +369,17 @@ def test_every_change_leaves_the_original_untouched() -> None:
     before = task.model_dump()
     complete(task, attempt=2, output=VIDEO, now=SOON, check_at=LATER)
     assert task.model_dump() == before
+
+
+def test_no_service_changes_a_task_with_free_form_fields() -> None:
+    # Given the services, then none calls touch or transition: every change is one of the named ones
+    for module in sorted(SERVICES.glob("*.py")):
+        tree = ast.parse(module.read_text())
+        called = {
+            node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        }
+        imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names}
+        assert not ({"touch", "transition"} & (called | imported)), module.name
 
 
 def test_transition_stays_the_one_check_of_status_moves() -> None:
