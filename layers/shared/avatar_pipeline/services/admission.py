@@ -15,6 +15,7 @@ provider was sent it — a task is only ever at one provider.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable, Collection
@@ -47,7 +48,14 @@ from avatar_pipeline.quota import (
     waking,
 )
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
-from avatar_pipeline.state_machine import touch, transition
+from avatar_pipeline.task_changes import (
+    back_in_line,
+    claim_submission,
+    explain,
+    mark_answer_lost,
+    move_to_line,
+    record_news,
+)
 
 logger = Logger(child=True)
 
@@ -155,15 +163,12 @@ def dispatch(
         if ended := _end_if_never_sendable(ctx, task, charge):
             report.actions[ended] += 1
             continue
-        claimed = transition(
+        claimed = claim_submission(
             task,
-            TaskStatus.SUBMITTING,
             why=f"{display_name(provider)} has room ({limits.describe()}): sending it",
             now=now,
             lease_until=now + SUBMIT_LEASE,
-            next_check_at=now + SUBMIT_LEASE,
-            submit_attempts=task.submit_attempts + 1,
-            charged_on=charge.day if charge else task.charged_on,
+            charged_on=charge.day if charge else None,
         )
         try:
             ctx.tasks.admit(
@@ -240,35 +245,30 @@ def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName
             f"waited {_duration(waited)} in line for {display_name(source)}; {display_name(target)} has room:"
             " moved to its line (spill-over)"
         )
-
-        def move(current: Task, why: str = why) -> Task | None:
-            if current.status is not TaskStatus.QUEUED or current.provider != source:
-                return None
-            return _moved_to(ctx, current, TaskStatus.QUEUED, target, why)
-
-        moved = ctx.update_task(task, move)
+        moved = ctx.update_task(task, functools.partial(_spill, ctx, source=source, target=target, why=why))
         if moved is not None:
             logger.info("spilled over", extra={"task_id": task.task_id, "from": source, "to": target})
             return moved
     return None
 
 
-def _moved_to(ctx: PipelineContext, task: Task, status: TaskStatus, other: ProviderName, why: str) -> Task:
-    """`task`, moved (into `status`) to the other provider's line at the same place, with that provider's cost —
-    counted against the spend limit when it is admitted there, even if the first provider's already was (a spend
-    limit may count too much, never too little)."""
+def _spill(ctx: PipelineContext, current: Task, *, source: ProviderName, target: ProviderName, why: str) -> Task | None:
+    if current.status is not TaskStatus.QUEUED or current.provider != source:
+        return None
+    return _moved_to(ctx, current, target, why)
+
+
+def _moved_to(ctx: PipelineContext, task: Task, other: ProviderName, why: str) -> Task:
+    """`task`, moved to the other provider's line at the same place, with that provider's cost — counted against the
+    spend limit when it is admitted there, even if the first provider's already was (a spend limit may count too
+    much, never too little)."""
     seconds = (task.audio_ms or 0) / 1000
-    return transition(
+    return move_to_line(
         task,
-        status,
+        other,
         why=why,
         now=ctx.clock(),
-        lease_until=None,
-        next_check_at=None,
-        provider=other,
-        failed_over_from=task.provider,
-        estimated_cost_usd=str(estimate_cost(other, task.mode, seconds, ctx.settings)),
-        charged_on=None,
+        estimated_cost_usd=estimate_cost(other, task.mode, seconds, ctx.settings),
     )
 
 
@@ -346,13 +346,13 @@ def _hold_for_spend_limit(ctx: PipelineContext, task: Task, charge: Charge) -> N
         " nothing more is sent before 00:00 UTC"
     )
     logger.warning("spend limit reached; the line waits", extra={"provider": task.provider, "limit": str(charge.limit)})
+    ctx.update_task(task, functools.partial(_say_why_in_line, ctx, why=note))
 
-    def say_why(current: Task) -> Task | None:
-        if current.status is not TaskStatus.QUEUED or current.reason == note:
-            return None
-        return touch(current, now=ctx.clock(), reason=note)
 
-    ctx.update_task(task, say_why)
+def _say_why_in_line(ctx: PipelineContext, current: Task, *, why: str) -> Task | None:
+    if current.status is not TaskStatus.QUEUED or current.reason == why:
+        return None
+    return explain(current, why=why, now=ctx.clock())
 
 
 def _wake_when_over(
@@ -429,7 +429,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
         if provider.finds_by_task:
             look_again_at = min(look_again_at, ctx.clock() + timedelta(seconds=ctx.settings.poll_after_seconds))
         note = f"{name} did not answer the submission ({error}); waiting for its callback, not resending"
-        _update_while_submitting(ctx, claimed, lease_until=None, next_check_at=look_again_at, reason=note)
+        ctx.update_task(claimed, functools.partial(_answer_lost, ctx, why=note, check_at=look_again_at))
         logger.warning("submission outcome unknown", extra={"task_id": claimed.task_id})
         return "unknown"
     except ProviderError as error:
@@ -441,26 +441,29 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
         ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
         logger.error("provider refused the submission", extra={"task_id": claimed.task_id, "reason": why})
         return "failed"
-
-    def record_acceptance(task: Task) -> Task | None:
-        now = ctx.clock()
-        if task.status is TaskStatus.SUBMITTING:
-            return transition(
-                task,
-                TaskStatus.SUBMITTED,
-                why=f"{name} accepted it as {accepted.provider_task_id}",
-                now=now,
-                provider_task_id=accepted.provider_task_id,
-                lease_until=None,
-                last_news_at=now,
-                next_check_at=now + timedelta(seconds=ctx.settings.poll_after_seconds),
-            )
-        return None  # a callback already moved it on, and recorded the provider's id with it
-
-    ctx.update_task(claimed, record_acceptance)
+    why = f"{name} accepted it as {accepted.provider_task_id}"
+    ctx.update_task(
+        claimed, functools.partial(_record_acceptance, ctx, why=why, provider_task_id=accepted.provider_task_id)
+    )
     ctx.meter.record_submission(claimed.provider, claimed.estimated_cost_usd)
     logger.info("submitted", extra={"task_id": claimed.task_id, "provider_task_id": accepted.provider_task_id})
     return "submitted"
+
+
+def _record_acceptance(ctx: PipelineContext, task: Task, *, why: str, provider_task_id: str) -> Task | None:
+    if task.status is not TaskStatus.SUBMITTING:
+        return None  # a callback already moved it on, and recorded the provider's id with it
+    now = ctx.clock()
+    check_at = now + timedelta(seconds=ctx.settings.poll_after_seconds)
+    return record_news(
+        task, TaskStatus.SUBMITTED, why=why, now=now, provider_task_id=provider_task_id, check_at=check_at
+    )
+
+
+def _answer_lost(ctx: PipelineContext, task: Task, *, why: str, check_at: datetime) -> Task | None:
+    if task.status is not TaskStatus.SUBMITTING:
+        return None
+    return mark_answer_lost(task, why=why, now=ctx.clock(), check_at=check_at)
 
 
 def _invocation_id() -> str | None:
@@ -549,19 +552,24 @@ def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientE
         ctx.end_task(claimed, TaskStatus.FAILED, why, provided=lambda task: task.status is TaskStatus.SUBMITTING)
         logger.error("provider kept turning the submission away; failed", extra={"task_id": claimed.task_id})
         return "failed"
-
-    def requeue(current: Task) -> Task | None:
-        if current.status is not TaskStatus.SUBMITTING or current.provider != claimed.provider:
-            return None
-        if other is not None:
-            why = f"{name} is unavailable ({error}); failing over to {display_name(other)}"
-            return _moved_to(ctx, current, TaskStatus.QUEUED, other, why)
+    if other is not None:
+        why = f"{name} is unavailable ({error}); failing over to {display_name(other)}"
+    else:
         why = f"{name} turned it away ({error}); back to its place in line, sent after {now + pause:%H:%M:%S} UTC"
-        return transition(current, TaskStatus.QUEUED, why=why, now=ctx.clock(), lease_until=None, next_check_at=None)
-
-    ctx.update_task(claimed, requeue)
+    ctx.update_task(claimed, functools.partial(_requeue, ctx, provider=claimed.provider, other=other, why=why))
     logger.warning("provider turned the submission away; back in line", extra={"failover_to": other})
     return "requeued"
+
+
+def _requeue(
+    ctx: PipelineContext, current: Task, *, provider: ProviderName, other: ProviderName | None, why: str
+) -> Task | None:
+    """Back in line (`provider`'s, or the `other`'s when failing over), if it is still being sent to `provider`."""
+    if current.status is not TaskStatus.SUBMITTING or current.provider != provider:
+        return None
+    if other is not None:
+        return _moved_to(ctx, current, other, why)
+    return back_in_line(current, why=why, now=ctx.clock())
 
 
 def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:
@@ -586,13 +594,6 @@ def _configured(ctx: PipelineContext, provider: ProviderName) -> bool:
         logger.warning("the other provider is unavailable", extra={"provider": provider})
         return False
     return True
-
-
-def _update_while_submitting(ctx: PipelineContext, claimed: Task, **changes: object) -> None:
-    def update(task: Task) -> Task | None:
-        return touch(task, now=ctx.clock(), **changes) if task.status is TaskStatus.SUBMITTING else None
-
-    ctx.update_task(claimed, update)
 
 
 def on_line_changes(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -23,7 +24,8 @@ from avatar_pipeline.ports import (
     VideoProvider,
     Waker,
 )
-from avatar_pipeline.state_machine import can_transition, transition
+from avatar_pipeline.state_machine import can_transition
+from avatar_pipeline.task_changes import end
 
 logger = Logger(child=True)
 
@@ -113,11 +115,9 @@ class PipelineContext:
         `provided` restates the premise the decision was made on (e.g. "still FINALIZING, attempt 2"), so a writer
         that lost a race never ends a task on facts that have changed since it looked.
         """
+        return self.update_task(task, functools.partial(self._end_if, status=status, why=why, provided=provided))
 
-        def end(current: Task) -> Task | None:
-            if not provided(current) or not can_transition(current.status, status):
-                return None
-            now = self.clock()
-            return transition(current, status, why=why, now=now, lease_until=None, next_check_at=now)
-
-        return self.update_task(task, end)
+    def _end_if(self, current: Task, *, status: TaskStatus, why: str, provided: Callable[[Task], bool]) -> Task | None:
+        if not provided(current) or not can_transition(current.status, status):
+            return None
+        return end(current, status, why=why, now=self.clock())

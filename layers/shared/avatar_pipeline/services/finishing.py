@@ -12,7 +12,17 @@ from aws_lambda_powertools import Logger
 from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
 from avatar_pipeline.models import Notification, S3Object, Task, TaskOutcome, TaskStatus
 from avatar_pipeline.services.context import PipelineContext
-from avatar_pipeline.state_machine import touch, transition
+from avatar_pipeline.task_changes import (
+    claim_copy,
+    claim_notification,
+    complete,
+    end,
+    give_back_copy,
+    holds_copy,
+    mark_notified,
+    notification_claimable,
+    renew_copy_lease,
+)
 
 logger = Logger(child=True)
 
@@ -78,19 +88,9 @@ def _claim_copy(current: Task, *, now: datetime, deadline: datetime) -> Task | N
             f"the provider deleted its video before it could be copied ({current.finalize_attempts} attempts;"
             f" last: {current.reason})"
         )
-        return transition(current, TaskStatus.FAILED, why=why, now=now, lease_until=None, next_check_at=now)
-    attempt = current.finalize_attempts + 1
+        return end(current, TaskStatus.FAILED, why=why, now=now)
     lease_until = min(now + COPY_LEASE, deadline)
-    return transition(
-        current,
-        TaskStatus.FINALIZING,
-        why=f"copying the video (attempt {attempt})",
-        now=now,
-        finalize_attempts=attempt,
-        copy_retry_at=None,
-        lease_until=lease_until,
-        next_check_at=lease_until + COPY_LEASE_MARGIN,
-    )
+    return claim_copy(current, now=now, lease_until=lease_until, check_at=lease_until + COPY_LEASE_MARGIN)
 
 
 class _CopyAttempt:
@@ -107,7 +107,7 @@ class _CopyAttempt:
         self._held_until = claimed.lease_until or ctx.clock()
 
     def still_ours(self, current: Task) -> bool:
-        return current.status is TaskStatus.FINALIZING and current.finalize_attempts == self._attempt
+        return holds_copy(current, self._attempt)
 
     def run(self) -> FinalizeAction:
         ctx, claimed = self._ctx, self._claimed
@@ -136,47 +136,36 @@ class _CopyAttempt:
         if self._held_until - moment > COPY_LEASE / 2:
             return
         renewed_until = min(moment + COPY_LEASE, self._deadline)
-
-        def renew(current: Task) -> Task | None:
-            if not self.still_ours(current):
-                return None
-            return touch(
-                current, now=moment, lease_until=renewed_until, next_check_at=renewed_until + COPY_LEASE_MARGIN
-            )
-
+        renew = functools.partial(self._renew, until=renewed_until, now=moment)
         if self._ctx.update_task(self._claimed.task_id, renew) is None:
             raise CopyLeaseLostError(f"copy attempt {self._attempt} was taken over by another attempt")
         self._held_until = renewed_until
+
+    def _renew(self, current: Task, *, until: datetime, now: datetime) -> Task | None:
+        if not self.still_ours(current):
+            return None
+        return renew_copy_lease(
+            current, attempt=self._attempt, until=until, check_at=until + COPY_LEASE_MARGIN, now=now
+        )
 
     def _give_back(self, error: OutputCopyInterruptedError) -> None:
         """The copy broke off: the task is handed back, with a time for the next attempt."""
         later = self._ctx.clock()
         retry_at = later + copy_backoff(self._attempt)
         note = f"copy attempt {self._attempt} broke off ({error}); trying again at {retry_at:%H:%M:%S} UTC"
-
-        def release(current: Task) -> Task | None:
-            if not self.still_ours(current):
-                return None
-            return touch(
-                current, now=later, lease_until=later, copy_retry_at=retry_at, next_check_at=retry_at, reason=note
-            )
-
-        self._ctx.update_task(self._claimed, release)
+        self._ctx.update_task(self._claimed, functools.partial(self._release, retry_at=retry_at, why=note, now=later))
         logger.warning("copy interrupted; retry scheduled", extra={"task_id": self._claimed.task_id, "reason": note})
+
+    def _release(self, current: Task, *, retry_at: datetime, why: str, now: datetime) -> Task | None:
+        if not self.still_ours(current):
+            return None
+        return give_back_copy(current, attempt=self._attempt, retry_at=retry_at, why=why, now=now)
 
     def _complete(self, current: Task, *, output: S3Object) -> Task | None:
         if not self.still_ours(current):
             return None
         now = self._ctx.clock()
-        return transition(
-            current,
-            TaskStatus.COMPLETED,
-            why=f"video stored at {output.uri}",
-            now=now,
-            output=output,
-            lease_until=None,
-            next_check_at=now + NOTIFY_LEASE,
-        )
+        return complete(current, attempt=self._attempt, output=output, now=now, check_at=now + NOTIFY_LEASE)
 
 
 def _fail_if(ctx: PipelineContext, task: Task, still_ours: Callable[[Task], bool], why: str) -> None:
@@ -214,16 +203,7 @@ def announce(ctx: PipelineContext, task: Task | str) -> AnnounceAction:
     A short lease, claimed with a conditional write before publishing, keeps concurrent notifiers (stream
     retries, the poller) from publishing twice; if a notifier dies holding it, the poller publishes later.
     """
-    now = ctx.clock()
-
-    def claim(current: Task) -> Task | None:
-        leased = current.notify_lease_until is not None and current.notify_lease_until > now
-        if not current.status.is_terminal or current.notified_at is not None or leased:
-            return None
-        lease_until = now + NOTIFY_LEASE
-        return touch(current, now=now, notify_lease_until=lease_until, next_check_at=lease_until)
-
-    claimed = ctx.update_task(task, claim)
+    claimed = ctx.update_task(task, functools.partial(_claim_notification, now=ctx.clock()))
     if claimed is None:
         return "skipped"
     try:
@@ -235,15 +215,21 @@ def announce(ctx: PipelineContext, task: Task | str) -> AnnounceAction:
             "publishing the notification failed; the poller will retry", extra={"task_id": claimed.task_id}
         )
         return "deferred"
-
-    def confirm(current: Task) -> Task | None:
-        # Not over a late video's reopening (a new ending, announced on its own).
-        if current.notified_at is not None or current.status is not claimed.status:
-            return None
-        return touch(current, now=ctx.clock(), notified_at=ctx.clock(), notify_lease_until=None, next_check_at=None)
-
-    ctx.update_task(claimed, confirm)
+    ctx.update_task(claimed, functools.partial(_confirm_notified, ctx, announced=claimed.status))
     # Counted here, where each ended task passes exactly once.
     ctx.meter.record_outcome(TaskOutcome.of(claimed))
     logger.info("notification published", extra={"task_id": claimed.task_id, "message_id": message_id})
     return "published"
+
+
+def _claim_notification(current: Task, *, now: datetime) -> Task | None:
+    if not notification_claimable(current, now):
+        return None
+    return claim_notification(current, now=now, until=now + NOTIFY_LEASE)
+
+
+def _confirm_notified(ctx: PipelineContext, current: Task, *, announced: TaskStatus) -> Task | None:
+    # Not over a late video's reopening (a new ending, announced on its own).
+    if current.notified_at is not None or current.status is not announced:
+        return None
+    return mark_notified(current, now=ctx.clock())

@@ -29,7 +29,8 @@ from avatar_pipeline.providers.registry import PROVIDERS, display_name
 from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 from avatar_pipeline.services.finishing import output_key
-from avatar_pipeline.state_machine import begin, transition
+from avatar_pipeline.state_machine import begin
+from avatar_pipeline.task_changes import end, join_line
 
 logger = Logger(child=True)
 
@@ -113,7 +114,7 @@ def _reject_rivals(
             image=current.image,
             audio=current.audio,
         )
-        rejected = transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+        rejected = end(waiting, TaskStatus.REJECTED, why=why, now=now)
         released = consume(current, [held], now, deadline)
         assert released is not None
         released = released.model_copy(update={f"used_{role}": upload})  # a repeat of this event changes nothing
@@ -198,7 +199,7 @@ def _reject_alone(ctx: PipelineContext, job: str, upload: S3Object, reason: str,
         provider=ctx.settings.default_provider,
         mode=ctx.settings.default_mode,
     )
-    task = transition(waiting, TaskStatus.REJECTED, why=reason, now=now, next_check_at=now)
+    task = end(waiting, TaskStatus.REJECTED, why=reason, now=now)
     if not ctx.tasks.create(task):
         return UploadOutcome("duplicate", job=job, task_id=task.task_id)
     logger.warning("upload rejected", extra={"task_id": task.task_id, "reason": reason})
@@ -258,7 +259,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
             f"{MAX_S3_KEY_BYTES:,}"
         )
     if refused:
-        return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems + refused), now=now, next_check_at=now)
+        return end(waiting, TaskStatus.REJECTED, why="; ".join(problems + refused), now=now)
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
     from avatar_pipeline.validation import fits, validate_pair
 
@@ -269,7 +270,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     )
     problems += report.problems
     if problems:
-        return transition(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now, next_check_at=now)
+        return end(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now)
     assert report.audio is not None  # accepted, so it was read
     seconds = report.audio.duration_seconds
     cost = estimate_cost(provider, waiting.mode, seconds, ctx.settings)
@@ -278,11 +279,11 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
             f"its estimated cost of ${cost} is more than the per-pair cost limit of"
             f" ${ctx.settings.max_cost_per_pair_usd} (MaxCostPerPairUsd)"
         )
-        return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+        return end(waiting, TaskStatus.REJECTED, why=why, now=now)
     limit = ctx.settings.daily_spend_limit_usd
     if limit and cost > limit:
         why = f"its estimated cost of ${cost} is more than the daily spend limit of ${limit}, so it could never be sent"
-        return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+        return end(waiting, TaskStatus.REJECTED, why=why, now=now)
     wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
     # Only to a provider the operator allows, that would accept these very files too, within the per-pair limit.
     failover_allowed = wants_failover and any(
@@ -294,15 +295,13 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     paired = f"paired {image.key} with {audio.key}" + (
         "" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"
     )
-    return transition(
+    return join_line(
         waiting,
-        TaskStatus.QUEUED,
         why=f"{paired}; {line_note(ctx, provider, ctx.tasks.queue_length(provider), now)}",
         now=now,
-        queued_at=now,
         audio_ms=round(seconds * 1000),
         failover_allowed=failover_allowed,
-        estimated_cost_usd=str(cost),
+        estimated_cost_usd=cost,
     )
 
 
@@ -348,4 +347,4 @@ def _gone_task(ctx: PipelineContext, slot: PairSlot, task_id: str, why: str, now
         image=slot.image,
         audio=slot.audio,
     )
-    return transition(waiting, TaskStatus.REJECTED, why=why, now=now, next_check_at=now)
+    return end(waiting, TaskStatus.REJECTED, why=why, now=now)

@@ -19,7 +19,16 @@ from avatar_pipeline.providers.registry import PROVIDERS, describe_failure, disp
 from avatar_pipeline.services.admission import dispatch, reconcile
 from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
-from avatar_pipeline.state_machine import begin, can_transition, touch, transition
+from avatar_pipeline.state_machine import begin, can_transition
+from avatar_pipeline.task_changes import (
+    end,
+    hand_back_copy,
+    record_news,
+    schedule_check,
+    schedule_copy_retry,
+    stop_watching,
+    video_ready,
+)
 
 logger = Logger(child=True)
 
@@ -53,43 +62,41 @@ _NEXT_STATUS = {
 
 def record_provider_news(ctx: PipelineContext, task: Task | str, news: ProviderJob) -> NewsAction:
     """Move the task as far as the provider's news allows; repeated or late news changes nothing."""
+    return "recorded" if ctx.update_task(task, functools.partial(_news_moves, ctx, news=news)) else "unchanged"
 
-    def decide(current: Task) -> Task | None:
-        if current.provider_task_id and current.provider_task_id != news.provider_task_id:
-            raise CallbackMismatchError(
-                f"news about {news.provider_task_id} addressed to task {current.task_id},"
-                f" which is {current.provider_task_id}"
-            )
-        target = _NEXT_STATUS[news.status]
-        if _late_video(current, news):
-            return _reopen_for_late_video(ctx, current, news)
-        if current.status not in AT_PROVIDER or not can_transition(current.status, target):
-            return None
-        now = ctx.clock()
-        name = display_name(current.provider)
-        changes: dict[str, object] = {
-            "provider_task_id": news.provider_task_id,
-            "last_news_at": now,
-            "lease_until": None,
-            "next_check_at": now + timedelta(seconds=ctx.settings.poll_after_seconds),
-        }
-        if target is TaskStatus.OUTPUT_READY:
-            why = f"{name} finished the video"
-            changes |= {
-                "provider_output_url": news.output_url,
-                "output_expires_at": now + PROVIDERS[current.provider].output_retention,
-                "next_check_at": now + FINALIZE_GRACE,
-            }
-        elif target is TaskStatus.FAILED:
-            why = describe_failure(current.provider, news)
-            changes["next_check_at"] = now
-        elif target is TaskStatus.PROCESSING:
-            why = f"{name} is making the video"
-        else:
-            why = f"{name} accepted it as {news.provider_task_id}"
-        return transition(current, target, why=why, now=now, **changes)
 
-    return "recorded" if ctx.update_task(task, decide) else "unchanged"
+def _news_moves(ctx: PipelineContext, current: Task, *, news: ProviderJob) -> Task | None:
+    """The task's next version after the provider's news, or None when the news moves it nowhere."""
+    if current.provider_task_id and current.provider_task_id != news.provider_task_id:
+        raise CallbackMismatchError(
+            f"news about {news.provider_task_id} addressed to task {current.task_id},"
+            f" which is {current.provider_task_id}"
+        )
+    target = _NEXT_STATUS[news.status]
+    if _late_video(current, news):
+        return _reopen_for_late_video(ctx, current, news)
+    if current.status not in AT_PROVIDER or not can_transition(current.status, target):
+        return None
+    now = ctx.clock()
+    name = display_name(current.provider)
+    if target is TaskStatus.OUTPUT_READY:
+        return video_ready(
+            current,
+            why=f"{name} finished the video",
+            now=now,
+            provider_task_id=news.provider_task_id,
+            output_url=news.output_url,
+            output_expires_at=now + PROVIDERS[current.provider].output_retention,
+            check_at=now + FINALIZE_GRACE,
+        )
+    if target is TaskStatus.FAILED:
+        why = describe_failure(current.provider, news)
+    elif target is TaskStatus.PROCESSING:
+        why = f"{name} is making the video"
+    else:
+        why = f"{name} accepted it as {news.provider_task_id}"
+    check_at = now + timedelta(seconds=ctx.settings.poll_after_seconds)
+    return record_news(current, target, why=why, now=now, provider_task_id=news.provider_task_id, check_at=check_at)
 
 
 def _late_video(task: Task, news: ProviderJob) -> bool:
@@ -106,22 +113,14 @@ def _reopen_for_late_video(ctx: PipelineContext, task: Task, news: ProviderJob) 
     """TIMED_OUT → OUTPUT_READY, once: the video is copied and announced like any other, and its notification says
     it overturns the time-out (if that was announced, or may have been)."""
     now = ctx.clock()
-    announced = task.notified_at is not None or task.notify_lease_until is not None
-    return transition(
+    return video_ready(
         task,
-        TaskStatus.OUTPUT_READY,
         why=f"{display_name(task.provider)} delivered the video after the task had timed out; keeping it",
         now=now,
         provider_task_id=news.provider_task_id,
-        provider_output_url=news.output_url,
+        output_url=news.output_url,
         output_expires_at=now + PROVIDERS[task.provider].output_retention,
-        last_news_at=now,
-        watch_until=None,
-        corrects=TaskStatus.TIMED_OUT if announced else None,
-        notified_at=None,
-        notify_lease_until=None,
-        lease_until=None,
-        next_check_at=now + FINALIZE_GRACE,
+        check_at=now + FINALIZE_GRACE,
     )
 
 
@@ -295,7 +294,7 @@ def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
         image=slot.image,
         audio=slot.audio,
     )
-    timed_out = transition(waiting, TaskStatus.TIMED_OUT, why=why, now=now, next_check_at=now)
+    timed_out = end(waiting, TaskStatus.TIMED_OUT, why=why, now=now)
     # The half is used up by its TIMED_OUT task, in one transaction with it: if the partner (or a replacement)
     # arrived meanwhile, the slot's version changed and nothing is written.
     released = consume(slot, [half], now, now)
@@ -308,26 +307,25 @@ def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
 
 
 def _reschedule(ctx: PipelineContext, task: Task, at: datetime) -> None:
-    def later(current: Task) -> Task | None:
-        return touch(current, now=ctx.clock(), next_check_at=at) if current.status is task.status else None
+    ctx.update_task(task, functools.partial(_check_later, ctx, still_in=task.status, at=at))
 
-    ctx.update_task(task, later)
+
+def _check_later(ctx: PipelineContext, current: Task, *, still_in: TaskStatus, at: datetime) -> Task | None:
+    return schedule_check(current, at=at, now=ctx.clock()) if current.status is still_in else None
 
 
 def _time_out(ctx: PipelineContext, task: Task, why: str, *, still_in: frozenset[TaskStatus]) -> str:
     """End the task TIMED_OUT — only if it is still where the reason says it is (a callback may have delivered the
     video meanwhile). A task its provider may still be making is watched afterwards, so a late video is kept."""
-    now = ctx.clock()
+    time_out = functools.partial(_timed_out, why=why, still_in=still_in, now=ctx.clock())
+    return "timed-out" if ctx.update_task(task, time_out) else "skipped"
 
-    def end(current: Task) -> Task | None:
-        if current.status not in still_in:
-            return None
-        watch = now + PROVIDERS[current.provider].output_retention if current.status in HOLDING_STATUSES else None
-        return transition(
-            current, TaskStatus.TIMED_OUT, why=why, now=now, lease_until=None, next_check_at=now, watch_until=watch
-        )
 
-    return "timed-out" if ctx.update_task(task, end) else "skipped"
+def _timed_out(current: Task, *, why: str, still_in: frozenset[TaskStatus], now: datetime) -> Task | None:
+    if current.status not in still_in:
+        return None
+    watch = now + PROVIDERS[current.provider].output_retention if current.status in HOLDING_STATUSES else None
+    return end(current, TaskStatus.TIMED_OUT, why=why, now=now, watch_until=watch)
 
 
 def _check(ctx: PipelineContext, task: Task) -> str:
@@ -433,12 +431,12 @@ def _watch_for_late_video(ctx: PipelineContext, task: Task, now: datetime) -> st
 
 def _stop_watching(ctx: PipelineContext, task: Task, now: datetime) -> str:
     """No late video can come any more (the provider failed it, or would have deleted it by now)."""
-
-    def stop(current: Task) -> Task | None:
-        return touch(current, now=now, watch_until=None, next_check_at=None) if current.watch_until else None
-
-    ctx.update_task(task, stop)
+    ctx.update_task(task, functools.partial(_unwatched, now=now))
     return "watch-ended"
+
+
+def _unwatched(current: Task, *, now: datetime) -> Task | None:
+    return stop_watching(current, now=now) if current.watch_until else None
 
 
 def _check_finishing(ctx: PipelineContext, task: Task, now: datetime) -> str:
@@ -479,7 +477,7 @@ def _back_off_silent_copy(
         return None
     attempt = current.finalize_attempts
     note = f"copy attempt {attempt} stopped without a word; trying again at {retry_at:%H:%M:%S} UTC"
-    return touch(current, now=now, copy_retry_at=retry_at, next_check_at=retry_at, reason=note)
+    return schedule_copy_retry(current, retry_at=retry_at, why=note, now=now)
 
 
 def _hand_back_to_finalize(current: Task, *, abandoned: Callable[[Task], bool], now: datetime) -> Task | None:
@@ -488,7 +486,7 @@ def _hand_back_to_finalize(current: Task, *, abandoned: Callable[[Task], bool], 
     # A new version of an OUTPUT_READY record is a new stream record: finalize gets another go.
     if current.status is TaskStatus.FINALIZING:
         why = f"copy attempt {current.finalize_attempts} did not finish; handing it back to finalize"
-        return transition(current, TaskStatus.OUTPUT_READY, why=why, now=now, next_check_at=now + FINALIZE_GRACE)
+        return hand_back_copy(current, why=why, now=now, check_at=now + FINALIZE_GRACE)
     if current.status is TaskStatus.OUTPUT_READY:
-        return touch(current, now=now, next_check_at=now + FINALIZE_GRACE)
+        return schedule_check(current, at=now + FINALIZE_GRACE, now=now)
     return None
