@@ -32,16 +32,19 @@ class ProviderRegistry(Mapping[str, ProviderSpec]):
 
     @contextmanager
     def registered(self, spec: ProviderSpec, *, replacing: bool = False) -> Iterator[ProviderSpec]:
-        """`spec` registered for the duration of the block (a test's provider, or a changed fact of a known one when
-        `replacing`), and the registry as it was afterwards."""
-        replaced = self._specs.pop(spec.name) if replacing else None
-        self.register(spec)
+        """`spec` registered for the duration of the block (a test's provider, or a changed fact of a known one, in
+        its place, when `replacing`), and the registry as it was afterwards."""
+        before = dict(self._specs)
+        if replacing:
+            if spec.name not in self._specs:
+                raise KeyError(f"no provider called {spec.name!r} to replace")
+            self._specs[spec.name] = spec
+        else:
+            self.register(spec)
         try:
             yield spec
         finally:
-            del self._specs[spec.name]
-            if replaced is not None:
-                self._specs[spec.name] = replaced
+            self._specs = before
 
     def __getitem__(self, name: str) -> ProviderSpec:
         return self._specs[name]

@@ -1,0 +1,96 @@
+"""The provider registry: every part of the pipeline reads the providers, their models and their facts from it."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from support.aws import template
+
+from avatar_pipeline.config import Settings
+from avatar_pipeline.models import JobOptions
+from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.providers.registry import PROVIDERS, ProviderRegistry, display_name
+from avatar_pipeline.providers.spec import ModelSpec
+
+REQUIRED = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t"}
+
+
+def test_the_registry_holds_wavespeed_then_cometapi_each_with_a_std_and_a_pro_model() -> None:
+    assert list(PROVIDERS) == ["wavespeed", "cometapi"]
+    assert {name: list(spec.models) for name, spec in PROVIDERS.items()} == {
+        "wavespeed": ["std", "pro"],
+        "cometapi": ["std", "pro"],
+    }
+    assert PROVIDERS.model("wavespeed", "pro").model_id == "kwaivgi/kling-v1-ai-avatar-pro"
+    assert (display_name("cometapi"), display_name("someone-else")) == ("CometAPI", "someone-else")
+
+
+def test_a_name_registered_twice_is_refused() -> None:
+    with pytest.raises(ValueError, match="registered already"):
+        ProviderRegistry(PROVIDERS["wavespeed"], PROVIDERS["wavespeed"])
+
+
+def test_a_replaced_spec_holds_only_within_its_block() -> None:
+    original = PROVIDERS["wavespeed"]
+    with PROVIDERS.registered(dataclasses.replace(original, output_retention=timedelta(days=1)), replacing=True):
+        assert PROVIDERS["wavespeed"].output_retention == timedelta(days=1)
+    assert PROVIDERS["wavespeed"] is original
+    assert list(PROVIDERS) == ["wavespeed", "cometapi"]
+
+
+def test_the_others_are_tried_in_registration_order_and_only_those_with_a_model_for_the_mode() -> None:
+    # Given a third provider offering only a mode of its own
+    only_ultra = dataclasses.replace(
+        PROVIDERS["cometapi"],
+        name="third",
+        models={"ultra": dataclasses.replace(PROVIDERS.model("cometapi", "std"), mode="ultra")},
+    )
+    with PROVIDERS.registered(only_ultra):
+        # Then it follows the others, and is no failover target for a std task
+        assert PROVIDERS.others("wavespeed") == ("cometapi", "third")
+        assert PROVIDERS.others("wavespeed", "std") == ("cometapi",)
+        assert PROVIDERS.others("third", "ultra") == ()
+
+
+def test_a_provider_or_mode_no_registered_provider_has_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"no provider is called 'openai'; known providers: wavespeed, cometapi"):
+        JobOptions(provider="openai")
+    with pytest.raises(ValueError, match=r"no provider offers a mode called 'ultra'; known modes: pro, std"):
+        JobOptions(mode="ultra")
+
+
+def test_the_cost_follows_the_models_billing_step_and_the_providers_price_setting() -> None:
+    settings = Settings.from_env({**REQUIRED, "COMETAPI_PRICE_PRO_PER_5S": "0.90"})
+    # WaveSpeed's published price per started 5 s; CometAPI's from the operator's setting
+    assert estimate_cost("wavespeed", "std", 5.1, settings) == Decimal("0.50")
+    assert estimate_cost("cometapi", "pro", 5.1, settings) == Decimal("1.80")
+    # A model billed per started 2 s
+    two_second = dataclasses.replace(PROVIDERS.model("wavespeed", "std"), billing_step_seconds=2)
+    spec = dataclasses.replace(PROVIDERS["wavespeed"], models={"std": two_second})
+    with PROVIDERS.registered(spec, replacing=True):
+        assert estimate_cost("wavespeed", "std", 5.1, settings) == Decimal("0.75")
+
+
+def test_a_model_without_a_published_price_needs_its_provider_to_set_one() -> None:
+    unpriced = ModelSpec(mode="std", model_id="m", title="Unpriced", limits=PROVIDERS.limits("wavespeed", "std"),
+                         price_per_step=None)  # fmt: skip
+    spec = dataclasses.replace(PROVIDERS["wavespeed"], models={"std": unpriced})
+    with PROVIDERS.registered(spec, replacing=True), pytest.raises(ValueError, match="no published price"):
+        estimate_cost("wavespeed", "std", 3.0, Settings.from_env(REQUIRED))
+
+
+def test_the_template_offers_exactly_the_registered_providers_and_modes() -> None:
+    """Given the template's parameters list providers and modes for the operator to choose, then they are the
+    registry's: a provider or model added to the registry alone (recipe step 4 forgotten) fails here."""
+    parameters = template()["Parameters"]
+    modes = sorted({mode for spec in PROVIDERS.values() for mode in spec.models})
+    assert sorted(parameters["DefaultProvider"]["AllowedValues"]) == sorted(PROVIDERS)
+    assert sorted(parameters["DefaultMode"]["AllowedValues"]) == modes
+    for parameter, names in (("AllowedProviders", list(PROVIDERS)), ("AllowedModes", modes)):
+        pattern = parameters[parameter]["AllowedPattern"]
+        assert re.fullmatch(pattern, " ".join(names)), parameter
+        assert not re.fullmatch(pattern, "someone-else"), parameter
