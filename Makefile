@@ -108,16 +108,16 @@ build: $(SAM_STAMP)
 	$(SAM) build --template-file template.yaml --build-dir $(BUILD_DIR)
 
 check-build: setup
-	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+	$(BIN)/python -m avatar_local.deploy_checks.build_check $(BUILD_DIR)
 
 validate: $(SAM_STAMP)
 	$(SAM) validate --lint --template-file template.yaml
 
 rehearse: setup
-	$(BIN)/python -m avatar_local.rehearsal
+	$(BIN)/python -m avatar_local.deploy_checks.rehearsal
 
 deploy: build
-	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+	$(BIN)/python -m avatar_local.deploy_checks.build_check $(BUILD_DIR)
 	$(SAM) deploy --template-file $(BUILD_DIR)/template.yaml --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
 
 clean:

@@ -7,7 +7,7 @@ import pytest
 from moto import mock_aws
 from support.aws import REGION, Stack, create_stack
 
-from avatar_local.moto_dynamodb import faithful_dynamodb_writes
+from avatar_local.twin.moto_dynamodb import faithful_dynamodb_writes
 
 # Handler modules build their Powertools objects at import, which happens at collection: set these first.
 os.environ.update(
