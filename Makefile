@@ -14,7 +14,7 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos batch bench setup test lint format typecheck hooks cfn-lint checkov iac-check build check-build validate rehearse deploy clean
+.PHONY: help demo up chaos batch bench setup test test-unit test-template test-handlers test-e2e test-chaos test-tooling lint format typecheck hooks cfn-lint checkov iac-check build check-build validate rehearse deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 BATCH_PAIRS ?= 120
@@ -27,7 +27,13 @@ help:
 	@echo "make batch      $(BATCH_PAIRS) pairs at once, more than WaveSpeed's quota, at its limits with time $(BATCH_TIME_FACTOR)x; prints the figures"
 	@echo "make bench      performance against baselines (cold start, copy, poller, batch, CPU, cost); writes docs/performance.md"
 	@echo "make setup      create .venv with everything needed to develop and test"
-	@echo "make test       run the whole test suite (unit, handler, template checks)"
+	@echo "make test       run the whole test suite: every tier below"
+	@echo "make test-unit      the domain and its adapters, on in-memory fakes and moto (tests/unit)"
+	@echo "make test-template  template.yaml as SAM and CloudFormation read it (tests/template)"
+	@echo "make test-handlers  each Lambda handler with real-shaped events against moto (tests/handlers)"
+	@echo "make test-e2e       jobs through the local stack (tests/e2e)"
+	@echo "make test-chaos     pairs through the local stack under injected faults, CI-sized (tests/chaos)"
+	@echo "make test-tooling   the local twin, the simulators, the benchmark, the deploy checks, the dev gates (tests/tooling)"
 	@echo "make lint       ruff lint + format check, and iac-check"
 	@echo "make iac-check  template.yaml through cfn-lint (with the serverless rules) and checkov"
 	@echo "make format     apply ruff formatting and safe fixes"
@@ -64,8 +70,27 @@ batch: setup
 bench: setup
 	$(BIN)/python -m avatar_local.bench
 
+# One pytest over tests/ (pyproject's testpaths): every tier, each of which has its own target.
 test: setup
 	$(BIN)/pytest
+
+test-unit: setup
+	$(BIN)/pytest tests/unit
+
+test-template: setup
+	$(BIN)/pytest tests/template
+
+test-handlers: setup
+	$(BIN)/pytest tests/handlers
+
+test-e2e: setup
+	$(BIN)/pytest tests/e2e
+
+test-chaos: setup
+	$(BIN)/pytest tests/chaos
+
+test-tooling: setup
+	$(BIN)/pytest tests/tooling
 
 lint: setup iac-check
 	$(BIN)/ruff check .
@@ -108,16 +133,16 @@ build: $(SAM_STAMP)
 	$(SAM) build --template-file template.yaml --build-dir $(BUILD_DIR)
 
 check-build: setup
-	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+	$(BIN)/python -m avatar_local.deploy_checks.build_check $(BUILD_DIR)
 
 validate: $(SAM_STAMP)
 	$(SAM) validate --lint --template-file template.yaml
 
 rehearse: setup
-	$(BIN)/python -m avatar_local.rehearsal
+	$(BIN)/python -m avatar_local.deploy_checks.rehearsal
 
 deploy: build
-	$(BIN)/python -m avatar_local.build_check $(BUILD_DIR)
+	$(BIN)/python -m avatar_local.deploy_checks.build_check $(BUILD_DIR)
 	$(SAM) deploy --template-file $(BUILD_DIR)/template.yaml --guided --stack-name $(STACK_NAME) --capabilities CAPABILITY_IAM
 
 clean:

@@ -15,7 +15,7 @@ from pathlib import Path
 from avatar_cli.client import PipelineClient, StackTarget, describe_transition
 from avatar_local import batch, chaos
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-from avatar_local.stack import LocalStack, LocalStackConfig, StackInfo
+from avatar_local.twin.stack import LocalStack, LocalStackConfig, StackInfo
 from avatar_pipeline.models import JobOptions, TaskStatus
 
 

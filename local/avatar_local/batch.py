@@ -26,8 +26,8 @@ from typing import Any
 from avatar_cli.client import PipelineClient, StackTarget
 from avatar_local.chaos import Drop, Media, NotificationLog, Row, is_stored_mp4, provider_submissions, settle
 from avatar_local.simulators.faults import FaultPlan
-from avatar_local.stack import LocalStack, LocalStackConfig
-from avatar_local.template import load_template
+from avatar_local.twin.stack import LocalStack, LocalStackConfig
+from avatar_local.twin.template import load_template
 from avatar_pipeline.models import Task, TaskStatus, utcnow
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -23,10 +23,10 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from avatar_cli.client import PipelineClient, StackTarget
-from avatar_local.aws_faults import AwsFaultPlan
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-from avatar_local.stack import LocalStack, LocalStackConfig, StackInfo
+from avatar_local.twin.aws_faults import AwsFaultPlan
+from avatar_local.twin.stack import LocalStack, LocalStackConfig, StackInfo
 from avatar_pipeline.models import JobOptions, Task, TaskStatus
 
 PairKind = Literal["pair", "half", "bad"]

@@ -10,7 +10,7 @@ from support.e2e import E2E, Samples
 from avatar_cli.client import PipelineClient, StackTarget
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-from avatar_local.stack import LocalStack, LocalStackConfig
+from avatar_local.twin.stack import LocalStack, LocalStackConfig
 
 # Fast settings for tests: the poller runs every second and chases tasks after 5 s without news.
 E2E_PARAMETERS = {

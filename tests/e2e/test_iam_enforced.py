@@ -13,8 +13,8 @@ import pytest
 from avatar_cli.client import PipelineClient, StackTarget
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-from avatar_local.stack import LocalStack, LocalStackConfig
-from avatar_local.template import load_template
+from avatar_local.twin.stack import LocalStack, LocalStackConfig
+from avatar_local.twin.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 

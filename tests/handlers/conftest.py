@@ -6,6 +6,7 @@ import pytest
 import respx
 from handlers.helpers import TaskStream
 from support.aws import WAVESPEED_BASE_URL, Stack, configure_cometapi
+from support.moto_stack import moto_stack  # noqa: F401 - the `stack` fixture, for this tier's tests
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ from moto.dynamodbstreams.models import dynamodbstreams_backends
 from support.aws import COMETAPI_BASE_URL, REGION, ROOT, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, lambda_stream_record, s3_created, sqs_event
 
-from avatar_local.event_filter import filter_records
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-from avatar_local.template import DynamoDBEventSource, FunctionSpec, function_by_id, load_template
+from avatar_local.twin.event_filter import filter_records
+from avatar_local.twin.template import DynamoDBEventSource, FunctionSpec, function_by_id, load_template
 
 # Real media, as validation reads content: a generated portrait and a 3-second speech-like clip.
 PNG_BYTES = make_sample_portrait()

@@ -25,7 +25,7 @@ from support.aws import REGION, ROOT, TABLE, WAVESPEED_BASE_URL, Stack
 from support.events import FakeLambdaContext, sample, stream_event
 from support.mp4 import fake_mp4
 
-from avatar_local.template import function_by_id, load_template
+from avatar_local.twin.template import function_by_id, load_template
 from avatar_pipeline.models import Task, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.tracking import LATE_VIDEO_CHECK_EVERY

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 from support.aws import REGION
 from support.fakes import T0, InMemoryTaskRepository
+from support.moto_stack import moto_stack  # noqa: F401 - the `stack` fixture, for the DynamoDB repository's tests
 
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.models import ProviderQuota, Task, TaskStatus

@@ -272,7 +272,7 @@ def test_unknown_or_empty_allowed_values_and_a_negative_cost_limit_are_refused(e
 
 @pytest.fixture(scope="module")
 def template() -> dict[str, Any]:
-    from avatar_local.template import load_template
+    from avatar_local.twin.template import load_template
 
     return load_template(ROOT / "template.yaml")
 
@@ -324,7 +324,7 @@ def test_the_local_stack_passes_the_limits_on_and_refuses_values_the_stack_would
     """Given the local stack resolves the template's parameters as CloudFormation does, then an override reaches the
     functions' ALLOWED_MODES, ALLOWED_PROVIDERS and MAX_COST_PER_PAIR_USD, and a value CloudFormation would refuse
     is refused."""
-    from avatar_local.template import Resolver, TemplateError, functions, load_template
+    from avatar_local.twin.template import Resolver, TemplateError, functions, load_template
 
     template = load_template(ROOT / "template.yaml")
     overrides = {"AllowedModes": "std", "AllowedProviders": "wavespeed", "MaxCostPerPairUsd": "5"}

@@ -20,6 +20,7 @@ import pytest
 from moto import mock_aws
 from support.aws import REGION, Stack
 from support.fakes import BUCKET, T0, World, make_world, run_dispatcher, upload
+from support.moto_stack import moto_stack  # noqa: F401 - the `stack` fixture, for the wiring's tests
 
 from avatar_pipeline import wiring
 from avatar_pipeline.adapters.s3 import LinkSigner, LinkSignerError, S3MediaStore, credentials_expiry

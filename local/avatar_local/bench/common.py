@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatar_local.aws import OPERATOR
+from avatar_local.twin.aws import OPERATOR
 
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[3]
@@ -116,7 +116,7 @@ def lambda_environment(logical_id: str, *, extra_parameters: Mapping[str, str] |
 
     Resource references resolve to plausible names (nothing is created); secrets and tables are never reached.
     """
-    from avatar_local.template import Resolver, functions, layer_content_dirs, load_template
+    from avatar_local.twin.template import Resolver, functions, layer_content_dirs, load_template
 
     template = load_template(ROOT / "template.yaml")
     resources = template.get("Resources") or {}

@@ -60,8 +60,8 @@ def padded_mp4(source: bytes, size: int, out: Path) -> None:
 def measure(
     repeats: int, workdir: Path, say: Callable[[str], None], sizes: Sequence[int] = (64 * MIB, 512 * MIB)
 ) -> Section:
-    from avatar_local.aws import EmbeddedAws
     from avatar_local.simulators.media import make_sample_portrait, make_sample_speech, render_avatar_video
+    from avatar_local.twin.aws import EmbeddedAws
 
     started = time.monotonic()
     small, large = min(sizes), max(sizes)

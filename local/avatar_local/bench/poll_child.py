@@ -104,7 +104,7 @@ def main(finished: int, in_flight: int, polls: int) -> dict[str, Any]:
     from aws_lambda_powertools import Logger
     from moto import mock_aws
 
-    from avatar_local.template import load_template
+    from avatar_local.twin.template import load_template
     from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
     from avatar_pipeline.config import Settings
     from avatar_pipeline.services.context import PipelineContext

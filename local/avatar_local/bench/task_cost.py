@@ -85,7 +85,7 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
 
     from avatar_cli.client import PipelineClient, StackTarget
     from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-    from avatar_local.stack import LocalStack, LocalStackConfig
+    from avatar_local.twin.stack import LocalStack, LocalStackConfig
 
     logging.getLogger("avatar_local").setLevel(logging.ERROR)
     stack = LocalStack(

@@ -1,4 +1,5 @@
-"""Checks what `sam build` produced before it is deployed: ``python -m avatar_local.build_check [build dir]``.
+"""Checks what `sam build` produced before it is deployed:
+``python -m avatar_local.deploy_checks.build_check [build dir]``.
 
 For every function of template.yaml, as built under ``.aws-sam/build``:
 
@@ -13,7 +14,7 @@ For every function of template.yaml, as built under ``.aws-sam/build``:
   cold start), each such file starts with that release's magic number and is an unchecked-hash pyc, and there is no
   bytecode of another Python. This machine (x86_64, an older CPython) cannot load that code, so while the
   handler is imported each compiled module is loaded from the development virtualenv's copy of the same module;
-  the report names every module stood in for that way (see :mod:`avatar_local.build_probe`);
+  the report names every module stood in for that way (see :mod:`avatar_local.deploy_checks.build_probe`);
 * the first-party code in the build is the code in the source tree (a stale build fails), and the function plus its
   layers fit Lambda's 250 MB unzipped limit. The layers' unpacked sizes are printed.
 
@@ -36,9 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from avatar_local.template import FunctionSpec, TemplateError, functions, layer_content_dirs, load_template
+from avatar_local.twin.template import FunctionSpec, TemplateError, functions, layer_content_dirs, load_template
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = Path(__file__).resolve().parents[3]
 PROBE: Final = Path(__file__).with_name("build_probe.py")
 PROBE_TIMEOUT_SECONDS: Final = 180
 
@@ -634,7 +635,9 @@ def check_build(build_dir: Path, source_template: Path, *, host: Sequence[str] |
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m avatar_local.build_check", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m avatar_local.deploy_checks.build_check", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("build_dir", nargs="?", type=Path, default=ROOT / ".aws-sam" / "build")
     parser.add_argument("--template", type=Path, default=ROOT / "template.yaml")
     args = parser.parse_args(argv)

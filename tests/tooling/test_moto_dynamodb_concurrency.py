@@ -22,8 +22,8 @@ from moto.dynamodb.models import dynamodb_backends
 from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.models import DynamoDBStreamsBackend
 
-from avatar_local.aws import LOCAL_CREDENTIALS, EmbeddedAws
-from avatar_local.moto_dynamodb import faithful_dynamodb_writes
+from avatar_local.twin.aws import LOCAL_CREDENTIALS, EmbeddedAws
+from avatar_local.twin.moto_dynamodb import faithful_dynamodb_writes
 
 TABLE = "concurrency-test"
 INDEX = "by-state"

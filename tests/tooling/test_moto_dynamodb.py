@@ -10,8 +10,8 @@ from unittest.mock import patch
 import pytest
 from botocore.exceptions import ClientError
 
-from avatar_local import moto_dynamodb
-from avatar_local.aws import EmbeddedAws
+from avatar_local.twin import moto_dynamodb
+from avatar_local.twin.aws import EmbeddedAws
 
 TABLE = "stream-test"
 

@@ -1,4 +1,4 @@
-"""avatar_local.template: the local stack reads functions, events and environment from template.yaml itself."""
+"""avatar_local.twin.template: the local stack reads functions, events and environment from template.yaml itself."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from support.aws import SECRET_IDS
 
-from avatar_local.event_filter import check_pattern
-from avatar_local.template import (
+from avatar_local.twin.event_filter import check_pattern
+from avatar_local.twin.template import (
     NO_VALUE,
     EventSpec,
     FunctionSpec,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
 from typing import Any
 
-from avatar_local.aws_faults import AwsFaultPlan, install
+from avatar_local.twin.aws_faults import AwsFaultPlan, install
 
 
 class InvocationError(Exception):

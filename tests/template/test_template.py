@@ -18,9 +18,9 @@ from cfnlint.decode import decode_str
 from support.aws import SECRET_IDS
 from support.fakes import CALLBACK_KEY, callback_query
 
-from avatar_local.event_filter import check_pattern, matches_any
-from avatar_local.sam_transform import transform
-from avatar_local.template import load_template
+from avatar_local.twin.event_filter import check_pattern, matches_any
+from avatar_local.twin.sam_transform import transform
+from avatar_local.twin.template import load_template
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
 from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings, default_output_hosts

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from avatar_local.aws import EmbeddedAws
+from avatar_local.twin.aws import EmbeddedAws
 
 BUCKET = "limits-test"
 LONGEST = "k" * 1024

@@ -1,4 +1,5 @@
-"""Imports modules from a built Lambda artifact only; run by :mod:`avatar_local.build_check` in a fresh interpreter.
+"""Imports modules from a built Lambda artifact only; run by :mod:`avatar_local.deploy_checks.build_check` in a
+fresh interpreter.
 
 ``python -I -S build_probe.py request.json``: isolated (no PYTHON* variables, no script directory, no user site) and
 without site-packages, so ``sys.path`` is the standard library plus the directories the request names (a function's

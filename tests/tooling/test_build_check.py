@@ -1,4 +1,5 @@
-"""avatar_local.build_check: the check `make check-build` runs on `sam build`'s output, on synthetic builds."""
+"""avatar_local.deploy_checks.build_check: the check `make check-build` runs on `sam build`'s output, on synthetic
+builds."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from avatar_local.build_check import (
+from avatar_local.deploy_checks.build_check import (
     BuildCheckError,
     Target,
     bytecode_header_problem,
@@ -22,7 +23,7 @@ from avatar_local.build_check import (
     target_of,
     wheel_tag_fits,
 )
-from avatar_local.template import functions, load_template
+from avatar_local.twin.template import functions, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA = Target(python=(3, 13), machine="aarch64", glibc=(2, 34))

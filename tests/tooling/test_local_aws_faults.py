@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from avatar_local.aws_faults import CRASH_EXIT_STATUS, AwsFaultPlan
+from avatar_local.twin.aws_faults import CRASH_EXIT_STATUS, AwsFaultPlan
 
 # The child: installs the plan, makes the listed calls in order and prints one JSON line per call's outcome
 # (flushed at once, so the lines of calls made before a crash survive it).
@@ -32,7 +32,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError, ConnectionError as BotoConnectionError
 
-from avatar_local.aws_faults import AwsFaultPlan, install
+from avatar_local.twin.aws_faults import AwsFaultPlan, install
 
 spec = json.loads(sys.argv[1])
 install(AwsFaultPlan.model_validate(spec["plan"]), spec["function"], spec["worker"])
@@ -177,7 +177,7 @@ def test_install_with_no_function_faults_leaves_botocore_unpatched() -> None:
     # Given a child process that installs a plan without function-side faults
     script = (
         "import botocore.session\n"
-        "from avatar_local.aws_faults import AwsFaultPlan, install\n"
+        "from avatar_local.twin.aws_faults import AwsFaultPlan, install\n"
         "original = botocore.session.Session.__init__\n"
         "install(AwsFaultPlan(s3_duplicate_event_rate=1.0), 'submit', 0)\n"
         "print(botocore.session.Session.__init__ is original)\n"

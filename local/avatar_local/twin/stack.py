@@ -21,7 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from avatar_local.aws import (
+from avatar_local.simulators.cometapi import CometApiSimulator
+from avatar_local.simulators.faults import FaultPlan
+from avatar_local.simulators.wavespeed import WaveSpeedSimulator
+from avatar_local.twin.aws import (
     OPERATOR,
     AwsClients,
     EmbeddedAws,
@@ -31,13 +34,10 @@ from avatar_local.aws import (
     secret_json,
     subscribe_queue,
 )
-from avatar_local.aws_faults import AwsFaultPlan
-from avatar_local.runtime import FunctionPool, FunctionRuntime
-from avatar_local.sam_transform import transform
-from avatar_local.simulators.cometapi import CometApiSimulator
-from avatar_local.simulators.faults import FaultPlan
-from avatar_local.simulators.wavespeed import WaveSpeedSimulator
-from avatar_local.template import (
+from avatar_local.twin.aws_faults import AwsFaultPlan
+from avatar_local.twin.runtime import FunctionPool, FunctionRuntime
+from avatar_local.twin.sam_transform import transform
+from avatar_local.twin.template import (
     FunctionSpec,
     Resolver,
     TemplateError,
@@ -46,7 +46,7 @@ from avatar_local.template import (
     layer_content_dirs,
     load_template,
 )
-from avatar_local.triggers import (
+from avatar_local.twin.triggers import (
     ApiGateway,
     ApiRoute,
     AsyncInvoker,
@@ -59,7 +59,7 @@ from avatar_local.triggers import (
 
 logger = logging.getLogger("avatar_local")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 LOCAL_API_ID = "localapi"
 LOCAL_API_KEY = "local-simulator-key"
 

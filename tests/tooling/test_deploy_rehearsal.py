@@ -1,4 +1,4 @@
-"""avatar_local.rehearsal: template.yaml, transformed as `sam deploy` does, created as a stack in moto's
+"""avatar_local.deploy_checks.rehearsal: template.yaml, transformed as `sam deploy` does, created as a stack in moto's
 CloudFormation; and every IAM grant on Resource "*" explained in the template's Metadata."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from moto.dynamodb.models import dynamodb_backends
 from moto.s3.models import s3_backends
 
-from avatar_local.rehearsal import (
+from avatar_local.deploy_checks.rehearsal import (
     ACCOUNT_ID,
     METADATA_KEY,
     REGION,
@@ -29,8 +29,8 @@ from avatar_local.rehearsal import (
     resource_results,
     stand_ins,
 )
-from avatar_local.sam_transform import transform
-from avatar_local.template import Resolver, load_template
+from avatar_local.twin.sam_transform import transform
+from avatar_local.twin.template import Resolver, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULTS = SCENARIOS[0]

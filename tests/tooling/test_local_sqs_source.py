@@ -22,11 +22,11 @@ import pytest
 from aws_lambda_powertools.utilities.parser.models import SqsModel
 from test_local_runtime import make_pool  # noqa: F401 - the fixture, shared
 
-from avatar_local.aws import EmbeddedAws, create_resources, create_roles
-from avatar_local.runtime import FunctionPool
-from avatar_local.stack import LocalStack, LocalStackConfig
-from avatar_local.template import Resolver, function_by_id
-from avatar_local.triggers import SqsPoller, Worker
+from avatar_local.twin.aws import EmbeddedAws, create_resources, create_roles
+from avatar_local.twin.runtime import FunctionPool
+from avatar_local.twin.stack import LocalStack, LocalStackConfig
+from avatar_local.twin.template import Resolver, function_by_id
+from avatar_local.twin.triggers import SqsPoller, Worker
 
 REGION = "us-east-1"
 VISIBILITY_SECONDS = 1

@@ -1,4 +1,4 @@
-"""avatar_local.aws.create_resources: the real template.yaml's data resources, created in the embedded AWS."""
+"""avatar_local.twin.aws.create_resources: the real template.yaml's data resources, created in the embedded AWS."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from avatar_local.aws import EmbeddedAws, create_resources
-from avatar_local.template import Resolver, load_template
+from avatar_local.twin.aws import EmbeddedAws, create_resources
+from avatar_local.twin.template import Resolver, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = "avatar-local"

@@ -1,4 +1,4 @@
-"""avatar_local.event_filter: Lambda event filtering, so the local stream only invokes finalize when AWS would."""
+"""avatar_local.twin.event_filter: Lambda event filtering, so the local stream only invokes finalize when AWS would."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from avatar_local.event_filter import (
+from avatar_local.twin.event_filter import (
     FilterPatternError,
     check_pattern,
     filter_records,
@@ -18,7 +18,7 @@ from avatar_local.event_filter import (
     matches,
     matches_any,
 )
-from avatar_local.template import function_by_id, load_template
+from avatar_local.twin.template import function_by_id, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 

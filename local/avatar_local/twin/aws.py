@@ -17,10 +17,10 @@ from moto.iam.aws_managed_policies import aws_managed_policies_data
 from moto.iam.models import AWSManagedPolicy, iam_backends
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
-from avatar_local.moto_dynamodb import faithful_dynamodb_writes
-from avatar_local.moto_iam import enforced_iam
-from avatar_local.moto_s3 import faithful_s3_limits
-from avatar_local.template import Resolver
+from avatar_local.twin.moto_dynamodb import faithful_dynamodb_writes
+from avatar_local.twin.moto_iam import enforced_iam
+from avatar_local.twin.moto_s3 import faithful_s3_limits
+from avatar_local.twin.template import Resolver
 
 ACCOUNT_ID = "123456789012"
 # Lambda's longest role session; each function's credentials are made once, when the local stack starts.
@@ -96,7 +96,7 @@ def _list_moto_modules_once() -> None:
 
 class EmbeddedAws:
     """moto in server mode. With `enforce_iam` (the default) it authorises every request as IAM would: only the
-    operator's credentials are allowed everything (see avatar_local.moto_iam)."""
+    operator's credentials are allowed everything (see avatar_local.twin.moto_iam)."""
 
     def __init__(self, region: str, enforce_iam: bool = True) -> None:
         self.region = region

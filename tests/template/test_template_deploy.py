@@ -1,8 +1,9 @@
 """template.yaml as `sam deploy` hands it to CloudFormation: each test guards one defect that made a deploy fail, or
 deploy something other than what the template means.
 
-The template is transformed by the SAM translator itself (avatar_local.sam_transform), and the values CloudFormation
-would compute are resolved with avatar_local.template.Resolver, for stacks of the names and regions people use.
+The template is transformed by the SAM translator itself (avatar_local.twin.sam_transform), and the values
+CloudFormation would compute are resolved with avatar_local.twin.template.Resolver, for stacks of the names and regions
+people use.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from avatar_local.sam_transform import transform
-from avatar_local.stack import api_stage_names, require_invoke_permission
-from avatar_local.template import Resolver, TemplateError, load_template, schedule_interval_seconds
+from avatar_local.twin.sam_transform import transform
+from avatar_local.twin.stack import api_stage_names, require_invoke_permission
+from avatar_local.twin.template import Resolver, TemplateError, load_template, schedule_interval_seconds
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -494,7 +495,7 @@ def test_given_the_poller_discards_stalled_copies_then_its_role_may_list_and_abo
 ) -> None:
     """Given the poller ends copies that stalled (discard_partial_copies lists the bucket's unfinished multipart
     uploads and aborts them), then its role, as SAM generates it, allows both: the abort under outputs/ only,
-    never on a user's upload. (tests/unit/test_local_iam.py makes the same calls with the role, enforced.)"""
+    never on a user's upload. (tests/tooling/test_local_iam.py makes the same calls with the role, enforced.)"""
     name = "123456789012-avatar-media-0123456789ab"
     stack = DeployedStack(
         transformed,

@@ -15,9 +15,9 @@ import pytest
 from botocore.exceptions import ClientError
 from moto.sts.models import sts_backends
 
-from avatar_local.aws import ACCOUNT_ID, Credentials, EmbeddedAws, RoleSession, create_resources, create_roles
-from avatar_local.sam_transform import transform
-from avatar_local.template import Resolver, load_template
+from avatar_local.twin.aws import ACCOUNT_ID, Credentials, EmbeddedAws, RoleSession, create_resources, create_roles
+from avatar_local.twin.sam_transform import transform
+from avatar_local.twin.template import Resolver, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 REGION = "us-east-1"

@@ -27,11 +27,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from avatar_local.aws import AwsClients, EmbeddedAws
-from avatar_local.aws_faults import AwsFaultPlan
-from avatar_local.event_filter import filterable_record, matches_any
-from avatar_local.runtime import FunctionPool, InvocationError
 from avatar_local.simulators.faults import SeededDecider
+from avatar_local.twin.aws import AwsClients, EmbeddedAws
+from avatar_local.twin.aws_faults import AwsFaultPlan
+from avatar_local.twin.event_filter import filterable_record, matches_any
+from avatar_local.twin.runtime import FunctionPool, InvocationError
 
 logger = logging.getLogger("avatar_local")
 

@@ -28,7 +28,7 @@ def transform(template: Mapping[str, Any], region: str) -> dict[str, Any]:
     """The CloudFormation template SAM makes of `template` (a decoded template.yaml) for a stack in `region`.
 
     Intrinsic functions are left as they are, as in the template CloudFormation receives: resolve them with
-    :class:`avatar_local.template.Resolver`. Managed policies are named by ARN in template.yaml, so the transform
+    :class:`avatar_local.twin.template.Resolver`. Managed policies are named by ARN in template.yaml, so the transform
     never has to look up a managed policy by name (which would need IAM).
     """
     packaged = copy.deepcopy(dict(template))

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from avatar_local.aws_faults import CRASH_EXIT_STATUS, AwsFaultPlan
-from avatar_local.runtime import FunctionPool, FunctionRuntime, InvocationError
+from avatar_local.twin.aws_faults import CRASH_EXIT_STATUS, AwsFaultPlan
+from avatar_local.twin.runtime import FunctionPool, FunctionRuntime, InvocationError
 
 HANDLER = """
 import os
@@ -206,7 +206,7 @@ def test_worker_dying_mid_invocation_fails_it_with_its_exit_status_and_is_replac
 DYING_AT_ONCE_CHILD = r"""
 import json, multiprocessing, os, sys, threading
 
-from avatar_local.runtime import FunctionPool, FunctionRuntime, InvocationError
+from avatar_local.twin.runtime import FunctionPool, FunctionRuntime, InvocationError
 
 
 def invoke_within(pool, event, seconds):

@@ -1,8 +1,9 @@
 """Deploy rehearsal: template.yaml as `sam deploy` hands it to CloudFormation, created as a stack in moto.
 
-Two checks, run by ``python -m avatar_local.rehearsal`` (``make rehearse``), which exits 1 when either fails:
+Two checks, run by ``python -m avatar_local.deploy_checks.rehearsal`` (``make rehearse``), which exits 1 when either
+fails:
 
-* :func:`rehearse` transforms template.yaml with the SAM translator (:mod:`avatar_local.sam_transform`, the library
+* :func:`rehearse` transforms template.yaml with the SAM translator (:mod:`avatar_local.twin.sam_transform`, the library
   `sam deploy` uses), uploads each function's and layer's directory as a zip where the transform says the code is
   (``s3://local-artifacts/<dir>``), and creates the transformed template as a stack in moto's CloudFormation, once
   per :class:`Scenario` (the parameters as a user would give them). It fails when the stack is not created
@@ -49,9 +50,9 @@ from moto.cloudformation.parsing import get_model_map
 from moto.iam.aws_managed_policies import aws_managed_policies_data
 from samtranslator.model.exceptions import InvalidDocumentException
 
-from avatar_local.aws import EmbeddedAws
-from avatar_local.sam_transform import ARTIFACT_BUCKET, transform
-from avatar_local.template import Resolver, TemplateError, load_template
+from avatar_local.twin.aws import EmbeddedAws
+from avatar_local.twin.sam_transform import ARTIFACT_BUCKET, transform
+from avatar_local.twin.template import Resolver, TemplateError, load_template
 
 __all__ = [
     "SCENARIOS",
@@ -72,7 +73,7 @@ __all__ = [
     "stand_ins",
 ]
 
-ROOT: Final = Path(__file__).resolve().parents[2]
+ROOT: Final = Path(__file__).resolve().parents[3]
 TEMPLATE: Final = ROOT / "template.yaml"
 REGION: Final = "us-east-1"
 ACCOUNT_ID: Final = "123456789012"  # moto's account

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -55,3 +58,41 @@ def test_a_function_over_the_complexity_limit_fails_the_lint(tmp_path: Path) -> 
     # Then the lint fails on the function's complexity
     assert result.returncode == 1
     assert "C901 `branchy` is too complex (12 > 10)" in result.stdout
+
+
+def test_every_test_tier_has_a_make_target_and_make_test_runs_them_all() -> None:
+    # Given the folders of tests (each with test modules of its own) and the Makefile
+    tiers = sorted(path.name for path in (ROOT / "tests").iterdir() if any(path.glob("test_*.py")))
+    makefile = (ROOT / "Makefile").read_text()
+    # Then each tier has a target running it, and `make test` runs pytest over the whole of tests/
+    assert tiers == ["chaos", "e2e", "handlers", "template", "tooling", "unit"]
+    for tier in tiers:
+        assert f"\ntest-{tier}: setup\n\t$(BIN)/pytest tests/{tier}\n" in makefile
+    assert "\ntest: setup\n\t$(BIN)/pytest\n" in makefile
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert pyproject["tool"]["pytest"]["ini_options"]["testpaths"] == ["tests"]
+
+
+def test_the_unit_tiers_fixtures_load_none_of_the_local_twin() -> None:
+    # Given a fresh interpreter with the tests' path
+    code = (
+        "import importlib.util, json, sys\n"
+        "for path in sys.argv[1:]:\n"
+        "    spec = importlib.util.spec_from_file_location(path.replace('/', '_'), path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(json.dumps(sorted(name for name in sys.modules if name.startswith('avatar_local.twin'))))\n"
+    )
+    # When tests/unit's conftest chain is loaded, as pytest loads it for `make test-unit`
+    result = subprocess.run(  # noqa: S603 - our own interpreter, on the project's conftest files
+        [sys.executable, "-c", code, "tests/conftest.py", "tests/unit/conftest.py"],
+        cwd=ROOT,
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join(str(ROOT / p) for p in ("tests", "local", "layers/shared", "cli")),
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    # Then no module of the twin was imported (its moto patches are the handler tier's, through support.moto_stack)
+    assert json.loads(result.stdout) == []
