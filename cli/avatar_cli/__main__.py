@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from avatar_cli.client import PipelineClient, StackTarget, describe_transition
-from avatar_pipeline.models import JobOptions, TaskStatus
+from avatar_pipeline.domain.models import JobOptions, TaskStatus
 
 DEFAULT_STACK_FILE = Path(".local/stack.json")
 

@@ -18,8 +18,8 @@ import boto3
 from pydantic import BaseModel
 
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
-from avatar_pipeline.models import JobOptions, PairSlot, Task, Transition
-from avatar_pipeline.pairing import INBOX_PREFIX, OPTIONS_FILE_NAME
+from avatar_pipeline.domain.models import JobOptions, PairSlot, Task, Transition
+from avatar_pipeline.domain.pairing import INBOX_PREFIX, OPTIONS_FILE_NAME
 
 
 class StackTarget(BaseModel):

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, SQ
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.config import SenderSettings
-from avatar_pipeline.models import HOLDING_STATUSES, ProviderName, TaskStatus
+from avatar_pipeline.domain.models import HOLDING_STATUSES, ProviderName, TaskStatus
 from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.wiring import pipeline
 

@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from avatar_pipeline.models import TaskStatus
+from avatar_pipeline.domain.models import TaskStatus
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.finishing import announce, finalize_output
 from avatar_pipeline.wiring import pipeline

@@ -7,7 +7,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from avatar_pipeline.models import S3Object
+from avatar_pipeline.domain.models import S3Object
 from avatar_pipeline.services.intake import handle_upload
 from avatar_pipeline.wiring import pipeline
 

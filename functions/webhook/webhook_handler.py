@@ -11,13 +11,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.config import WebhookSettings
-from avatar_pipeline.errors import (
+from avatar_pipeline.domain.errors import (
     CallbackMismatchError,
     DeliveryInProgressError,
     WebhookAuthError,
     WebhookPayloadError,
 )
-from avatar_pipeline.pairing import is_task_id
+from avatar_pipeline.domain.pairing import is_task_id
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.tracking import UnknownProviderError, receive_callback
 from avatar_pipeline.wiring import DELIVERY_IDEMPOTENCY, pipeline

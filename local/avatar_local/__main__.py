@@ -16,7 +16,7 @@ from avatar_cli.client import PipelineClient, StackTarget, describe_transition
 from avatar_local import batch, chaos
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_local.twin.stack import LocalStack, LocalStackConfig, StackInfo
-from avatar_pipeline.models import JobOptions, TaskStatus
+from avatar_pipeline.domain.models import JobOptions, TaskStatus
 
 
 def _target(info: StackInfo) -> StackTarget:

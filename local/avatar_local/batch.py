@@ -28,7 +28,7 @@ from avatar_local.chaos import Drop, Media, NotificationLog, Row, is_stored_mp4,
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.twin.stack import LocalStack, LocalStackConfig
 from avatar_local.twin.template import load_template
-from avatar_pipeline.models import Task, TaskStatus, utcnow
+from avatar_pipeline.domain.models import Task, TaskStatus, utcnow
 
 ROOT = Path(__file__).resolve().parents[2]
 # The template's durations, each divided by the time factor (the providers' clock runs that much faster).

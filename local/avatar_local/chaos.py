@@ -27,7 +27,7 @@ from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
 from avatar_local.twin.aws_faults import AwsFaultPlan
 from avatar_local.twin.stack import LocalStack, LocalStackConfig, StackInfo
-from avatar_pipeline.models import JobOptions, Task, TaskStatus
+from avatar_pipeline.domain.models import JobOptions, Task, TaskStatus
 
 PairKind = Literal["pair", "half", "bad"]
 Provider = Literal["wavespeed", "cometapi"]

@@ -12,7 +12,7 @@ from support.e2e import E2E
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import probe_media
 from avatar_local.twin.template import functions, load_template
-from avatar_pipeline.models import JobOptions, TaskStatus
+from avatar_pipeline.domain.models import JobOptions, TaskStatus
 
 pytestmark = pytest.mark.e2e
 

@@ -30,8 +30,8 @@ from support.aws import REGION, Stack
 from support.events import sqs_event
 
 from avatar_pipeline import wiring
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, Task, TaskStatus, utcnow
-from avatar_pipeline.quota import budget_day
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, Task, TaskStatus, utcnow
+from avatar_pipeline.domain.quota import budget_day
 from avatar_pipeline.services.tracking import record_provider_news
 from avatar_pipeline.wiring import pipeline
 

@@ -26,7 +26,7 @@ from support.events import FakeLambdaContext, sample, stream_event
 from support.mp4 import fake_mp4
 
 from avatar_local.twin.template import function_by_id, load_template
-from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.domain.models import Task, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.tracking import LATE_VIDEO_CHECK_EVERY
 from avatar_pipeline.wiring import pipeline
@@ -111,7 +111,7 @@ def test_output_that_is_not_an_mp4_fails_the_task_with_a_reason(
     stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
 ):
     # Given a task whose provider output turns out to be an HTML error page
-    from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+    from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus
     from avatar_pipeline.services.tracking import record_provider_news
 
     news = ProviderJob(provider_task_id=PREDICTION_ID, status=ProviderJobStatus.SUCCEEDED, output_url=OUTPUT_URL)
@@ -133,7 +133,7 @@ def test_output_on_a_host_outside_the_allow_list_fails_the_task_without_being_re
     stack: Stack, submitted_task: Task, provider_http: respx.MockRouter
 ):
     # Given a task whose provider output URL is on a host the default allow-list does not name
-    from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+    from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus
     from avatar_pipeline.services.tracking import record_provider_news
 
     elsewhere = "https://attacker.example/output/video.mp4?token=s3cr3t"

@@ -12,7 +12,7 @@ from support.events import FakeLambdaContext, api_post
 
 from avatar_pipeline import wiring
 from avatar_pipeline.config import SenderSettings, Settings, WebhookSettings
-from avatar_pipeline.pairing import TASK_ID_LENGTH
+from avatar_pipeline.domain.pairing import TASK_ID_LENGTH
 
 SETTINGS_OF = {
     "SubmitFunction": Settings,

@@ -12,7 +12,7 @@ from support.aws import REGION, Stack
 from support.corpus import ACCEPTED, CorpusCase, case_id, corpus, partner_for
 from support.events import FakeLambdaContext, s3_created
 
-from avatar_pipeline.models import TaskStatus
+from avatar_pipeline.domain.models import TaskStatus
 from avatar_pipeline.wiring import pipeline
 
 

@@ -12,7 +12,7 @@ from handlers.helpers import MP3_BYTES, PNG_BYTES, TaskStream, deliver_upload, m
 from support.aws import Stack
 
 from avatar_pipeline import wiring
-from avatar_pipeline.models import TaskStatus
+from avatar_pipeline.domain.models import TaskStatus
 from avatar_pipeline.wiring import pipeline
 
 

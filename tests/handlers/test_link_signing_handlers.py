@@ -32,7 +32,7 @@ from support.events import FakeLambdaContext, stream_event
 from support.mp4 import fake_mp4
 
 from avatar_pipeline import wiring
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, TaskStatus
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, TaskStatus
 from avatar_pipeline.services import admission
 from avatar_pipeline.services.tracking import record_provider_news
 from avatar_pipeline.wiring import pipeline

@@ -33,7 +33,7 @@ from support.aws import REGION, Stack
 from support.events import FakeLambdaContext, sample
 
 from avatar_pipeline import wiring
-from avatar_pipeline.models import TaskStatus, utcnow
+from avatar_pipeline.domain.models import TaskStatus, utcnow
 from avatar_pipeline.wiring import pipeline
 
 FIRST_IN_LINE = "1st in line for WaveSpeed (3 renders at once, 5 submissions a minute)"

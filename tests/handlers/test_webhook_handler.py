@@ -35,7 +35,7 @@ from support.fakes import callback_query
 from webhook_handler import MAX_BODY_BYTES, lambda_handler
 
 from avatar_pipeline import wiring
-from avatar_pipeline.models import Task, TaskStatus
+from avatar_pipeline.domain.models import Task, TaskStatus
 from avatar_pipeline.services.tracking import poll
 from avatar_pipeline.wiring import pipeline
 

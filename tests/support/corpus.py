@@ -23,9 +23,9 @@ from pathlib import Path
 import imageio_ffmpeg
 from PIL import Image
 
-from avatar_pipeline.media_checks import BytesSource
-from avatar_pipeline.models import MediaRole, S3Object
-from avatar_pipeline.validation import MIB, TIMES
+from avatar_pipeline.domain.media_checks import BytesSource
+from avatar_pipeline.domain.models import MediaRole, S3Object
+from avatar_pipeline.domain.validation import MIB, TIMES
 
 BUCKET = "media"
 ACCEPTED = "accepted"

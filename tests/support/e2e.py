@@ -11,7 +11,7 @@ from typing import Any
 from avatar_cli.client import PipelineClient
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.twin.stack import LocalStack
-from avatar_pipeline.models import JobOptions, Task
+from avatar_pipeline.domain.models import JobOptions, Task
 
 
 @dataclass

@@ -20,11 +20,11 @@ from decimal import Decimal
 from typing import Any, Literal
 
 from avatar_local.simulators.media import make_sample_portrait, make_sample_speech
-from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
-from avatar_pipeline.errors import DeliveryInProgressError
-from avatar_pipeline.media_checks import BytesSource
-from avatar_pipeline.models import (
+from avatar_pipeline.domain.callback_tokens import CallbackTokens
+from avatar_pipeline.domain.errors import DeliveryInProgressError
+from avatar_pipeline.domain.media_checks import BytesSource
+from avatar_pipeline.domain.models import (
     HOLDING_STATUSES,
     MAX_PRESIGNED_URL_SECONDS,
     Notification,
@@ -40,7 +40,7 @@ from avatar_pipeline.models import (
     TaskOutcome,
     TaskStatus,
 )
-from avatar_pipeline.pairing import AUDIO_EXTENSIONS
+from avatar_pipeline.domain.pairing import AUDIO_EXTENSIONS
 from avatar_pipeline.ports import Charge, ConflictError, OutcomeT, SpendLimitReachedError
 from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.services.context import PipelineContext

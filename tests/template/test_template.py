@@ -22,9 +22,9 @@ from avatar_local.twin.event_filter import check_pattern, matches_any
 from avatar_local.twin.sam_transform import transform
 from avatar_local.twin.template import load_template
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy
-from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings, default_output_hosts
-from avatar_pipeline.models import HOLDING_STATUSES, TaskStatus
+from avatar_pipeline.domain.callback_tokens import CallbackTokens
+from avatar_pipeline.domain.models import HOLDING_STATUSES, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ from avatar_local.bench import finalize_copy, poll_child, report
 from avatar_local.bench.__main__ import main as bench_main
 from avatar_local.bench.common import MIB, Figure, Section, lambda_environment
 from avatar_local.bench.task_cost import TaskUsage, cost_of
-from avatar_pipeline.mp4_stream import Mp4StreamCheck
+from avatar_pipeline.domain.mp4_stream import Mp4StreamCheck
 
 
 def test_a_padded_video_is_a_whole_mp4_of_the_size_asked(tmp_path: Path) -> None:

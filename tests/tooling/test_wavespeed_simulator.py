@@ -24,8 +24,8 @@ from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import audio_duration, make_sample_portrait, make_sample_speech, probe_media
 from avatar_local.simulators.wavespeed import WaveSpeedSimulator
 from avatar_pipeline.adapters.http_retry import RetryPolicy
-from avatar_pipeline.errors import ProviderTransientError, WebhookAuthError
-from avatar_pipeline.models import ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.errors import ProviderTransientError, WebhookAuthError
+from avatar_pipeline.domain.models import ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 

@@ -23,9 +23,9 @@ from support.fakes import (
 )
 
 from avatar_local.simulators.media import make_sample_speech as sample_speech
-from avatar_pipeline.errors import ProviderOutcomeUnknownError, ProviderTransientError
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, ProviderName, ProviderQuota, Task, TaskStatus
-from avatar_pipeline.quota import (
+from avatar_pipeline.domain.errors import ProviderOutcomeUnknownError, ProviderTransientError
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, ProviderName, ProviderQuota, Task, TaskStatus
+from avatar_pipeline.domain.quota import (
     WINDOW_MARGIN,
     QuotaLimits,
     admitting,

@@ -17,9 +17,9 @@ from support.fakes import T0, InMemoryTaskRepository
 from support.moto_stack import moto_stack  # noqa: F401 - the `stack` fixture, for the DynamoDB repository's tests
 
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
-from avatar_pipeline.models import ProviderQuota, Task, TaskStatus
+from avatar_pipeline.domain.models import ProviderQuota, Task, TaskStatus
+from avatar_pipeline.domain.state_machine import begin, transition
 from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
-from avatar_pipeline.state_machine import begin, transition
 
 S = TaskStatus
 DAY = "2025-06-01"

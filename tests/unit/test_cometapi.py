@@ -13,7 +13,7 @@ import pytest
 import respx
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError
-from avatar_pipeline.errors import (
+from avatar_pipeline.domain.errors import (
     ProviderConfigError,
     ProviderError,
     ProviderInputError,
@@ -21,7 +21,7 @@ from avatar_pipeline.errors import (
     ProviderTransientError,
     WebhookPayloadError,
 )
-from avatar_pipeline.models import Mode, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.models import Mode, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.ports import VideoProvider
 from avatar_pipeline.providers.cometapi.adapter import CometApiProvider, CometTask, parse_duration
 from avatar_pipeline.providers.registry import PROVIDERS

@@ -14,7 +14,7 @@ from support.aws import REGION, table_definition
 from support.events import FakeLambdaContext
 
 from avatar_pipeline.adapters.deliveries import KEY_PREFIX, IdempotentDeliveryLog, idempotency_config
-from avatar_pipeline.errors import DeliveryInProgressError
+from avatar_pipeline.domain.errors import DeliveryInProgressError
 
 TABLE = "avatar-idempotency-unit"
 REMEMBER_FOR = timedelta(days=7)

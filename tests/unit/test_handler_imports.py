@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MEDIA_MODULES = ("PIL", "mutagen", "avatar_pipeline.validation", "avatar_pipeline.media_checks")
+MEDIA_MODULES = ("PIL", "mutagen", "avatar_pipeline.domain.validation", "avatar_pipeline.domain.media_checks")
 _LOADED_AFTER_IMPORT = """
 import json, sys
 sys.path[:0] = json.loads(sys.argv[2])

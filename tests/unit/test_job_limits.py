@@ -15,8 +15,8 @@ from pydantic import ValidationError
 from support.fakes import BUCKET, TEST_ENV, ScriptedProvider, World, make_settings, make_world, run_dispatcher, upload
 
 from avatar_pipeline.config import Settings
-from avatar_pipeline.errors import ProviderTransientError
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, Task, TaskStatus
+from avatar_pipeline.domain.errors import ProviderTransientError
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, Task, TaskStatus
 from avatar_pipeline.services.admission import dispatch
 from avatar_pipeline.services.intake import UploadOutcome, handle_upload
 from avatar_pipeline.services.tracking import record_provider_news

@@ -27,7 +27,7 @@ from support.corpus import (
 )
 from support.mp4 import FTYP, MOOV, box
 
-from avatar_pipeline.media_checks import (
+from avatar_pipeline.domain.media_checks import (
     BLOCK_SIZE,
     AudioFacts,
     BytesSource,
@@ -38,7 +38,7 @@ from avatar_pipeline.media_checks import (
     inspect_audio,
     inspect_image,
 )
-from avatar_pipeline.validation import PairReport, validate_pair
+from avatar_pipeline.domain.validation import PairReport, validate_pair
 
 KIB = 1024
 DATA = bytes(range(256)) * 4  # 1,024 distinct-enough bytes

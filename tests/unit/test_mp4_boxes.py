@@ -7,7 +7,7 @@ import struct
 import pytest
 from support.mp4 import FTYP, MOOV, box, ftyp, real_mp4
 
-from avatar_pipeline.mp4_boxes import (
+from avatar_pipeline.domain.mp4_boxes import (
     LONG_HEADER,
     SHORT_HEADER,
     Box,

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import pytest
 from support.mp4 import FTYP, MOOV, REAL_LAYOUTS, box, fake_mp4, ftyp, real_mp4
 
-from avatar_pipeline.mp4_stream import Mp4StreamCheck, Mp4StructureError
+from avatar_pipeline.domain.mp4_stream import Mp4StreamCheck, Mp4StructureError
 
 MDAT = box(b"mdat", b"\x01" * 100)
 

@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from avatar_pipeline.adapters.metrics import EmfUsageMeter
-from avatar_pipeline.models import Task, TaskOutcome
-from avatar_pipeline.models import TaskStatus as S
-from avatar_pipeline.state_machine import begin, transition
+from avatar_pipeline.domain.models import Task, TaskOutcome
+from avatar_pipeline.domain.models import TaskStatus as S
+from avatar_pipeline.domain.state_machine import begin, transition
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

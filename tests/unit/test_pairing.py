@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from avatar_pipeline.models import S3Object
-from avatar_pipeline.pairing import InboxEntry, content_id, options_key, parse_inbox_key
+from avatar_pipeline.domain.models import S3Object
+from avatar_pipeline.domain.pairing import InboxEntry, content_id, options_key, parse_inbox_key
 
 # --- parse_inbox_key -------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from support.moto_stack import moto_stack  # noqa: F401 - the `stack` fixture, f
 from avatar_pipeline import wiring
 from avatar_pipeline.adapters.s3 import LinkSigner, LinkSignerError, S3MediaStore, credentials_expiry
 from avatar_pipeline.config import INPUT_URL_MARGIN_SECONDS, Settings
-from avatar_pipeline.models import (
+from avatar_pipeline.domain.models import (
     MAX_PRESIGNED_URL_SECONDS,
     Notification,
     PresignedUrl,

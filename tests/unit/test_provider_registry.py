@@ -9,8 +9,8 @@ from decimal import Decimal
 import pytest
 
 from avatar_pipeline.config import Settings
-from avatar_pipeline.models import JobOptions
-from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.domain.models import JobOptions
+from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.providers.registry import PROVIDERS, ProviderRegistry, display_name
 from avatar_pipeline.providers.spec import ModelSpec
 

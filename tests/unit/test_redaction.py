@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.redaction import MAX_QUOTED_CHARS, REDACTED, mask_secrets, redact_url
 from avatar_pipeline.providers.registry import PROVIDERS, describe_failure
-from avatar_pipeline.redaction import MAX_QUOTED_CHARS, REDACTED, mask_secrets, redact_url
 
 SIGNED = (
     "https://bucket.s3.amazonaws.com/in/face.png?X-Amz-Algorithm=AWS4-HMAC-SHA256"

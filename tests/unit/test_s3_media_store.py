@@ -24,8 +24,8 @@ from support.network import PUBLIC_IP, FakeNetwork, FakeResolver, guarded_downlo
 
 from avatar_pipeline.adapters.s3 import S3MediaStore
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, RefusedOutputUrlError, SafeDownloader
-from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
-from avatar_pipeline.models import S3Object
+from avatar_pipeline.domain.errors import OutputCopyInterruptedError, OutputUnusableError
+from avatar_pipeline.domain.models import S3Object
 
 MIB = 1024 * 1024
 BUCKET = "media-bucket"

@@ -33,7 +33,7 @@ from avatar_pipeline.adapters.safe_download import (
     why_unreachable,
 )
 from avatar_pipeline.config import Settings
-from avatar_pipeline.errors import OutputUnusableError
+from avatar_pipeline.domain.errors import OutputUnusableError
 
 CDN = "cdn.provider.test"
 URL = f"https://{CDN}/output/video.mp4"

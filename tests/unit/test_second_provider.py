@@ -19,9 +19,9 @@ from support.fakes import (
     upload,
 )
 
-from avatar_pipeline.errors import CallbackMismatchError, ProviderTransientError, WebhookAuthError
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, ProviderName, TaskStatus
-from avatar_pipeline.pricing import estimate_cost
+from avatar_pipeline.domain.errors import CallbackMismatchError, ProviderTransientError, WebhookAuthError
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, ProviderName, TaskStatus
+from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.services.admission import DispatchReport, dispatch
 from avatar_pipeline.services.intake import handle_upload
 from avatar_pipeline.services.tracking import receive_callback

@@ -26,8 +26,8 @@ from support.fakes import (
     upload,
 )
 
-from avatar_pipeline.callback_tokens import CallbackTokens
-from avatar_pipeline.errors import (
+from avatar_pipeline.domain.callback_tokens import CallbackTokens
+from avatar_pipeline.domain.errors import (
     CallbackMismatchError,
     DeliveryInProgressError,
     InputGoneError,
@@ -40,8 +40,8 @@ from avatar_pipeline.errors import (
     ProviderTransientError,
     WebhookAuthError,
 )
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, S3Object, Task, TaskStatus
-from avatar_pipeline.pairing import content_id
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, S3Object, Task, TaskStatus
+from avatar_pipeline.domain.pairing import content_id
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.admission import SUBMIT_LEASE, DispatchReport, dispatch
 from avatar_pipeline.services.context import UnknownTaskError

@@ -13,7 +13,7 @@ import pytest
 from moto import mock_aws
 
 from avatar_pipeline.adapters.sns import SnsNotifier
-from avatar_pipeline.models import Notification, TaskStatus
+from avatar_pipeline.domain.models import Notification, TaskStatus
 
 REGION = "us-east-1"
 

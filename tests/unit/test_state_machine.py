@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from pydantic import ValidationError
 
-from avatar_pipeline.models import TERMINAL_STATUSES, Task, TaskStatus
-from avatar_pipeline.state_machine import (
+from avatar_pipeline.domain.models import TERMINAL_STATUSES, Task, TaskStatus
+from avatar_pipeline.domain.state_machine import (
     ALLOWED_SOURCES,
     InvalidTransitionError,
     UnknownTaskFieldError,

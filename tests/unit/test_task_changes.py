@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from avatar_pipeline.models import S3Object, Task, TaskStatus
-from avatar_pipeline.state_machine import InvalidTransitionError
-from avatar_pipeline.task_changes import (
+from avatar_pipeline.domain.models import S3Object, Task, TaskStatus
+from avatar_pipeline.domain.state_machine import InvalidTransitionError
+from avatar_pipeline.domain.task_changes import (
     ChangeRefusedError,
     back_in_line,
     claim_copy,

@@ -26,7 +26,7 @@ from support.fakes import (
 )
 
 from avatar_pipeline.config import Settings
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, TaskStatus
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import (
     InputLimits,

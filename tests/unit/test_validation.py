@@ -8,11 +8,9 @@ import re
 import pytest
 from support.corpus import mp3, picture, wav
 
-from avatar_pipeline.media_checks import AudioFacts, BytesSource, ImageFacts
-from avatar_pipeline.models import S3Object
-from avatar_pipeline.providers.registry import PROVIDERS
-from avatar_pipeline.providers.spec import InputLimits
-from avatar_pipeline.validation import (
+from avatar_pipeline.domain.media_checks import AudioFacts, BytesSource, ImageFacts
+from avatar_pipeline.domain.models import S3Object
+from avatar_pipeline.domain.validation import (
     MIB,
     TIMES,
     check_audio,
@@ -20,6 +18,8 @@ from avatar_pipeline.validation import (
     check_size,
     validate_pair,
 )
+from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import InputLimits
 
 LIMITS = PROVIDERS.limits("wavespeed", "std")
 

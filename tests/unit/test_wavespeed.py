@@ -16,7 +16,7 @@ import pytest
 import respx
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, TransientHttpError, call_with_retry
-from avatar_pipeline.errors import (
+from avatar_pipeline.domain.errors import (
     ProviderConfigError,
     ProviderError,
     ProviderInputError,
@@ -25,7 +25,7 @@ from avatar_pipeline.errors import (
     WebhookAuthError,
     WebhookPayloadError,
 )
-from avatar_pipeline.models import Mode, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.models import Mode, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 

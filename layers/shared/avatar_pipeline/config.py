@@ -11,10 +11,10 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from avatar_pipeline.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
+from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
+from avatar_pipeline.domain.quota import QuotaLimits
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import ProviderSettings
-from avatar_pipeline.quota import QuotaLimits
 
 # Input links outlive the provider's fetch window by this much: the submission itself (up to the dispatcher's time
 # budget for it) comes before the provider's queue clock starts, and the poller ends a stage a little after its clock.

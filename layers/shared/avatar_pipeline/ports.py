@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
-from avatar_pipeline.models import (
+from avatar_pipeline.domain.models import (
     Notification,
     PairSlot,
     PresignedUrl,
@@ -22,7 +22,7 @@ from avatar_pipeline.models import (
 )
 
 if TYPE_CHECKING:  # only named in annotations: who never validates media (webhook, finalize) never loads Pillow
-    from avatar_pipeline.media_checks import RandomAccessSource
+    from avatar_pipeline.domain.media_checks import RandomAccessSource
 
 
 class ConflictError(Exception):

@@ -20,8 +20,8 @@ from avatar_pipeline.adapters.s3 import LinkSigner, S3MediaStore
 from avatar_pipeline.adapters.safe_download import OutputUrlPolicy, SafeDownloader
 from avatar_pipeline.adapters.sns import SnsNotifier
 from avatar_pipeline.adapters.wakeups import SqsWaker
-from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
+from avatar_pipeline.domain.callback_tokens import CallbackTokens
 from avatar_pipeline.ports import VideoProvider
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import split_secrets

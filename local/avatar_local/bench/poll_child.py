@@ -30,14 +30,14 @@ class StillProcessing:
     callback_auth = "signature"
 
     def fetch(self, provider_task_id: str) -> Any:
-        from avatar_pipeline.models import ProviderJob, ProviderJobStatus
+        from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus
 
         return ProviderJob(provider_task_id=provider_task_id, status=ProviderJobStatus.PROCESSING)
 
 
 def _task(number: int, now: datetime, *, finished: bool) -> Any:
-    from avatar_pipeline.models import S3Object, TaskStatus
-    from avatar_pipeline.state_machine import begin, transition
+    from avatar_pipeline.domain.models import S3Object, TaskStatus
+    from avatar_pipeline.domain.state_machine import begin, transition
 
     job = f"bench-{'done' if finished else 'live'}-{number:06d}"
     task_id = f"{number:032x}" if finished else f"f{number:031x}"

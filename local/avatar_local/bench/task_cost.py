@@ -205,7 +205,7 @@ def cost_of(task: TaskUsage, memory_mb: dict[str, int], task_item_bytes: int) ->
 
 def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Section, Section]:
     from avatar_pipeline.config import Settings
-    from avatar_pipeline.pricing import estimate_cost
+    from avatar_pipeline.domain.pricing import estimate_cost
 
     started = time.monotonic()
     run = _run_tasks(count, workdir, say)

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig, idempotent_function
 from aws_lambda_powertools.utilities.idempotency.exceptions import IdempotencyAlreadyInProgressError
 
-from avatar_pipeline.errors import DeliveryInProgressError
+from avatar_pipeline.domain.errors import DeliveryInProgressError
 from avatar_pipeline.ports import OutcomeT
 
 if TYPE_CHECKING:

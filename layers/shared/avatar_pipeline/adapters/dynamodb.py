@@ -17,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from avatar_pipeline.models import PairSlot, ProviderName, ProviderQuota, Task, TaskStatus
+from avatar_pipeline.domain.models import PairSlot, ProviderName, ProviderQuota, Task, TaskStatus
 from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
 
 IN_FLIGHT_INDEX = "in-flight"

@@ -8,9 +8,9 @@ import httpx
 from pydantic import ValidationError
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, call_with_retry
-from avatar_pipeline.errors import ProviderConfigError
-from avatar_pipeline.models import ProviderJob, SubmissionRequest
-from avatar_pipeline.redaction import mask_secrets
+from avatar_pipeline.domain.errors import ProviderConfigError
+from avatar_pipeline.domain.models import ProviderJob, SubmissionRequest
+from avatar_pipeline.domain.redaction import mask_secrets
 
 
 def summarise(exc: ValidationError) -> str:

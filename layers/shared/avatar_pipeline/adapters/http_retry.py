@@ -18,7 +18,7 @@ from typing import NoReturn, TypeVar
 
 import httpx
 
-from avatar_pipeline.errors import ProviderConfigError, ProviderOutcomeUnknownError, ProviderTransientError
+from avatar_pipeline.domain.errors import ProviderConfigError, ProviderOutcomeUnknownError, ProviderTransientError
 
 logger = logging.getLogger(__name__)
 

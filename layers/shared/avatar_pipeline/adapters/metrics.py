@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from avatar_pipeline.models import TaskOutcome, TaskStatus
+from avatar_pipeline.domain.models import TaskOutcome, TaskStatus
 
 # One plain count per ending (alarms and dashboards need no dimension beyond the service's).
 OUTCOME_METRICS = {

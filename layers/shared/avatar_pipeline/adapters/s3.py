@@ -20,9 +20,9 @@ from avatar_pipeline.adapters.safe_download import (
     SafeDownloader,
     redact_url,
 )
-from avatar_pipeline.errors import InputGoneError, OutputCopyInterruptedError, OutputUnusableError
-from avatar_pipeline.models import MAX_PRESIGNED_URL_SECONDS, PresignedUrl, S3Object, utcnow
-from avatar_pipeline.mp4_stream import Mp4StreamCheck, Mp4StructureError
+from avatar_pipeline.domain.errors import InputGoneError, OutputCopyInterruptedError, OutputUnusableError
+from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, PresignedUrl, S3Object, utcnow
+from avatar_pipeline.domain.mp4_stream import Mp4StreamCheck, Mp4StructureError
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from typing import Any, Final
 import httpcore
 import httpx
 
-from avatar_pipeline import redaction
-from avatar_pipeline.errors import OutputUnusableError
+from avatar_pipeline.domain import redaction
+from avatar_pipeline.domain.errors import OutputUnusableError
 
 logger = logging.getLogger(__name__)
 # httpx logs every request's whole URL at INFO, the level Lambda's root logger has when functions log JSON: a

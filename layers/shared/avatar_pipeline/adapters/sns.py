@@ -6,7 +6,7 @@ import json
 import unicodedata
 from typing import Any
 
-from avatar_pipeline.models import Notification
+from avatar_pipeline.domain.models import Notification
 
 # SNS rejects subjects longer than 100 characters or containing line breaks or control characters.
 MAX_SUBJECT_LENGTH = 100

@@ -8,7 +8,7 @@ import math
 from datetime import datetime
 from typing import Any
 
-from avatar_pipeline.models import ProviderName, utcnow
+from avatar_pipeline.domain.models import ProviderName, utcnow
 
 # SQS delays a message by at most 15 minutes; a later moment is the poller's to catch.
 MAX_DELAY_SECONDS = 900

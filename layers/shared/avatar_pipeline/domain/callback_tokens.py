@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 
-from avatar_pipeline.errors import ProviderConfigError
+from avatar_pipeline.domain.errors import ProviderConfigError
 
 # A token is 43 characters (SHA-256, base64url without padding); anything much longer is refused unread.
 MAX_TOKEN_LENGTH = 64

@@ -28,7 +28,7 @@ from mutagen.mp4 import MP4
 from mutagen.wave import WaveStreamInfo
 from PIL import Image
 
-from avatar_pipeline.mp4_boxes import Box, BoxError, ftyp_brands, walk_boxes
+from avatar_pipeline.domain.mp4_boxes import Box, BoxError, ftyp_brands, walk_boxes
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer

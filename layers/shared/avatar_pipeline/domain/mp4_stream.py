@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from avatar_pipeline.mp4_boxes import SHORT_HEADER, BoxError, fourcc, ftyp_brands, header_length, parse_header
+from avatar_pipeline.domain.mp4_boxes import SHORT_HEADER, BoxError, fourcc, ftyp_brands, header_length, parse_header
 
 # ftyp = major brand (4) + minor version (4) + compatible brands (4 each); a few dozen brands at most in practice.
 MIN_FTYP_SIZE: Final = 16

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from avatar_pipeline.models import MediaRole, PairSlot, S3Object
+from avatar_pipeline.domain.models import MediaRole, PairSlot, S3Object
 
 INBOX_PREFIX = "inbox/"
 OPTIONS_FILE_NAME = "job.json"

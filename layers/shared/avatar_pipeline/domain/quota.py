@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from avatar_pipeline.models import ProviderQuota
+from avatar_pipeline.domain.models import ProviderQuota
 from avatar_pipeline.providers.registry import display_name
 
 # Our clock and the provider's see a submission a network round trip apart: counting each of ours a little longer

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from avatar_pipeline.models import Task, TaskStatus, Transition
+from avatar_pipeline.domain.models import Task, TaskStatus, Transition
 
 S = TaskStatus
 

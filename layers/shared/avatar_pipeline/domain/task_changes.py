@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 
-from avatar_pipeline.models import ProviderName, S3Object, Task, TaskStatus
-from avatar_pipeline.state_machine import touch, transition
+from avatar_pipeline.domain.models import ProviderName, S3Object, Task, TaskStatus
+from avatar_pipeline.domain.state_machine import touch, transition
 
 S = TaskStatus
 

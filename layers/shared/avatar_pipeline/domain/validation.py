@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import TypeVar
 
-from avatar_pipeline.media_checks import (
+from avatar_pipeline.domain.media_checks import (
     AudioFacts,
     ImageFacts,
     RandomAccessSource,
@@ -23,7 +23,7 @@ from avatar_pipeline.media_checks import (
     inspect_audio,
     inspect_image,
 )
-from avatar_pipeline.models import ProviderName, S3Object
+from avatar_pipeline.domain.models import ProviderName, S3Object
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import InputLimits
 

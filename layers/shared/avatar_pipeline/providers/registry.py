@@ -9,12 +9,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from avatar_pipeline.domain.redaction import mask_secrets
 from avatar_pipeline.providers import cometapi, wavespeed
 from avatar_pipeline.providers.spec import InputLimits, ModelSpec, ProviderSpec
-from avatar_pipeline.redaction import mask_secrets
 
 if TYPE_CHECKING:
-    from avatar_pipeline.models import ProviderJob
+    from avatar_pipeline.domain.models import ProviderJob
 
 
 class ProviderRegistry(Mapping[str, ProviderSpec]):

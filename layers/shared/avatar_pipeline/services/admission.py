@@ -27,17 +27,15 @@ from typing import Literal
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.exceptions import OrphanedChildLoggerError
 
-from avatar_pipeline.errors import (
+from avatar_pipeline.domain.errors import (
     ProviderConfigError,
     ProviderError,
     ProviderOutcomeUnknownError,
     ProviderTransientError,
 )
-from avatar_pipeline.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
-from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
-from avatar_pipeline.pricing import estimate_cost
-from avatar_pipeline.providers.registry import PROVIDERS, display_name
-from avatar_pipeline.quota import (
+from avatar_pipeline.domain.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
+from avatar_pipeline.domain.pricing import estimate_cost
+from avatar_pipeline.domain.quota import (
     Wait,
     admitting,
     budget_day,
@@ -47,8 +45,7 @@ from avatar_pipeline.quota import (
     wait_before_admitting,
     waking,
 )
-from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
-from avatar_pipeline.task_changes import (
+from avatar_pipeline.domain.task_changes import (
     back_in_line,
     claim_submission,
     explain,
@@ -56,6 +53,9 @@ from avatar_pipeline.task_changes import (
     move_to_line,
     record_news,
 )
+from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
+from avatar_pipeline.providers.registry import PROVIDERS, display_name
+from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 
 logger = Logger(child=True)
 

@@ -10,10 +10,12 @@ from datetime import datetime
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.exceptions import OrphanedChildLoggerError
 
-from avatar_pipeline.callback_tokens import CallbackTokens
 from avatar_pipeline.config import Settings
-from avatar_pipeline.errors import ProviderConfigError
-from avatar_pipeline.models import PairSlot, Task, TaskStatus, utcnow
+from avatar_pipeline.domain.callback_tokens import CallbackTokens
+from avatar_pipeline.domain.errors import ProviderConfigError
+from avatar_pipeline.domain.models import PairSlot, Task, TaskStatus, utcnow
+from avatar_pipeline.domain.state_machine import can_transition
+from avatar_pipeline.domain.task_changes import end
 from avatar_pipeline.ports import (
     ConflictError,
     DeliveryLog,
@@ -24,8 +26,6 @@ from avatar_pipeline.ports import (
     VideoProvider,
     Waker,
 )
-from avatar_pipeline.state_machine import can_transition
-from avatar_pipeline.task_changes import end
 
 logger = Logger(child=True)
 

@@ -9,10 +9,9 @@ from typing import Literal
 
 from aws_lambda_powertools import Logger
 
-from avatar_pipeline.errors import OutputCopyInterruptedError, OutputUnusableError
-from avatar_pipeline.models import Notification, S3Object, Task, TaskOutcome, TaskStatus
-from avatar_pipeline.services.context import PipelineContext
-from avatar_pipeline.task_changes import (
+from avatar_pipeline.domain.errors import OutputCopyInterruptedError, OutputUnusableError
+from avatar_pipeline.domain.models import Notification, S3Object, Task, TaskOutcome, TaskStatus
+from avatar_pipeline.domain.task_changes import (
     claim_copy,
     claim_notification,
     complete,
@@ -23,6 +22,7 @@ from avatar_pipeline.task_changes import (
     notification_claimable,
     renew_copy_lease,
 )
+from avatar_pipeline.services.context import PipelineContext
 
 logger = Logger(child=True)
 

@@ -11,9 +11,9 @@ from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from avatar_pipeline.config import Settings
-from avatar_pipeline.errors import InputGoneError
-from avatar_pipeline.models import JobOptions, MediaRole, PairSlot, ProviderName, S3Object, Task, TaskStatus
-from avatar_pipeline.pairing import (
+from avatar_pipeline.domain.errors import InputGoneError
+from avatar_pipeline.domain.models import JobOptions, MediaRole, PairSlot, ProviderName, S3Object, Task, TaskStatus
+from avatar_pipeline.domain.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     consume,
@@ -23,14 +23,14 @@ from avatar_pipeline.pairing import (
     rival,
     with_upload,
 )
+from avatar_pipeline.domain.pricing import estimate_cost
+from avatar_pipeline.domain.state_machine import begin
+from avatar_pipeline.domain.task_changes import end, join_line
 from avatar_pipeline.ports import ConflictError
-from avatar_pipeline.pricing import estimate_cost
 from avatar_pipeline.providers.registry import PROVIDERS, display_name
 from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 from avatar_pipeline.services.finishing import output_key
-from avatar_pipeline.state_machine import begin
-from avatar_pipeline.task_changes import end, join_line
 
 logger = Logger(child=True)
 
@@ -261,7 +261,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     if refused:
         return end(waiting, TaskStatus.REJECTED, why="; ".join(problems + refused), now=now)
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
-    from avatar_pipeline.validation import fits, validate_pair
+    from avatar_pipeline.domain.validation import fits, validate_pair
 
     report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider, waiting.mode)
     logger.info(

@@ -11,16 +11,11 @@ from typing import Literal
 
 from aws_lambda_powertools import Logger
 
-from avatar_pipeline.errors import CallbackMismatchError, ProviderError, ProviderTransientError, WebhookAuthError
-from avatar_pipeline.models import HOLDING_STATUSES, PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
-from avatar_pipeline.pairing import consume, content_id
-from avatar_pipeline.ports import ConflictError, VideoProvider
-from avatar_pipeline.providers.registry import PROVIDERS, describe_failure, display_name
-from avatar_pipeline.services.admission import dispatch, reconcile
-from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
-from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
-from avatar_pipeline.state_machine import begin, can_transition
-from avatar_pipeline.task_changes import (
+from avatar_pipeline.domain.errors import CallbackMismatchError, ProviderError, ProviderTransientError, WebhookAuthError
+from avatar_pipeline.domain.models import HOLDING_STATUSES, PairSlot, ProviderJob, ProviderJobStatus, Task, TaskStatus
+from avatar_pipeline.domain.pairing import consume, content_id
+from avatar_pipeline.domain.state_machine import begin, can_transition
+from avatar_pipeline.domain.task_changes import (
     end,
     hand_back_copy,
     record_news,
@@ -29,6 +24,11 @@ from avatar_pipeline.task_changes import (
     stop_watching,
     video_ready,
 )
+from avatar_pipeline.ports import ConflictError, VideoProvider
+from avatar_pipeline.providers.registry import PROVIDERS, describe_failure, display_name
+from avatar_pipeline.services.admission import dispatch, reconcile
+from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
+from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
 
 logger = Logger(child=True)
 

@@ -83,16 +83,16 @@ from avatar_pipeline.adapters.http_retry import (
     parse_retry_after,
     raise_transport_error,
 )
-from avatar_pipeline.errors import (
+from avatar_pipeline.domain.errors import (
     ProviderConfigError,
     ProviderError,
     ProviderInputError,
     ProviderOutcomeUnknownError,
     WebhookPayloadError,
 )
-from avatar_pipeline.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.redaction import mask_secrets
 from avatar_pipeline.providers.cometapi import KLING_AVATAR
-from avatar_pipeline.redaction import mask_secrets
 
 logger = logging.getLogger(__name__)
 
