@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class InputLimits:
-    """The files a model accepts, checked before anything is paid."""
+    """The files a model accepts, checked before anything is paid. The defaults are Kling's published limits for its
+    avatar model (each side >= 300 px, aspect between 1:2.5 and 2.5:1, JPG/PNG; MP3/WAV/M4A/AAC lasting 2-300 s)."""
 
     max_image_bytes: int
     max_audio_bytes: int

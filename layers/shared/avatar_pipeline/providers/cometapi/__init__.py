@@ -23,17 +23,9 @@ if TYPE_CHECKING:
     from avatar_pipeline.providers.cometapi.adapter import CometApiProvider
 
 MIB = 1024 * 1024
-# Kling's published limits, except the voice clip: CometAPI documents 2-60 s, stricter than Kling's own 300 s.
-KLING_AVATAR_LIMITS = InputLimits(
-    max_image_bytes=10 * MIB,
-    max_audio_bytes=5 * MIB,
-    min_image_side=300,
-    max_aspect_ratio=2.5,
-    min_audio_seconds=2.0,
-    max_audio_seconds=60.0,
-    image_formats=("JPEG", "PNG"),
-    audio_formats=("MP3", "WAV", "M4A", "AAC"),
-)
+# Kling's published limits (the defaults), except the voice clip: CometAPI documents 2-60 s, stricter than Kling's
+# own 300 s.
+KLING_AVATAR_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * MIB, max_audio_seconds=60.0)
 # Its create endpoint: the model is that endpoint and the mode sent with it.
 KLING_AVATAR = "kling/v1/videos/avatar/image2video"
 

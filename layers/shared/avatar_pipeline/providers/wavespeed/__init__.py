@@ -25,19 +25,14 @@ if TYPE_CHECKING:
 
 MIB = 1024 * 1024
 # WaveSpeed documents no input limits for the Kling avatar model beyond advice (a portrait of at least 512 px, a
-# clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: image JPG/PNG
-# <= 10 MB, each side >= 300 px, aspect between 1:2.5 and 2.5:1; audio MP3/WAV/M4A/AAC <= 5 MB lasting 2-300 s.
-# "MB" is read as MiB.
-KLING_V1_AVATAR_LIMITS = InputLimits(
-    max_image_bytes=10 * MIB,
-    max_audio_bytes=5 * MIB,
-    min_image_side=300,
-    max_aspect_ratio=2.5,
-    min_audio_seconds=2.0,
-    max_audio_seconds=300.0,
-    image_formats=("JPEG", "PNG"),
-    audio_formats=("MP3", "WAV", "M4A", "AAC"),
-)
+# clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: the defaults, with
+# image <= 10 MB and audio <= 5 MB ("MB" read as MiB).
+KLING_V1_AVATAR_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * MIB)
+# WaveSpeed's model ids and published prices (per started 5 s of video) for Kling v1 AI Avatar, by mode.
+KLING_V1_AVATAR = {
+    "std": ("kwaivgi/kling-v1-ai-avatar-standard", "standard", Decimal("0.25")),
+    "pro": ("kwaivgi/kling-v1-ai-avatar-pro", "pro", Decimal("0.50")),
+}
 
 
 class WaveSpeedSettings(ProviderSettings):
@@ -67,22 +62,15 @@ def build(settings: WaveSpeedSettings, secret: SecretField, http: httpx.Client) 
 SPEC = ProviderSpec(
     name="wavespeed",
     display_name="WaveSpeed",
-    # WaveSpeed's published prices for Kling v1 AI Avatar, per started 5 s of video.
     models={
-        "std": ModelSpec(
-            mode="std",
-            model_id="kwaivgi/kling-v1-ai-avatar-standard",
-            title="Kling v1 AI Avatar (standard)",
+        mode: ModelSpec(
+            mode=mode,
+            model_id=model_id,
+            title=f"Kling v1 AI Avatar ({kind})",
             limits=KLING_V1_AVATAR_LIMITS,
-            price_per_step=Decimal("0.25"),
-        ),
-        "pro": ModelSpec(
-            mode="pro",
-            model_id="kwaivgi/kling-v1-ai-avatar-pro",
-            title="Kling v1 AI Avatar (pro)",
-            limits=KLING_V1_AVATAR_LIMITS,
-            price_per_step=Decimal("0.50"),
-        ),
+            price_per_step=price,
+        )
+        for mode, (model_id, kind, price) in KLING_V1_AVATAR.items()
     },
     settings=WaveSpeedSettings,
     # WaveSpeed deletes predictions and their outputs after 7 days.
