@@ -114,11 +114,13 @@ class Mp4StreamCheck:
         elif not all(0x20 <= byte <= 0x7E for byte in header.type):
             # Box types are four printable characters: anything else means the sizes led us into the data.
             raise Mp4StructureError(f"there is no valid box at byte {self._next_box} (type {header.type!r})")
-        try:
-            header.check_size()
-        except BoxError as error:
-            raise Mp4StructureError(str(error)) from error
-        self._to_end = header.to_end
+        if header.size == 0:  # a 32-bit size of 0, or a 64-bit one (which mp4_boxes calls too small)
+            self._to_end = True
+        else:
+            try:
+                header.check_size()
+            except BoxError as error:
+                raise Mp4StructureError(str(error)) from error
         if header.type == b"moov":
             self._seen_moov = True
         elif header.type == b"mdat":
