@@ -26,6 +26,7 @@ from support.events import FakeLambdaContext, sample, stream_event
 from support.mp4 import fake_mp4
 
 from avatar_local.twin.template import function_by_id, load_template
+from avatar_pipeline.config import SenderSettings
 from avatar_pipeline.domain.models import Task, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.tracking import LATE_VIDEO_CHECK_EVERY
@@ -61,7 +62,7 @@ def submitted_task(stack: Stack, provider_http: respx.MockRouter, task_stream: T
 
 
 def poll_at(moment: Any) -> dict[str, Any]:
-    pipeline().clock = lambda: moment
+    pipeline(SenderSettings).clock = lambda: moment  # the poller's own pipeline, as its container has it
     return poller(sample("schedule.json"), FakeLambdaContext(remaining_ms=POLLER_TIMEOUT_MS))
 
 

@@ -1,5 +1,6 @@
 """Each function validates its own settings: one deployed without a variable its work needs refuses to build its
-pipeline, naming the variable, before it touches its event; and the template gives each function all it needs."""
+pipeline on its first invocation, naming the variable, before it reads or writes anything; and the template gives
+each function all it needs."""
 
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ from support.fakes import callback_query
 from webhook_handler import MAX_BODY_BYTES, lambda_handler
 
 from avatar_pipeline import wiring
+from avatar_pipeline.config import WebhookSettings
 from avatar_pipeline.domain.models import Task, TaskStatus
 from avatar_pipeline.services.tracking import poll
 from avatar_pipeline.wiring import pipeline
@@ -222,7 +223,7 @@ def test_delivery_that_failed_midway_is_processed_when_the_provider_retries_it(
     submitted_task: Task, monkeypatch: pytest.MonkeyPatch
 ):
     # Given the task table fails the first delivery's write
-    tasks = pipeline().tasks
+    tasks = pipeline(WebhookSettings).tasks  # the webhook function's own pipeline, as its container has it
     write = tasks.replace
     failures = [RuntimeError("DynamoDB is unavailable")]
 
@@ -247,7 +248,7 @@ def test_duplicate_arriving_while_the_first_is_processed_is_asked_to_retry(
     submitted_task: Task, monkeypatch: pytest.MonkeyPatch
 ):
     # Given a delivery whose twin arrives while it is being processed (here: as it reads the task)
-    tasks = pipeline().tasks
+    tasks = pipeline(WebhookSettings).tasks  # the webhook function's own pipeline, as its container has it
     read = tasks.get
     twin: list[dict[str, Any]] = []
 
@@ -453,7 +454,7 @@ def test_validly_signed_callback_without_the_tasks_token_is_refused_unread(
     """The signature covers the body, not the URL: a delivery captured for one task, replayed to another task's URL,
     is refused by the token, which is checked before the table is read."""
     reads: list[str] = []
-    tasks = pipeline().tasks
+    tasks = pipeline(WebhookSettings).tasks  # the webhook function's own pipeline, as its container has it
     read = tasks.get
     monkeypatch.setattr(tasks, "get", lambda task_id: reads.append(task_id) or read(task_id))
     raw = json.dumps(completed()).encode()

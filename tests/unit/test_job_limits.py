@@ -116,7 +116,8 @@ def test_a_jobs_failover_is_rejected_when_the_only_other_provider_is_not_allowed
     assert_rejected_unpaid(
         w,
         outcome,
-        "job.json asks for failover, but no other provider (cometapi) is allowed (AllowedProviders: wavespeed)",
+        "job.json asks for failover, but the only other provider, cometapi, is not allowed"
+        " (AllowedProviders: wavespeed)",
         wavespeed,
         comet,
     )
@@ -143,11 +144,11 @@ def test_a_job_within_every_limit_is_still_queued_and_sent_as_it_asks() -> None:
     # Then it joins CometAPI's line as asked, may fail over (WaveSpeed's pro is $0.50), and is sent
     assert outcome.action == "queued"
     task = the_task(w, outcome)
-    assert (task.provider, task.mode, task.estimated_cost_usd, task.failover_allowed) == (
+    assert (task.provider, task.mode, task.estimated_cost_usd, task.failover_targets) == (
         "cometapi",
         "pro",
         "0.60",
-        True,
+        ("wavespeed",),
     )
     assert run_dispatcher(w) == {"submit-submitted": 1}
     assert (wavespeed.submit_count, comet.submit_count) == (0, 1)
@@ -173,7 +174,7 @@ def test_a_task_never_fails_over_to_a_provider_the_operator_does_not_allow() -> 
     outcome = deliver(w)
     assert outcome.action == "queued"
     # Then its task may not fail over
-    assert the_task(w, outcome).failover_allowed is False
+    assert the_task(w, outcome).failover_targets == ()
     # When WaveSpeed turns it away
     wavespeed.script_submit(ProviderTransientError("HTTP 429", code="429"))
     assert run_dispatcher(w) == {"submit-requeued": 1}
@@ -191,7 +192,7 @@ def test_a_task_does_not_fail_over_where_it_would_cost_more_than_the_per_pair_li
     outcome = deliver(w, {"failover": True})
     # Then it is queued at WaveSpeed, but may not fail over
     assert outcome.action == "queued"
-    assert the_task(w, outcome).failover_allowed is False
+    assert the_task(w, outcome).failover_targets == ()
 
 
 @pytest.mark.parametrize(
@@ -203,7 +204,7 @@ def test_a_task_queued_before_the_operator_restricted_failover_does_not_fail_ove
     # Given a task queued while failover was allowed
     w, wavespeed, comet = two_providers(WAVESPEED_RENDERS_AT_ONCE="1")
     outcome = deliver(w)
-    assert the_task(w, outcome).failover_allowed is True
+    assert the_task(w, outcome).failover_targets == ("cometapi",)
     # When the stack is redeployed without failover to CometAPI, and WaveSpeed turns the task away
     w.ctx.settings = make_settings(**redeployed, WAVESPEED_RENDERS_AT_ONCE="1")
     wavespeed.script_submit(ProviderTransientError("HTTP 503", code="503"))

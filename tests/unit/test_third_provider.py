@@ -4,6 +4,7 @@ through it from upload to notification on the in-memory fakes."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -26,6 +27,7 @@ from support.fakes import (
 )
 
 from avatar_pipeline.config import Settings
+from avatar_pipeline.domain.errors import ProviderTransientError
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import (
@@ -195,3 +197,69 @@ class FakeSecrets:
 
     def get(self, name: str, **_: Any) -> dict[str, str]:
         return self._secrets[name]
+
+
+def test_a_turned_away_task_fails_over_only_to_a_provider_that_takes_its_files(acme: ProviderSpec) -> None:
+    # Given three providers, in the order WaveSpeed, CometAPI (clips of at most 60 s), Acme (here up to 300 s)
+    long_clips = dataclasses.replace(ACME.models["std"], limits=InputLimits(4 * MIB, 2 * MIB, max_audio_seconds=300.0))
+    with PROVIDERS.registered(dataclasses.replace(ACME, models={"std": long_clips}), replacing=True):
+        wavespeed, comet, acme_provider = (
+            ScriptedProvider(),
+            ScriptedProvider("cometapi", "query"),
+            ScriptedProvider("acme"),
+        )
+        providers = {"wavespeed": wavespeed, "cometapi": comet, "acme": acme_provider}
+        w = make_world(settings=ENV | {"COMETAPI_SECRET_ID": "c"}, provider=wavespeed, providers=providers)
+        # When a 90 s clip for WaveSpeed, whose job allows failover, is checked
+        w.media.put_object(BUCKET, "inbox/ida/job.json", json.dumps({"failover": True}))
+        clip = mp3(90.0, rate=8000, bitrate="8k")
+        w.media.put_object(BUCKET, "inbox/ida/voice.mp3", clip)
+        handle_upload(w.ctx, upload("inbox/ida/face.png", etag="img", size=200_000))
+        task_id = handle_upload(w.ctx, upload("inbox/ida/voice.mp3", etag="aud", size=len(clip))).task_id
+        # Then only Acme is a failover target: CometAPI would refuse a 90 s clip
+        task = w.tasks.get(task_id or "")
+        assert task is not None and task.failover_targets == ("acme",)
+        # When WaveSpeed turns it away, and the lines move again
+        wavespeed.script_submit(ProviderTransientError("HTTP 429", code="429"))
+        run_dispatcher(w)
+        run_dispatcher(w)
+        # Then Acme was sent it, and CometAPI never
+        assert (wavespeed.submit_count, comet.submit_count, acme_provider.submit_count) == (1, 0, 1)
+        moved = w.tasks.get(task_id or "")
+        assert moved is not None and (moved.provider, moved.failed_over_from) == ("acme", "wavespeed")
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        (
+            {"provider": "acme", "mode": "pro"},
+            'job.json asks for mode "pro", which Acme Video does not offer (its modes: std)',
+        ),
+        ({"provider": "acme"}, 'the default mode "std", which Acme Video does not offer (its modes: ultra)'),
+    ],
+    ids=["asked", "default"],
+)
+def test_a_mode_the_chosen_provider_has_no_model_for_is_rejected_saying_where_the_mode_came_from(
+    acme: ProviderSpec, options: dict[str, str], reason: str
+) -> None:
+    # Given Acme offers one model (std; or, for the default mode's case, only "ultra")
+    models = ACME.models if "mode" in options else {"ultra": dataclasses.replace(ACME.models["std"], mode="ultra")}
+    with PROVIDERS.registered(dataclasses.replace(ACME, models=models), replacing=True):
+        wavespeed = ScriptedProvider()
+        w = make_world(settings=ENV, provider=wavespeed, providers={"wavespeed": wavespeed})
+        # When a job asks for Acme with a mode it has no model for
+        w.media.put_object(BUCKET, "inbox/kim/job.json", json.dumps(options))
+        handle_upload(w.ctx, upload("inbox/kim/face.png", etag="img", size=200_000))
+        task_id = handle_upload(w.ctx, upload("inbox/kim/voice.mp3", etag="aud", size=50_000)).task_id
+    # Then the pair is rejected, unpaid, saying which mode and where it came from
+    task = w.tasks.get(task_id or "")
+    assert task is not None and (task.status, task.reason) == (TaskStatus.REJECTED, reason)
+
+
+def test_a_default_mode_the_default_provider_has_no_model_for_is_a_configuration_error(acme: ProviderSpec) -> None:
+    env = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t", **ENV}
+    with pytest.raises(
+        ValueError, match=r"DEFAULT_MODE \(pro\) must be a mode DEFAULT_PROVIDER \(acme\) offers \(std\)"
+    ):
+        Settings.from_env({**env, "DEFAULT_PROVIDER": "acme", "DEFAULT_MODE": "pro"})

@@ -9,16 +9,22 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
 from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
 from avatar_pipeline.domain.quota import QuotaLimits
 from avatar_pipeline.providers.registry import PROVIDERS
-from avatar_pipeline.providers.spec import ProviderSettings
+from avatar_pipeline.providers.spec import ProviderSettings, ProviderSpec
 
 # Input links outlive the provider's fetch window by this much: the submission itself (up to the dispatcher's time
 # budget for it) comes before the provider's queue clock starts, and the poller ends a stage a little after its clock.
 INPUT_URL_MARGIN_SECONDS = 900
+
+
+def _provider_settings(spec: ProviderSpec, env: Mapping[str, Any], given: Any) -> ProviderSettings:
+    if isinstance(given, spec.settings):
+        return given
+    return spec.settings.model_validate(given if isinstance(given, Mapping) else env)
 
 
 def default_output_hosts() -> tuple[str, ...]:
@@ -53,8 +59,8 @@ class Settings(BaseModel):
     max_cost_per_pair_usd: Decimal = Field(default=Decimal(0), alias="MAX_COST_PER_PAIR_USD", ge=0)
     # Whether tasks may fail over (by default, or when their job.json asks); false: never, whatever job.json says.
     allow_failover: bool = Field(default=True, alias="ALLOW_FAILOVER")
-    # A queued task of a job that allows failover moves to the other provider's line once it has waited this long
-    # there and the other provider has room; 0: never.
+    # A queued task of a job that allows failover moves to another provider's line (one of its failover targets)
+    # once it has waited this long there and that provider has room; 0: never.
     spill_over_after_seconds: int = Field(default=600, alias="SPILL_OVER_AFTER_SECONDS", ge=0)
     # How long the notification's download link works (SigV4 allows 7 days at most). The input links given to the
     # providers have no setting: they live as long as the provider may fetch them (`input_url_expiry_seconds`).
@@ -87,7 +93,7 @@ class Settings(BaseModel):
     )
     task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
     # Each registered provider's own settings (its base URL, secrets, quota, prices), by name.
-    providers: Mapping[str, ProviderSettings]
+    providers: Mapping[str, SerializeAsAny[ProviderSettings]]
 
     @property
     def provider_fetch_window(self) -> timedelta:
@@ -121,10 +127,16 @@ class Settings(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _read_provider_settings(cls, data: Any) -> Any:
-        """Each registered provider reads its own settings from the same environment (its variables' prefix)."""
-        if isinstance(data, Mapping) and "providers" not in data:
-            return {**data, "providers": {name: spec.settings.model_validate(data) for name, spec in PROVIDERS.items()}}
-        return data
+        """Each registered provider reads its own settings, with its own model, from the same environment (its
+        variables' prefix), or from what `providers` gives for it (a dump of these settings)."""
+        if not isinstance(data, Mapping):
+            return data
+        given = data.get("providers")
+        given = given if isinstance(given, Mapping) else {}
+        return {
+            **data,
+            "providers": {name: _provider_settings(spec, data, given.get(name)) for name, spec in PROVIDERS.items()},
+        }
 
     @field_validator("allowed_output_hosts", "allowed_modes", "allowed_providers", mode="before")
     @classmethod
@@ -144,6 +156,11 @@ class Settings(BaseModel):
                 f"DEFAULT_PROVIDER ({self.default_provider}) must be one of ALLOWED_PROVIDERS"
                 f" ({', '.join(self.allowed_providers)}): jobs that choose no provider get it"
             )
+        if self.default_mode not in PROVIDERS[self.default_provider].models:
+            raise ValueError(
+                f"DEFAULT_MODE ({self.default_mode}) must be a mode DEFAULT_PROVIDER ({self.default_provider}) offers"
+                f" ({', '.join(PROVIDERS[self.default_provider].models)})"
+            )
         return self
 
     @classmethod
@@ -152,8 +169,8 @@ class Settings(BaseModel):
 
 
 # Each function's own settings: what its work cannot do without is required, so a function deployed without it
-# refuses to build its pipeline (before its first event is touched), naming the variable, instead of failing
-# mid-request. The submit and finalize functions need nothing beyond `Settings`.
+# refuses to build its pipeline on its first invocation (before it reads or writes anything), naming the variable,
+# instead of failing mid-request. The submit and finalize functions need nothing beyond `Settings`.
 
 
 class SenderSettings(Settings):

@@ -52,11 +52,15 @@ def _task(number: int, now: datetime, *, finished: bool) -> Any:
         mode="std",
         image=S3Object(bucket="media", key=f"inbox/{job}/face.png", etag="a" * 32, size=48_213, sequencer="0A1B"),
         audio=S3Object(bucket="media", key=f"inbox/{job}/voice.mp3", etag="b" * 32, size=80_113, sequencer="0A1C"),
-        audio_ms=10_000,
-        estimated_cost_usd="0.50",
     )
     task = transition(
-        task, TaskStatus.QUEUED, why="inbox/… and inbox/… paired; 1st in line", now=started, queued_at=started
+        task,
+        TaskStatus.QUEUED,
+        why="inbox/… and inbox/… paired; 1st in line",
+        now=started,
+        queued_at=started,
+        audio_ms=10_000,
+        estimated_cost_usd="0.50",
     )
     task = transition(task, TaskStatus.SUBMITTING, why="WaveSpeed has room: sending it", now=started)
     task = transition(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from avatar_pipeline.providers.registry import PROVIDERS
 
@@ -39,22 +41,28 @@ TERMINAL_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.REJECTED, TaskSt
 HOLDING_STATUSES = frozenset({TaskStatus.SUBMITTING, TaskStatus.SUBMITTED, TaskStatus.PROCESSING})
 
 
-def _registered_provider(name: str) -> str:
-    if name not in PROVIDERS:
-        raise ValueError(f"no provider is called {name!r}; known providers: {', '.join(PROVIDERS)}")
-    return name
+def _one_of(names: Iterable[str]) -> str:
+    quoted = [f"'{name}'" for name in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
 
 
-def _offered_mode(mode: str) -> str:
-    if not any(mode in spec.models for spec in PROVIDERS.values()):
-        offered = sorted({known for spec in PROVIDERS.values() for known in spec.models})
-        raise ValueError(f"no provider offers a mode called {mode!r}; known modes: {', '.join(offered)}")
-    return mode
+def _registered_provider(value: object) -> object:
+    if not (isinstance(value, str) and value in PROVIDERS):
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _one_of(PROVIDERS)})
+    return value
 
 
-# A registered provider's name (providers/registry.py), and a mode one of them offers a model for.
-ProviderName = Annotated[str, AfterValidator(_registered_provider)]
-Mode = Annotated[str, AfterValidator(_offered_mode)]
+def _offered_mode(value: object) -> object:
+    if not (isinstance(value, str) and any(value in spec.models for spec in PROVIDERS.values())):
+        offered = dict.fromkeys(mode for spec in PROVIDERS.values() for mode in spec.models)
+        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _one_of(offered)})
+    return value
+
+
+# A registered provider's name (providers/registry.py), and a mode one of them offers a model for; refused as a
+# Literal of them would be.
+ProviderName = Annotated[str, BeforeValidator(_registered_provider)]
+Mode = Annotated[str, BeforeValidator(_offered_mode)]
 MediaRole = Literal["image", "audio"]
 
 
@@ -97,7 +105,7 @@ class JobOptions(BaseModel):
     prompt: str | None = Field(default=None, max_length=2500)
     mode: Mode | None = None
     provider: ProviderName | None = None
-    # May the task move to the other provider when this one is unavailable? (Default: the stack's setting.)
+    # May the task move to another provider when this one is unavailable? (Default: the stack's setting.)
     failover: bool | None = None
 
 
@@ -123,7 +131,10 @@ class Task(BaseModel):
     image: S3Object | None = None
     audio: S3Object | None = None
     provider_task_id: str | None = None
-    failover_allowed: bool = False
+    # The providers it may move to when its own turns it away (or its line is long), in the order tried: each one
+    # the job and the operator allowed when the pair was checked, whose model takes these very files, within the
+    # per-pair cost limit. Empty: it never moves.
+    failover_targets: tuple[ProviderName, ...] = ()
     failed_over_from: ProviderName | None = None
     audio_ms: int | None = None
     # Decimal as text: the table stores no floats.
@@ -155,6 +166,18 @@ class Task(BaseModel):
     notify_lease_until: datetime | None = None
     notified_at: datetime | None = None
     history: list[Transition] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _targets_from_failover_allowed(cls, data: Any) -> Any:
+        """Records stored before `failover_targets` say `failover_allowed`: with two providers, the other one (the
+        pair was checked against it)."""
+        if isinstance(data, dict) and "failover_allowed" in data:
+            data = dict(data)
+            allowed = data.pop("failover_allowed")
+            if allowed and "failover_targets" not in data:
+                data["failover_targets"] = PROVIDERS.others(data["provider"], data.get("mode"))
+        return data
 
     @property
     def needs_attention(self) -> bool:

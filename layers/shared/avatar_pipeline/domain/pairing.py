@@ -133,6 +133,11 @@ def consume(slot: PairSlot, used: list[S3Object], now: datetime, deadline: datet
     )
 
 
+def remember_used(slot: PairSlot, role: MediaRole, upload: S3Object) -> PairSlot:
+    """The slot with `upload` as the `role` half a task used, so a repeat of its event changes nothing."""
+    return slot.model_copy(update={"used_image": upload} if role == "image" else {"used_audio": upload})
+
+
 def rival(slot: PairSlot | None, role: MediaRole, upload: S3Object) -> S3Object | None:
     """An unused upload of the same role under another key: with `upload`, the job would hold two images (or two
     audio clips), and which one the user meant is not ours to guess."""

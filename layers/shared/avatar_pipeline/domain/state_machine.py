@@ -10,14 +10,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from avatar_pipeline.domain.models import Task, TaskStatus, Transition
+from avatar_pipeline.domain.models import Mode, ProviderName, S3Object, Task, TaskStatus, Transition
 
 S = TaskStatus
 
 # target status → the statuses it may be reached from
 ALLOWED_SOURCES: dict[TaskStatus, frozenset[TaskStatus]] = {
     # From SUBMITTING: the provider turned the submission away; it goes back to its place in line (maybe another
-    # provider's, when failing over). From QUEUED: it spilled over to the other provider's line.
+    # provider's, when failing over). From QUEUED: it spilled over to another provider's line.
     S.QUEUED: frozenset({S.WAITING_FOR_PAIR, S.SUBMITTING, S.QUEUED}),
     # Only by admission: the provider's quota has room for it.
     S.SUBMITTING: frozenset({S.QUEUED}),
@@ -50,8 +50,21 @@ def can_transition(current: TaskStatus, target: TaskStatus) -> bool:
     return current in ALLOWED_SOURCES.get(target, frozenset())
 
 
-def begin(task_id: str, job: str, *, since: datetime, arrived: str, now: datetime, **fields: Any) -> Task:
-    """The one way a task begins: WAITING_FOR_PAIR since its first file (`arrived`) landed."""
+def begin(
+    task_id: str,
+    job: str,
+    *,
+    since: datetime,
+    arrived: str,
+    now: datetime,
+    provider: ProviderName,
+    mode: Mode,
+    image: S3Object | None = None,
+    audio: S3Object | None = None,
+    prompt: str | None = None,
+) -> Task:
+    """The one way a task begins: WAITING_FOR_PAIR since its first file (`arrived`) landed, for `provider`'s model
+    for `mode`, with the files it has so far."""
     entry = Transition(at=since, from_status=None, to_status=S.WAITING_FOR_PAIR, reason=f"{arrived} arrived")
     return Task(
         task_id=task_id,
@@ -60,7 +73,11 @@ def begin(task_id: str, job: str, *, since: datetime, arrived: str, now: datetim
         created_at=since,
         updated_at=now,
         history=[entry],
-        **fields,
+        provider=provider,
+        mode=mode,
+        image=image,
+        audio=audio,
+        prompt=prompt,
     )
 
 

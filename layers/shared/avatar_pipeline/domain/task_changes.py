@@ -28,7 +28,13 @@ def _lease_runs(task: Task, now: datetime) -> bool:
 
 
 def join_line(
-    task: Task, *, why: str, now: datetime, audio_ms: int, failover_allowed: bool, estimated_cost_usd: Decimal
+    task: Task,
+    *,
+    why: str,
+    now: datetime,
+    audio_ms: int,
+    failover_targets: tuple[ProviderName, ...],
+    estimated_cost_usd: Decimal,
 ) -> Task:
     """A checked pair joins its provider's line (QUEUED): its place is `now`, kept when the provider turns it away,
     with what admission needs to know (its length, its estimated cost, whether it may fail over)."""
@@ -39,7 +45,7 @@ def join_line(
         now=now,
         queued_at=now,
         audio_ms=audio_ms,
-        failover_allowed=failover_allowed,
+        failover_targets=failover_targets,
         estimated_cost_usd=str(estimated_cost_usd),
     )
 

@@ -25,9 +25,8 @@ from avatar_pipeline.domain.media_checks import (
 )
 from avatar_pipeline.domain.models import ProviderName, S3Object
 from avatar_pipeline.providers.registry import PROVIDERS
-from avatar_pipeline.providers.spec import InputLimits
+from avatar_pipeline.providers.spec import MIB, InputLimits
 
-MIB = 1024 * 1024
 Facts = TypeVar("Facts", ImageFacts, AudioFacts)
 TIMES = "\N{MULTIPLICATION SIGN}"
 

@@ -22,6 +22,9 @@ if TYPE_CHECKING:
     from avatar_pipeline.ports import VideoProvider
 
 
+MIB = 1024 * 1024
+
+
 @dataclass(frozen=True)
 class InputLimits:
     """The files a model accepts, checked before anything is paid. The defaults are Kling's published limits for its
@@ -35,9 +38,6 @@ class InputLimits:
     max_audio_seconds: float = 300.0
     image_formats: tuple[str, ...] = ("JPEG", "PNG")  # as named by media_checks, from the content
     audio_formats: tuple[str, ...] = ("MP3", "WAV", "M4A", "AAC")
-
-    def max_bytes(self, role: str) -> int:
-        return self.max_image_bytes if role == "image" else self.max_audio_bytes
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ProviderSettings(BaseModel):
     """A provider's settings, read from the function's environment under its own prefix (a subclass per provider
     sets `model_config`'s alias generator to `env_prefixed("<NAME>_")`)."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True)
+    model_config = ConfigDict(frozen=True)
 
     base_url: str
     # Name or ARN of a Secrets Manager secret holding {"api_key": ...}: only the functions that call the API.

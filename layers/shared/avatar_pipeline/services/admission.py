@@ -8,9 +8,9 @@ quota record and (with a spend limit) the day's spend, so no two dispatchers eve
 slot back when it leaves the provider (the dispatcher runs on that change in the table's stream), so a render that
 finishes lets the next pair in at once.
 
-Spill-over: when a line has been empty with room to spare while the other provider's line has a task that waited
-there longer than the spill-over time (and whose job allows failover), that task moves to this line, before either
-provider was sent it — a task is only ever at one provider.
+Spill-over: when a line has been empty with room to spare while another provider's line has a task that waited
+there longer than the spill-over time (and this provider is among its failover targets), that task moves to this
+line, before either provider was sent it — a task is only ever at one provider.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName
         waited = now - task.queued_at
         if waited < after:
             return None  # the rest of the line joined later
-        if not task.failover_allowed or task.failed_over_from is not None or task.mode not in PROVIDERS[target].models:
+        if target not in task.failover_targets or task.failed_over_from is not None:
             continue
         if not _configured(ctx, target):
             return None
@@ -259,7 +259,7 @@ def _spill(ctx: PipelineContext, current: Task, *, source: ProviderName, target:
 
 
 def _moved_to(ctx: PipelineContext, task: Task, other: ProviderName, why: str) -> Task:
-    """`task`, moved to the other provider's line at the same place, with that provider's cost — counted against the
+    """`task`, moved to `other`'s line at the same place, with that provider's cost — counted against the
     spend limit when it is admitted there, even if the first provider's already was (a spend limit may count too
     much, never too little)."""
     seconds = (task.audio_ms or 0) / 1000
@@ -529,8 +529,9 @@ def _fail_inputs_changed(ctx: PipelineContext, claimed: Task, keys: list[str]) -
 
 def _back_in_line(ctx: PipelineContext, claimed: Task, error: ProviderTransientError) -> SubmitAction:
     """The provider proved it did not take the task (429, 503, no connection): its provider's line pauses (as long
-    as the provider asked, else one rate window) and the task goes back to its place — in the other provider's line
-    when the job allows failover and the other provider accepts these files. It is never at both."""
+    as the provider asked, else one rate window) and the task goes back to its place — in its first failover
+    target's line, when it has one (a provider the job and the operator allow that accepts these files). It is never
+    at two."""
     now = ctx.clock()
     limits = ctx.settings.quota_limits(claimed.provider)
     pause = timedelta(seconds=error.retry_after) if error.retry_after is not None else limits.window
@@ -573,25 +574,19 @@ def _requeue(
 
 
 def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:
-    """The provider a turned-away task moves to, once, if the job and the operator (now) allow it and that provider
-    is configured."""
-    if not claimed.failover_allowed or claimed.failed_over_from is not None:
+    """The provider a turned-away task moves to, once: the first of its failover targets the operator (still)
+    allows and this function is configured for."""
+    if claimed.failed_over_from is not None:
         return None
-    return next(
-        (
-            other
-            for other in PROVIDERS.others(claimed.provider, claimed.mode)
-            if ctx.settings.may_fail_over_to(other) and _configured(ctx, other)
-        ),
-        None,
-    )
+    targets = (other for other in claimed.failover_targets if ctx.settings.may_fail_over_to(other))
+    return next((other for other in targets if _configured(ctx, other)), None)
 
 
 def _configured(ctx: PipelineContext, provider: ProviderName) -> bool:
     try:
         ctx.providers[provider]
     except Exception:  # not configured, or its secret cannot be read now
-        logger.warning("the other provider is unavailable", extra={"provider": provider})
+        logger.warning("the provider to move to is unavailable", extra={"provider": provider})
         return False
     return True
 

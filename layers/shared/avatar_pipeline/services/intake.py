@@ -20,6 +20,7 @@ from avatar_pipeline.domain.pairing import (
     content_id,
     options_key,
     parse_inbox_key,
+    remember_used,
     rival,
     with_upload,
 )
@@ -117,7 +118,7 @@ def _reject_rivals(
         rejected = end(waiting, TaskStatus.REJECTED, why=why, now=now)
         released = consume(current, [held], now, deadline)
         assert released is not None
-        released = released.model_copy(update={f"used_{role}": upload})  # a repeat of this event changes nothing
+        released = remember_used(released, role, upload)
         try:
             created = ctx.tasks.save_slot_and_create(released, expected=current, task=rejected)
         except ConflictError:
@@ -285,12 +286,13 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         why = f"its estimated cost of ${cost} is more than the daily spend limit of ${limit}, so it could never be sent"
         return end(waiting, TaskStatus.REJECTED, why=why, now=now)
     wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
-    # Only to a provider the operator allows, that would accept these very files too, within the per-pair limit.
-    failover_allowed = wants_failover and any(
-        ctx.settings.may_fail_over_to(other)
+    # Only to providers the operator allows, that would accept these very files too, within the per-pair limit.
+    failover_targets = tuple(
+        other
+        for other in (PROVIDERS.others(provider, waiting.mode) if wants_failover else ())
+        if ctx.settings.may_fail_over_to(other)
         and fits(report, image, audio, other, waiting.mode)
         and ctx.settings.within_cost_limit(estimate_cost(other, waiting.mode, seconds, ctx.settings))
-        for other in PROVIDERS.others(provider, waiting.mode)
     )
     paired = f"paired {image.key} with {audio.key}" + (
         "" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"
@@ -300,7 +302,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         why=f"{paired}; {line_note(ctx, provider, ctx.tasks.queue_length(provider), now)}",
         now=now,
         audio_ms=round(seconds * 1000),
-        failover_allowed=failover_allowed,
+        failover_targets=failover_targets,
         estimated_cost_usd=cost,
     )
 
@@ -308,12 +310,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
 def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName, mode: str) -> list[str]:
     """What job.json asks for that the operator does not allow (each naming the stack parameter and what it allows),
     or that its provider does not offer."""
-    refused = []
-    if mode not in PROVIDERS[provider].models:
-        refused.append(
-            f'job.json asks for mode "{mode}", which {display_name(provider)} does not offer'
-            f" (its modes: {', '.join(PROVIDERS[provider].models)})"
-        )
+    refused = _not_offered(options, provider, mode)
     if options.mode is not None and options.mode not in settings.allowed_modes:
         refused.append(
             f'job.json asks for mode "{options.mode}", which this stack does not allow'
@@ -324,14 +321,32 @@ def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName
             f'job.json asks for provider "{options.provider}", which this stack does not allow'
             f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
         )
-    if options.failover and not settings.allow_failover:
-        refused.append("job.json asks for failover, which this stack does not allow (AllowFailover: false)")
-    elif options.failover and not any(other in settings.allowed_providers for other in PROVIDERS.others(provider)):
-        refused.append(
-            f"job.json asks for failover, but no other provider ({', '.join(PROVIDERS.others(provider))}) is allowed"
-            f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
-        )
-    return refused
+    return refused + _failover_refused(settings, options, provider)
+
+
+def _not_offered(options: JobOptions, provider: ProviderName, mode: str) -> list[str]:
+    """Why `provider` has no model for `mode` (asked for, or the stack's default); empty when it has."""
+    offered = PROVIDERS[provider].models
+    if mode in offered:
+        return []
+    asked = f'job.json asks for mode "{mode}"' if options.mode is not None else f'the default mode "{mode}"'
+    return [f"{asked}, which {display_name(provider)} does not offer (its modes: {', '.join(offered)})"]
+
+
+def _failover_refused(settings: Settings, options: JobOptions, provider: ProviderName) -> list[str]:
+    if not options.failover:
+        return []
+    if not settings.allow_failover:
+        return ["job.json asks for failover, which this stack does not allow (AllowFailover: false)"]
+    others = PROVIDERS.others(provider)
+    if any(other in settings.allowed_providers for other in others):
+        return []
+    which = (
+        f"the only other provider, {others[0]}, is not allowed"
+        if len(others) == 1
+        else f"none of the other providers ({', '.join(others) or 'none registered'}) is allowed"
+    )
+    return [f"job.json asks for failover, but {which} (AllowedProviders: {', '.join(settings.allowed_providers)})"]
 
 
 def _gone_task(ctx: PipelineContext, slot: PairSlot, task_id: str, why: str, now: datetime) -> Task:

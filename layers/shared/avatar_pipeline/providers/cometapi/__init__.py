@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import ConfigDict, Field
 
 from avatar_pipeline.providers.spec import (
+    MIB,
     InputLimits,
     ModelSpec,
     ProviderSettings,
@@ -22,7 +23,6 @@ if TYPE_CHECKING:
 
     from avatar_pipeline.providers.cometapi.adapter import CometApiProvider
 
-MIB = 1024 * 1024
 # Kling's published limits (the defaults), except the voice clip: CometAPI documents 2-60 s, stricter than Kling's
 # own 300 s.
 KLING_AVATAR_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * MIB, max_audio_seconds=60.0)
@@ -30,11 +30,15 @@ KLING_AVATAR_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * 
 KLING_AVATAR = "kling/v1/videos/avatar/image2video"
 
 
+DEFAULT_BASE_URL = "https://api.cometapi.com"
+DEFAULT_PROMPT = "A person talking naturally to the camera."
+
+
 class CometApiSettings(ProviderSettings):
     model_config = ConfigDict(alias_generator=env_prefixed("COMETAPI_"))
 
-    base_url: str = "https://api.cometapi.com"
-    default_prompt: str = Field(default="A person talking naturally to the camera.", max_length=2500)
+    base_url: str = DEFAULT_BASE_URL
+    default_prompt: str = Field(default=DEFAULT_PROMPT, max_length=2500)
     # USD per started 5 s of video; CometAPI publishes no fixed price, so set what your account pays.
     price_std_per_5s: Decimal = Field(default=Decimal("0.30"), ge=0)
     price_pro_per_5s: Decimal = Field(default=Decimal("0.60"), ge=0)

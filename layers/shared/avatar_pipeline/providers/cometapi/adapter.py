@@ -92,12 +92,10 @@ from avatar_pipeline.domain.errors import (
 )
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.domain.redaction import mask_secrets
-from avatar_pipeline.providers.cometapi import KLING_AVATAR
+from avatar_pipeline.providers.cometapi import DEFAULT_BASE_URL, DEFAULT_PROMPT, KLING_AVATAR
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL: Final = "https://api.cometapi.com"
-DEFAULT_PROMPT: Final = "A person talking naturally to the camera."
 # CometAPI may fetch the media before it answers a create: a generous read timeout makes "outcome unknown" rarer.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
 MAX_PROMPT_CHARS: Final = 2500

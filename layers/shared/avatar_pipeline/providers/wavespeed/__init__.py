@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from pydantic import ConfigDict
 
 from avatar_pipeline.providers.spec import (
+    MIB,
     InputLimits,
     ModelSpec,
     ProviderSettings,
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 
     from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 
-MIB = 1024 * 1024
 # WaveSpeed documents no input limits for the Kling avatar model beyond advice (a portrait of at least 512 px, a
 # clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: the defaults, with
 # image <= 10 MB and audio <= 5 MB ("MB" read as MiB).
@@ -35,10 +35,13 @@ KLING_V1_AVATAR = {
 }
 
 
+DEFAULT_BASE_URL = "https://api.wavespeed.ai"
+
+
 class WaveSpeedSettings(ProviderSettings):
     model_config = ConfigDict(alias_generator=env_prefixed("WAVESPEED_"))
 
-    base_url: str = "https://api.wavespeed.ai"
+    base_url: str = DEFAULT_BASE_URL
     # Name or ARN of a Secrets Manager secret holding {"webhook_secret": ...}: only the webhook function, which so
     # never holds the paid API key.
     webhook_secret_id: str = ""

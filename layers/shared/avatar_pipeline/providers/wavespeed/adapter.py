@@ -81,10 +81,10 @@ from avatar_pipeline.domain.errors import (
 )
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.domain.redaction import mask_secrets
+from avatar_pipeline.providers.wavespeed import DEFAULT_BASE_URL
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL: Final = "https://api.wavespeed.ai"
 DEFAULT_TIMEOUT: Final = httpx.Timeout(20.0, connect=5.0)
 
 MODEL_PATH: Final = "/api/v3/{model_id}"
