@@ -179,6 +179,15 @@ def test_zeros_after_the_ftyp_box_are_not_a_box() -> None:
         mp4.feed(FTYP + bytes(4096))
 
 
+def test_a_last_box_with_a_64_bit_size_of_0_runs_to_the_end_and_the_video_is_kept() -> None:
+    # Given a provider's video whose last mdat says 1 (64-bit size follows) and then 0: players have read moov by
+    # then and play it, so a paid video must not be thrown away over it
+    video = FTYP + MOOV + struct.pack(">I4sQ", 1, b"mdat", 0) + b"\x01" * 100
+
+    # When checked, Then it is whole (the box runs to the end)
+    check([video])
+
+
 def test_a_box_smaller_than_its_own_header_is_refused() -> None:
     # Given a box declaring 4 bytes, less than its 8-byte header (it would never advance)
     with pytest.raises(Mp4StructureError, match="'free' box has an impossible size"):
