@@ -318,7 +318,9 @@ def test_callback_signed_with_another_secret_is_refused(submitted_task: Task):
     assert_untouched(submitted_task)
 
 
-@pytest.mark.parametrize("skew", [-301, 301], ids=["stale", "future"])
+# 30 s beyond the window, not 1: the handler's clock reads a moment after the timestamp is made, and on a loaded
+# machine that moment was once over a second (the exact bound is the adapter's unit tests' to pin).
+@pytest.mark.parametrize("skew", [-330, 330], ids=["stale", "future"])
 def test_timestamp_more_than_300_s_away_is_refused(submitted_task: Task, skew: int):
     # When a validly signed callback's timestamp is over 5 minutes in the past or in the future
     answer = callback(submitted_task.task_id, completed(), timestamp=int(time.time()) + skew)
