@@ -80,15 +80,7 @@ def _news_moves(ctx: PipelineContext, current: Task, *, news: ProviderJob) -> Ta
     now = ctx.clock()
     name = display_name(current.provider)
     if target is TaskStatus.OUTPUT_READY:
-        return video_ready(
-            current,
-            why=f"{name} finished the video",
-            now=now,
-            provider_task_id=news.provider_task_id,
-            output_url=news.output_url,
-            output_expires_at=now + PROVIDERS[current.provider].output_retention,
-            check_at=now + FINALIZE_GRACE,
-        )
+        return _video_ready(current, news, why=f"{name} finished the video", now=now)
     if target is TaskStatus.FAILED:
         why = describe_failure(current.provider, news)
     elif target is TaskStatus.PROCESSING:
@@ -112,10 +104,16 @@ def _late_video(task: Task, news: ProviderJob) -> bool:
 def _reopen_for_late_video(ctx: PipelineContext, task: Task, news: ProviderJob) -> Task:
     """TIMED_OUT → OUTPUT_READY, once: the video is copied and announced like any other, and its notification says
     it overturns the time-out (if that was announced, or may have been)."""
-    now = ctx.clock()
+    why = f"{display_name(task.provider)} delivered the video after the task had timed out; keeping it"
+    return _video_ready(task, news, why=why, now=ctx.clock())
+
+
+def _video_ready(task: Task, news: ProviderJob, *, why: str, now: datetime) -> Task:
+    """OUTPUT_READY with the provider's video, copied no earlier than the grace and no later than its provider keeps
+    it."""
     return video_ready(
         task,
-        why=f"{display_name(task.provider)} delivered the video after the task had timed out; keeping it",
+        why=why,
         now=now,
         provider_task_id=news.provider_task_id,
         output_url=news.output_url,
