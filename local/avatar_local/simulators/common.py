@@ -86,14 +86,20 @@ def pause(stopping: threading.Event, seconds: float) -> bool:
 # ------------------------------------------------------------------------------------------------ auth
 
 
+def authorization_token(header: str | None, scheme: str) -> str | None:
+    """The token of an ``Authorization: <scheme> <token>`` header (the scheme matched case-insensitively); None when
+    the header is missing, empty or another scheme."""
+    given, _, token = (header or "").strip().partition(" ")
+    token = token.strip()
+    if given.lower() != scheme.lower() or not token:
+        return None
+    return token
+
+
 def bearer_token(header: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header; None when the header is missing, empty or another
     scheme."""
-    scheme, _, token = (header or "").strip().partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        return None
-    return token
+    return authorization_token(header, "Bearer")
 
 
 def token_matches(token: str, expected: str | None) -> bool:
@@ -579,6 +585,7 @@ __all__ = [
     "QuietHTTPServer",
     "SimulatorCore",
     "SimulatorHandler",
+    "authorization_token",
     "bearer_token",
     "download_input",
     "is_http_url",
