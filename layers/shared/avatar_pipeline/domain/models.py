@@ -245,6 +245,8 @@ class SubmissionRequest(BaseModel):
     # The provider's name for the model the mode chose (its spec's `model_id`).
     model_id: str
     webhook_url: str = Field(repr=False)
+    # The model's own options sent along with the inputs (fal's `resolution`, `num_frames`...): nothing secret.
+    options: dict[str, str | int | bool] = Field(default_factory=dict)
 
 
 # A SigV4 presigned URL lives at most 7 days, whatever its X-Amz-Expires asks for.
