@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import math
+import time
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.corpus import corpus, partner_for
 from support.e2e import E2E
 
+from avatar_local.simulators.fal import webhook_message
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import probe_media
 from avatar_local.twin.template import functions, load_template
@@ -173,4 +179,52 @@ def test_forged_cometapi_callback_token_is_refused_and_changes_nothing(e2e: E2E)
     # Then both are refused, and the task is unchanged
     assert (wrong.status_code, missing.status_code) == (401, 401)
     after = e2e.client.status("e2e-forged").latest
+    assert after is not None and after.status is TaskStatus.COMPLETED and after.version == task.version
+
+
+def test_fal_job_with_a_signed_webhook_becomes_a_real_mp4_with_one_notification(e2e: E2E, tmp_path: Path) -> None:
+    # When a job asks for fal.ai in its job.json
+    fal = e2e.stack.fal_simulator
+    before = len(fal.jobs())
+    task = e2e.run("e2e-fal", options=JobOptions(provider="fal"))
+    # Then fal made it with Kling AI Avatar v2 standard, its Ed25519-signed webhook was accepted (fal's keys read from
+    # its key list, over HTTPS), and one notification carries fal's per-second cost
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert task.provider == "fal"
+    (job,) = fal.jobs()[before:]
+    assert job["model"] == "fal-ai/kling-video/ai-avatar/v2/standard"
+    delivered = [d for d in fal.webhook_deliveries() if d["request_id"] == task.provider_task_id]
+    assert delivered and delivered[0]["status"] == 200
+    info = probe_media(e2e.client.download(task, tmp_path))
+    assert info.has_video and info.has_audio and abs(info.duration - e2e.samples.voice_seconds) <= 0.2
+    (note,) = e2e.notifications("e2e-fal", settle=4.0)
+    assert task.audio_ms is not None
+    seconds = math.ceil(task.audio_ms / 1000)  # fal bills per (started) second of the video, as long as the voice
+    assert note["body"]["provider"] == "fal"
+    assert note["body"]["estimated_cost_usd"] == str((Decimal("0.0562") * seconds).quantize(Decimal("0.01")))
+
+
+@pytest.mark.parametrize("forgery", ["foreign-key", "stale"])
+def test_forged_fal_webhooks_are_refused_and_change_nothing(e2e: E2E, forgery: str) -> None:
+    # Given a fal task that completed and was announced, and the callback URL fal was given for it (its token)
+    fal = e2e.stack.fal_simulator
+    job = f"e2e-fal-{forgery}"
+    e2e.run(job, options=JobOptions(provider="fal"))
+    assert len(e2e.notifications(job)) == 1
+    task = e2e.client.status(job).latest
+    assert task is not None and task.status is TaskStatus.COMPLETED and task.notified_at is not None
+    request_id = task.provider_task_id or ""
+    (submitted,) = [j for j in fal.jobs() if j["request_id"] == request_id]
+    body = json.dumps({"request_id": request_id, "status": "ERROR", "error": "forged"}).encode()
+    # When someone posts a failure for it: signed with a key fal does not publish, or with fal's key 10 minutes ago
+    if forgery == "stale":
+        headers = fal.webhook_headers(request_id, body, int(time.time()) - 600)
+    else:
+        headers = fal.webhook_headers(request_id, body, int(time.time()))
+        message = webhook_message(request_id, fal.user_id, headers["X-Fal-Webhook-Timestamp"], body)
+        headers["X-Fal-Webhook-Signature"] = Ed25519PrivateKey.generate().sign(message).hex()
+    answer = httpx.post(submitted["webhook_url"], content=body, headers=headers)
+    # Then it is refused, and the task is unchanged
+    assert answer.status_code == 401
+    after = e2e.client.status(job).latest
     assert after is not None and after.status is TaskStatus.COMPLETED and after.version == task.version

@@ -33,11 +33,13 @@ COMETAPI_BASE_URL = "https://api.cometapi.test"
 # The secrets each function's work needs, by the variable that names it: the providers' API keys to submit and poll,
 # WaveSpeed's webhook secret to check its signatures (CometAPI's key to confirm its unsigned callbacks), the callback
 # key to make (dispatch, poller) or check (webhook) callback tokens, the link signer's key to presign long-lived links.
+# fal's webhooks are checked with fal's public keys: the webhook holds no fal secret.
 SECRET_IDS: dict[str, dict[str, str]] = {
     "SubmitFunction": {},
     "DispatchFunction": {
         "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
         "COMETAPI_SECRET_ID": "CometApiSecret",
+        "FAL_SECRET_ID": "FalSecret",
         "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
         "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
     },
@@ -49,6 +51,7 @@ SECRET_IDS: dict[str, dict[str, str]] = {
     "PollerFunction": {
         "WAVESPEED_SECRET_ID": "WaveSpeedSecret",
         "COMETAPI_SECRET_ID": "CometApiSecret",
+        "FAL_SECRET_ID": "FalSecret",
         "CALLBACK_KEY_SECRET_ID": "CallbackKeySecret",
         "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
     },

@@ -28,8 +28,9 @@ AUDIO = upload("inbox/zoe/voice.mp3", etag="aud-1", size=300_000)  # the fakes' 
 
 
 def two_providers(**settings: str) -> tuple[World, ScriptedProvider, ScriptedProvider]:
-    """Both providers configured, under these settings."""
+    """WaveSpeed and CometAPI configured, under these settings (the stack allowing those two unless they say)."""
     wavespeed, comet = ScriptedProvider(), ScriptedProvider("cometapi", "query")
+    settings = {"ALLOWED_PROVIDERS": "wavespeed,cometapi", **settings}
     w = make_world(provider=wavespeed, providers={"wavespeed": wavespeed, "cometapi": comet}, settings=settings)
     return w, wavespeed, comet
 
@@ -107,16 +108,16 @@ def test_a_jobs_failover_cannot_override_the_operators_allow_failover_false() ->
     )
 
 
-def test_a_jobs_failover_is_rejected_when_the_only_other_provider_is_not_allowed() -> None:
+def test_a_jobs_failover_is_rejected_when_no_other_provider_is_allowed() -> None:
     # Given a stack that allows failover but only WaveSpeed
     w, wavespeed, comet = two_providers(ALLOWED_PROVIDERS="wavespeed")
     # When a job asks for failover
     outcome = deliver(w, {"failover": True})
-    # Then the pair is rejected: failing over could only go to CometAPI, which the stack does not allow
+    # Then the pair is rejected: failing over could only go to CometAPI or fal, which the stack does not allow
     assert_rejected_unpaid(
         w,
         outcome,
-        "job.json asks for failover, but the only other provider, cometapi, is not allowed"
+        "job.json asks for failover, but none of the other providers (cometapi, fal) is allowed"
         " (AllowedProviders: wavespeed)",
         wavespeed,
         comet,
@@ -226,7 +227,7 @@ def test_a_task_queued_before_the_operator_restricted_failover_does_not_fail_ove
 def test_the_defaults_allow_every_mode_and_provider_and_set_no_cost_limit() -> None:
     settings = make_settings()
     assert settings.allowed_modes == ("std", "pro")
-    assert settings.allowed_providers == ("wavespeed", "cometapi")
+    assert settings.allowed_providers == ("wavespeed", "cometapi", "fal")
     assert settings.max_cost_per_pair_usd == Decimal(0)
 
 

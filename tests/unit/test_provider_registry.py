@@ -17,11 +17,12 @@ from avatar_pipeline.providers.spec import ModelSpec
 REQUIRED = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t"}
 
 
-def test_the_registry_holds_wavespeed_then_cometapi_each_with_a_std_and_a_pro_model() -> None:
-    assert list(PROVIDERS) == ["wavespeed", "cometapi"]
+def test_the_registry_holds_wavespeed_cometapi_and_fal_each_with_a_std_and_a_pro_model() -> None:
+    assert list(PROVIDERS) == ["wavespeed", "cometapi", "fal"]
     assert {name: list(spec.models) for name, spec in PROVIDERS.items()} == {
         "wavespeed": ["std", "pro"],
         "cometapi": ["std", "pro"],
+        "fal": ["std", "pro"],
     }
     assert PROVIDERS.model("wavespeed", "pro").model_id == "kwaivgi/kling-v1-ai-avatar-pro"
     assert (display_name("cometapi"), display_name("someone-else")) == ("CometAPI", "someone-else")
@@ -37,7 +38,7 @@ def test_a_replaced_spec_holds_only_within_its_block() -> None:
     with PROVIDERS.registered(dataclasses.replace(original, output_retention=timedelta(days=1)), replacing=True):
         assert PROVIDERS["wavespeed"].output_retention == timedelta(days=1)
     assert PROVIDERS["wavespeed"] is original
-    assert list(PROVIDERS) == ["wavespeed", "cometapi"]
+    assert list(PROVIDERS) == ["wavespeed", "cometapi", "fal"]
 
 
 def test_the_others_are_tried_in_registration_order_and_only_those_with_a_model_for_the_mode() -> None:
@@ -49,13 +50,13 @@ def test_the_others_are_tried_in_registration_order_and_only_those_with_a_model_
     )
     with PROVIDERS.registered(only_ultra):
         # Then it follows the others, and is no failover target for a std task
-        assert PROVIDERS.others("wavespeed") == ("cometapi", "third")
-        assert PROVIDERS.others("wavespeed", "std") == ("cometapi",)
+        assert PROVIDERS.others("wavespeed") == ("cometapi", "fal", "third")
+        assert PROVIDERS.others("wavespeed", "std") == ("cometapi", "fal")
         assert PROVIDERS.others("third", "ultra") == ()
 
 
 def test_a_provider_or_mode_no_registered_provider_has_is_refused_as_a_literal_of_the_known_ones_would_be() -> None:
-    with pytest.raises(ValueError, match=r"provider\n  Input should be 'wavespeed' or 'cometapi'"):
+    with pytest.raises(ValueError, match=r"provider\n  Input should be 'wavespeed', 'cometapi' or 'fal'"):
         JobOptions(provider="openai")
     with pytest.raises(ValueError, match=r"mode\n  Input should be 'std' or 'pro'"):
         JobOptions(mode="ultra")
@@ -88,7 +89,7 @@ def test_each_providers_settings_survive_a_dump_and_ignore_variables_without_its
     env = {**REQUIRED, "COMETAPI_PRICE_PRO_PER_5S": "0.90", "secret_id": "oops", "renders_at_once": "9"}
     settings = Settings.from_env(env)
     # Then no provider took the unprefixed ones
-    assert [(s.secret_id, s.renders_at_once) for s in settings.providers.values()] == [("", 3), ("", 3)]
+    assert [(s.secret_id, s.renders_at_once) for s in settings.providers.values()] == [("", 3), ("", 3), ("", 2)]
     # And settings read back from their dump keep each provider's own settings (its price among them)
     again = Settings.model_validate(settings.model_dump(by_alias=True))
     assert again.providers == settings.providers

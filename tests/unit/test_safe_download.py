@@ -199,6 +199,7 @@ def test_settings_split_allowed_output_hosts_and_default_to_the_provider_cdns() 
         "*.wavespeed.ai",
         "*.klingai.com",
         "*.cometapi.com",
+        "*.fal.media",
     )
     # And an empty list is a configuration error rather than a finalize that refuses everything
     with pytest.raises(ValueError, match=r"allowed_output_hosts|ALLOWED_OUTPUT_HOSTS"):

@@ -610,6 +610,19 @@ class FalSimulator(SimulatorCore[_Job]):
             "error_type": job.error_type,
         }
 
+    def webhook_headers(self, request_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+        """The headers fal sends with `body`, signed with the key the JWKS publishes now (for tests that forge the rest
+        of a webhook)."""
+        with self._lock:
+            key = self._keys[-1]
+        return {
+            "Content-Type": "application/json",
+            "X-Fal-Webhook-Request-Id": request_id,
+            "X-Fal-Webhook-User-Id": self.user_id,
+            "X-Fal-Webhook-Timestamp": str(timestamp),
+            "X-Fal-Webhook-Signature": key.sign(webhook_message(request_id, self.user_id, str(timestamp), body)),
+        }
+
     def webhook_deliveries(self) -> list[Json]:
         """Every webhook delivery attempt (and every webhook deliberately lost), oldest first."""
         with self._lock:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from avatar_local.simulators.cometapi import CometApiSimulator
+from avatar_local.simulators.fal import FalSimulator
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.wavespeed import WaveSpeedSimulator
 from avatar_local.twin.aws import (
@@ -129,6 +130,10 @@ class LocalStack:
             submissions_per_minute=self.config.wavespeed_submissions_per_minute,
         )
         self.comet_simulator = CometApiSimulator(faults=self.config.faults, time_factor=self.config.time_factor)
+        # fal's key list is https only: the simulator serves HTTPS with a CA of its own, which the functions trust.
+        self.fal_simulator = FalSimulator(
+            api_key=LOCAL_API_KEY, faults=self.config.faults, time_factor=self.config.time_factor, tls=True
+        )
         self.pools: dict[str, FunctionPool] = {}
         self._workers: list[Worker] = []
         self._invokers: list[AsyncInvoker] = []
@@ -147,6 +152,9 @@ class LocalStack:
         self.aws.start()
         self.simulator.start()
         self.comet_simulator.start()
+        self.fal_simulator.start()
+        assert self.fal_simulator.certificate_pem is not None
+        self._fal_ca_file.write_bytes(self.fal_simulator.certificate_pem)
         resolver = Resolver(
             self.template,
             stack_name=config.stack_name,
@@ -155,9 +163,13 @@ class LocalStack:
             parameters={
                 "WaveSpeedBaseUrl": self.simulator.base_url,
                 "CometApiBaseUrl": self.comet_simulator.base_url,
-                # The simulators serve outputs over plain http on 127.0.0.1: trusted by origin, explicitly, since
-                # finalize otherwise refuses both (https and public addresses only).
-                "AllowedOutputHosts": f"{self.simulator.base_url},{self.comet_simulator.base_url}",
+                "FalBaseUrl": self.fal_simulator.base_url,
+                "FalJwksUrl": f"{self.fal_simulator.base_url}/.well-known/jwks.json",
+                # The simulators serve outputs on 127.0.0.1: trusted by origin, explicitly, since finalize otherwise
+                # refuses them (https with a public CA, and public addresses only).
+                "AllowedOutputHosts": ",".join(
+                    sim.base_url for sim in (self.simulator, self.comet_simulator, self.fal_simulator)
+                ),
                 **config.parameters,
             },
             resource_values={"WebhookApi": LOCAL_API_ID},
@@ -166,6 +178,7 @@ class LocalStack:
             "WaveSpeedSecret": secret_json({"api_key": LOCAL_API_KEY}),
             "WaveSpeedWebhookSecret": secret_json({"webhook_secret": self.simulator.webhook_secret}),
             "CometApiSecret": secret_json({"api_key": LOCAL_API_KEY}),
+            "FalSecret": secret_json({"api_key": LOCAL_API_KEY}),
         }
         created = create_resources(self.aws, self.template, resolver, config.stack_name, secrets)
         create_roles(self.aws, self.transformed, resolver, config.stack_name)
@@ -211,6 +224,7 @@ class LocalStack:
             pool.stop()
         self.simulator.stop()
         self.comet_simulator.stop()
+        self.fal_simulator.stop()
         self.aws.stop()
 
     def __enter__(self) -> LocalStack:
@@ -241,6 +255,10 @@ class LocalStack:
                 return
             time.sleep(0.1)
 
+    @property
+    def _fal_ca_file(self) -> Path:
+        return self.config.local_dir / "fal-simulator-ca.pem"
+
     # --- wiring ------------------------------------------------------------------------------------------------
     def _runtime(self, spec: FunctionSpec, resolver: Resolver) -> FunctionRuntime:
         environment = {key: str(value) for key, value in spec.resolved_environment(resolver).items()}
@@ -257,6 +275,8 @@ class LocalStack:
             "AWS_LAMBDA_FUNCTION_NAME": f"{self.config.stack_name}-{spec.logical_id}",
             "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon on this machine
             "PYTHONDONTWRITEBYTECODE": "1",
+            # The fal simulator's CA, trusted as Lambda trusts the public CAs (httpx reads it).
+            "SSL_CERT_FILE": str(self._fal_ca_file),
         }
         code_paths = (
             str(self.config.root / spec.code_uri),
@@ -401,7 +421,11 @@ class LocalStack:
             table=outputs["TaskTableName"],
             topic_arn=outputs["NotificationTopicArn"],
             webhook_base_url=outputs["WebhookBaseUrl"].replace(public_api, self._gateway.base_url),
-            simulators={"wavespeed": self.simulator.base_url, "cometapi": self.comet_simulator.base_url},
+            simulators={
+                "wavespeed": self.simulator.base_url,
+                "cometapi": self.comet_simulator.base_url,
+                "fal": self.fal_simulator.base_url,
+            },
             notifications_queue_url=subscribe_queue(
                 self.aws, outputs["NotificationTopicArn"], f"{self.config.stack_name}-notifications"
             ),

@@ -59,6 +59,9 @@ def _offered_mode(value: object) -> object:
     return value
 
 
+# Before failover_targets, a task could only move between these two.
+_FIRST_TWO = {"wavespeed": ("cometapi",), "cometapi": ("wavespeed",)}
+
 # A registered provider's name (providers/registry.py), and a mode one of them offers a model for; refused as a
 # Literal of them would be.
 ProviderName = Annotated[str, BeforeValidator(_registered_provider)]
@@ -170,13 +173,13 @@ class Task(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _targets_from_failover_allowed(cls, data: Any) -> Any:
-        """Records stored before `failover_targets` say `failover_allowed`: with two providers, the other one (the
-        pair was checked against it)."""
+        """Records stored before `failover_targets` say `failover_allowed`: made when WaveSpeed and CometAPI were the
+        only providers, they mean the other of the two (the pair was checked against it)."""
         if isinstance(data, dict) and "failover_allowed" in data:
             data = dict(data)
             allowed = data.pop("failover_allowed")
             if allowed and "failover_targets" not in data:
-                data["failover_targets"] = PROVIDERS.others(data["provider"], data.get("mode"))
+                data["failover_targets"] = tuple(_FIRST_TWO.get(data.get("provider"), ()))
         return data
 
     @property

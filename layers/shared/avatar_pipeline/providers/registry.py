@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from avatar_pipeline.domain.redaction import mask_secrets
-from avatar_pipeline.providers import cometapi, wavespeed
+from avatar_pipeline.providers import cometapi, fal, wavespeed
 from avatar_pipeline.providers.spec import InputLimits, ModelSpec, ProviderSpec
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ class ProviderRegistry(Mapping[str, ProviderSpec]):
 PROVIDERS = ProviderRegistry(
     wavespeed.SPEC,
     cometapi.SPEC,
+    fal.SPEC,
 )
 
 
