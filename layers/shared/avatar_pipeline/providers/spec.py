@@ -55,6 +55,27 @@ class ModelSpec:
     billing_step_seconds: int = 5
 
 
+def models_by_mode(
+    table: Mapping[str, tuple[str, str, Decimal | None]],
+    title: str,
+    limits: InputLimits,
+    billing_step_seconds: int = 5,
+) -> dict[str, ModelSpec]:
+    """A provider's models from a table of mode → (its model id, the mode's word in `title`'s `{kind}`, price per
+    billing step or None), all taking the same files."""
+    return {
+        mode: ModelSpec(
+            mode=mode,
+            model_id=model_id,
+            title=title.format(kind=kind),
+            limits=limits,
+            price_per_step=price,
+            billing_step_seconds=billing_step_seconds,
+        )
+        for mode, (model_id, kind, price) in table.items()
+    }
+
+
 def env_prefixed(prefix: str) -> Callable[[str], str]:
     """Field name → environment variable: `base_url` → `<PREFIX>BASE_URL`."""
     return lambda field: f"{prefix}{field.upper()}"

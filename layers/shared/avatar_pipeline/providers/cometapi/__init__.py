@@ -16,6 +16,7 @@ from avatar_pipeline.providers.spec import (
     ProviderSpec,
     SecretField,
     env_prefixed,
+    models_by_mode,
 )
 
 if TYPE_CHECKING:
@@ -61,16 +62,10 @@ def build(settings: CometApiSettings, secret: SecretField, http: httpx.Client) -
 SPEC = ProviderSpec(
     name="cometapi",
     display_name="CometAPI",
-    models={
-        mode: ModelSpec(
-            mode=mode,
-            model_id=KLING_AVATAR,
-            title=f"Kling AI Avatar ({mode})",
-            limits=KLING_AVATAR_LIMITS,
-            price_per_step=None,  # the operator's settings give it
-        )
-        for mode in ("std", "pro")
-    },
+    # One endpoint, the mode sent with it; no published price (the operator's settings give it).
+    models=models_by_mode(
+        {mode: (KLING_AVATAR, mode, None) for mode in ("std", "pro")}, "Kling AI Avatar ({kind})", KLING_AVATAR_LIMITS
+    ),
     settings=CometApiSettings,
     # CometAPI's Kling CDN links last 30 days.
     output_retention=timedelta(days=30),

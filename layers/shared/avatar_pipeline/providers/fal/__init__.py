@@ -11,11 +11,11 @@ from pydantic import ConfigDict
 from avatar_pipeline.providers.spec import (
     MIB,
     InputLimits,
-    ModelSpec,
     ProviderSettings,
     ProviderSpec,
     SecretField,
     env_prefixed,
+    models_by_mode,
 )
 
 if TYPE_CHECKING:
@@ -72,17 +72,9 @@ def build(settings: FalSettings, secret: SecretField, http: httpx.Client) -> Fal
 SPEC = ProviderSpec(
     name="fal",
     display_name="fal.ai",
-    models={
-        mode: ModelSpec(
-            mode=mode,
-            model_id=model_id,
-            title=f"Kling AI Avatar v2 ({kind})",
-            limits=KLING_V2_AVATAR_LIMITS,
-            price_per_step=price,
-            billing_step_seconds=1,
-        )
-        for mode, (model_id, kind, price) in KLING_V2_AVATAR.items()
-    },
+    models=models_by_mode(
+        KLING_V2_AVATAR, "Kling AI Avatar v2 ({kind})", KLING_V2_AVATAR_LIMITS, billing_step_seconds=1
+    ),
     settings=FalSettings,
     # The result is kept an hour (6 min once over 10 KB) and the video by the CDN's lifecycle: copy at once. A day is
     # how long copies are retried and late videos watched for [inferred: fal documents no fixed CDN lifetime].

@@ -11,11 +11,11 @@ from pydantic import ConfigDict
 from avatar_pipeline.providers.spec import (
     MIB,
     InputLimits,
-    ModelSpec,
     ProviderSettings,
     ProviderSpec,
     SecretField,
     env_prefixed,
+    models_by_mode,
     split_secrets,
 )
 
@@ -65,16 +65,7 @@ def build(settings: WaveSpeedSettings, secret: SecretField, http: httpx.Client) 
 SPEC = ProviderSpec(
     name="wavespeed",
     display_name="WaveSpeed",
-    models={
-        mode: ModelSpec(
-            mode=mode,
-            model_id=model_id,
-            title=f"Kling v1 AI Avatar ({kind})",
-            limits=KLING_V1_AVATAR_LIMITS,
-            price_per_step=price,
-        )
-        for mode, (model_id, kind, price) in KLING_V1_AVATAR.items()
-    },
+    models=models_by_mode(KLING_V1_AVATAR, "Kling v1 AI Avatar ({kind})", KLING_V1_AVATAR_LIMITS),
     settings=WaveSpeedSettings,
     # WaveSpeed deletes predictions and their outputs after 7 days.
     output_retention=timedelta(days=7),
