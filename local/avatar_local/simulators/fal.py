@@ -951,8 +951,6 @@ def _fetch(url: Any, field_name: str) -> bytes:
 
 class _Handler(SimulatorHandler):
     server_version = "FalSimulator/1.0"
-    # TCP_NODELAY: headers and body go out as two writes, which Nagle plus the client's delayed ACK hold ~40 ms.
-    disable_nagle_algorithm = True
     fault_plan_type = FalFaultPlan
     not_found: ClassVar[Json] = {"detail": "Not Found"}
 
