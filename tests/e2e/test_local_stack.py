@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.corpus import corpus, partner_for
 from support.e2e import E2E
 
-from avatar_local.simulators.fal import webhook_message
+from avatar_local.simulators.fal import JWKS_PATH, webhook_message
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import probe_media
 from avatar_local.twin.template import functions, load_template
@@ -228,3 +229,24 @@ def test_forged_fal_webhooks_are_refused_and_change_nothing(e2e: E2E, forgery: s
     assert answer.status_code == 401
     after = e2e.client.status(job).latest
     assert after is not None and after.status is TaskStatus.COMPLETED and after.version == task.version
+
+
+def test_a_fal_key_rotation_is_followed_by_the_webhook(e2e: E2E) -> None:
+    # Given fal signs with a new key from now on, and its key list no longer holds the old one
+    fal = e2e.stack.fal_simulator
+    new_kid = fal.rotate_signing_key(keep_previous=False)
+    rotated_at = datetime.now(UTC)
+    # and a minute has passed since the webhook last read the key list (it reads it again at most once a minute)
+    reads = [datetime.fromisoformat(r["at"]) for r in fal.requests() if r["path"] == JWKS_PATH]
+    if reads:
+        time.sleep(max(0.0, 61 - (datetime.now(UTC) - reads[-1]).total_seconds()))
+    # When a fal job runs
+    task = e2e.run("e2e-fal-rotated", options=JobOptions(provider="fal"))
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    # Then its webhook, signed with the new key, was accepted: the webhook read fal's key list again
+    deadline = time.monotonic() + 10
+    while not (accepted := [d for d in fal.webhook_deliveries() if d["request_id"] == task.provider_task_id]):
+        assert time.monotonic() < deadline, "no webhook delivery for the task"
+        time.sleep(0.2)
+    assert (accepted[0]["kid"], accepted[0]["status"]) == (new_kid, 200)
+    assert any(datetime.fromisoformat(r["at"]) >= rotated_at for r in fal.requests() if r["path"] == JWKS_PATH)
