@@ -113,7 +113,6 @@ from avatar_local.simulators.common import (
     is_http_url,
     iso_now,
     pause,
-    post_with_retries,
     status_message,
     token_matches,
 )
@@ -481,28 +480,19 @@ class CometApiSimulator(SimulatorCore[_Task]):
                 self._deliver(client, task.task_id, url, callback)
 
     def _deliver(self, client: httpx.Client, task_id: str, url: str, callback: _Callback) -> None:
-        def record(attempt: int, status: int | None, error: str | None) -> None:
-            entry: Json = {
-                "task_id": task_id,
-                "task_status": callback.status,
-                "url": url,
-                "attempt": attempt,
-                "duplicate": callback.duplicate,
-                "at": iso_now(),
-                "status": status,
-                "error": error,
-            }
-            with self._lock:
-                self._deliveries.append(entry)
-
-        delivered = post_with_retries(
+        delivered = self._post_recorded(
             client,
             url,
             callback.body,
             headers=lambda: {"Content-Type": "application/json"},
+            about=lambda: {
+                "task_id": task_id,
+                "task_status": callback.status,
+                "duplicate": callback.duplicate,
+                "at": iso_now(),
+            },
             attempts=CALLBACK_ATTEMPTS,
-            backoff=lambda attempt: self._pause(CALLBACK_BACKOFF_SECONDS * 2 ** (attempt - 1)),
-            record=record,
+            first_backoff_seconds=CALLBACK_BACKOFF_SECONDS,
         )
         if not delivered:
             logger.debug("callback %s for %s gave up after %d attempts", callback.status, task_id, CALLBACK_ATTEMPTS)

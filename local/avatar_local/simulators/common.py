@@ -444,6 +444,35 @@ class SimulatorCore(Generic[JobT]):
         """Sleep for a simulated duration; False when the simulator is stopping."""
         return pause(self._stopping, self._scaled(simulated_seconds))
 
+    def _post_recorded(
+        self,
+        client: httpx.Client,
+        url: str,
+        body: bytes,
+        *,
+        headers: Callable[[], dict[str, str]],
+        about: Callable[[], Json],
+        attempts: int,
+        first_backoff_seconds: float,
+    ) -> bool:
+        """A callback POSTed with `post_with_retries` (the backoff doubling from `first_backoff_seconds` of simulated
+        time), each attempt kept in `_deliveries`: what `about()` says of it then, with its URL, number and answer."""
+
+        def record(attempt: int, status: int | None, error: str | None) -> None:
+            entry: Json = {**about(), "url": url, "attempt": attempt, "status": status, "error": error}
+            with self._lock:
+                self._deliveries.append(entry)
+
+        return post_with_retries(
+            client,
+            url,
+            body,
+            headers=headers,
+            attempts=attempts,
+            backoff=lambda attempt: self._pause(first_backoff_seconds * 2 ** (attempt - 1)),
+            record=record,
+        )
+
     def _record(self, method: str, path: str, query: dict[str, str], body: Any) -> Json:
         record: Json = {"method": method, "path": path, "query": query, "json": body, "at": iso_now(), "status": None}
         with self._lock:

@@ -122,7 +122,6 @@ from avatar_local.simulators.common import (
     authorization_token,
     download_input,
     iso_now,
-    post_with_retries,
     status_message,
     token_matches,
 )
@@ -894,27 +893,14 @@ class FalSimulator(SimulatorCore[_Job]):
                 "X-Fal-Webhook-Signature": signature,
             }
 
-        def record(attempt: int, status: int | None, error: str | None) -> None:
-            entry: Json = {
-                "request_id": job.id,
-                "url": url,
-                "attempt": attempt,
-                "duplicate": duplicate,
-                **sent,
-                "status": status,
-                "error": error,
-            }
-            with self._lock:
-                self._deliveries.append(entry)
-
-        delivered = post_with_retries(
+        delivered = self._post_recorded(
             client,
             url,
             body,
             headers=headers,
+            about=lambda: {"request_id": job.id, "duplicate": duplicate, **sent},
             attempts=WEBHOOK_ATTEMPTS,
-            backoff=lambda attempt: self._pause(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1)),
-            record=record,
+            first_backoff_seconds=WEBHOOK_BACKOFF_SECONDS,
         )
         if not delivered and not self._stopping.is_set():
             logger.debug("webhook for %s gave up after %d attempts", job.id, WEBHOOK_ATTEMPTS)

@@ -101,7 +101,6 @@ from avatar_local.simulators.common import (
     download_input,
     is_http_url,
     iso_now,
-    post_with_retries,
     status_message,
     token_matches,
 )
@@ -453,28 +452,19 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
                 "webhook-signature": sign_webhook(self.webhook_secret, webhook_id, timestamp, body),
             }
 
-        def record(attempt: int, status: int | None, error: str | None) -> None:
-            entry: Json = {
-                "webhook_id": webhook_id,
-                "prediction_id": prediction_id,
-                "url": url,
-                "attempt": attempt,
-                "duplicate": duplicate,
-                "at": sent_at,
-                "status": status,
-                "error": error,
-            }
-            with self._lock:
-                self._deliveries.append(entry)
-
-        delivered = post_with_retries(
+        delivered = self._post_recorded(
             client,
             url,
             body,
             headers=headers,
+            about=lambda: {
+                "webhook_id": webhook_id,
+                "prediction_id": prediction_id,
+                "duplicate": duplicate,
+                "at": sent_at,
+            },
             attempts=WEBHOOK_ATTEMPTS,
-            backoff=lambda attempt: self._pause(WEBHOOK_BACKOFF_SECONDS * 2 ** (attempt - 1)),
-            record=record,
+            first_backoff_seconds=WEBHOOK_BACKOFF_SECONDS,
         )
         if not delivered and not self._stopping.is_set():
             logger.debug("webhook %s for %s gave up after %d attempts", webhook_id, prediction_id, WEBHOOK_ATTEMPTS)
