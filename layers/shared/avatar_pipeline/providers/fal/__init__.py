@@ -33,12 +33,18 @@ KLING_V2_AVATAR = {
 }
 
 
+DEFAULT_BASE_URL = "https://queue.fal.run"
+DEFAULT_JWKS_URL = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+# Some fal models refuse a request without a prompt (InfiniTalk).
+DEFAULT_PROMPT = "A person talking naturally to the camera."
+
+
 class FalSettings(ProviderSettings):
     model_config = ConfigDict(alias_generator=env_prefixed("FAL_"))
 
-    base_url: str = "https://queue.fal.run"
+    base_url: str = DEFAULT_BASE_URL
     # Where fal publishes the public keys its webhooks are signed with.
-    jwks_url: str = "https://rest.alpha.fal.ai/.well-known/jwks.json"
+    jwks_url: str = DEFAULT_JWKS_URL
     # Your fal user id: when set, a webhook naming another user is refused even if validly signed.
     user_id: str = ""
     # The webhook function checks fal's callbacks with fal's public keys alone: it holds no API key of fal's.

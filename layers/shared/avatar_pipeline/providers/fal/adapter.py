@@ -105,8 +105,8 @@ from avatar_pipeline.domain.errors import (
 )
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.domain.redaction import mask_secrets
+from avatar_pipeline.providers.fal import DEFAULT_BASE_URL, DEFAULT_JWKS_URL, DEFAULT_PROMPT
 from avatar_pipeline.providers.fal.webhooks import (
-    DEFAULT_JWKS_URL,
     MAX_JWKS_BYTES,
     REQUEST_ID_HEADER,
     SHARED_JWKS_CACHE,
@@ -118,8 +118,6 @@ from avatar_pipeline.providers.fal.webhooks import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BASE_URL: Final = "https://queue.fal.run"
-DEFAULT_PROMPT: Final = "A person talking naturally to the camera."
 # A submit only queues the request (fal fetches the media later): it answers fast.
 DEFAULT_TIMEOUT: Final = httpx.Timeout(20.0, connect=5.0)
 # The JWKS is fetched while a webhook waits: short.

@@ -41,7 +41,6 @@ from avatar_pipeline.domain.redaction import mask_secrets
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_JWKS_URL: Final = "https://rest.alpha.fal.ai/.well-known/jwks.json"
 TOLERANCE_SECONDS: Final = 300
 JWKS_MAX_AGE_SECONDS: Final = 24 * 3600.0
 JWKS_MIN_INTERVAL_SECONDS: Final = 60.0
