@@ -138,7 +138,7 @@ def test_bad_inputs_end_rejected_with_a_reason_and_no_provider_call(e2e: E2E, na
 def test_cometapi_job_becomes_a_real_mp4_with_one_notification(e2e: E2E, tmp_path: Path) -> None:
     # When a job asks for CometAPI in its job.json
     before = len(e2e.stack.comet_simulator.submissions())
-    task = e2e.run("e2e-comet", options=JobOptions(provider="cometapi", mode="pro"))
+    task = e2e.run("e2e-comet", options=JobOptions(provider="cometapi", model="kling-v1-pro"))
     # Then CometAPI made it (its callbacks authenticated by the task's token and confirmed by a query),
     # the video is a real MP4 as long as the voice, and one notification carries the estimated cost
     assert task.status is TaskStatus.COMPLETED, task.reason

@@ -20,9 +20,9 @@ from avatar_pipeline.wiring import pipeline
     ("environment", "options", "reason"),
     [
         (
-            {"ALLOWED_MODES": "std"},
+            {"ALLOWED_MODELS": "kling-v1-std"},
             {"mode": "pro"},
-            r'job\.json asks for mode "pro", which this stack does not allow \(AllowedModes: std\)',
+            r'job\.json asks for model "kling-v1-pro", which this stack does not allow \(AllowedModels: kling-v1-std\)',
         ),
         (
             {"MAX_COST_PER_PAIR_USD": "0.01"},
@@ -30,7 +30,7 @@ from avatar_pipeline.wiring import pipeline
             r"its estimated cost of \$\d+\.\d\d is more than the per-pair cost limit of \$0\.01 \(MaxCostPerPairUsd\)",
         ),
     ],
-    ids=["mode-not-allowed", "over-the-per-pair-cost-limit"],
+    ids=["model-not-allowed", "over-the-per-pair-cost-limit"],
 )
 def test_a_pair_beyond_the_operators_limits_is_rejected_without_a_provider_call(
     stack: Stack,

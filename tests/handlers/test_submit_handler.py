@@ -53,7 +53,7 @@ def test_folder_pair_is_queued_then_submitted_once_with_presigned_inputs_and_web
     task_id = second["results"][0]["task_id"]
     queued = pipeline().tasks.get(task_id)
     assert queued is not None and queued.status is TaskStatus.QUEUED and queued.queued_at is not None
-    assert (queued.reason or "").endswith(f"; {FIRST_IN_LINE}")
+    assert (queued.reason or "").endswith(f"; Kling v1 AI Avatar (standard), {FIRST_IN_LINE}")
     assert pipeline().tasks.queue_head("wavespeed", 10) == [task_id]
     assert submit.call_count == 0
     # When the table's stream reaches the dispatcher
@@ -344,7 +344,7 @@ def test_a_pair_joining_a_line_is_told_its_place(stack: Stack, provider_http: re
     # Then its reason says where it stands, and the line keeps them in order
     task = pipeline().tasks.get(second["task_id"])
     assert task is not None
-    assert (task.reason or "").endswith("; 2nd in line for WaveSpeed (3 renders at once, 5 submissions a minute)")
+    assert (task.reason or "").endswith(", 2nd in line for WaveSpeed (3 renders at once, 5 submissions a minute)")
     assert pipeline().tasks.queue_head("wavespeed", 10)[-1] == task.task_id
 
 

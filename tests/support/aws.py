@@ -100,7 +100,7 @@ class Stack:
             "WAVESPEED_WEBHOOK_SECRET_ID": self.webhook_secret_id,
             "CALLBACK_KEY_SECRET_ID": CALLBACK_KEY_SECRET_ID,
             "DEFAULT_PROVIDER": "wavespeed",
-            "DEFAULT_MODE": "std",
+            "DEFAULT_MODEL": "kling-v1-std",
             "WAKEUP_QUEUE_URL": self.wakeup_queue_url,
         }
 

@@ -206,7 +206,8 @@ def _image_cases() -> list[CorpusCase]:
                    "face.jpg has an aspect ratio of 2.6:1"),
         # The event says one byte over 10 MiB: rejected from the size alone, so the bytes are never read.
         CorpusCase("image-over-10-MiB", "inbox/c21/face.png", bytes(16), "image",
-                   "face.png is 10.00 MiB (10,485,761 bytes); the limit is 10.00 MiB (10,485,760 bytes) for wavespeed",
+                   "face.png is 10.00 MiB (10,485,761 bytes); the limit is 10.00 MiB (10,485,760 bytes)"
+                   " for Kling v1 AI Avatar (standard) on WaveSpeed",
                    declared_size=over),
         CorpusCase("uppercase-extension", "inbox/c22/FACE.PNG", png, "image", ACCEPTED),
         CorpusCase("spaces-and-non-ascii-key", "inbox/Zoë Müller/portrait d'été.jpg", jpeg, "image", ACCEPTED),
@@ -224,7 +225,8 @@ def _audio_cases() -> list[CorpusCase]:
     return [
         CorpusCase("audio-empty", "inbox/c30/voice.mp3", b"", "audio", "voice.mp3 is empty (0 bytes)"),
         CorpusCase("audio-over-5-MiB", "inbox/c31/voice.mp3", bytes(16), "audio",
-                   "voice.mp3 is 5.00 MiB (5,242,881 bytes); the limit is 5.00 MiB (5,242,880 bytes) for wavespeed",
+                   "voice.mp3 is 5.00 MiB (5,242,881 bytes); the limit is 5.00 MiB (5,242,880 bytes)"
+                   " for Kling v1 AI Avatar (standard) on WaveSpeed",
                    declared_size=over),
         CorpusCase("mp3-1.9-s", "inbox/c32/voice.mp3", mp3(1.9), "audio", "it must last at least 2 s"),
         CorpusCase("mp3-2.0-s", "inbox/c33/voice.mp3", mp3(2.0), "audio", ACCEPTED),

@@ -248,8 +248,8 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
     assert "WEBHOOK_BASE_URL" not in env, "the webhook function must not get it (circular dependency)"
     for name, parameter in {
         "DEFAULT_PROVIDER": "DefaultProvider",
-        "DEFAULT_MODE": "DefaultMode",
-        "ALLOWED_MODES": "AllowedModes",
+        "DEFAULT_MODEL": "DefaultModel",
+        "ALLOWED_MODELS": "AllowedModels",
         "ALLOWED_PROVIDERS": "AllowedProviders",
         "WAVESPEED_BASE_URL": "WaveSpeedBaseUrl",
         "MAX_PAIR_WAIT_SECONDS": "MaxPairWaitSeconds",

@@ -724,8 +724,9 @@ def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], 
         "MEDIA_BUCKET": MEDIA_BUCKET,
         "TOPIC_ARN": RESOURCE_VALUES["NotificationTopic"],
         "DEFAULT_PROVIDER": "wavespeed",
-        "DEFAULT_MODE": "std",
-        "ALLOWED_MODES": "std pro",
+        "DEFAULT_MODEL": "kling-v1-std",
+        "ALLOWED_MODELS": "kling-v1-std kling-v1-pro kling-v2-std kling-v2-pro omnihuman-1.5 infinitetalk"
+        " infinitetalk-fast wan-2.2-s2v",
         "ALLOWED_PROVIDERS": "wavespeed cometapi fal",
         "WAVESPEED_BASE_URL": "https://api.wavespeed.ai",
         "COMETAPI_BASE_URL": "https://api.cometapi.com",
@@ -756,7 +757,7 @@ def test_parameter_overrides_reach_the_environment(template: dict[str, Any], spe
     resolver = real_resolver(
         template,
         parameters={
-            "DefaultMode": "pro",
+            "DefaultModel": "kling-v1-pro",
             "WaveSpeedBaseUrl": "http://127.0.0.1:9100",
             "PollAfterSeconds": "30",
             "WaveSpeedRendersAtOnce": "10",
@@ -766,7 +767,7 @@ def test_parameter_overrides_reach_the_environment(template: dict[str, Any], spe
         },
     )
     environment = specs["PollerFunction"].resolved_environment(resolver)
-    assert environment["DEFAULT_MODE"] == "pro"
+    assert environment["DEFAULT_MODEL"] == "kling-v1-pro"
     assert environment["WAVESPEED_BASE_URL"] == "http://127.0.0.1:9100"
     assert environment["POLL_AFTER_SECONDS"] == "30"
     assert environment["WAVESPEED_RENDERS_AT_ONCE"] == "10"

@@ -106,7 +106,7 @@ def test_the_line_is_first_come_first_served_across_jobs(w: World) -> None:
         w.clock.advance(1)
     # Then each was told its place when it joined the line
     assert [task.reason.split("; ")[-1] for task in tasks if task.reason] == [
-        f"{place} in line for WaveSpeed (3 renders at once, 5 submissions a minute)"
+        f"Kling v1 AI Avatar (standard), {place} in line for WaveSpeed (3 renders at once, 5 submissions a minute)"
         for place in ("1st", "2nd", "3rd", "4th")
     ]
     assert w.tasks.line("wavespeed") == [task.task_id for task in tasks]

@@ -36,7 +36,9 @@ def repo(request: pytest.FixtureRequest) -> Iterator[Any]:
 
 
 def queued(task_id: str, *, at_second: int, provider: str = "wavespeed") -> Task:
-    waiting = begin(task_id, f"job-{task_id}", since=T0, arrived="a file", now=T0, provider=provider, mode="std")
+    waiting = begin(
+        task_id, f"job-{task_id}", since=T0, arrived="a file", now=T0, provider=provider, model="kling-v1-std"
+    )
     at = T0 + timedelta(seconds=at_second)
     return transition(waiting, S.QUEUED, why="paired", now=at, queued_at=at, estimated_cost_usd="0.25")
 

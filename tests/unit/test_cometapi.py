@@ -21,7 +21,8 @@ from avatar_pipeline.domain.errors import (
     ProviderTransientError,
     WebhookPayloadError,
 )
-from avatar_pipeline.domain.models import Mode, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.model_choice import request_fields
+from avatar_pipeline.domain.models import ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.ports import VideoProvider
 from avatar_pipeline.providers.cometapi.adapter import CometApiProvider, CometTask, parse_duration
 from avatar_pipeline.providers.registry import PROVIDERS
@@ -77,14 +78,15 @@ def gateway_error(message: str, code: str = "", kind: str = "comet_api_error") -
     }
 
 
-def submission(mode: Mode = "std", prompt: str | None = "A calm presenter") -> SubmissionRequest:
+def submission(mode: str = "std", prompt: str | None = "A calm presenter") -> SubmissionRequest:
+    model = PROVIDERS.model("cometapi", f"kling-v1-{mode}")
     return SubmissionRequest(
         task_id="task-1",
         image_url="https://bucket.s3.amazonaws.com/in/face.png?X-Amz-Signature=abc",
         audio_url="https://bucket.s3.amazonaws.com/in/voice.mp3?X-Amz-Signature=def",
         prompt=prompt,
-        mode=mode,
-        model_id=PROVIDERS.model("cometapi", mode).model_id,
+        model_id=model.model_id,
+        options=request_fields(model, {}, 4.0),
         webhook_url="https://hooks.example.com/webhooks/cometapi?task_id=task-1&token=opaque",
     )
 
@@ -150,7 +152,7 @@ def test_empty_default_prompt_is_refused() -> None:
 
 @pytest.mark.parametrize("mode", ["std", "pro"])
 def test_submit_posts_the_create_path_with_all_fields_and_bearer_key(
-    router: respx.MockRouter, provider: CometApiProvider, mode: Mode
+    router: respx.MockRouter, provider: CometApiProvider, mode: str
 ) -> None:
     # Given CometAPI accepts the submission
     route = router.post(CREATE_PATH).respond(200, json=envelope(task("submitted")))

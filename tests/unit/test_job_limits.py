@@ -1,4 +1,4 @@
-"""What job.json may choose is bounded by the operator's settings: the modes and providers allowed, whether a task may
+"""What job.json may choose is bounded by the operator's settings: the models and providers allowed, whether a task may
 fail over, and the most one pair may cost. A pair that asks for more is rejected before anything is paid."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from support.fakes import BUCKET, TEST_ENV, ScriptedProvider, World, make_settin
 from avatar_pipeline.config import Settings
 from avatar_pipeline.domain.errors import ProviderTransientError
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, Task, TaskStatus
+from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.services.admission import dispatch
 from avatar_pipeline.services.intake import UploadOutcome, handle_upload
 from avatar_pipeline.services.tracking import record_provider_news
@@ -67,14 +68,17 @@ def assert_rejected_unpaid(w: World, outcome: UploadOutcome, reason: str, *provi
 # ============================================================================================== intake
 
 
-def test_a_mode_the_operator_does_not_allow_is_rejected_naming_the_allowed_modes() -> None:
-    # Given a stack that allows std only
-    w = make_world(settings={"ALLOWED_MODES": "std"})
-    # When a job asks for pro in its job.json
-    outcome = deliver(w, {"mode": "pro"})
+@pytest.mark.parametrize("asked", [{"mode": "pro"}, {"model": "kling-v1-pro"}], ids=["by-mode", "by-model"])
+def test_a_model_the_operator_does_not_allow_is_rejected_naming_the_allowed_models(asked: dict[str, str]) -> None:
+    # Given a stack that allows Kling v1 standard only
+    w = make_world(settings={"ALLOWED_MODELS": "kling-v1-std"})
+    # When a job asks for pro in its job.json (by its mode, or by the model's name)
+    outcome = deliver(w, asked)
     # Then the pair is rejected, naming the setting and what it allows, and nothing is sent or paid
     assert_rejected_unpaid(
-        w, outcome, 'job.json asks for mode "pro", which this stack does not allow (AllowedModes: std)'
+        w,
+        outcome,
+        'job.json asks for model "kling-v1-pro", which this stack does not allow (AllowedModels: kling-v1-std)',
     )
 
 
@@ -113,11 +117,12 @@ def test_a_jobs_failover_is_rejected_when_no_other_provider_is_allowed() -> None
     w, wavespeed, comet = two_providers(ALLOWED_PROVIDERS="wavespeed")
     # When a job asks for failover
     outcome = deliver(w, {"failover": True})
-    # Then the pair is rejected: failing over could only go to CometAPI or fal, which the stack does not allow
+    # Then the pair is rejected: failing over could only go to CometAPI (the other provider of Kling v1), which the
+    # stack does not allow
     assert_rejected_unpaid(
         w,
         outcome,
-        "job.json asks for failover, but none of the other providers (cometapi, fal) is allowed"
+        "job.json asks for failover, but none of the other providers offering kling-v1-std (cometapi) is allowed"
         " (AllowedProviders: wavespeed)",
         wavespeed,
         comet,
@@ -136,24 +141,24 @@ def test_a_pair_that_costs_more_than_the_per_pair_limit_is_rejected_saying_so() 
 
 
 def test_a_job_within_every_limit_is_still_queued_and_sent_as_it_asks() -> None:
-    # Given a stack that limits modes, providers and cost, with room for what this job asks
+    # Given a stack that limits models, providers and cost, with room for what this job asks
     w, wavespeed, comet = two_providers(
-        ALLOWED_MODES="std,pro", ALLOWED_PROVIDERS="wavespeed cometapi", MAX_COST_PER_PAIR_USD="0.60"
+        ALLOWED_MODELS="kling-v1-std,kling-v1-pro", ALLOWED_PROVIDERS="wavespeed cometapi", MAX_COST_PER_PAIR_USD="0.60"
     )
     # When a job asks for CometAPI in pro ($0.60) with failover
     outcome = deliver(w, {"provider": "cometapi", "mode": "pro", "failover": True})
     # Then it joins CometAPI's line as asked, may fail over (WaveSpeed's pro is $0.50), and is sent
     assert outcome.action == "queued"
     task = the_task(w, outcome)
-    assert (task.provider, task.mode, task.estimated_cost_usd, task.failover_targets) == (
+    assert (task.provider, task.model, task.estimated_cost_usd, task.failover_targets) == (
         "cometapi",
-        "pro",
+        "kling-v1-pro",
         "0.60",
         ("wavespeed",),
     )
     assert run_dispatcher(w) == {"submit-submitted": 1}
     assert (wavespeed.submit_count, comet.submit_count) == (0, 1)
-    assert comet.submissions[0].mode == "pro"
+    assert comet.submissions[0].options == {"mode": "pro"}
 
 
 def test_without_a_cost_limit_a_costly_pair_is_queued() -> None:
@@ -224,28 +229,38 @@ def test_a_task_queued_before_the_operator_restricted_failover_does_not_fail_ove
 # ============================================================================================== settings
 
 
-def test_the_defaults_allow_every_mode_and_provider_and_set_no_cost_limit() -> None:
+def test_the_defaults_allow_every_model_and_provider_and_set_no_cost_limit() -> None:
     settings = make_settings()
-    assert settings.allowed_modes == ("std", "pro")
+    assert settings.allowed_models == PROVIDERS.model_names()
+    assert "infinitetalk" in settings.allowed_models
     assert settings.allowed_providers == ("wavespeed", "cometapi", "fal")
     assert settings.max_cost_per_pair_usd == Decimal(0)
 
 
-@pytest.mark.parametrize("written", ["std,pro", "std pro", " std ,  pro ", "std\tpro"])
-def test_allowed_modes_are_split_on_commas_or_whitespace(written: str) -> None:
-    assert make_settings(ALLOWED_MODES=written).allowed_modes == ("std", "pro")
+@pytest.mark.parametrize(
+    "written", ["kling-v1-std,omnihuman-1.5", "kling-v1-std omnihuman-1.5", " kling-v1-std ,  omnihuman-1.5 "]
+)
+def test_allowed_models_are_split_on_commas_or_whitespace(written: str) -> None:
+    assert make_settings(ALLOWED_MODELS=written).allowed_models == ("kling-v1-std", "omnihuman-1.5")
 
 
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"ALLOWED_MODES": "std", "DEFAULT_MODE": "pro"}, "DEFAULT_MODE (pro) must be one of ALLOWED_MODES (std)"),
+        (
+            {"ALLOWED_MODELS": "kling-v1-std", "DEFAULT_MODEL": "kling-v1-pro"},
+            "DEFAULT_MODEL (kling-v1-pro) must be one of ALLOWED_MODELS (kling-v1-std)",
+        ),
+        (
+            {"DEFAULT_MODEL": "omnihuman-1.5", "DEFAULT_PROVIDER": "cometapi"},
+            "DEFAULT_MODEL (omnihuman-1.5) must be a model DEFAULT_PROVIDER (cometapi) offers",
+        ),
         (
             {"ALLOWED_PROVIDERS": "cometapi"},
             "DEFAULT_PROVIDER (wavespeed) must be one of ALLOWED_PROVIDERS (cometapi)",
         ),
     ],
-    ids=["default-mode", "default-provider"],
+    ids=["default-model", "model-of-another-provider", "default-provider"],
 )
 def test_a_default_the_operator_does_not_allow_is_refused_with_a_clear_message(
     env: dict[str, str], message: str
@@ -258,8 +273,9 @@ def test_a_default_the_operator_does_not_allow_is_refused_with_a_clear_message(
 @pytest.mark.parametrize(
     "env",
     [
-        {"ALLOWED_MODES": "ultra"},
-        {"ALLOWED_MODES": ""},
+        {"ALLOWED_MODELS": "ultra"},
+        {"ALLOWED_MODELS": ""},
+        {"DEFAULT_MODEL": "std"},
         {"ALLOWED_PROVIDERS": "openai"},
         {"MAX_COST_PER_PAIR_USD": "-1"},
     ],
@@ -280,7 +296,7 @@ def template() -> dict[str, Any]:
 
 
 PARAMETERS = {
-    "AllowedModes": ("ALLOWED_MODES", "allowed_modes"),
+    "AllowedModels": ("ALLOWED_MODELS", "allowed_models"),
     "AllowedProviders": ("ALLOWED_PROVIDERS", "allowed_providers"),
     "MaxCostPerPairUsd": ("MAX_COST_PER_PAIR_USD", "max_cost_per_pair_usd"),
 }
@@ -302,7 +318,16 @@ def test_every_function_gets_the_limits_from_parameters_whose_defaults_are_the_s
 @pytest.mark.parametrize(
     ("parameter", "accepted", "refused"),
     [
-        ("AllowedModes", ["std", "pro", "std pro", "std,pro", "pro, std"], ["", "ultra", "std,", "std;pro"]),
+        (
+            "AllowedModels",
+            [
+                "kling-v1-std",
+                "kling-v1-std infinitetalk-fast",
+                "wan-2.2-s2v,kling-v1-std",
+                "omnihuman-1.5, kling-v1-std",
+            ],
+            ["", "std", "kling-v1-std,", "kling-v1-std;kling-v1-pro", "omnihuman-1x5", "infinitetalk-"],
+        ),
         ("AllowedProviders", ["wavespeed", "wavespeed cometapi", "cometapi,wavespeed"], ["", "openai", ",cometapi"]),
         ("MaxCostPerPairUsd", ["0", "5", "12.50"], ["", "-1", "$5", "1e3", "12."]),
     ],
@@ -312,7 +337,7 @@ def test_the_limit_parameters_take_what_the_settings_take(
 ) -> None:
     variable, _ = PARAMETERS[parameter]
     pattern = template["Parameters"][parameter]["AllowedPattern"]
-    default = {"AllowedModes": "DEFAULT_MODE", "AllowedProviders": "DEFAULT_PROVIDER"}.get(parameter)
+    default = {"AllowedModels": "DEFAULT_MODEL", "AllowedProviders": "DEFAULT_PROVIDER"}.get(parameter)
     for value in accepted:
         assert re.fullmatch(pattern, value), value
         # (with a default among the allowed values, as the settings require)
@@ -324,18 +349,18 @@ def test_the_limit_parameters_take_what_the_settings_take(
 
 def test_the_local_stack_passes_the_limits_on_and_refuses_values_the_stack_would() -> None:
     """Given the local stack resolves the template's parameters as CloudFormation does, then an override reaches the
-    functions' ALLOWED_MODES, ALLOWED_PROVIDERS and MAX_COST_PER_PAIR_USD, and a value CloudFormation would refuse
+    functions' ALLOWED_MODELS, ALLOWED_PROVIDERS and MAX_COST_PER_PAIR_USD, and a value CloudFormation would refuse
     is refused."""
     from avatar_local.twin.template import Resolver, TemplateError, functions, load_template
 
     template = load_template(ROOT / "template.yaml")
-    overrides = {"AllowedModes": "std", "AllowedProviders": "wavespeed", "MaxCostPerPairUsd": "5"}
+    overrides = {"AllowedModels": "kling-v1-std", "AllowedProviders": "wavespeed", "MaxCostPerPairUsd": "5"}
     resolver = Resolver(template, stack_name="s", region="us-east-1", account_id="123456789012", parameters=overrides)
     for spec in functions(template):
         environment = spec.environment
         for parameter, (variable, _) in PARAMETERS.items():
             assert resolver.resolve(environment[variable]) == overrides[parameter], (spec.logical_id, variable)
-    for parameter, refused in (("AllowedModes", "ultra"), ("AllowedProviders", "openai"), ("MaxCostPerPairUsd", "-1")):
+    for parameter, refused in (("AllowedModels", "ultra"), ("AllowedProviders", "openai"), ("MaxCostPerPairUsd", "-1")):
         with pytest.raises(TemplateError, match=parameter):
             Resolver(
                 template, stack_name="s", region="us-east-1", account_id="123456789012", parameters={parameter: refused}
@@ -345,7 +370,10 @@ def test_the_local_stack_passes_the_limits_on_and_refuses_values_the_stack_would
 @pytest.mark.parametrize(
     ("redeployed", "reason"),
     [
-        ({"ALLOWED_MODES": "std", "DEFAULT_MODE": "std"}, "its mode pro is no longer allowed (AllowedModes: std)"),
+        (
+            {"ALLOWED_MODELS": "kling-v1-std"},
+            "its model kling-v1-pro is no longer allowed (AllowedModels: kling-v1-std)",
+        ),
         (
             {"MAX_COST_PER_PAIR_USD": "0.40"},
             "its estimated cost of $0.50 is more than the per-pair cost limit of $0.40 (MaxCostPerPairUsd)",
@@ -355,7 +383,7 @@ def test_the_local_stack_passes_the_limits_on_and_refuses_values_the_stack_would
             "its provider wavespeed is no longer allowed (AllowedProviders: cometapi)",
         ),
     ],
-    ids=["mode", "cost", "provider"],
+    ids=["model", "cost", "provider"],
 )
 def test_a_task_queued_before_the_operator_tightened_the_limits_is_not_sent(
     redeployed: dict[str, str], reason: str

@@ -504,7 +504,9 @@ def test_a_failing_source_is_raised_from_audio_inspection_too() -> None:
 def _validate(case: CorpusCase) -> tuple[PairReport, int]:
     partner = partner_for(case)
     image, audio = (case, partner) if case.role == "image" else (partner, case)
-    report = validate_pair(image.source(), image.s3_object(), audio.source(), audio.s3_object(), "wavespeed", "std")
+    report = validate_pair(
+        image.source(), image.s3_object(), audio.source(), audio.s3_object(), "wavespeed", "kling-v1-std", {}
+    )
     return report, report.image_bytes_read if case.role == "image" else report.audio_bytes_read
 
 

@@ -17,7 +17,9 @@ T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 def walk(*statuses: S, step: float = 10.0) -> Task:
     """A task created at T0 that went through `statuses`, one every `step` seconds."""
-    task = begin("t-1", "job", since=T0, arrived="inbox/job/face.png", now=T0, provider="cometapi", mode="std")
+    task = begin(
+        "t-1", "job", since=T0, arrived="inbox/job/face.png", now=T0, provider="cometapi", model="kling-v1-std"
+    )
     for number, status in enumerate(statuses, start=1):
         task = transition(task, status, why=f"to {status}", now=T0 + timedelta(seconds=step * number))
     return task

@@ -32,8 +32,10 @@ from avatar_pipeline.domain.models import (
     ProviderJob,
     ProviderJobStatus,
     S3Object,
+    Task,
     TaskStatus,
 )
+from avatar_pipeline.domain.state_machine import begin
 from avatar_pipeline.services import admission
 from avatar_pipeline.services.finishing import announce, build_notification, finalize_output
 from avatar_pipeline.services.intake import handle_upload
@@ -111,37 +113,55 @@ def signer_store(s3: Any, secret: dict[str, Any] | None = None) -> tuple[S3Media
 # --- settings ------------------------------------------------------------------------------------------------
 
 
+def clip_task(model: str = "kling-v1-std", seconds: float = 30.0, provider: str = "wavespeed") -> Task:
+    """A queued task of `provider`'s `model` for a voice clip of `seconds`."""
+    waiting = begin("t-1", "job", since=T0, arrived="a file", now=T0, provider=provider, model=model)
+    return waiting.model_copy(update={"audio_ms": round(seconds * 1000)})
+
+
 def test_given_default_stage_clocks_when_settings_are_read_then_input_links_live_queue_and_render_and_a_margin() -> (
     None
 ):
-    # Given the defaults: 6 h in the provider's queue, 1 h rendering
+    # Given the defaults: 6 h in the provider's queue, 1 h rendering, and a 30 s Kling clip (expected in 10 min)
     settings = Settings.from_env(REQUIRED)
     # Then the provider may fetch for 7 h, and input links are signed for that and the margin
-    assert settings.provider_fetch_window == timedelta(seconds=21600 + 3600)
-    assert settings.input_url_expiry_seconds == 21600 + 3600 + INPUT_URL_MARGIN_SECONDS == 26100
+    assert settings.provider_fetch_window(clip_task()) == timedelta(seconds=21600 + 3600)
+    assert settings.input_url_expiry_seconds(clip_task()) == 21600 + 3600 + INPUT_URL_MARGIN_SECONDS == 26100
 
 
 def test_given_other_stage_clocks_when_settings_are_read_then_the_input_link_expiry_follows_them() -> None:
     # Given a 2 h provider queue and 30 min rendering
     settings = Settings.from_env({**REQUIRED, "MAX_PROVIDER_QUEUE_SECONDS": "7200", "MAX_RENDER_SECONDS": "1800"})
-    # Then the links are signed for 2.5 h and the margin
-    assert settings.provider_fetch_window == timedelta(hours=2, minutes=30)
-    assert settings.input_url_expiry_seconds == 9000 + INPUT_URL_MARGIN_SECONDS
+    # Then the links of a short clip are signed for 2.5 h and the margin
+    assert settings.provider_fetch_window(clip_task(seconds=10)) == timedelta(hours=2, minutes=30)
+    assert settings.input_url_expiry_seconds(clip_task(seconds=10)) == 9000 + INPUT_URL_MARGIN_SECONDS
+
+
+def test_given_a_clip_its_model_renders_for_longer_than_the_render_clock_then_it_gets_twice_the_expected_time() -> None:
+    # Given the default 1 h render clock, and a 10 min InfiniteTalk clip (30 s of rendering per second: 5 h)
+    settings = Settings.from_env(REQUIRED)
+    long_clip = clip_task("infinitetalk", seconds=600)
+    # Then it may render for 10 h, and the provider may fetch its inputs until its queue's clock and that have run
+    assert settings.render_limit(long_clip) == timedelta(hours=10)
+    assert settings.provider_fetch_window(long_clip) == timedelta(hours=6 + 10)
+    assert settings.input_url_expiry_seconds(long_clip) == 16 * 3600 + INPUT_URL_MARGIN_SECONDS
+    # And a short clip of the same model keeps the render clock
+    assert settings.render_limit(clip_task("infinitetalk", seconds=20)) == timedelta(hours=1)
 
 
 def test_given_stage_clocks_over_a_week_when_settings_are_read_then_input_links_are_capped_at_seven_days() -> None:
     # Given a provider queue of 10 days
     settings = Settings.from_env({**REQUIRED, "MAX_PROVIDER_QUEUE_SECONDS": str(10 * 86400)})
     # Then the window says so, but no SigV4 link can be signed for longer than 7 days
-    assert settings.provider_fetch_window == timedelta(days=10, hours=1)
-    assert settings.input_url_expiry_seconds == MAX_PRESIGNED_URL_SECONDS == 604800
+    assert settings.provider_fetch_window(clip_task()) == timedelta(days=10, hours=1)
+    assert settings.input_url_expiry_seconds(clip_task()) == MAX_PRESIGNED_URL_SECONDS == 604800
 
 
 def test_given_the_removed_input_url_expiry_variable_when_settings_are_read_then_it_no_longer_decides() -> None:
     # Given an environment that still sets the old fixed expiry
     settings = Settings.from_env({**REQUIRED, "INPUT_URL_EXPIRY_SECONDS": "60"})
     # Then the expiry is still the one derived from the stage clocks
-    assert settings.input_url_expiry_seconds == 26100
+    assert settings.input_url_expiry_seconds(clip_task()) == 26100
 
 
 def test_given_link_signer_secret_id_when_settings_are_read_then_it_is_kept_and_is_empty_by_default() -> None:

@@ -137,8 +137,7 @@ def test_a_submission_requests_repr_shows_no_link_nor_callback_token() -> None:
         image_url="https://b.s3.amazonaws.com/inbox/j/face.png?X-Amz-Signature=imgsig",
         audio_url="https://b.s3.amazonaws.com/inbox/j/voice.mp3?X-Amz-Signature=audsig",
         prompt=None,
-        mode="std",
-        model_id=PROVIDERS.model("wavespeed", "std").model_id,
+        model_id=PROVIDERS.model("wavespeed", "kling-v1-std").model_id,
         webhook_url="https://hooks.example/v1/webhooks/wavespeed?task_id=x&token=tok3n",
     )
     # When it is written out as a log line or an error would write it

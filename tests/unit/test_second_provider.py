@@ -177,7 +177,7 @@ def test_cometapi_callback_with_a_wrong_token_is_refused_and_a_right_one_is_conf
     ],
 )
 def test_cost_is_the_price_per_started_five_seconds(provider, mode, seconds, expected) -> None:
-    assert estimate_cost(provider, mode, seconds, make_settings()) == Decimal(expected)
+    assert estimate_cost(provider, f"kling-v1-{mode}", seconds, make_settings(), {}) == Decimal(expected)
 
 
 def test_no_failover_target_configured_means_back_in_line_not_a_crash() -> None:

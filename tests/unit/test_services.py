@@ -191,7 +191,7 @@ def test_second_half_cuts_one_task_into_its_providers_line_without_calling_the_p
     assert task.queued_at == T0
     assert task.reason == (
         "paired inbox/alice/face.png with inbox/alice/voice.mp3 (no inbox/alice/job.json: default options);"
-        " 1st in line for WaveSpeed (3 renders at once, 5 submissions a minute)"
+        " Kling v1 AI Avatar (standard), 1st in line for WaveSpeed (3 renders at once, 5 submissions a minute)"
     )
     assert task.estimated_cost_usd == "0.25"
     assert moves(task) == [(None, S.WAITING_FOR_PAIR), (S.WAITING_FOR_PAIR, S.QUEUED)]
@@ -232,7 +232,7 @@ def test_the_dispatcher_sends_the_first_in_line_once_and_records_the_providers_i
     # signed for the provider's queue and render times (6 h + 1 h by default) and a margin of 15 min
     assert request.image_url == f"https://presigned.test/{BUCKET}/inbox/alice/face.png?expires=26100"
     assert request.audio_url == f"https://presigned.test/{BUCKET}/inbox/alice/voice.mp3?expires=26100"
-    assert (request.mode, request.prompt) == ("std", None)
+    assert (request.model_id, request.options, request.prompt) == ("kwaivgi/kling-v1-ai-avatar-standard", {}, None)
     # and its callback URL names the task with the token derived for it, which the webhook checks before any read
     token = callback_query("wavespeed", task.task_id)["token"]
     assert (
@@ -306,10 +306,10 @@ def test_folder_job_options_reach_the_task_and_the_provider(w: World) -> None:
     # When its pair arrives and is sent
     task = submitted(w)
     # Then the task carries the options and the provider got them
-    assert (task.prompt, task.mode) == ("hi", "pro")
+    assert (task.prompt, task.model) == ("hi", "kling-v1-pro")
     assert task.reason is not None and "default options" not in (task.history[1].reason or "")
     request = w.provider.submissions[0]
-    assert (request.prompt, request.mode) == ("hi", "pro")
+    assert (request.prompt, request.model_id) == ("hi", "kwaivgi/kling-v1-ai-avatar-pro")
 
 
 def test_a_prompt_of_exactly_2500_characters_is_accepted(w: World) -> None:
@@ -324,8 +324,10 @@ def test_same_stem_jobs_do_not_read_options(w: World) -> None:
     # When a same-stem pair "bob" arrives
     task = submitted(w, upload("inbox/bob.png"), upload("inbox/bob.mp3"))
     # Then options are not read: it is submitted with the defaults
-    assert task.history[1].reason.startswith("paired inbox/bob.png with inbox/bob.mp3; 1st in line")
-    assert w.provider.submissions[0].mode == "std"
+    assert task.history[1].reason.startswith(
+        "paired inbox/bob.png with inbox/bob.mp3; Kling v1 AI Avatar (standard), 1st in line"
+    )
+    assert w.provider.submissions[0].model_id == "kwaivgi/kling-v1-ai-avatar-standard"
 
 
 @pytest.mark.parametrize(
@@ -379,7 +381,7 @@ def test_oversized_audio_is_rejected_without_submitting(w: World) -> None:
     assert outcome.action == "rejected"
     task = stored(w, outcome.task_id)
     assert task.status is S.REJECTED
-    assert task.reason == "voice.mp3 is 6.00 MiB; the limit is 5.00 MiB for wavespeed"
+    assert task.reason == "voice.mp3 is 6.00 MiB; the limit is 5.00 MiB for Kling v1 AI Avatar (standard) on WaveSpeed"
     assert w.provider.submit_count == 0
 
 

@@ -52,7 +52,7 @@ def make_task(status: TaskStatus, **fields: object) -> Task:
         "status": status,
         "version": 3,
         "provider": "wavespeed",
-        "mode": "std",
+        "model": "kling-v1-std",
         "created_at": T0,
         "updated_at": T0,
     }
@@ -106,13 +106,33 @@ def test_given_a_turned_away_submission_when_back_in_line_then_no_lease_and_not_
 
 
 def test_given_a_task_when_moved_to_the_other_line_then_it_remembers_where_from_and_its_cost_is_not_counted() -> None:
-    task = make_task(S.SUBMITTING, lease_until=LATER, charged_on="2025-06-01", estimated_cost_usd="0.30")
+    task = make_task(
+        S.SUBMITTING,
+        lease_until=LATER,
+        charged_on="2025-06-01",
+        estimated_cost_usd="0.30",
+        failover_targets=("cometapi",),
+    )
     moved = move_to_line(task, "cometapi", why="failover", now=SOON, estimated_cost_usd=Decimal("0.45"))
     assert (moved.status, moved.provider, moved.failed_over_from) == (S.QUEUED, "cometapi", "wavespeed")
     assert (moved.estimated_cost_usd, moved.charged_on, moved.lease_until) == ("0.45", None, None)
-    # Then it never moves a second time
-    with pytest.raises(ChangeRefusedError, match="once"):
+    # Then it never moves back
+    with pytest.raises(ChangeRefusedError, match="may move only to no provider"):
         move_to_line(moved, "wavespeed", why="again", now=LATER, estimated_cost_usd=Decimal("0.30"))
+
+
+def test_given_a_task_with_several_targets_when_moved_then_only_forward_along_them() -> None:
+    # Given a task at WaveSpeed whose job listed fal, then CometAPI
+    task = make_task(S.SUBMITTING, failover_targets=("fal", "cometapi"))
+    assert task.targets_ahead == ("fal", "cometapi")
+    # When it moves to fal, then only CometAPI is ahead
+    at_fal = move_to_line(task, "fal", why="failover", now=SOON, estimated_cost_usd=Decimal("0.45"))
+    assert at_fal.targets_ahead == ("cometapi",)
+    with pytest.raises(ChangeRefusedError, match="may move only to cometapi"):
+        move_to_line(at_fal, "wavespeed", why="back", now=LATER, estimated_cost_usd=Decimal("0.30"))
+    # And a task may not skip back over one it left: at CometAPI, nothing is ahead
+    at_comet = move_to_line(at_fal, "cometapi", why="failover", now=LATER, estimated_cost_usd=Decimal("0.60"))
+    assert (at_comet.provider, at_comet.failed_over_from, at_comet.targets_ahead) == ("cometapi", "fal", ())
 
 
 def test_given_a_task_when_moved_to_its_own_provider_then_it_is_refused() -> None:
@@ -400,3 +420,18 @@ def test_a_record_stored_with_failover_allowed_reads_as_its_failover_target(
     del stored["failover_targets"]
     # When it is read, then its target is the other provider (the pair was checked against it), or none
     assert Task.model_validate(stored).failover_targets == targets
+
+
+@pytest.mark.parametrize(
+    ("provider", "mode", "model"),
+    [("wavespeed", "std", "kling-v1-std"), ("cometapi", "pro", "kling-v1-pro"), ("fal", "pro", "kling-v2-pro")],
+)
+def test_a_record_stored_with_a_mode_reads_as_its_providers_kling_model_of_that_tier(
+    provider: str, mode: str, model: str
+) -> None:
+    # Given a task record stored before models had names, when a task named its Kling tier
+    stored = make_task(S.QUEUED, provider=provider).model_dump(mode="json") | {"mode": mode}
+    del stored["model"], stored["options"]
+    # When it is read, then its model is the Kling avatar model its provider ran for that tier
+    read = Task.model_validate(stored)
+    assert (read.model, read.options) == (model, {})

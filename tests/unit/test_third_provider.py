@@ -31,11 +31,13 @@ from avatar_pipeline.domain.errors import ProviderTransientError
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, TaskStatus
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import (
+    BillingRule,
     InputLimits,
     ModelSpec,
     ProviderSettings,
     ProviderSpec,
     SecretField,
+    catalog,
     env_prefixed,
 )
 from avatar_pipeline.services.finishing import announce, finalize_output
@@ -71,16 +73,17 @@ def build(settings: AcmeSettings, secret: SecretField, http: httpx.Client) -> Sc
 ACME = ProviderSpec(
     name="acme",
     display_name="Acme Video",
-    models={
-        "std": ModelSpec(
-            mode="std",
+    models=catalog(
+        ModelSpec(
+            name="acme-head-v1",
             model_id="acme/talking-head-v1",
             title="Acme Talking Head v1",
             limits=InputLimits(max_image_bytes=4 * MIB, max_audio_bytes=2 * MIB, max_audio_seconds=30.0),
             price_per_step=Decimal("0.10"),
-            billing_step_seconds=2,
+            billing=BillingRule(step_seconds=2),
+            render_seconds_per_second=5.0,
         )
-    },
+    ),
     settings=AcmeSettings,
     output_retention=timedelta(days=3),
     output_hosts=("*.acme.test",),
@@ -114,7 +117,7 @@ def acme_provider(w: World) -> ScriptedProvider:
 
 def deliver(w: World, job: str, audio: bytes | None = None) -> str:
     """A folder job whose job.json chooses Acme; returns its task id."""
-    w.media.put_object(BUCKET, f"inbox/{job}/job.json", json.dumps({"provider": "acme"}))
+    w.media.put_object(BUCKET, f"inbox/{job}/job.json", json.dumps({"provider": "acme", "model": "acme-head-v1"}))
     if audio is not None:
         w.media.put_object(BUCKET, f"inbox/{job}/voice.mp3", audio)
     handle_upload(w.ctx, upload(f"inbox/{job}/face.png", etag="img", size=200_000))
@@ -200,9 +203,12 @@ class FakeSecrets:
 
 
 def test_a_turned_away_task_fails_over_only_to_a_provider_that_takes_its_files(acme: ProviderSpec) -> None:
-    # Given three providers, in the order WaveSpeed, CometAPI (clips of at most 60 s), Acme (here up to 300 s)
-    long_clips = dataclasses.replace(ACME.models["std"], limits=InputLimits(4 * MIB, 2 * MIB, max_audio_seconds=300.0))
-    with PROVIDERS.registered(dataclasses.replace(ACME, models={"std": long_clips}), replacing=True):
+    # Given four providers, in the order WaveSpeed, CometAPI (clips of at most 60 s), fal (no Kling v1), Acme (here
+    # running Kling v1 standard too, up to 300 s)
+    long_clips = dataclasses.replace(
+        ACME.models["acme-head-v1"], name="kling-v1-std", limits=InputLimits(4 * MIB, 2 * MIB, max_audio_seconds=300.0)
+    )
+    with PROVIDERS.registered(dataclasses.replace(ACME, models=catalog(long_clips)), replacing=True):
         wavespeed, comet, acme_provider = (
             ScriptedProvider(),
             ScriptedProvider("cometapi", "query"),
@@ -233,33 +239,41 @@ def test_a_turned_away_task_fails_over_only_to_a_provider_that_takes_its_files(a
     ("options", "reason"),
     [
         (
-            {"provider": "acme", "mode": "pro"},
-            'job.json asks for mode "pro", which Acme Video does not offer (its modes: std)',
+            {"provider": "acme", "model": "omnihuman-1.5"},
+            "Acme Video does not offer the model omnihuman-1.5 (its models: acme-head-v1)",
         ),
-        ({"provider": "acme"}, 'the default mode "std", which Acme Video does not offer (its modes: ultra)'),
+        (
+            {"provider": "acme", "mode": "pro"},
+            "job.json's mode 'pro' means kling-v1-pro: Acme Video does not offer the model kling-v1-pro"
+            " (its models: acme-head-v1)",
+        ),
+        (
+            {"provider": "acme"},
+            "the default model (DefaultModel) is kling-v1-std: Acme Video does not offer the model kling-v1-std"
+            " (its models: acme-head-v1)",
+        ),
     ],
-    ids=["asked", "default"],
+    ids=["asked", "by-mode", "default"],
 )
-def test_a_mode_the_chosen_provider_has_no_model_for_is_rejected_saying_where_the_mode_came_from(
+def test_a_model_the_chosen_provider_does_not_offer_is_rejected_saying_where_the_model_came_from(
     acme: ProviderSpec, options: dict[str, str], reason: str
 ) -> None:
-    # Given Acme offers one model (std; or, for the default mode's case, only "ultra")
-    models = ACME.models if "mode" in options else {"ultra": dataclasses.replace(ACME.models["std"], mode="ultra")}
-    with PROVIDERS.registered(dataclasses.replace(ACME, models=models), replacing=True):
-        wavespeed = ScriptedProvider()
-        w = make_world(settings=ENV, provider=wavespeed, providers={"wavespeed": wavespeed})
-        # When a job asks for Acme with a mode it has no model for
-        w.media.put_object(BUCKET, "inbox/kim/job.json", json.dumps(options))
-        handle_upload(w.ctx, upload("inbox/kim/face.png", etag="img", size=200_000))
-        task_id = handle_upload(w.ctx, upload("inbox/kim/voice.mp3", etag="aud", size=50_000)).task_id
-    # Then the pair is rejected, unpaid, saying which mode and where it came from
+    # Given Acme offers one model of its own
+    wavespeed = ScriptedProvider()
+    w = make_world(settings=ENV, provider=wavespeed, providers={"wavespeed": wavespeed})
+    # When a job asks for Acme with a model it does not offer
+    w.media.put_object(BUCKET, "inbox/kim/job.json", json.dumps(options))
+    handle_upload(w.ctx, upload("inbox/kim/face.png", etag="img", size=200_000))
+    task_id = handle_upload(w.ctx, upload("inbox/kim/voice.mp3", etag="aud", size=50_000)).task_id
+    # Then the pair is rejected, unpaid, saying which model and where it came from
     task = w.tasks.get(task_id or "")
     assert task is not None and (task.status, task.reason) == (TaskStatus.REJECTED, reason)
 
 
-def test_a_default_mode_the_default_provider_has_no_model_for_is_a_configuration_error(acme: ProviderSpec) -> None:
+def test_a_default_model_the_default_provider_does_not_offer_is_a_configuration_error(acme: ProviderSpec) -> None:
     env = {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:t", **ENV}
     with pytest.raises(
-        ValueError, match=r"DEFAULT_MODE \(pro\) must be a mode DEFAULT_PROVIDER \(acme\) offers \(std\)"
+        ValueError,
+        match=r"DEFAULT_MODEL \(kling-v1-std\) must be a model DEFAULT_PROVIDER \(acme\) offers \(acme-head-v1\)",
     ):
-        Settings.from_env({**env, "DEFAULT_PROVIDER": "acme", "DEFAULT_MODE": "pro"})
+        Settings.from_env({**env, "DEFAULT_PROVIDER": "acme"})

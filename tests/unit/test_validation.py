@@ -21,14 +21,16 @@ from avatar_pipeline.domain.validation import (
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import InputLimits
 
-LIMITS = PROVIDERS.limits("wavespeed", "std")
+LIMITS = PROVIDERS.model("wavespeed", "kling-v1-std").limits
+# Whose limits validate_pair's messages name: the model, at its provider.
+WHO = "Kling v1 AI Avatar (standard) on WaveSpeed"
 
 
 def size_problems(image: S3Object, audio: S3Object) -> list[str]:
     """What the size stage alone says of a pair (nothing is read)."""
     found = (
-        check_size(image, LIMITS.max_image_bytes, "wavespeed"),
-        check_size(audio, LIMITS.max_audio_bytes, "wavespeed"),
+        check_size(image, LIMITS.max_image_bytes, WHO),
+        check_size(audio, LIMITS.max_audio_bytes, WHO),
     )
     return [problem for problem in found if problem]
 
@@ -96,14 +98,9 @@ def test_wavespeed_limits_are_klings_published_ones() -> None:
 
 def test_cometapi_is_stricter_on_duration_than_wavespeed() -> None:
     # CometAPI documents 2-60 s; WaveSpeed proxies Kling, whose own limit is 300 s.
-    assert {mode: PROVIDERS.limits("cometapi", mode).max_audio_seconds for mode in ("std", "pro")} == {
-        "std": 60,
-        "pro": 60,
-    }
-    assert {mode: PROVIDERS.limits("wavespeed", mode).max_audio_seconds for mode in ("std", "pro")} == {
-        "std": 300,
-        "pro": 300,
-    }
+    models = ("kling-v1-std", "kling-v1-pro")
+    assert [PROVIDERS.model("cometapi", model).limits.max_audio_seconds for model in models] == [60, 60]
+    assert [PROVIDERS.model("wavespeed", model).limits.max_audio_seconds for model in models] == [300, 300]
 
 
 # ------------------------------------------------------------------------------------------ sizes (nothing read)
@@ -123,13 +120,15 @@ def test_one_byte_sizes_are_accepted_by_the_size_stage() -> None:
 
 def test_an_image_one_byte_over_shows_both_sizes_to_the_byte() -> None:
     assert size_problems(image(LIMITS.max_image_bytes + 1), OK_AUDIO) == [
-        "face.png is 10.00 MiB (10,485,761 bytes); the limit is 10.00 MiB (10,485,760 bytes) for wavespeed"
+        f"face.png is 10.00 MiB (10,485,761 bytes); the limit is 10.00 MiB (10,485,760 bytes) for {WHO}"
     ]
 
 
 def test_an_audio_one_byte_over_shows_a_measured_size_that_differs_from_the_limit_as_written() -> None:
     (message,) = size_problems(OK_IMAGE, audio(LIMITS.max_audio_bytes + 1))
-    match = re.fullmatch(r"voice\.mp3 is (.+); the limit is (.+) for wavespeed", message)
+    match = re.fullmatch(
+        r"voice\.mp3 is (.+); the limit is (.+) for Kling v1 AI Avatar \(standard\) on WaveSpeed", message
+    )
     assert match is not None
     measured, limit = match.groups()
     assert measured != limit, message
@@ -138,7 +137,7 @@ def test_an_audio_one_byte_over_shows_a_measured_size_that_differs_from_the_limi
 
 def test_a_clearly_oversized_audio_shows_its_measured_size() -> None:
     (message,) = size_problems(OK_IMAGE, audio(7 * MIB + MIB // 2))
-    assert message == "voice.mp3 is 7.50 MiB; the limit is 5.00 MiB for wavespeed"
+    assert message == f"voice.mp3 is 7.50 MiB; the limit is 5.00 MiB for {WHO}"
 
 
 @pytest.mark.parametrize("which", ["image", "audio"])
@@ -162,8 +161,8 @@ def test_small_limits_are_shown_in_exact_bytes() -> None:
 
 def test_the_message_names_the_file_not_its_whole_key() -> None:
     big = S3Object(bucket="media", key="inbox/team/alice/big face.png", size=11 * MIB)
-    assert check_size(big, LIMITS.max_image_bytes, "wavespeed") == (
-        "big face.png is 11.00 MiB; the limit is 10.00 MiB for wavespeed"
+    assert check_size(big, LIMITS.max_image_bytes, WHO) == (
+        f"big face.png is 11.00 MiB; the limit is 10.00 MiB for {WHO}"
     )
 
 
@@ -217,33 +216,41 @@ def test_a_format_the_provider_does_not_take_is_named() -> None:
 
 @pytest.mark.parametrize("seconds", [2.0, 2.04, 60.1, 299.9, 300.0])
 def test_durations_within_the_limits_pass(seconds: float) -> None:
-    assert check_audio(audio_facts(seconds), "voice.mp3", LIMITS) == []
+    assert check_audio(audio_facts(seconds), "voice.mp3", LIMITS, "WaveSpeed") == []
 
 
 def test_a_clip_too_long_names_its_duration_and_the_limit() -> None:
     sixty = dataclasses.replace(LIMITS, max_audio_seconds=60.0)
-    assert check_audio(audio_facts(61.4), "voice.mp3", sixty) == ["voice.mp3 lasts 61.4 s; the limit is 60 s"]
+    assert check_audio(audio_facts(61.4), "voice.mp3", sixty, "WaveSpeed") == [
+        "voice.mp3 lasts 61.4 s; the limit is 60 s for WaveSpeed"
+    ]
 
 
 def test_wavespeed_allows_up_to_300_seconds() -> None:
-    assert check_audio(audio_facts(300.672), "voice.mp3", LIMITS) == ["voice.mp3 lasts 300.7 s; the limit is 300 s"]
+    assert check_audio(audio_facts(300.672), "voice.mp3", LIMITS, "WaveSpeed") == [
+        "voice.mp3 lasts 300.7 s; the limit is 300 s for WaveSpeed"
+    ]
 
 
 def test_a_clip_too_short_names_its_duration_and_the_minimum() -> None:
-    assert check_audio(audio_facts(1.9), "voice.wav", LIMITS) == ["voice.wav lasts 1.9 s; it must last at least 2 s"]
+    assert check_audio(audio_facts(1.9), "voice.wav", LIMITS, "WaveSpeed") == [
+        "voice.wav lasts 1.9 s; it must last at least 2 s"
+    ]
 
 
 @pytest.mark.parametrize(
     ("seconds", "shown"), [(1.96, "1.96"), (1.999, "1.999"), (300.04, "300.04"), (300.0004, "300.0004")]
 )
 def test_a_duration_near_a_limit_is_shown_with_the_digits_that_matter(seconds: float, shown: str) -> None:
-    (message,) = check_audio(audio_facts(seconds), "voice.mp3", LIMITS)
+    (message,) = check_audio(audio_facts(seconds), "voice.mp3", LIMITS, "WaveSpeed")
     assert f"lasts {shown} s;" in message
 
 
 def test_an_audio_format_the_provider_does_not_take_is_named() -> None:
     no_aac = dataclasses.replace(LIMITS, audio_formats=("MP3", "WAV"))
-    assert check_audio(audio_facts(5.0, "AAC"), "voice.aac", no_aac) == ["voice.aac is AAC audio; use MP3 or WAV"]
+    assert check_audio(audio_facts(5.0, "AAC"), "voice.aac", no_aac, "WaveSpeed") == [
+        "voice.aac is AAC audio; use MP3 or WAV"
+    ]
 
 
 # ------------------------------------------------------------------------------------------------- validate_pair
@@ -262,7 +269,7 @@ def test_a_good_pair_is_accepted_with_its_facts_and_what_was_read() -> None:
     image_obj, audio_obj = _objects(jpeg, clip)
 
     # When the pair is validated
-    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "wavespeed", "std")
+    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "wavespeed", "kling-v1-std", {})
 
     # Then it has no problems, and says what it measured and read
     assert report.accepted
@@ -283,11 +290,13 @@ def test_a_file_whose_event_size_rules_it_out_is_not_read_but_its_partner_still_
     audio_obj = S3Object(bucket="media", key="inbox/bob/voice.wav", size=len(clip))
 
     # When the pair is validated (reading the image would fail the test)
-    report = validate_pair(UnreadableSource(11 * MIB), image_obj, BytesSource(clip), audio_obj, "wavespeed", "std")
+    report = validate_pair(
+        UnreadableSource(11 * MIB), image_obj, BytesSource(clip), audio_obj, "wavespeed", "kling-v1-std", {}
+    )
 
     # Then both problems are reported, image first, and the image was never read
     assert report.problems == [
-        "face.png is 11.00 MiB; the limit is 10.00 MiB for wavespeed",
+        f"face.png is 11.00 MiB; the limit is 10.00 MiB for {WHO}",
         "voice.wav lasts 1.0 s; it must last at least 2 s",
     ]
     assert report.image is None
@@ -298,7 +307,9 @@ def test_a_file_whose_event_size_rules_it_out_is_not_read_but_its_partner_still_
 def test_both_sizes_failing_reads_nothing() -> None:
     image_obj, audio_obj = image(0), audio(6 * MIB)
 
-    report = validate_pair(UnreadableSource(0), image_obj, UnreadableSource(6 * MIB), audio_obj, "wavespeed", "std")
+    report = validate_pair(
+        UnreadableSource(0), image_obj, UnreadableSource(6 * MIB), audio_obj, "wavespeed", "kling-v1-std", {}
+    )
 
     assert report.problems == size_problems(image_obj, audio_obj)
     assert (report.image_bytes_read, report.audio_bytes_read) == (0, 0)
@@ -310,7 +321,7 @@ def test_content_problems_of_both_files_are_reported_together() -> None:
     ogg = bytes.fromhex("4f676753") + bytes(24) + b"\x01vorbis" + bytes(64)
     image_obj, audio_obj = _objects(png, ogg)
 
-    report = validate_pair(BytesSource(png), image_obj, BytesSource(ogg), audio_obj, "wavespeed", "std")
+    report = validate_pair(BytesSource(png), image_obj, BytesSource(ogg), audio_obj, "wavespeed", "kling-v1-std", {})
 
     assert report.problems == [
         f"face.jpg is 299{TIMES}500 px; each side must be at least 300 px",
@@ -325,7 +336,7 @@ def test_a_storage_failure_is_raised_instead_of_rejecting_the_upload() -> None:
     image_obj, audio_obj = _objects(b"\xff" * 5000, clip)
 
     with pytest.raises(ConnectionError):
-        validate_pair(BrokenSource(5000), image_obj, BytesSource(clip), audio_obj, "wavespeed", "std")
+        validate_pair(BrokenSource(5000), image_obj, BytesSource(clip), audio_obj, "wavespeed", "kling-v1-std", {})
 
 
 def test_the_providers_own_limits_apply() -> None:
@@ -334,8 +345,10 @@ def test_the_providers_own_limits_apply() -> None:
     image_obj, audio_obj = _objects(jpeg, clip)
 
     # When a 60.1 s clip (measured a little longer: whole MP3 frames) is validated
-    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "cometapi", "std")
+    report = validate_pair(BytesSource(jpeg), image_obj, BytesSource(clip), audio_obj, "cometapi", "kling-v1-std", {})
 
     # Then it is refused with that limit
     (problem,) = report.problems
-    assert re.fullmatch(r"voice\.mp3 lasts 60\.\d+ s; the limit is 60 s", problem), problem
+    assert re.fullmatch(
+        r"voice\.mp3 lasts 60\.\d+ s; the limit is 60 s for Kling AI Avatar \(std\) on CometAPI", problem
+    ), problem

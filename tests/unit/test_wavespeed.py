@@ -25,7 +25,8 @@ from avatar_pipeline.domain.errors import (
     WebhookAuthError,
     WebhookPayloadError,
 )
-from avatar_pipeline.domain.models import Mode, ProviderJobStatus, SubmissionRequest
+from avatar_pipeline.domain.model_choice import request_fields
+from avatar_pipeline.domain.models import ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 
@@ -73,14 +74,15 @@ def envelope(data: dict[str, Any] | None = None, code: int = 200, message: str =
     return {"code": code, "message": message, "data": data if data is not None else prediction()}
 
 
-def submission(mode: Mode = "std", prompt: str | None = "A calm presenter") -> SubmissionRequest:
+def submission(mode: str = "std", prompt: str | None = "A calm presenter") -> SubmissionRequest:
+    model = PROVIDERS.model("wavespeed", f"kling-v1-{mode}")
     return SubmissionRequest(
         task_id="task-1",
         image_url="https://bucket.s3.amazonaws.com/in/face.png?X-Amz-Signature=abc",
         audio_url="https://bucket.s3.amazonaws.com/in/voice.mp3?X-Amz-Signature=def",
         prompt=prompt,
-        mode=mode,
-        model_id=PROVIDERS.model("wavespeed", mode).model_id,
+        model_id=model.model_id,
+        options=request_fields(model, {}, 4.0),
         webhook_url="https://hooks.example.com/wavespeed?task=task-1",
     )
 
@@ -134,7 +136,7 @@ def provider(sleep: FakeSleep) -> Iterator[WaveSpeedProvider]:
 
 @pytest.mark.parametrize(("mode", "path"), [("std", STD_PATH), ("pro", PRO_PATH)])
 def test_submit_posts_to_the_mode_path_with_webhook_query_and_json_body(
-    router: respx.MockRouter, provider: WaveSpeedProvider, mode: Mode, path: str
+    router: respx.MockRouter, provider: WaveSpeedProvider, mode: str, path: str
 ) -> None:
     # Given WaveSpeed accepts the submission
     route = router.post(path).respond(200, json=envelope(prediction("created")))

@@ -11,7 +11,7 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
-from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, Mode, ProviderName
+from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, ModelName, ProviderName, Task
 from avatar_pipeline.domain.quota import QuotaLimits
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import ProviderSettings, ProviderSpec
@@ -19,6 +19,8 @@ from avatar_pipeline.providers.spec import ProviderSettings, ProviderSpec
 # Input links outlive the provider's fetch window by this much: the submission itself (up to the dispatcher's time
 # budget for it) comes before the provider's queue clock starts, and the poller ends a stage a little after its clock.
 INPUT_URL_MARGIN_SECONDS = 900
+# A task may render for twice its model's expected time before it is given up.
+RENDER_MARGIN = 2
 
 
 def _provider_settings(spec: ProviderSpec, env: Mapping[str, Any], given: Any) -> ProviderSettings:
@@ -47,10 +49,12 @@ class Settings(BaseModel):
     # Only the webhook function needs it: Powertools Idempotency's table, which remembers processed deliveries.
     idempotency_table_name: str = Field(default="", alias="IDEMPOTENCY_TABLE_NAME")
     default_provider: ProviderName = Field(default="wavespeed", alias="DEFAULT_PROVIDER")
-    default_mode: Mode = Field(default="std", alias="DEFAULT_MODE")
+    default_model: ModelName = Field(default="kling-v1-std", alias="DEFAULT_MODEL")
     # What a job's job.json may choose (separated by commas or whitespace); the defaults above must be among them. A
-    # pair asking for another mode or provider is rejected, and a task never fails over to a provider not allowed.
-    allowed_modes: tuple[Mode, ...] = Field(default=("std", "pro"), alias="ALLOWED_MODES", min_length=1)
+    # pair asking for another model or provider is rejected, and a task never fails over to a provider not allowed.
+    allowed_models: tuple[ModelName, ...] = Field(
+        default_factory=lambda: PROVIDERS.model_names(), alias="ALLOWED_MODELS", min_length=1
+    )
     allowed_providers: tuple[ProviderName, ...] = Field(
         default_factory=lambda: tuple(PROVIDERS), alias="ALLOWED_PROVIDERS", min_length=1
     )
@@ -76,7 +80,8 @@ class Settings(BaseModel):
     # Each stage has a clock of its own; waiting in our own line has none (a pair never times out for its turn).
     # Accepted by the provider but not yet rendering (its own queue), or sent with no answer and no callback yet.
     max_provider_queue_seconds: int = Field(default=21600, alias="MAX_PROVIDER_QUEUE_SECONDS", gt=0)
-    # Rendering, counted from when the provider started.
+    # Rendering, counted from when the provider started; longer for a clip whose model is expected to take longer
+    # (`render_limit`).
     max_render_seconds: int = Field(default=3600, alias="MAX_RENDER_SECONDS", gt=0)
     poll_after_seconds: int = Field(default=120, alias="POLL_AFTER_SECONDS", gt=0)
     # How long the providers' "minute" is: 60 s, unless a simulation runs their clock faster than ours.
@@ -95,17 +100,22 @@ class Settings(BaseModel):
     # Each registered provider's own settings (its base URL, secrets, quota, prices), by name.
     providers: Mapping[str, SerializeAsAny[ProviderSettings]]
 
-    @property
-    def provider_fetch_window(self) -> timedelta:
+    def render_limit(self, task: Task) -> timedelta:
+        """How long the task may render: MAX_RENDER_SECONDS, or twice what its model is expected to take for its
+        clip when that is longer (InfiniteTalk's 10 min clip renders for hours)."""
+        model = PROVIDERS[task.provider].models.get(task.model)
+        expected = model.render_seconds_per_second * (task.audio_ms or 0) / 1000 if model else 0.0
+        return timedelta(seconds=max(self.max_render_seconds, RENDER_MARGIN * expected))
+
+    def provider_fetch_window(self, task: Task) -> timedelta:
         """How long after a submission the provider may still fetch its inputs: until its queue's and its render's
         clocks have both run out."""
-        return timedelta(seconds=self.max_provider_queue_seconds + self.max_render_seconds)
+        return timedelta(seconds=self.max_provider_queue_seconds) + self.render_limit(task)
 
-    @property
-    def input_url_expiry_seconds(self) -> int:
+    def input_url_expiry_seconds(self, task: Task) -> int:
         """How long the input links handed to a provider are signed for: the provider's fetch window and a margin,
         within SigV4's 7 days."""
-        window = int(self.provider_fetch_window.total_seconds())
+        window = int(self.provider_fetch_window(task).total_seconds())
         return min(window + INPUT_URL_MARGIN_SECONDS, MAX_PRESIGNED_URL_SECONDS)
 
     def may_fail_over_to(self, provider: ProviderName) -> bool:
@@ -138,7 +148,7 @@ class Settings(BaseModel):
             "providers": {name: _provider_settings(spec, data, given.get(name)) for name, spec in PROVIDERS.items()},
         }
 
-    @field_validator("allowed_output_hosts", "allowed_modes", "allowed_providers", mode="before")
+    @field_validator("allowed_output_hosts", "allowed_models", "allowed_providers", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         return tuple(part for part in re.split(r"[\s,]+", value) if part) if isinstance(value, str) else value
@@ -146,20 +156,20 @@ class Settings(BaseModel):
     @model_validator(mode="after")
     def _defaults_are_allowed(self) -> Settings:
         """Jobs that choose nothing get the defaults, so the operator must allow them."""
-        if self.default_mode not in self.allowed_modes:
+        if self.default_model not in self.allowed_models:
             raise ValueError(
-                f"DEFAULT_MODE ({self.default_mode}) must be one of ALLOWED_MODES ({', '.join(self.allowed_modes)}):"
-                " jobs that choose no mode get it"
+                f"DEFAULT_MODEL ({self.default_model}) must be one of ALLOWED_MODELS"
+                f" ({', '.join(self.allowed_models)}): jobs that choose no model get it"
             )
         if self.default_provider not in self.allowed_providers:
             raise ValueError(
                 f"DEFAULT_PROVIDER ({self.default_provider}) must be one of ALLOWED_PROVIDERS"
                 f" ({', '.join(self.allowed_providers)}): jobs that choose no provider get it"
             )
-        if self.default_mode not in PROVIDERS[self.default_provider].models:
+        if self.default_model not in PROVIDERS[self.default_provider].models:
             raise ValueError(
-                f"DEFAULT_MODE ({self.default_mode}) must be a mode DEFAULT_PROVIDER ({self.default_provider}) offers"
-                f" ({', '.join(PROVIDERS[self.default_provider].models)})"
+                f"DEFAULT_MODEL ({self.default_model}) must be a model DEFAULT_PROVIDER ({self.default_provider})"
+                f" offers ({', '.join(PROVIDERS[self.default_provider].models)})"
             )
         return self
 

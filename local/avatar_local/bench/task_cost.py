@@ -249,7 +249,7 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
     settings = Settings.from_env(
         {"TASK_TABLE_NAME": "t", "MEDIA_BUCKET": "b", "TOPIC_ARN": "arn:aws:sns:x:1:t", "WAVESPEED_SECRET_ID": "s"}
     )
-    provider = float(estimate_cost("wavespeed", "std", CLIP_SECONDS, settings))
+    provider = float(estimate_cost("wavespeed", "kling-v1-std", CLIP_SECONDS, settings, {}))
     cost.figures.append(
         Figure(
             cost.title,

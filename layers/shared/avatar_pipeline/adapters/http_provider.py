@@ -8,14 +8,26 @@ import httpx
 from pydantic import ValidationError
 
 from avatar_pipeline.adapters.http_retry import RetryPolicy, call_with_retry
-from avatar_pipeline.domain.errors import ProviderConfigError
+from avatar_pipeline.domain.errors import ProviderConfigError, ProviderInputError
 from avatar_pipeline.domain.models import ProviderJob, SubmissionRequest
 from avatar_pipeline.domain.redaction import mask_secrets
+from avatar_pipeline.providers.spec import OptionValue
 
 
 def summarise(exc: ValidationError) -> str:
     """A provider answer's validation errors, one line: where, and what was wrong (quoted as all provider text is)."""
     return mask_secrets("; ".join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in exc.errors()))
+
+
+def with_model_fields(
+    inputs: dict[str, OptionValue], request: SubmissionRequest, action: str
+) -> dict[str, OptionValue]:
+    """A request body: our own inputs (media, prompt, callback) and the model's fields, which never replace one of
+    ours (the model's options are checked against its spec before anything is queued, so this is a spec's error)."""
+    clash = inputs.keys() & request.options.keys()
+    if clash:
+        raise ProviderInputError(f"{action}: option {sorted(clash)[0]!r} would replace the request's own input")
+    return {**inputs, **request.options}
 
 
 class HttpProvider:

@@ -52,20 +52,27 @@ def _registered_provider(value: object) -> object:
     return value
 
 
-def _offered_mode(value: object) -> object:
-    if not (isinstance(value, str) and any(value in spec.models for spec in PROVIDERS.values())):
-        offered = dict.fromkeys(mode for spec in PROVIDERS.values() for mode in spec.models)
-        raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _one_of(offered)})
+def _offered_model(value: object) -> object:
+    if not (isinstance(value, str) and value in PROVIDERS.model_names()):
+        raise PydanticCustomError(
+            "literal_error", "Input should be {expected}", {"expected": _one_of(PROVIDERS.model_names())}
+        )
     return value
 
 
 # Before failover_targets, a task could only move between these two.
 _FIRST_TWO = {"wavespeed": ("cometapi",), "cometapi": ("wavespeed",)}
+# Before models had names, a task named its Kling tier (`mode`): each provider's Kling avatar model of that tier.
+_KLING_VERSION_BEFORE_MODELS = {"wavespeed": "v1", "cometapi": "v1", "fal": "v2"}
+KLING_TIERS = ("std", "pro")
 
-# A registered provider's name (providers/registry.py), and a mode one of them offers a model for; refused as a
-# Literal of them would be.
+# A registered provider's name (providers/registry.py), and a model one of them offers; refused as a Literal of
+# them would be.
 ProviderName = Annotated[str, BeforeValidator(_registered_provider)]
-Mode = Annotated[str, BeforeValidator(_offered_mode)]
+ModelName = Annotated[str, BeforeValidator(_offered_model)]
+KlingTier = Literal["std", "pro"]
+# A model's options as a job gives them (job.json's `options`) and as they are sent.
+ModelOptions = dict[str, str | int | bool]
 MediaRole = Literal["image", "audio"]
 
 
@@ -106,10 +113,34 @@ class JobOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = Field(default=None, max_length=2500)
-    mode: Mode | None = None
+    model: ModelName | None = None
+    # The short form for Kling: its standard or pro model (of the default model's Kling version, else v1).
+    mode: KlingTier | None = None
+    # The model's own settings (resolution, seed...), as the model names them.
+    options: ModelOptions = Field(default_factory=dict, max_length=20)
     provider: ProviderName | None = None
+    # The providers to try, in order of preference: the pair goes to the first, and moves on only when the one
+    # before provably did not take it (failover). One of `provider` and `providers`.
+    providers: tuple[ProviderName, ...] | None = Field(default=None, min_length=1)
     # May the task move to another provider when this one is unavailable? (Default: the stack's setting.)
     failover: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_way_each(self) -> JobOptions:
+        if self.provider is not None and self.providers is not None:
+            raise ValueError('give "provider" or "providers", not both')
+        if self.providers is not None and len(set(self.providers)) != len(self.providers):
+            raise ValueError('"providers" names a provider twice')
+        if self.providers is not None and len(self.providers) > 1 and self.failover is False:
+            raise ValueError('"providers" lists several providers to move between, but "failover" is false')
+        if self.model is not None and self.mode is not None and not self.model.endswith(f"-{self.mode}"):
+            raise ValueError(f'"model" {self.model} and "mode" {self.mode} disagree: give one of them')
+        return self
+
+    @property
+    def preference(self) -> tuple[str, ...] | None:
+        """The providers the job names, in order (None: it names none)."""
+        return self.providers or ((self.provider,) if self.provider else None)
 
 
 class Transition(BaseModel):
@@ -129,7 +160,9 @@ class Task(BaseModel):
     status: TaskStatus
     version: int = 0
     provider: ProviderName
-    mode: Mode
+    model: ModelName
+    # The job's options for its model (job.json's `options`), checked against the model before it was queued.
+    options: ModelOptions = Field(default_factory=dict)
     prompt: str | None = None
     image: S3Object | None = None
     audio: S3Object | None = None
@@ -172,15 +205,28 @@ class Task(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _targets_from_failover_allowed(cls, data: Any) -> Any:
+    def _read_older_records(cls, data: Any) -> Any:
         """Records stored before `failover_targets` say `failover_allowed`: made when WaveSpeed and CometAPI were the
-        only providers, they mean the other of the two (the pair was checked against it)."""
-        if isinstance(data, dict) and "failover_allowed" in data:
-            data = dict(data)
+        only providers, they mean the other of the two (the pair was checked against it). Records stored before
+        `model` name a Kling tier (`mode`): their provider's Kling avatar model of that tier."""
+        if not isinstance(data, dict) or not ({"failover_allowed", "mode"} & data.keys()):
+            return data
+        data = dict(data)
+        if "failover_allowed" in data:
             allowed = data.pop("failover_allowed")
             if allowed and "failover_targets" not in data:
                 data["failover_targets"] = tuple(_FIRST_TWO.get(data.get("provider"), ()))
+        if "mode" in data:
+            mode = data.pop("mode")
+            version = _KLING_VERSION_BEFORE_MODELS.get(str(data.get("provider")), "v1")
+            data.setdefault("model", f"kling-{version}-{mode}")
         return data
+
+    @property
+    def targets_ahead(self) -> tuple[str, ...]:
+        """The failover targets it has not reached yet: those after its provider (it moves forward only)."""
+        targets = self.failover_targets
+        return targets[targets.index(self.provider) + 1 :] if self.provider in targets else targets
 
     @property
     def needs_attention(self) -> bool:
@@ -243,13 +289,14 @@ class SubmissionRequest(BaseModel):
     # Presigned links and the callback URL (its token): secrets, kept out of the repr so a logged request shows none.
     image_url: str = Field(repr=False)
     audio_url: str = Field(repr=False)
+    # None: the model takes none (the adapter may then send its own default where the provider requires one).
     prompt: str | None
-    mode: Mode
-    # The provider's name for the model the mode chose (its spec's `model_id`).
+    # The provider's name for the task's model (its spec's `model_id`).
     model_id: str
     webhook_url: str = Field(repr=False)
-    # The model's own options sent along with the inputs (fal's `resolution`, `num_frames`...): nothing secret.
-    options: dict[str, str | int | bool] = Field(default_factory=dict)
+    # The model's own fields sent along with the inputs (its fixed fields, the job's options, a frame count):
+    # nothing secret.
+    options: ModelOptions = Field(default_factory=dict)
 
 
 # A SigV4 presigned URL lives at most 7 days, whatever its X-Amz-Expires asks for.
@@ -285,6 +332,10 @@ class Notification(BaseModel):
     # notifications from before the field existed.
     download_url_expires_at: datetime | None = None
     provider: ProviderName
+    # The model, as jobs name it, and as people read it ("InfiniteTalk at 720p"); absent in notifications from
+    # before models had names.
+    model: str | None = None
+    model_title: str | None = None
     provider_task_id: str | None = None
     estimated_cost_usd: str | None = None
     # Set when this notification overturns an earlier one for the same task (a video that arrived after the task
@@ -331,7 +382,8 @@ class Notification(BaseModel):
         if self.estimated_cost_usd:
             lines.append(f"Estimated provider cost: ${self.estimated_cost_usd}")
         lines += ["", "Inputs:", *(f"  {role}: {uri}" for role, uri in self.inputs.items())]
-        lines += ["", f"Task {self.task_id} ({self.provider}), started {self.created_at:%Y-%m-%d %H:%M:%S} UTC"]
+        made_by = f"{self.provider}, {self.model_title}" if self.model_title else self.provider
+        lines += ["", f"Task {self.task_id} ({made_by}), started {self.created_at:%Y-%m-%d %H:%M:%S} UTC"]
         return "\n".join(lines)
 
 

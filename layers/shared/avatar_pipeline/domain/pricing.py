@@ -1,16 +1,20 @@
-"""What a video costs at the provider, estimated before it is made: providers bill per started billing step of video
-(5 s for every model so far), and the video lasts as long as the voice clip."""
+"""What a video costs at the provider, estimated before it is made: each model has its billing rule (per second or
+per started 5 s, a minimum, a cap) and its price per step, which may depend on the resolution; the video lasts as
+long as the voice clip."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
 from decimal import Decimal
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.providers.spec import OptionValue
 
 
-def estimate_cost(provider: str, mode: str, audio_seconds: float, settings: Settings) -> Decimal:
-    model = PROVIDERS.model(provider, mode)
-    steps = max(1, math.ceil(round(audio_seconds, 3) / model.billing_step_seconds))
-    return (settings.provider(provider).price_per_step(model) * steps).quantize(Decimal("0.01"))
+def estimate_cost(
+    provider: str, model: str, audio_seconds: float, settings: Settings, options: Mapping[str, OptionValue]
+) -> Decimal:
+    spec = PROVIDERS.model(provider, model)
+    price = spec.price_for(options, settings.provider(provider).price_per_step(spec))
+    return (price * spec.billing.steps(audio_seconds)).quantize(Decimal("0.01"))

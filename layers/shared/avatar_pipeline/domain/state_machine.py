@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from avatar_pipeline.domain.models import Mode, ProviderName, S3Object, Task, TaskStatus, Transition
+from avatar_pipeline.domain.models import ModelName, ModelOptions, ProviderName, S3Object, Task, TaskStatus, Transition
 
 S = TaskStatus
 
@@ -58,13 +58,14 @@ def begin(
     arrived: str,
     now: datetime,
     provider: ProviderName,
-    mode: Mode,
+    model: ModelName,
+    options: ModelOptions | None = None,
     image: S3Object | None = None,
     audio: S3Object | None = None,
     prompt: str | None = None,
 ) -> Task:
-    """The one way a task begins: WAITING_FOR_PAIR since its first file (`arrived`) landed, for `provider`'s model
-    for `mode`, with the files it has so far."""
+    """The one way a task begins: WAITING_FOR_PAIR since its first file (`arrived`) landed, for `provider`'s `model`
+    with the job's options for it, with the files it has so far."""
     entry = Transition(at=since, from_status=None, to_status=S.WAITING_FOR_PAIR, reason=f"{arrived} arrived")
     return Task(
         task_id=task_id,
@@ -74,7 +75,8 @@ def begin(
         updated_at=now,
         history=[entry],
         provider=provider,
-        mode=mode,
+        model=model,
+        options=options or {},
         image=image,
         audio=audio,
         prompt=prompt,

@@ -77,10 +77,13 @@ def back_in_line(task: Task, *, why: str, now: datetime) -> Task:
 
 
 def move_to_line(task: Task, provider: ProviderName, *, why: str, now: datetime, estimated_cost_usd: Decimal) -> Task:
-    """Into `provider`'s line at the same place (failover or spill-over), once: the task remembers where it came
-    from, costs what the new provider charges, and that cost is not counted yet (it is at its admission there)."""
-    if task.failed_over_from is not None or provider == task.provider:
-        raise ChangeRefusedError(f"task {task.task_id} moves to another provider once (it is at {task.provider})")
+    """Into `provider`'s line at the same place (failover or spill-over), forward along its failover targets only
+    (never back to one it left): the task remembers where it came from, costs what the new provider charges, and
+    that cost is not counted yet (it is at its admission there)."""
+    if provider not in task.targets_ahead:
+        raise ChangeRefusedError(
+            f"task {task.task_id} at {task.provider} may move only to {', '.join(task.targets_ahead) or 'no provider'}"
+        )
     return transition(
         task,
         S.QUEUED,

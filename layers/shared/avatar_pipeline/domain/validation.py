@@ -23,20 +23,22 @@ from avatar_pipeline.domain.media_checks import (
     inspect_audio,
     inspect_image,
 )
-from avatar_pipeline.domain.models import ProviderName, S3Object
-from avatar_pipeline.providers.registry import PROVIDERS
+from avatar_pipeline.domain.models import ModelOptions, ProviderName, S3Object
+from avatar_pipeline.providers.registry import PROVIDERS, describe_model, display_name
 from avatar_pipeline.providers.spec import MIB, InputLimits
 
 Facts = TypeVar("Facts", ImageFacts, AudioFacts)
 TIMES = "\N{MULTIPLICATION SIGN}"
 
 
-def fits(report: PairReport, image: S3Object, audio: S3Object, provider: ProviderName, mode: str) -> bool:
-    """Would the pair that `report` describes also be accepted by `provider`'s model for `mode`? (From what was read:
-    no new reads.)"""
+def fits(
+    report: PairReport, image: S3Object, audio: S3Object, provider: ProviderName, model: str, options: ModelOptions
+) -> bool:
+    """Would the pair that `report` describes also be accepted by `provider`'s `model` with these options? (From
+    what was read: no new reads.)"""
     if report.image is None or report.audio is None:
         return False
-    limits = PROVIDERS.limits(provider, mode)
+    limits = PROVIDERS.model(provider, model).limits_for(options)
     sizes_ok = (
         check_size(image, limits.max_image_bytes, provider) is None
         and check_size(audio, limits.max_audio_bytes, provider) is None
@@ -44,7 +46,7 @@ def fits(report: PairReport, image: S3Object, audio: S3Object, provider: Provide
     return (
         sizes_ok
         and not check_image(report.image, image.file_name, limits)
-        and not check_audio(report.audio, audio.file_name, limits)
+        and not check_audio(report.audio, audio.file_name, limits, provider)
     )
 
 
@@ -78,13 +80,14 @@ def _format_pair(measured: int, limit: int) -> tuple[str, str]:
     return shown
 
 
-def check_size(obj: S3Object, max_bytes: int, provider: ProviderName) -> str | None:
-    """Why the object's size (from its S3 event, nothing read) rules it out; None when it does not."""
+def check_size(obj: S3Object, max_bytes: int, who: str) -> str | None:
+    """Why the object's size (from its S3 event, nothing read) rules it out for `who` (the model, or the provider,
+    whose limit it is); None when it does not."""
     if obj.size == 0:
         return f"{obj.file_name} is empty (0 bytes)"
     if obj.size > max_bytes:
         measured, allowed = _format_pair(obj.size, max_bytes)
-        return f"{obj.file_name} is {measured}; the limit is {allowed} for {provider}"
+        return f"{obj.file_name} is {measured}; the limit is {allowed} for {who}"
     return None
 
 
@@ -120,8 +123,9 @@ def check_image(facts: ImageFacts, file_name: str, limits: InputLimits) -> list[
     return problems
 
 
-def check_audio(facts: AudioFacts, file_name: str, limits: InputLimits) -> list[str]:
-    """Why an inspected audio clip breaks `limits`; empty when it does not."""
+def check_audio(facts: AudioFacts, file_name: str, limits: InputLimits, who: str) -> list[str]:
+    """Why an inspected audio clip breaks `limits` (those of `who`: the model, or the provider); empty when it does
+    not."""
     problems = []
     if facts.format not in limits.audio_formats:
         problems.append(f"{file_name} is {facts.format} audio; use {_or_list(limits.audio_formats)}")
@@ -131,7 +135,7 @@ def check_audio(facts: AudioFacts, file_name: str, limits: InputLimits) -> list[
         problems.append(f"{file_name} lasts {shown} s; it must last at least {limits.min_audio_seconds:g} s")
     elif seconds > limits.max_audio_seconds:
         shown = _shown(seconds, limits.max_audio_seconds)
-        problems.append(f"{file_name} lasts {shown} s; the limit is {limits.max_audio_seconds:g} s")
+        problems.append(f"{file_name} lasts {shown} s; the limit is {limits.max_audio_seconds:g} s for {who}")
     return problems
 
 
@@ -141,20 +145,23 @@ def validate_pair(
     audio_source: RandomAccessSource,
     audio: S3Object,
     provider: ProviderName,
-    mode: str,
+    model: str,
+    options: ModelOptions,
 ) -> PairReport:
-    """Every reason the pair cannot go to `provider`'s model for `mode`, reading only what is needed.
+    """Every reason the pair cannot go to `provider`'s `model` with these options, reading only what is needed.
 
     A file whose event size already rules it out is not read at all. The other is still inspected, so the user
     learns about both files at once. Errors of the sources themselves (network, permissions) propagate: they
     say nothing about the upload and must not reject it.
     """
-    limits = PROVIDERS.limits(provider, mode)
+    limits = PROVIDERS.model(provider, model).limits_for(options)
+    # Limits are named by whose they are: "InfiniteTalk at 720p on fal.ai".
+    who = f"{describe_model(provider, model, options)} on {display_name(provider)}"
     image_problems, image_facts, image_bytes = _stage(
         image_source,
         image,
         limits.max_image_bytes,
-        provider,
+        who,
         inspect_image,
         lambda facts, name: check_image(facts, name, limits),
     )
@@ -162,9 +169,9 @@ def validate_pair(
         audio_source,
         audio,
         limits.max_audio_bytes,
-        provider,
+        who,
         inspect_audio,
-        lambda facts, name: check_audio(facts, name, limits),
+        lambda facts, name: check_audio(facts, name, limits, who),
     )
     return PairReport(image_problems + audio_problems, image_facts, audio_facts, image_bytes, audio_bytes)
 
@@ -173,12 +180,12 @@ def _stage(
     source: RandomAccessSource,
     obj: S3Object,
     max_bytes: int,
-    provider: ProviderName,
+    who: str,
     inspect: Callable[[RangeReader, str], Facts | str],
     check: Callable[[Facts, str], list[str]],
 ) -> tuple[list[str], Facts | None, int]:
     """One file: its size from the event (nothing read), then its content, then the provider's limits."""
-    size_problem = check_size(obj, max_bytes, provider)
+    size_problem = check_size(obj, max_bytes, who)
     if size_problem:
         return [size_problem], None, 0
     reader = RangeReader(source, name=obj.file_name)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from avatar_pipeline.domain.redaction import mask_secrets
 from avatar_pipeline.providers import cometapi, fal, wavespeed
-from avatar_pipeline.providers.spec import InputLimits, ModelSpec, ProviderSpec
+from avatar_pipeline.providers.spec import ModelSpec, OptionValue, ProviderSpec
 
 if TYPE_CHECKING:
     from avatar_pipeline.domain.models import ProviderJob
@@ -55,17 +55,22 @@ class ProviderRegistry(Mapping[str, ProviderSpec]):
     def __len__(self) -> int:
         return len(self._specs)
 
-    def model(self, provider: str, mode: str) -> ModelSpec:
-        return self[provider].model(mode)
+    def model(self, provider: str, name: str) -> ModelSpec:
+        return self[provider].model(name)
 
-    def limits(self, provider: str, mode: str) -> InputLimits:
-        return self.model(provider, mode).limits
+    def model_names(self) -> tuple[str, ...]:
+        """Every model some provider offers, by name, in the order the providers list them."""
+        return tuple(dict.fromkeys(name for spec in self._specs.values() for name in spec.models))
 
-    def others(self, provider: str, mode: str | None = None) -> tuple[str, ...]:
-        """The providers a task of `provider` could move to (those with a model for its `mode`, when given), in the
-        order they are tried."""
+    def offering(self, model: str) -> tuple[str, ...]:
+        """The providers that offer `model`, in registry order."""
+        return tuple(name for name, spec in self._specs.items() if model in spec.models)
+
+    def others(self, provider: str, model: str | None = None) -> tuple[str, ...]:
+        """The providers a task of `provider` could move to (those offering its `model`, when given), in the order
+        they are tried."""
         return tuple(
-            name for name, spec in self._specs.items() if name != provider and (mode is None or mode in spec.models)
+            name for name, spec in self._specs.items() if name != provider and (model is None or model in spec.models)
         )
 
 
@@ -78,6 +83,15 @@ PROVIDERS = ProviderRegistry(
 
 def display_name(provider: str) -> str:
     return PROVIDERS[provider].display_name if provider in PROVIDERS else provider
+
+
+def describe_model(provider: str, model: str, options: Mapping[str, OptionValue]) -> str:
+    """The model as people read it, with the resolution it renders at: "InfiniteTalk at 720p"."""
+    spec = PROVIDERS[provider].models.get(model) if provider in PROVIDERS else None
+    if spec is None:
+        return model
+    resolution = spec.resolution(options)
+    return f"{spec.title} at {resolution}" if resolution else spec.title
 
 
 def describe_failure(provider: str, job: ProviderJob) -> str:

@@ -7,12 +7,13 @@ imported only then, so the domain never loads HTTP code to look up a price).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,39 +42,126 @@ class InputLimits:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One of a provider's video models, as a job chooses it (by `mode`)."""
+class BillingRule:
+    """How a provider bills a video from its length: per started `step_seconds`, counting at least `minimum_seconds`
+    and at most `cap_seconds` (video seconds are rounded up to whole seconds first)."""
 
-    mode: str
+    step_seconds: int = 5
+    minimum_seconds: int = 1
+    cap_seconds: int | None = None
+
+    def steps(self, seconds: float) -> int:
+        billed = max(math.ceil(round(seconds, 3)), self.minimum_seconds, 1)
+        if self.cap_seconds is not None:
+            billed = min(billed, self.cap_seconds)
+        return math.ceil(billed / self.step_seconds)
+
+    def describe(self) -> str:
+        unit = "per second" if self.step_seconds == 1 else f"per started {self.step_seconds} s"
+        bounds = [f"at least {self.minimum_seconds} s"] if self.minimum_seconds > 1 else []
+        bounds += [f"at most {self.cap_seconds} s"] if self.cap_seconds is not None else []
+        return ", ".join([unit, *bounds])
+
+
+OptionValue = str | int | bool
+OptionKind = Literal["choice", "integer", "boolean"]
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """A setting of a model that a job may give in job.json's `options`, sent as the request field of that name."""
+
+    name: str
+    kind: OptionKind
+    choices: tuple[str, ...] = ()  # a "choice": one of these
+    minimum: int | None = None  # an "integer": within these
+    maximum: int | None = None
+    # What the provider uses when the job gives none (the price and the limits follow it).
+    default: OptionValue | None = None
+
+    def problem(self, value: object) -> str | None:
+        """Why `value` is not one this option takes; None when it is."""
+        if self.kind == "choice":
+            return None if value in self.choices else f"must be one of {', '.join(map(repr, self.choices))}"
+        if self.kind == "boolean":
+            return None if isinstance(value, bool) else "must be true or false"
+        if not isinstance(value, int) or isinstance(value, bool):
+            return "must be a whole number"
+        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
+            return f"must be from {self.minimum} to {self.maximum}"
+        return None
+
+
+@dataclass(frozen=True)
+class FrameCount:
+    """A request field giving the video's length in frames, where a model makes only as many as it is told (and
+    so would cut the voice short): sent as the clip's length at `frames_per_second`, within the model's range."""
+
+    field: str
+    frames_per_second: int
+    minimum: int
+    maximum: int
+
+    def for_seconds(self, seconds: float) -> int:
+        return min(self.maximum, max(self.minimum, math.ceil(round(seconds, 3) * self.frames_per_second)))
+
+    @property
+    def max_seconds(self) -> float:
+        return self.maximum / self.frames_per_second
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One of a provider's video models, as a job names it (`name`, the same on every provider offering it)."""
+
+    name: str
     # The provider's name for the model, as its API addresses it (the adapter builds the request from it).
     model_id: str
     title: str
     limits: InputLimits
-    # USD per started billing step of video; None when the provider publishes no price (the operator's settings
-    # give it: `ProviderSettings.price_per_step`).
+    # USD per billing step (at the default resolution, where prices differ by resolution); None when the provider
+    # publishes no price (the operator's settings give it: `ProviderSettings.price_per_step`).
     price_per_step: Decimal | None
-    billing_step_seconds: int = 5
+    # Expected wall-clock seconds of rendering per second of video: a task's render clock allows for it.
+    render_seconds_per_second: float
+    billing: BillingRule = BillingRule()
+    # USD per billing step at the other resolutions.
+    prices_by_resolution: Mapping[str, Decimal] = field(default_factory=dict)
+    # Stricter limits at some resolutions (OmniHuman on fal renders shorter clips at 1080p).
+    limits_by_resolution: Mapping[str, InputLimits] = field(default_factory=dict)
+    options: tuple[ModelOption, ...] = ()
+    # A model without a prompt field is sent none (a job's prompt is then left out, and the task says so).
+    takes_prompt: bool = True
+    # Sent with every request of this model (CometAPI's `mode`, which names the model at its shared endpoint).
+    request_fields: Mapping[str, OptionValue] = field(default_factory=dict)
+    frame_count: FrameCount | None = None
 
+    def option(self, name: str) -> ModelOption | None:
+        return next((option for option in self.options if option.name == name), None)
 
-def models_by_mode(
-    table: Mapping[str, tuple[str, str, Decimal | None]],
-    title: str,
-    limits: InputLimits,
-    billing_step_seconds: int = 5,
-) -> dict[str, ModelSpec]:
-    """A provider's models from a table of mode → (its model id, the mode's word in `title`'s `{kind}`, price per
-    billing step or None), all taking the same files."""
-    return {
-        mode: ModelSpec(
-            mode=mode,
-            model_id=model_id,
-            title=title.format(kind=kind),
-            limits=limits,
-            price_per_step=price,
-            billing_step_seconds=billing_step_seconds,
-        )
-        for mode, (model_id, kind, price) in table.items()
-    }
+    def resolution(self, options: Mapping[str, OptionValue]) -> str | None:
+        chosen = options.get("resolution")
+        default = self.option("resolution")
+        return str(chosen) if chosen is not None else (str(default.default) if default and default.default else None)
+
+    def limits_for(self, options: Mapping[str, OptionValue]) -> InputLimits:
+        return self.limits_by_resolution.get(self.resolution(options) or "", self.limits)
+
+    def price_for(self, options: Mapping[str, OptionValue], default: Decimal) -> Decimal:
+        """USD per billing step with these options (`default`: the price at the default resolution)."""
+        return self.prices_by_resolution.get(self.resolution(options) or "", default)
+
+    def option_problems(self, options: Mapping[str, OptionValue]) -> list[str]:
+        """Why `options` are not ones this model takes, each naming the model and the option; empty when they are."""
+        problems = []
+        for name, value in options.items():
+            option = self.option(name)
+            if option is None:
+                takes = ", ".join(o.name for o in self.options) or "none"
+                problems.append(f'{self.title} has no option "{name}" (its options: {takes})')
+            elif problem := option.problem(value):
+                problems.append(f'{self.title}: option "{name}" {problem}')
+        return problems
 
 
 def env_prefixed(prefix: str) -> Callable[[str], str]:
@@ -121,7 +209,7 @@ AdapterFactory = Callable[[Any, SecretField, "httpx.Client"], "VideoProvider | N
 class ProviderSpec:
     name: str  # as jobs, settings and task records name it
     display_name: str  # as people read it
-    models: Mapping[str, ModelSpec]  # by mode
+    models: Mapping[str, ModelSpec]  # by name
     settings: type[ProviderSettings]
     # How long the provider keeps a finished video: copies are retried, and late videos watched for, until then.
     output_retention: timedelta
@@ -129,8 +217,16 @@ class ProviderSpec:
     output_hosts: tuple[str, ...]
     build: AdapterFactory
 
-    def model(self, mode: str) -> ModelSpec:
+    def model(self, name: str) -> ModelSpec:
         try:
-            return self.models[mode]
+            return self.models[name]
         except KeyError:
-            raise ValueError(f"{self.display_name} has no model for mode {mode!r}") from None
+            raise ValueError(f"{self.display_name} has no model {name!r}") from None
+
+
+def catalog(*models: ModelSpec) -> dict[str, ModelSpec]:
+    """A provider's models by name (each name once)."""
+    by_name = {model.name: model for model in models}
+    if len(by_name) != len(models):
+        raise ValueError("a provider offers each model once")
+    return by_name

@@ -33,6 +33,7 @@ from avatar_pipeline.domain.errors import (
     ProviderOutcomeUnknownError,
     ProviderTransientError,
 )
+from avatar_pipeline.domain.model_choice import request_fields
 from avatar_pipeline.domain.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
 from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.domain.quota import (
@@ -130,7 +131,7 @@ def _holds_slot(ctx: PipelineContext, task_id: str, provider: ProviderName) -> b
         # A submission whose answer was lost: the provider may be rendering it, or never got it. After a render's
         # longest time its slot goes back, so a few lost answers cannot stop the line for hours (should the provider
         # have it after all, it queues one more on its side); the task is still waited for.
-        return ctx.clock() - task.status_since <= timedelta(seconds=ctx.settings.max_render_seconds)
+        return ctx.clock() - task.status_since <= ctx.settings.render_limit(task)
     return True
 
 
@@ -268,7 +269,7 @@ def _moved_to(ctx: PipelineContext, task: Task, other: ProviderName, why: str) -
         other,
         why=why,
         now=ctx.clock(),
-        estimated_cost_usd=estimate_cost(other, task.mode, seconds, ctx.settings),
+        estimated_cost_usd=estimate_cost(other, task.model, seconds, ctx.settings, task.options),
     )
 
 
@@ -299,8 +300,8 @@ def _beyond_operator_limits(ctx: PipelineContext, task: Task) -> str | None:
     """Why the stack may no longer send this task (it was queued under looser settings; intake refuses such pairs
     now), or None. Checked at admission, so a redeploy that tightens the limits holds for the pairs in line too."""
     settings = ctx.settings
-    if task.mode not in settings.allowed_modes:
-        return f"its mode {task.mode} is no longer allowed (AllowedModes: {', '.join(settings.allowed_modes)})"
+    if task.model not in settings.allowed_models:
+        return f"its model {task.model} is no longer allowed (AllowedModels: {', '.join(settings.allowed_models)})"
     if task.provider not in settings.allowed_providers:
         allowed = ", ".join(settings.allowed_providers)
         return f"its provider {task.provider} is no longer allowed (AllowedProviders: {allowed})"
@@ -392,25 +393,26 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     assert claimed.audio is not None
     name = display_name(claimed.provider)
     # The provider may fetch its inputs until its queue's and its render's clocks have run out.
-    expiry = ctx.settings.input_url_expiry_seconds
+    expiry = ctx.settings.input_url_expiry_seconds(claimed)
     try:
         try:
             provider = ctx.provider_for(claimed)
             changed = [obj.key for obj in (claimed.image, claimed.audio) if not ctx.media.unchanged(obj)]
             if changed:
                 return _fail_inputs_changed(ctx, claimed, changed)
-            fetch_until = ctx.clock() + ctx.settings.provider_fetch_window
+            fetch_until = ctx.clock() + ctx.settings.provider_fetch_window(claimed)
             image = ctx.media.presigned_get(claimed.image, expiry)
             audio = ctx.media.presigned_get(claimed.audio, expiry)
             _warn_if_links_die_early(claimed, min(image.expires_at, audio.expires_at), fetch_until)
+            model = PROVIDERS.model(claimed.provider, claimed.model)
             request = SubmissionRequest(
                 task_id=claimed.task_id,
                 image_url=image.url,
                 audio_url=audio.url,
-                prompt=claimed.prompt,
-                mode=claimed.mode,
-                model_id=PROVIDERS.model(claimed.provider, claimed.mode).model_id,
+                prompt=claimed.prompt if model.takes_prompt else None,
+                model_id=model.model_id,
                 webhook_url=webhook_url(ctx, claimed),
+                options=request_fields(model, claimed.options, (claimed.audio_ms or 0) / 1000),
             )
         except ProviderError:
             raise
@@ -423,9 +425,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     except ProviderOutcomeUnknownError as error:
         # The provider may have taken it: it keeps its render slot, and we wait for its callback (which names our
         # task), never POST again; where the provider can find the job by our task id, the poller looks it up.
-        look_again_at = ctx.clock() + timedelta(
-            seconds=ctx.settings.max_provider_queue_seconds + ctx.settings.max_render_seconds
-        )
+        look_again_at = ctx.clock() + ctx.settings.provider_fetch_window(claimed)
         if provider.finds_by_task:
             look_again_at = min(look_again_at, ctx.clock() + timedelta(seconds=ctx.settings.poll_after_seconds))
         note = f"{name} did not answer the submission ({error}); waiting for its callback, not resending"
@@ -574,11 +574,9 @@ def _requeue(
 
 
 def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:
-    """The provider a turned-away task moves to, once: the first of its failover targets the operator (still)
-    allows and this function is configured for."""
-    if claimed.failed_over_from is not None:
-        return None
-    targets = (other for other in claimed.failover_targets if ctx.settings.may_fail_over_to(other))
+    """The provider a turned-away task moves to: the next of its failover targets (in the job's order of preference)
+    that the operator still allows and this function is configured for."""
+    targets = (other for other in claimed.targets_ahead if ctx.settings.may_fail_over_to(other))
     return next((other for other in targets if _configured(ctx, other)), None)
 
 

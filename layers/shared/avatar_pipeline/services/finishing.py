@@ -22,6 +22,7 @@ from avatar_pipeline.domain.task_changes import (
     notification_claimable,
     renew_copy_lease,
 )
+from avatar_pipeline.providers.registry import describe_model
 from avatar_pipeline.services.context import PipelineContext
 
 logger = Logger(child=True)
@@ -189,6 +190,8 @@ def build_notification(ctx: PipelineContext, task: Task) -> Notification:
         # When the link really stops working (its signing credentials may expire before its own expiry).
         download_url_expires_at=download.expires_at if download else None,
         provider=task.provider,
+        model=task.model,
+        model_title=describe_model(task.provider, task.model, task.options),
         provider_task_id=task.provider_task_id,
         estimated_cost_usd=task.estimated_cost_usd,
         corrects=task.corrects,

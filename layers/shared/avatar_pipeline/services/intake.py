@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from aws_lambda_powertools import Logger
 from pydantic import ValidationError
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.domain.errors import InputGoneError
+from avatar_pipeline.domain.model_choice import choose_model, unrunnable
 from avatar_pipeline.domain.models import JobOptions, MediaRole, PairSlot, ProviderName, S3Object, Task, TaskStatus
 from avatar_pipeline.domain.pairing import (
     AUDIO_EXTENSIONS,
@@ -28,10 +29,13 @@ from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.domain.state_machine import begin
 from avatar_pipeline.domain.task_changes import end, join_line
 from avatar_pipeline.ports import ConflictError
-from avatar_pipeline.providers.registry import PROVIDERS, display_name
+from avatar_pipeline.providers.registry import PROVIDERS, describe_model, display_name
 from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
 from avatar_pipeline.services.finishing import output_key
+
+if TYPE_CHECKING:
+    from avatar_pipeline.domain.validation import PairReport
 
 logger = Logger(child=True)
 
@@ -111,7 +115,7 @@ def _reject_rivals(
             arrived=held.key,
             now=now,
             provider=ctx.settings.default_provider,
-            mode=ctx.settings.default_mode,
+            model=ctx.settings.default_model,
             image=current.image,
             audio=current.audio,
         )
@@ -198,7 +202,7 @@ def _reject_alone(ctx: PipelineContext, job: str, upload: S3Object, reason: str,
         arrived=upload.key,
         now=now,
         provider=ctx.settings.default_provider,
-        mode=ctx.settings.default_mode,
+        model=ctx.settings.default_model,
     )
     task = end(waiting, TaskStatus.REJECTED, why=reason, now=now)
     if not ctx.tasks.create(task):
@@ -236,7 +240,8 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     in_folder = any((entry := parse_inbox_key(obj.key)) is not None and entry.in_folder for obj in (image, audio))
     found, options_problem = _read_options(ctx, slot.job) if in_folder else (None, None)
     options = found or JobOptions()
-    provider = options.provider or ctx.settings.default_provider
+    preference = options.preference or (ctx.settings.default_provider,)
+    provider = preference[0]
     waiting = begin(
         task_id,
         slot.job,
@@ -244,14 +249,15 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         arrived="the pair's first file",
         now=now,
         provider=provider,
-        mode=options.mode or ctx.settings.default_mode,
+        model=choose_model(options, ctx.settings.default_model, provider),
+        options=options.options,
         prompt=options.prompt,
         image=image,
         audio=audio,
     )
     problems = [options_problem] if options_problem else []
     # Nothing beyond what the operator allows: such a pair is never checked, sent nor paid for.
-    refused = _not_allowed(ctx.settings, options, provider, waiting.mode)
+    refused = _not_allowed(ctx.settings, options, waiting)
     # Checked before anything is paid: S3 would refuse to store the video under a longer key.
     video_key_bytes = len(output_key(waiting).encode())
     if video_key_bytes > MAX_S3_KEY_BYTES:
@@ -262,9 +268,11 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     if refused:
         return end(waiting, TaskStatus.REJECTED, why="; ".join(problems + refused), now=now)
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
-    from avatar_pipeline.domain.validation import fits, validate_pair
+    from avatar_pipeline.domain.validation import validate_pair
 
-    report = validate_pair(ctx.media.source(image), image, ctx.media.source(audio), audio, provider, waiting.mode)
+    report = validate_pair(
+        ctx.media.source(image), image, ctx.media.source(audio), audio, provider, waiting.model, waiting.options
+    )
     logger.info(
         "inputs checked",
         extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
@@ -274,7 +282,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         return end(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now)
     assert report.audio is not None  # accepted, so it was read
     seconds = report.audio.duration_seconds
-    cost = estimate_cost(provider, waiting.mode, seconds, ctx.settings)
+    cost = estimate_cost(provider, waiting.model, seconds, ctx.settings, waiting.options)
     if not ctx.settings.within_cost_limit(cost):
         why = (
             f"its estimated cost of ${cost} is more than the per-pair cost limit of"
@@ -285,66 +293,97 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     if limit and cost > limit:
         why = f"its estimated cost of ${cost} is more than the daily spend limit of ${limit}, so it could never be sent"
         return end(waiting, TaskStatus.REJECTED, why=why, now=now)
-    wants_failover = ctx.settings.allow_failover if options.failover is None else options.failover
-    # Only to providers the operator allows, that would accept these very files too, within the per-pair limit.
-    failover_targets = tuple(
-        other
-        for other in (PROVIDERS.others(provider, waiting.mode) if wants_failover else ())
-        if ctx.settings.may_fail_over_to(other)
-        and fits(report, image, audio, other, waiting.mode)
-        and ctx.settings.within_cost_limit(estimate_cost(other, waiting.mode, seconds, ctx.settings))
-    )
+    targets, passed_over = _failover_targets(ctx, options, waiting, report, seconds)
     paired = f"paired {image.key} with {audio.key}" + (
         "" if found or not in_folder else f" (no {options_key(slot.job)}: default options)"
     )
+    place = line_note(ctx, provider, ctx.tasks.queue_length(provider), now)
+    notes = [paired, f"{describe_model(provider, waiting.model, waiting.options)}, {place}", *passed_over]
+    if waiting.prompt and not PROVIDERS.model(provider, waiting.model).takes_prompt:
+        notes.append("its prompt is not sent: the model takes none")
     return join_line(
         waiting,
-        why=f"{paired}; {line_note(ctx, provider, ctx.tasks.queue_length(provider), now)}",
+        why="; ".join(notes),
         now=now,
         audio_ms=round(seconds * 1000),
-        failover_targets=failover_targets,
+        failover_targets=targets,
         estimated_cost_usd=cost,
     )
 
 
-def _not_allowed(settings: Settings, options: JobOptions, provider: ProviderName, mode: str) -> list[str]:
+def _failover_targets(
+    ctx: PipelineContext, options: JobOptions, task: Task, report: PairReport, seconds: float
+) -> tuple[tuple[ProviderName, ...], list[str]]:
+    """Where the task may move when its provider provably does not take it, in the order tried: the rest of the job's
+    list of providers, or (when failover is on) every other provider offering its model; each one the operator
+    allows, that runs the model with the job's options, takes these very files, within the per-pair cost limit.
+    Also why a provider the job listed is passed over."""
+    from avatar_pipeline.domain.validation import fits
+
+    assert task.image is not None
+    assert task.audio is not None
+    settings = ctx.settings
+    listed = options.preference is not None and len(options.preference) > 1
+    wants_failover = settings.allow_failover if options.failover is None else options.failover
+    candidates = (
+        options.preference[1:] if listed and options.preference else PROVIDERS.others(task.provider, task.model)
+    )
+    targets: list[ProviderName] = []
+    passed_over: list[str] = []
+    for other in candidates if wants_failover or listed else ():
+        why_not: str | None = None
+        if not settings.may_fail_over_to(other):
+            why_not = "the stack does not allow it"
+        elif unrunnable(other, task.model, task.options):
+            why_not = "; ".join(unrunnable(other, task.model, task.options))
+        elif not fits(report, task.image, task.audio, other, task.model, task.options):
+            why_not = "its limits do not fit these files"
+        elif not settings.within_cost_limit(estimate_cost(other, task.model, seconds, settings, task.options)):
+            why_not = "it would cost more than the per-pair cost limit"
+        if why_not is None:
+            targets.append(other)
+        elif listed:
+            passed_over.append(f"never moves to {display_name(other)}: {why_not}")
+    return tuple(targets), passed_over
+
+
+def _not_allowed(settings: Settings, options: JobOptions, task: Task) -> list[str]:
     """What job.json asks for that the operator does not allow (each naming the stack parameter and what it allows),
-    or that its provider does not offer."""
-    refused = _not_offered(options, provider, mode)
-    if options.mode is not None and options.mode not in settings.allowed_modes:
+    or that its provider cannot run (each naming the model)."""
+    refused = unrunnable(task.provider, task.model, task.options)
+    if refused and options.model is None:
+        chosen = f"job.json's mode {options.mode!r} means" if options.mode else "the default model (DefaultModel) is"
+        refused = [f"{chosen} {task.model}: {refused[0]}", *refused[1:]]
+    if task.model not in settings.allowed_models and (options.model or options.mode):
         refused.append(
-            f'job.json asks for mode "{options.mode}", which this stack does not allow'
-            f" (AllowedModes: {', '.join(settings.allowed_modes)})"
+            f'job.json asks for model "{task.model}", which this stack does not allow'
+            f" (AllowedModels: {', '.join(settings.allowed_models)})"
         )
-    if options.provider is not None and options.provider not in settings.allowed_providers:
-        refused.append(
-            f'job.json asks for provider "{options.provider}", which this stack does not allow'
-            f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
-        )
-    return refused + _failover_refused(settings, options, provider)
+    for provider in options.preference or ():
+        if provider not in settings.allowed_providers:
+            refused.append(
+                f'job.json asks for provider "{provider}", which this stack does not allow'
+                f" (AllowedProviders: {', '.join(settings.allowed_providers)})"
+            )
+    return refused + _failover_refused(settings, options, task)
 
 
-def _not_offered(options: JobOptions, provider: ProviderName, mode: str) -> list[str]:
-    """Why `provider` has no model for `mode` (asked for, or the stack's default); empty when it has."""
-    offered = PROVIDERS[provider].models
-    if mode in offered:
-        return []
-    asked = f'job.json asks for mode "{mode}"' if options.mode is not None else f'the default mode "{mode}"'
-    return [f"{asked}, which {display_name(provider)} does not offer (its modes: {', '.join(offered)})"]
-
-
-def _failover_refused(settings: Settings, options: JobOptions, provider: ProviderName) -> list[str]:
-    if not options.failover:
+def _failover_refused(settings: Settings, options: JobOptions, task: Task) -> list[str]:
+    listed = len(options.preference or ()) > 1
+    if not (options.failover or listed):
         return []
     if not settings.allow_failover:
-        return ["job.json asks for failover, which this stack does not allow (AllowFailover: false)"]
-    others = PROVIDERS.others(provider)
+        asks = "several providers" if listed else "failover"
+        return [f"job.json asks for {asks}, which this stack does not allow (AllowFailover: false)"]
+    if listed:
+        return []
+    others = PROVIDERS.others(task.provider, task.model)
     if any(other in settings.allowed_providers for other in others):
         return []
     which = (
-        f"the only other provider, {others[0]}, is not allowed"
-        if len(others) == 1
-        else f"none of the other providers ({', '.join(others) or 'none registered'}) is allowed"
+        f"no other provider offers {task.model}"
+        if not others
+        else f"none of the other providers offering {task.model} ({', '.join(others)}) is allowed"
     )
     return [f"job.json asks for failover, but {which} (AllowedProviders: {', '.join(settings.allowed_providers)})"]
 
@@ -358,7 +397,7 @@ def _gone_task(ctx: PipelineContext, slot: PairSlot, task_id: str, why: str, now
         arrived="the pair's first file",
         now=now,
         provider=ctx.settings.default_provider,
-        mode=ctx.settings.default_mode,
+        model=ctx.settings.default_model,
         image=slot.image,
         audio=slot.audio,
     )

@@ -288,7 +288,7 @@ def _expire_orphan(ctx: PipelineContext, slot: PairSlot) -> str:
         arrived=half.key,
         now=now,
         provider=ctx.settings.default_provider,
-        mode=ctx.settings.default_mode,
+        model=ctx.settings.default_model,
         image=slot.image,
         audio=slot.audio,
     )
@@ -342,7 +342,7 @@ def _check(ctx: PipelineContext, task: Task) -> str:
         why = f"{display_name(task.provider)} had not started the video {_minutes(limit)} after accepting it"
         return _ask_provider(ctx, task, now, limit, why)
     if task.status is TaskStatus.PROCESSING:
-        limit = timedelta(seconds=ctx.settings.max_render_seconds)
+        limit = ctx.settings.render_limit(task)
         why = f"{display_name(task.provider)} did not finish the video within {_minutes(limit)} of starting it"
         return _ask_provider(ctx, task, now, limit, why)
     return _check_finishing(ctx, task, now)
@@ -357,7 +357,7 @@ def _check_submitting(ctx: PipelineContext, task: Task, now: datetime) -> str:
     if (found := _find_lost_submission(ctx, task)) is not None:
         return f"found-{record_provider_news(ctx, task.task_id, found)}"
     # Its callback may come as late as the provider's queue and render allow.
-    limit = timedelta(seconds=ctx.settings.max_provider_queue_seconds + ctx.settings.max_render_seconds)
+    limit = ctx.settings.provider_fetch_window(task)
     give_up_at = task.status_since + limit
     if now >= give_up_at:
         why = (

@@ -10,13 +10,14 @@ from pydantic import ConfigDict, Field
 
 from avatar_pipeline.providers.spec import (
     MIB,
+    BillingRule,
     InputLimits,
     ModelSpec,
     ProviderSettings,
     ProviderSpec,
     SecretField,
+    catalog,
     env_prefixed,
-    models_by_mode,
 )
 
 if TYPE_CHECKING:
@@ -45,7 +46,7 @@ class CometApiSettings(ProviderSettings):
     price_pro_per_5s: Decimal = Field(default=Decimal("0.60"), ge=0)
 
     def price_per_step(self, model: ModelSpec) -> Decimal:
-        return self.price_pro_per_5s if model.mode == "pro" else self.price_std_per_5s
+        return self.price_pro_per_5s if model.request_fields["mode"] == "pro" else self.price_std_per_5s
 
 
 def build(settings: CometApiSettings, secret: SecretField, http: httpx.Client) -> CometApiProvider | None:
@@ -63,8 +64,21 @@ SPEC = ProviderSpec(
     name="cometapi",
     display_name="CometAPI",
     # One endpoint, the mode sent with it; no published price (the operator's settings give it).
-    models=models_by_mode(
-        {mode: (KLING_AVATAR, mode, None) for mode in ("std", "pro")}, "Kling AI Avatar ({kind})", KLING_AVATAR_LIMITS
+    models=catalog(
+        *(
+            ModelSpec(
+                name=f"kling-v1-{mode}",
+                model_id=KLING_AVATAR,
+                title=f"Kling AI Avatar ({mode})",
+                limits=KLING_AVATAR_LIMITS,
+                price_per_step=None,
+                billing=BillingRule(step_seconds=5, minimum_seconds=5),
+                # As on WaveSpeed, which runs the same Kling model [inferred].
+                render_seconds_per_second=20.0,
+                request_fields={"mode": mode},
+            )
+            for mode in ("std", "pro")
+        )
     ),
     settings=CometApiSettings,
     # CometAPI's Kling CDN links last 30 days.

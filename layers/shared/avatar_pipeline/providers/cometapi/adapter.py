@@ -76,7 +76,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider, summarise
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, with_model_fields
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -93,6 +93,7 @@ from avatar_pipeline.domain.errors import (
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.domain.redaction import mask_secrets
 from avatar_pipeline.providers.cometapi import DEFAULT_BASE_URL, DEFAULT_PROMPT, KLING_AVATAR
+from avatar_pipeline.providers.spec import OptionValue
 
 logger = logging.getLogger(__name__)
 
@@ -238,17 +239,18 @@ class CometApiProvider(HttpProvider):
 
     # ---------------------------------------------------------------- submit / fetch
 
-    def _request_body(self, request: SubmissionRequest) -> dict[str, str]:
-        """The JSON body of a create call (the prompt always present: ours, or the default)."""
+    def _request_body(self, request: SubmissionRequest) -> dict[str, OptionValue]:
+        """The JSON body of a create call (the prompt always present: ours, or the default; the model's `mode` among
+        its fields)."""
         prompt = request.prompt if request.prompt and request.prompt.strip() else self._default_prompt
-        return {
+        inputs: dict[str, OptionValue] = {
             "image": request.image_url,
             "sound_file": request.audio_url,
             "prompt": prompt,
-            "mode": request.mode,
             "callback_url": request.webhook_url,
             "external_task_id": request.task_id,
         }
+        return with_model_fields(inputs, request, "CometAPI submit")
 
     def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
         url = self._base_url + CREATE_PATH.format(model_id=request.model_id)

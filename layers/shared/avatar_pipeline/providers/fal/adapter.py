@@ -89,7 +89,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider, summarise
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, with_model_fields
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -115,6 +115,7 @@ from avatar_pipeline.providers.fal.webhooks import (
     header,
     read_signed_headers,
 )
+from avatar_pipeline.providers.spec import OptionValue
 
 logger = logging.getLogger(__name__)
 
@@ -128,8 +129,6 @@ STATUS_PATH: Final = "/{app}/requests/{request_id}/status"
 RESULT_PATH: Final = "/{app}/requests/{request_id}"
 # fal_client's AppId.from_endpoint_id: these first segments are a namespace before owner/alias.
 APP_NAMESPACES: Final = frozenset({"workflows", "comfy"})
-# The request's own inputs, which a model option must not replace.
-RESERVED_INPUTS: Final = frozenset({"image_url", "audio_url", "prompt"})
 FAL_REQUEST_ID_HEADER: Final = "x-fal-request-id"
 FAL_ERROR_TYPE_HEADER: Final = "x-fal-error-type"
 
@@ -219,11 +218,13 @@ class FalProvider(HttpProvider):
 
     def _request_body(self, request: SubmissionRequest) -> dict[str, str | int | bool]:
         """The model input: our media, the prompt (ours, or the default) and the model's options."""
-        clash = RESERVED_INPUTS.intersection(request.options)
-        if clash:
-            raise ProviderInputError(f"fal submit: option {sorted(clash)[0]!r} would replace the request's own input")
         prompt = request.prompt if request.prompt and request.prompt.strip() else self._default_prompt
-        return {"image_url": request.image_url, "audio_url": request.audio_url, "prompt": prompt, **request.options}
+        inputs: dict[str, OptionValue] = {
+            "image_url": request.image_url,
+            "audio_url": request.audio_url,
+            "prompt": prompt,
+        }
+        return with_model_fields(inputs, request, "fal submit")
 
     def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
         app = app_of(request.model_id) if request.model_id in self._model_ids else None

@@ -63,7 +63,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from avatar_pipeline.adapters.http_provider import HttpProvider, summarise
+from avatar_pipeline.adapters.http_provider import HttpProvider, summarise, with_model_fields
 from avatar_pipeline.adapters.http_retry import (
     RetryPolicy,
     TransientHttpError,
@@ -81,6 +81,7 @@ from avatar_pipeline.domain.errors import (
 )
 from avatar_pipeline.domain.models import ProviderJob, ProviderJobStatus, SubmissionRequest
 from avatar_pipeline.domain.redaction import mask_secrets
+from avatar_pipeline.providers.spec import OptionValue
 from avatar_pipeline.providers.wavespeed import DEFAULT_BASE_URL
 
 logger = logging.getLogger(__name__)
@@ -160,9 +161,10 @@ class WaveSpeedProvider(HttpProvider):
     # ---------------------------------------------------------------- submit / fetch
 
     def _submit_once(self, request: SubmissionRequest) -> ProviderJob:
-        body: dict[str, str] = {"image": request.image_url, "audio": request.audio_url}
+        inputs: dict[str, OptionValue] = {"image": request.image_url, "audio": request.audio_url}
         if request.prompt is not None:
-            body["prompt"] = request.prompt
+            inputs["prompt"] = request.prompt
+        body = with_model_fields(inputs, request, "WaveSpeed submit")
         url = self._base_url + MODEL_PATH.format(model_id=request.model_id)
         try:
             response = self._client.post(url, params={"webhook": request.webhook_url}, json=body, headers=self._headers)
