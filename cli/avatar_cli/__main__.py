@@ -1,6 +1,7 @@
 """`avatar` — submit a face and a voice clip, follow the job, fetch the video; or ask where a job stands.
 
-    avatar submit FACE AUDIO [--job NAME] [--prompt TEXT] [--mode std|pro] [--wait] [--out DIR]
+    avatar submit FACE AUDIO [--job NAME] [--prompt TEXT] [--model NAME | --mode std|pro] [--option NAME=VALUE]...
+                  [--provider NAME]... [--wait] [--out DIR]
     avatar status JOB [--json]
 
 The stack is the local one (.local/stack.json, written by `make up`) unless --stack-name names a deployed
@@ -63,13 +64,29 @@ def _print_status(client: PipelineClient, job: str, as_json: bool) -> int:
     return 0
 
 
+def _model_option(text: str) -> tuple[str, str | int | bool]:
+    """NAME=VALUE as job.json holds it: whole numbers and true/false as such, anything else as text."""
+    name, equals, value = text.partition("=")
+    if not (name and equals and value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    if value in ("true", "false"):
+        return name, value == "true"
+    return name, int(value) if value.lstrip("-").isdigit() else value
+
+
 def _submit(client: PipelineClient, args: argparse.Namespace) -> int:
     face, audio = Path(args.face), Path(args.audio)
     for path in (face, audio):
         if not path.is_file():
             raise SystemExit(f"{path} is not a file")
     job = args.job or f"{face.stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    options = JobOptions(prompt=args.prompt, mode=args.mode)
+    options = JobOptions(
+        prompt=args.prompt,
+        model=args.model,
+        mode=args.mode,
+        options=dict(args.option or []),
+        providers=tuple(args.provider) if args.provider else None,
+    )
     for key in client.submit(face, audio, job, options):
         print(f"uploaded s3://{client.target.bucket}/{key}")
     print(f"job: {job}")
@@ -94,7 +111,18 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("audio")
     submit.add_argument("--job", help="job name (default: <face file name>-<UTC time>)")
     submit.add_argument("--prompt")
-    submit.add_argument("--mode", choices=["std", "pro"])
+    submit.add_argument("--model", help="the model (the README's model table; default: the stack's DefaultModel)")
+    submit.add_argument("--mode", choices=["std", "pro"], help="Kling's standard or pro model (instead of --model)")
+    submit.add_argument(
+        "--option",
+        action="append",
+        type=_model_option,
+        metavar="NAME=VALUE",
+        help="one of the model's options, e.g. resolution=720p or seed=7 (repeatable)",
+    )
+    submit.add_argument(
+        "--provider", action="append", help="a provider to use; repeat it to list several in order of preference"
+    )
     submit.add_argument("--wait", action="store_true", help="follow the job and download the video")
     submit.add_argument("--timeout", type=float, default=900.0, help="seconds to wait with --wait")
     submit.add_argument("--out", default="outputs", help="where --wait saves the video")

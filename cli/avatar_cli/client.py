@@ -82,9 +82,9 @@ class PipelineClient:
     def submit(self, face: Path, audio: Path, job: str, options: JobOptions | None = None) -> list[str]:
         """Upload a pair as a folder job (options first, so they are there when the pair completes)."""
         keys = []
-        if options is not None and options.model_dump(exclude_none=True):
+        if options is not None and options.model_dump(exclude_defaults=True):
             key = f"{INBOX_PREFIX}{job}/{OPTIONS_FILE_NAME}"
-            self._s3.put_object(Bucket=self.target.bucket, Key=key, Body=options.model_dump_json(exclude_none=True))
+            self._s3.put_object(Bucket=self.target.bucket, Key=key, Body=options.model_dump_json(exclude_defaults=True))
             keys.append(key)
         for path in (face, audio):
             key = f"{INBOX_PREFIX}{job}/{path.name}"

@@ -6,7 +6,7 @@ import json
 import math
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
 import httpx
@@ -202,7 +202,8 @@ def test_fal_job_with_a_signed_webhook_becomes_a_real_mp4_with_one_notification(
     assert task.audio_ms is not None
     seconds = math.ceil(task.audio_ms / 1000)  # fal bills per (started) second of the video, as long as the voice
     assert note["body"]["provider"] == "fal"
-    assert note["body"]["estimated_cost_usd"] == str((Decimal("0.0562") * seconds).quantize(Decimal("0.01")))
+    expected = (Decimal("0.0562") * seconds).quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+    assert note["body"]["estimated_cost_usd"] == str(expected)
 
 
 @pytest.mark.parametrize("forgery", ["foreign-key", "stale"])

@@ -22,7 +22,7 @@ from support.peer import Peer
 
 from avatar_local.simulators.faults import FaultPlan
 from avatar_local.simulators.media import audio_duration, make_sample_portrait, make_sample_speech, probe_media
-from avatar_local.simulators.wavespeed import WaveSpeedSimulator
+from avatar_local.simulators.wavespeed import MODELS, WaveSpeedSimulator
 from avatar_pipeline.adapters.http_retry import RetryPolicy
 from avatar_pipeline.domain.errors import ProviderTransientError, WebhookAuthError
 from avatar_pipeline.domain.models import ProviderJobStatus, SubmissionRequest
@@ -31,6 +31,11 @@ from avatar_pipeline.providers.wavespeed.adapter import WaveSpeedProvider
 
 PRO = "/api/v3/kwaivgi/kling-v1-ai-avatar-pro"
 STANDARD = "/api/v3/kwaivgi/kling-v1-ai-avatar-standard"
+KLING_V2_STANDARD = MODELS["kwaivgi/kling-v2-ai-avatar-standard"].path
+OMNIHUMAN = MODELS["bytedance/avatar-omni-human-1.5"].path
+INFINITETALK = MODELS["wavespeed-ai/infinitetalk"].path
+INFINITETALK_FAST = MODELS["wavespeed-ai/infinitetalk-fast"].path
+WAN_S2V = MODELS["wavespeed-ai/wan-2.2/speech-to-video"].path
 AUTH = {"Authorization": "Bearer test-key"}
 SPEECH_SECONDS = 1.5
 QUICK = FaultPlan(processing_seconds=1.0)  # with time_factor=10: 0.1 s of real time
@@ -102,6 +107,14 @@ def submitted_id(response: httpx.Response) -> str:
     prediction_id = envelope["data"]["id"]
     assert isinstance(prediction_id, str)
     return prediction_id
+
+
+def refusal(response: httpx.Response) -> tuple[int, str]:
+    """The envelope code and message of a refused submit (HTTP 200, no data)."""
+    assert response.status_code == 200, response.text
+    envelope = response.json()
+    assert envelope["data"] is None, envelope
+    return envelope["code"], envelope["message"]
 
 
 def result(client: httpx.Client, sim: WaveSpeedSimulator, prediction_id: str) -> dict[str, Any]:
@@ -196,6 +209,196 @@ def test_missing_or_invalid_inputs_are_envelope_errors(
     assert invalid.status_code == 200 and invalid.json()["code"] == 1401
     assert empty.json()["code"] == 1400
     assert sim.predictions() == []
+
+
+# ------------------------------------------------------------------------------------------------ model schemas
+
+
+@pytest.mark.parametrize(
+    ("model_path", "fields", "named"),
+    [
+        (INFINITETALK, {"resolution": "1080p"}, "resolution"),
+        (INFINITETALK, {"resolution": "720P"}, "resolution"),
+        (INFINITETALK_FAST, {"resolution": "720p"}, "resolution"),
+        (WAN_S2V, {"resolution": 720}, "resolution"),
+    ],
+)
+def test_a_resolution_outside_the_models_choices_is_refused_naming_the_field(
+    sim: WaveSpeedSimulator, peer: Peer, client: httpx.Client, model_path: str, fields: dict[str, Any], named: str
+) -> None:
+    # Given a model whose resolution is one of a few strings (InfiniteTalk Fast: 480p alone)
+    # When a submit asks for a resolution outside them (or not a string)
+    code, message = refusal(submit(client, sim, peer, model_path=model_path, **fields))
+
+    # Then it is refused with 1401 "invalid param" naming the field and its choices, and no prediction is made
+    assert code == 1401
+    assert message.startswith(f"invalid param: {named} must be one of '480p'")
+    assert sim.predictions() == []
+
+
+@pytest.mark.parametrize("seed", [-2, 2_147_483_648, "7", 1.5, True])
+def test_a_seed_out_of_range_or_not_an_integer_is_refused(
+    sim: WaveSpeedSimulator, peer: Peer, client: httpx.Client, seed: object
+) -> None:
+    # Given InfiniteTalk, whose seed is an integer from -1 to 2147483647
+    # When a submit gives a seed below or above that range, or one that is not an integer
+    code, message = refusal(submit(client, sim, peer, model_path=INFINITETALK, seed=seed))
+
+    # Then it is refused with 1401 naming the seed, and no prediction is made
+    assert code == 1401 and message.startswith("invalid param: seed must be")
+    assert sim.predictions() == []
+
+
+@pytest.mark.parametrize(
+    ("model_path", "fields", "named"),
+    [
+        (OMNIHUMAN, {"prompt": "smile"}, "prompt"),
+        (OMNIHUMAN, {"enable_base64_output": False}, "enable_base64_output"),
+        (KLING_V2_STANDARD, {"resolution": "720p"}, "resolution"),
+        (PRO, {"seed": 7}, "seed"),
+        (WAN_S2V, {"mask_image": "https://example.com/mask.png"}, "mask_image"),
+        (INFINITETALK, {"num_frames": 145}, "num_frames"),
+    ],
+)
+def test_a_field_the_model_does_not_document_is_refused(
+    sim: WaveSpeedSimulator, peer: Peer, client: httpx.Client, model_path: str, fields: dict[str, Any], named: str
+) -> None:
+    # Given a model and a field its documentation does not list (however valid for another model)
+    # When a submit sends it
+    code, message = refusal(submit(client, sim, peer, model_path=model_path, **fields))
+
+    # Then it is refused with 1401 naming the field and the model, and no prediction is made
+    assert code == 1401
+    assert message == f"invalid param: {named} is not a parameter of {model_path.removeprefix('/api/v3/')}"
+    assert sim.predictions() == []
+
+
+@pytest.mark.parametrize("model_id", list(MODELS))
+def test_a_missing_image_is_refused_by_every_model(
+    sim: WaveSpeedSimulator, peer: Peer, client: httpx.Client, model_id: str
+) -> None:
+    # Given any model, When a submit has the audio but no image
+    response = client.post(sim.base_url + MODELS[model_id].path, json={"audio": peer.url("/audio.mp3")})
+
+    # Then it is refused with 1400 "missing param: image", and no prediction is made
+    assert refusal(response) == (1400, "missing param: image")
+    assert sim.predictions() == []
+
+
+def test_a_mask_image_that_is_not_a_url_is_refused_naming_it(
+    sim: WaveSpeedSimulator, peer: Peer, client: httpx.Client
+) -> None:
+    # Given InfiniteTalk, whose optional mask_image is an http(s) URL, When a submit gives a file: URL instead
+    code, message = refusal(submit(client, sim, peer, model_path=INFINITETALK, mask_image="file:///srv/mask.png"))
+
+    # Then it is refused with 1401 naming mask_image
+    assert (code, message) == (1401, "invalid param: mask_image must be an http(s) URL")
+
+
+def test_every_model_completes_with_a_real_mp4_whatever_its_fields(
+    make_sim: Callable[..., WaveSpeedSimulator], peer: Peer, client: httpx.Client, speech: bytes, tmp_path: Path
+) -> None:
+    # Given a simulator that renders all the models at once, and for each a body with every field it documents
+    sim = make_sim(max_concurrent=len(MODELS))
+    bodies: dict[str, dict[str, Any]] = {
+        model_id: {
+            **({"prompt": "a warm greeting"} if "prompt" in spec.strings else {}),
+            **({"mask_image": peer.url("/image.png")} if "mask_image" in spec.urls else {}),
+            **{name: allowed[-1] for name, allowed in spec.choices.items()},
+            **{name: high for name, (_, high) in spec.ranges.items()},
+        }
+        for model_id, spec in MODELS.items()
+    }
+
+    # When each is submitted and runs to its end
+    ids = {
+        model_id: submitted_id(submit(client, sim, peer, model_path=MODELS[model_id].path, **body))
+        for model_id, body in bodies.items()
+    }
+    finals = {model_id: wait_terminal(client, sim, prediction_id) for model_id, prediction_id in ids.items()}
+
+    # Then each completed under its own model id, and its output is an MP4 with video and audio as long as the speech
+    for model_id, final in finals.items():
+        assert final["status"] == "completed", (model_id, final)
+        assert final["model"] == model_id
+        response = httpx.get(final["outputs"][0])
+        assert response.status_code == 200 and response.headers["content-type"] == "video/mp4"
+        video = tmp_path / f"{final['id']}.mp4"
+        video.write_bytes(response.content)
+        info = probe_media(video)
+        assert info.has_video and info.has_audio, model_id
+        assert abs(info.duration - audio_duration(speech)) <= 0.2, model_id
+
+
+def test_the_model_fields_sent_are_recorded_on_the_prediction(
+    sim: WaveSpeedSimulator, peer: Peer, client: httpx.Client
+) -> None:
+    # Given an InfiniteTalk submit with a resolution, a seed and a mask (and a webhook), and a Kling one with none
+    path = peer.new_hook_path()
+    mask = peer.url("/image.png")
+    talk = submitted_id(
+        submit(client, sim, peer, webhook=path, model_path=INFINITETALK, resolution="720p", seed=7, mask_image=mask)
+    )
+    kling = submitted_id(submit(client, sim, peer, prompt="hi"))
+    [hook] = peer.wait_for_hooks(path, 1)
+
+    # When the predictions are inspected
+    listed = {p["id"]: p for p in sim.predictions()}
+    served = {p["id"]: p for p in httpx.get(sim.base_url + "/_sim/predictions").json()}
+
+    # Then the model's fields are recorded as sent (prompt, image and audio aside), by id and in both listings
+    sent = {"resolution": "720p", "seed": 7, "mask_image": mask}
+    assert sim.model_fields(talk) == sent and sim.model_fields(kling) == {}
+    assert sim.model_fields(uuid.uuid4().hex) is None
+    assert listed[talk]["model_fields"] == served[talk]["model_fields"] == sent
+    assert listed[kling]["model_fields"] == served[kling]["model_fields"] == {}
+    # And the prediction's input (in the listing and the webhook) holds them along with the media and prompt
+    media = {"image": peer.url("/image.png"), "audio": peer.url("/audio.mp3")}
+    assert listed[talk]["input"] == hook.json["input"] == {**media, "prompt": None, **sent}
+    assert listed[kling]["input"] == {**media, "prompt": "hi"}
+    # And the submission keeps the body as sent
+    assert sim.submissions()[0]["json"] == {**media, **sent}
+
+
+def test_the_adapter_sends_a_models_options_and_the_simulator_takes_them(sim: WaveSpeedSimulator, peer: Peer) -> None:
+    # Given our adapter, and a Wan 2.2 request with the options its catalog entry offers
+    model = PROVIDERS.model("wavespeed", "wan-2.2-s2v")
+    provider = WaveSpeedProvider(api_key="k", webhook_secrets=[sim.webhook_secret], base_url=sim.base_url)
+    request = SubmissionRequest(
+        task_id="task-2", image_url=peer.url("/image.png"), audio_url=peer.url("/audio.mp3"), prompt="hello",
+        model_id=model.model_id, webhook_url=peer.url(peer.new_hook_path()),
+        options={"resolution": "720p", "seed": 42},
+    )  # fmt: skip
+
+    # When it submits
+    job = provider.submit(request)
+    provider.close()
+
+    # Then the simulator took it, under that model, with those fields recorded
+    assert sim.model_fields(job.provider_task_id) == {"resolution": "720p", "seed": 42}
+    [prediction] = sim.predictions()
+    assert prediction["model"] == "wavespeed-ai/wan-2.2/speech-to-video"
+
+
+def test_the_pipelines_wavespeed_catalog_fits_the_simulators_schemas() -> None:
+    # Given the pipeline's WaveSpeed models, When each is compared with the simulator's schema of its model id
+    for model in PROVIDERS["wavespeed"].models.values():
+        spec = MODELS.get(model.model_id)
+
+        # Then the simulator knows the model, takes a prompt exactly when the pipeline sends one, and every option
+        # the pipeline offers is a field of the model whose values and default the model accepts
+        assert spec is not None, model.model_id
+        assert model.takes_prompt == ("prompt" in spec.strings), model.name
+        for option in model.options:
+            if option.kind == "choice":
+                assert set(option.choices) <= set(spec.choices[option.name]), (model.name, option.name)
+            else:
+                assert option.kind == "integer", (model.name, option.name)
+                low, high = spec.ranges[option.name]
+                assert option.minimum is not None and option.maximum is not None
+                assert low <= option.minimum and option.maximum <= high, (model.name, option.name)
+            assert option.default == spec.defaults[option.name], (model.name, option.name)
+        assert set(model.request_fields) <= spec.fields, model.name
 
 
 def test_unknown_prediction_is_404(sim: WaveSpeedSimulator, client: httpx.Client) -> None:
@@ -364,8 +567,7 @@ def test_the_adapter_submits_and_fetches_against_the_simulator(sim: WaveSpeedSim
         image_url=peer.url("/image.png"),
         audio_url=peer.url("/audio.mp3"),
         prompt="a friendly greeting",
-        mode="std",
-        model_id=PROVIDERS.model("wavespeed", "std").model_id,
+        model_id=PROVIDERS.model("wavespeed", "kling-v1-std").model_id,
         webhook_url=peer.url(path),
     )
 
@@ -540,8 +742,8 @@ def test_submit_error_rate_one_answers_503_and_takes_nothing(
         api_key="k", webhook_secrets=[sim.webhook_secret], base_url=sim.base_url, retry=RetryPolicy(max_attempts=1)
     )
     request = SubmissionRequest(
-        task_id="t", image_url=peer.url("/image.png"), audio_url=peer.url("/audio.mp3"), prompt=None, mode="pro",
-        model_id=PROVIDERS.model("wavespeed", "pro").model_id,
+        task_id="t", image_url=peer.url("/image.png"), audio_url=peer.url("/audio.mp3"), prompt=None,
+        model_id=PROVIDERS.model("wavespeed", "kling-v1-pro").model_id,
         webhook_url=peer.url("/hooks/none"),
     )  # fmt: skip
 

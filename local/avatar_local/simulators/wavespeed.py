@@ -1,4 +1,4 @@
-"""A local stand-in for WaveSpeedAI's Kling v1 AI Avatar API: same paths, envelopes, statuses and signed webhooks.
+"""A local stand-in for WaveSpeedAI's talking-avatar API: same paths, envelopes, statuses and signed webhooks.
 
 Start it, point a client's base URL at `WaveSpeedSimulator.base_url`, and it turns (image URL, audio URL) into a real
 MP4 of the image with the audio track, as long as the audio. No account, no network beyond the input URLs.
@@ -9,13 +9,29 @@ Every ``/api/`` call needs ``Authorization: Bearer <key>``: a missing or empty k
 ``{"code": 401, "message": "Unauthorized"}``; when ``api_key`` is configured any other key is 401 too, otherwise any
 non-empty key is accepted.
 
-``POST /api/v3/kwaivgi/kling-v1-ai-avatar-standard`` and ``POST /api/v3/kwaivgi/kling-v1-ai-avatar-pro``
-    JSON ``{"image": url, "audio": url, "prompt"?: str}``; the webhook URL in the ``webhook`` query parameter or a
-    ``webhook_url`` body field (both are accepted; the query parameter wins). Answers HTTP 200
-    ``{"code": 200, "message": "success", "data": prediction}`` with the prediction ``created``. Input errors are
-    HTTP 200 envelopes too: code 1400 when image or audio is missing, 1401 when a URL is not http(s) or the body is
-    not a JSON object. With ``submissions_per_minute`` set, a submission beyond that many in the last
-    (60 s / time_factor) is HTTP 429 ``{"code": 429, "message": "rate limit exceeded"}`` with ``Retry-After``.
+``POST /api/v3/<model id>`` for each model in `MODELS` (``*`` = required; ``image`` and ``audio`` are http(s) URLs):
+    - ``kwaivgi/kling-v1-ai-avatar-standard``, ``kwaivgi/kling-v1-ai-avatar-pro``,
+      ``kwaivgi/kling-v2-ai-avatar-standard``, ``kwaivgi/kling-v2-ai-avatar-pro``: ``image``*, ``audio``*,
+      ``prompt``;
+    - ``bytedance/avatar-omni-human-1.5``: ``image``*, ``audio``* (no prompt);
+    - ``wavespeed-ai/infinitetalk``: ``image``*, ``audio``*, ``prompt``, ``mask_image`` (URL), ``resolution``
+      ``"480p"`` (default) | ``"720p"``, ``seed`` integer -1..2147483647 (default -1);
+    - ``wavespeed-ai/infinitetalk-fast``: the same, but ``resolution`` ``"480p"`` only (the only value known to work:
+      the model has no page of its own);
+    - ``wavespeed-ai/wan-2.2/speech-to-video``: ``image``*, ``audio``*, ``prompt``, ``resolution`` ``"480p"``
+      (default) | ``"720p"``, ``seed`` integer -1..2147483647 (default -1).
+
+    A JSON body; the webhook URL in the ``webhook`` query parameter or a ``webhook_url`` body field (both are
+    accepted; the query parameter wins). Answers HTTP 200 ``{"code": 200, "message": "success", "data":
+    prediction}`` with the prediction ``created``. Input errors are HTTP 200 envelopes too, naming the field (the
+    first problem found, see `input_error`): code 1400 ``"missing param: <field>"`` when image or audio is missing;
+    1401 ``"invalid param: ..."`` when the body is not a JSON object, a URL is not http(s), a value has the wrong
+    type, is not one of its choices or is outside its range, a prompt is longer than ``MAX_PROMPT_CHARS``, or the
+    body has a field the model does not document (e.g. a ``prompt`` to OmniHuman, a ``resolution`` to Kling). That
+    last refusal is stricter than the real API may be (which may ignore such a field): it is deliberate, so the
+    pipeline never sends a field a model does not document. A field set to null counts as left out. With
+    ``submissions_per_minute`` set, a submission beyond that many in the last (60 s / time_factor) is HTTP 429
+    ``{"code": 429, "message": "rate limit exceeded"}`` with ``Retry-After``.
 ``GET /api/v3/predictions/{id}/result`` and ``GET /api/v3/predictions/{id}``
     The envelope with the prediction; an unknown id is HTTP 404 with envelope code 404.
 ``GET /api/v3/webhook/secret``
@@ -23,27 +39,30 @@ non-empty key is accepted.
 ``GET /outputs/{id}.mp4`` (no auth: it stands in for the provider's CDN)
     The video, ``Content-Type: video/mp4`` with its ``Content-Length``.
 
-A prediction is ``id`` (32 lowercase hex), ``model``, ``outputs`` (URLs; empty until completed), ``urls.get``,
-``has_nsfw_contents`` (one false per output), ``status``, ``created_at`` (ISO-8601 UTC with nanoseconds), ``error``
-("" unless failed), ``timings.inference`` (ms), plus ``executionTime`` (ms from creation) once it has ended and
-``code`` when it failed. Times are simulated: real elapsed time x ``time_factor``.
+A prediction is ``id`` (32 lowercase hex), ``model`` (the model id), ``outputs`` (URLs; empty until completed),
+``urls.get``, ``has_nsfw_contents`` (one false per output), ``status``, ``created_at`` (ISO-8601 UTC with
+nanoseconds), ``error`` ("" unless failed), ``timings.inference`` (ms), plus ``executionTime`` (ms from creation)
+once it has ended and ``code`` when it failed. Times are simulated: real elapsed time x ``time_factor``.
 
 Processing
 ----------
 ``created`` → ``processing`` → ``completed`` | ``failed``; a terminal status never changes. At most
 ``max_concurrent`` predictions are processing; the others wait in ``created``, first come first served (queued, not
-refused, as the provider does beyond its concurrency limit). Processing downloads both inputs (a failure: code 1402
-"media fetch failed"), renders the video with `render_avatar_video` into a directory the simulator owns (a failure,
-e.g. an image that is not an image: code 1401 "invalid param" with ffmpeg's reason), and lasts at least
-``processing_seconds / time_factor``.
+refused, as the provider does beyond its concurrency limit). Processing downloads the inputs (image, audio and any
+``mask_image``; a failure: code 1402 "media fetch failed"), renders the video with `render_avatar_video` into a
+directory the simulator owns (a failure, e.g. an image that is not an image: code 1401 "invalid param" with ffmpeg's
+reason), and lasts at least ``processing_seconds / time_factor``. Every model renders the same way: the model's
+fields are recorded but change nothing in the video (720p and 480p give the same render, the mask is not applied,
+the seed is not used).
 
 Webhooks
 --------
-Only when a prediction completes or fails: a POST of the bare prediction (with ``input`` {image, audio, prompt} and
-``executionTime``) to the webhook URL, with headers ``webhook-id`` (``msg_<hex>``, one per event: its retries and
-an injected duplicate reuse it, so it works as a dedupe key), ``webhook-timestamp`` (unix seconds, fresh per
-attempt) and ``webhook-signature: v3,<hex>``, hex being the lowercase HMAC-SHA256 of
-``"{webhook-id}.{webhook-timestamp}." + body`` keyed with the secret minus ``whsec_`` as literal ASCII bytes.
+Only when a prediction completes or fails: a POST of the bare prediction (with ``input`` {image, audio, prompt and
+the model's fields as submitted} and ``executionTime``) to the webhook URL, with headers ``webhook-id``
+(``msg_<hex>``, one per event: its retries and an injected duplicate reuse it, so it works as a dedupe key),
+``webhook-timestamp`` (unix seconds, fresh per attempt) and ``webhook-signature: v3,<hex>``, hex being the
+lowercase HMAC-SHA256 of ``"{webhook-id}.{webhook-timestamp}." + body`` keyed with the secret minus ``whsec_`` as
+literal ASCII bytes.
 Deliveries run on background threads and are retried on connection errors, 429 and 5xx with exponential backoff
 (at least once, up to `WEBHOOK_ATTEMPTS` attempts).
 
@@ -61,10 +80,12 @@ submitted, so the same seed and the same sequence of requests give the same outc
 Inspection (no auth)
 --------------------
 ``GET /_sim/requests`` every API request received (``method``, ``path``, ``query``, ``json``, ``at``, ``status``);
-``GET /_sim/predictions``; ``GET /_sim/webhooks`` every delivery attempt; ``GET`` / ``POST /_sim/faults`` read or
-replace the fault plan; ``POST /_sim/reset`` forgets recorded requests and deliveries. The same from Python:
-`requests`, `submissions`, `predictions`, `prediction`, `webhook_deliveries`, `peak_processing`, `set_faults`,
-`reset`, `wait_until_idle`.
+``GET /_sim/predictions`` every prediction with its ``input``, ``model_fields`` (the model's own fields as submitted,
+e.g. ``{"resolution": "720p", "seed": 7}``; ``{}`` when none) and ``webhook_url``; ``GET /_sim/webhooks`` every
+delivery attempt; ``GET`` / ``POST /_sim/faults`` read or replace the fault plan; ``POST /_sim/reset`` forgets
+recorded requests and deliveries. The same from Python: `requests`, `submissions` (the submit requests, bodies as
+sent), `predictions`, `prediction`, `model_fields` (one prediction's), `webhook_deliveries`, `peak_processing`,
+`set_faults`, `reset`, `wait_until_idle`.
 
 The server is quiet (no access log on stderr; debug logging on the ``avatar_local.wavespeed`` logger) and `stop`
 closes the listener, open connections, processing workers and webhook senders promptly. The generic parts (server,
@@ -82,7 +103,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Final
@@ -111,16 +132,142 @@ logger = logging.getLogger("avatar_local.wavespeed")
 
 DEFAULT_WEBHOOK_SECRET: Final = "whsec_local_simulator_secret"  # noqa: S105 - the local simulator's, not a real one
 SECRET_PREFIX: Final = "whsec_"  # noqa: S105 - a fixed prefix
-MODELS: Final[dict[str, str]] = {
-    "/api/v3/kwaivgi/kling-v1-ai-avatar-standard": "kwaivgi/kling-v1-ai-avatar-standard",
-    "/api/v3/kwaivgi/kling-v1-ai-avatar-pro": "kwaivgi/kling-v1-ai-avatar-pro",
-}
+MODEL_PREFIX: Final = "/api/v3/"
 PREDICTIONS_PREFIX: Final = "/api/v3/predictions/"
 SECRET_PATH: Final = "/api/v3/webhook/secret"  # noqa: S105 - a URL path
 TERMINAL: Final = frozenset({"completed", "failed"})
 
 WEBHOOK_ATTEMPTS: Final = 5
 WEBHOOK_BACKOFF_SECONDS: Final = 0.5  # simulated; doubles after each failed attempt
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+SEED_RANGE: Final = (-1, 2_147_483_647)
+MEDIA_FIELDS: Final = ("image", "audio")
+"""The inputs every model requires: http(s) URLs of the portrait and the speech."""
+TRANSPORT_FIELDS: Final = frozenset({"webhook_url"})
+"""Body fields that are not the model's: the webhook URL, which may come in the body instead of the query."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What the simulator knows of a model's request body: its documented fields, each of one kind."""
+
+    model_id: str
+    urls: tuple[str, ...] = ()
+    """Optional fields holding an http(s) URL (besides the required ``image`` and ``audio``)."""
+    strings: tuple[str, ...] = ("prompt",)
+    """Optional free-text fields (a prompt: at most ``MAX_PROMPT_CHARS``)."""
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    """Optional fields taking one of a few strings."""
+    ranges: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """Optional integer fields and their inclusive bounds."""
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    """What the model uses for an optional field left out, as documented."""
+
+    @property
+    def path(self) -> str:
+        return f"{MODEL_PREFIX}{self.model_id}"
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """Every field the model documents."""
+        return frozenset((*MEDIA_FIELDS, *self.urls, *self.strings, *self.choices, *self.ranges))
+
+
+def _kling(model_id: str) -> ModelSpec:
+    # image, audio and an optional prompt: nothing else (no resolution, no seed, no duration).
+    return ModelSpec(model_id)
+
+
+MODELS: Final[dict[str, ModelSpec]] = {
+    spec.model_id: spec
+    for spec in (
+        _kling("kwaivgi/kling-v1-ai-avatar-standard"),
+        _kling("kwaivgi/kling-v1-ai-avatar-pro"),
+        _kling("kwaivgi/kling-v2-ai-avatar-standard"),
+        _kling("kwaivgi/kling-v2-ai-avatar-pro"),
+        # The image and the audio only: no prompt.
+        ModelSpec("bytedance/avatar-omni-human-1.5", strings=()),
+        ModelSpec(
+            "wavespeed-ai/infinitetalk",
+            urls=("mask_image",),
+            choices={"resolution": ("480p", "720p")},
+            ranges={"seed": SEED_RANGE},
+            defaults={"resolution": "480p", "seed": -1},
+        ),
+        # No page of its own: the fields third-party callers send; 480p is the only resolution known to work.
+        ModelSpec(
+            "wavespeed-ai/infinitetalk-fast",
+            urls=("mask_image",),
+            choices={"resolution": ("480p",)},
+            ranges={"seed": SEED_RANGE},
+            defaults={"resolution": "480p", "seed": -1},
+        ),
+        ModelSpec(
+            "wavespeed-ai/wan-2.2/speech-to-video",
+            choices={"resolution": ("480p", "720p")},
+            ranges={"seed": SEED_RANGE},
+            defaults={"resolution": "480p", "seed": -1},
+        ),
+    )
+}
+"""The models the simulator serves, by model id; each is ``POST /api/v3/<model id>``."""
+
+
+def model_at(path: str) -> ModelSpec | None:
+    """The model whose submit path `path` is, or None."""
+    return MODELS.get(path.removeprefix(MODEL_PREFIX)) if path.startswith(MODEL_PREFIX) else None
+
+
+def input_error(spec: ModelSpec, body: Any) -> tuple[int, str] | None:
+    """WaveSpeed's refusal of `body` for `spec`'s model — (1400, "missing param: <field>") or (1401, "invalid param:
+    <field> ...") for the first problem found — or None when the body is one the model takes. A field set to null
+    counts as left out; a field the model does not document is refused, whatever its value."""
+    if not isinstance(body, dict):
+        return 1401, "invalid param: the body must be a JSON object"
+    for name in MEDIA_FIELDS:
+        if body.get(name) in (None, ""):
+            return 1400, f"missing param: {name}"
+    documented = spec.fields | TRANSPORT_FIELDS
+    for name in body:
+        if name not in documented:
+            return 1401, f"invalid param: {name} is not a parameter of {spec.model_id}"
+    for name in (*MEDIA_FIELDS, *spec.urls):
+        value = body.get(name)
+        if value is not None and not is_http_url(value):
+            return 1401, f"invalid param: {name} must be an http(s) URL"
+    for name in spec.strings:
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > MAX_PROMPT_CHARS):
+            return 1401, f"invalid param: {name} must be a string of at most {MAX_PROMPT_CHARS}"
+    for name, allowed in spec.choices.items():
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or value not in allowed):
+            return 1401, f"invalid param: {name} must be one of {', '.join(map(repr, allowed))}"
+    for name, (low, high) in spec.ranges.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            return 1401, f"invalid param: {name} must be an integer"
+        if not low <= value <= high:
+            return 1401, f"invalid param: {name} must be from {low} to {high}"
+    return None
+
+
+def submitted_fields(spec: ModelSpec, body: Json) -> Json:
+    """The model's own fields in an accepted `body` beyond the image, audio and prompt (resolution, seed,
+    mask_image...), as sent: what a test asserts the pipeline chose."""
+    return {
+        name: value
+        for name, value in body.items()
+        if name in spec.fields and name not in (*MEDIA_FIELDS, "prompt") and value is not None
+    }
+
+
+# ------------------------------------------------------------------------------------------------ signing
 
 
 def sign_webhook(secret: str, webhook_id: str, timestamp: str, body: bytes) -> str:
@@ -159,6 +306,8 @@ class _Prediction:
     inference_ms: int = 0
     execution_ms: int | None = None
     video: Path | None = None
+    fields: Json = field(default_factory=dict)
+    """The model's own fields as submitted (`submitted_fields`): resolution, seed, mask_image..."""
 
     def view(self, base_url: str, *, webhook: bool = False) -> Json:
         data: Json = {
@@ -177,7 +326,7 @@ class _Prediction:
         if self.execution_ms is not None:
             data["executionTime"] = self.execution_ms
         if webhook:
-            data["input"] = {"image": self.image, "audio": self.audio, "prompt": self.prompt}
+            data["input"] = {"image": self.image, "audio": self.audio, "prompt": self.prompt, **self.fields}
             data["executionTime"] = self.execution_ms or 0
         return data
 
@@ -218,15 +367,28 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
 
     def submissions(self) -> list[Json]:
         """The submit requests among `requests`, whatever their answer."""
-        return [r for r in self.requests() if r["method"] == "POST" and r["path"] in MODELS]
+        return [r for r in self.requests() if r["method"] == "POST" and model_at(r["path"]) is not None]
 
     def predictions(self) -> list[Json]:
-        """Every prediction (oldest first), as the result endpoint shows it plus ``input`` and ``webhook_url``."""
+        """Every prediction (oldest first), as the result endpoint shows it plus ``input`` (image, audio, prompt and
+        the model's fields), ``model_fields`` (the model's own fields as submitted: resolution, seed, mask_image...;
+        ``{}`` when none was sent) and ``webhook_url``."""
         with self._lock:
             return [
-                {**prediction.view(self._base_url, webhook=True), "webhook_url": prediction.webhook_url}
+                {
+                    **prediction.view(self._base_url, webhook=True),
+                    "model_fields": dict(prediction.fields),
+                    "webhook_url": prediction.webhook_url,
+                }
                 for prediction in self._predictions.values()
             ]
+
+    def model_fields(self, prediction_id: str) -> Json | None:
+        """The model's own fields a prediction was submitted with (e.g. ``{"resolution": "720p", "seed": 7}``; ``{}``
+        when none was sent), or None for an unknown id."""
+        with self._lock:
+            prediction = self._predictions.get(prediction_id)
+            return None if prediction is None else dict(prediction.fields)
 
     def prediction(self, prediction_id: str) -> Json | None:
         with self._lock:
@@ -268,7 +430,7 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
         token = bearer_token(header)
         return token is not None and token_matches(token, self.api_key)
 
-    def _submit(self, path: str, query: dict[str, str], body: Any) -> tuple[int, Json, dict[str, str]]:
+    def _submit(self, spec: ModelSpec, query: dict[str, str], body: Any) -> tuple[int, Json, dict[str, str]]:
         plan = self._faults
         if self.submissions_per_minute is not None:
             window = 60.0 / self.time_factor
@@ -285,21 +447,9 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
             headers = {"Retry-After": "1"} if status in (429, 503) else {}
             return status, {"code": status, "message": status_message(status)}, headers
 
-        if not isinstance(body, dict):
-            return 200, _envelope_error(1401, "invalid param: the body must be a JSON object"), {}
-        for name in ("image", "audio"):
-            if body.get(name) in (None, ""):
-                return 200, _envelope_error(1400, f"missing param: {name}"), {}
-        for name in ("image", "audio"):
-            if not is_http_url(body[name]):
-                return 200, _envelope_error(1401, f"invalid param: {name} must be an http(s) URL"), {}
-        prompt = body.get("prompt")
-        if prompt is not None and (not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS):
-            return (
-                200,
-                _envelope_error(1401, f"invalid param: prompt must be a string of at most {MAX_PROMPT_CHARS}"),
-                {},
-            )
+        refusal = input_error(spec, body)
+        if refusal is not None:
+            return 200, _envelope_error(*refusal), {}
         webhook = query.get("webhook") or body.get("webhook_url") or None
         if webhook is not None and not is_http_url(webhook):
             return 200, _envelope_error(1401, "invalid param: webhook must be an http(s) URL"), {}
@@ -309,10 +459,11 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
                 self._recent_submissions.append(time.monotonic())
             prediction = _Prediction(
                 id=uuid.uuid4().hex,
-                model=MODELS[path],
+                model=spec.model_id,
                 image=body["image"],
                 audio=body["audio"],
-                prompt=prompt,
+                prompt=body.get("prompt"),
+                fields=submitted_fields(spec, body),
                 webhook_url=webhook,
                 created_at=iso_now(),
                 created_monotonic=time.monotonic(),
@@ -353,6 +504,9 @@ class WaveSpeedSimulator(SimulatorCore[_Prediction]):
         try:
             image = download_input(prediction.image, "image", _fetch_failed)
             audio = download_input(prediction.audio, "audio", _fetch_failed)
+            mask = prediction.fields.get("mask_image")
+            if isinstance(mask, str):  # fetched as the provider would, though the render does not use it
+                download_input(mask, "mask_image", _fetch_failed)
             if self._stopping.is_set():
                 return
             if prediction.inject_failure:
@@ -510,12 +664,13 @@ class _Handler(SimulatorHandler):
         sim._pause(sim.faults.latency_seconds)
         if not sim._authorised(self.headers.get("Authorization")):
             return 401, {"code": 401, "message": "Unauthorized"}, {"WWW-Authenticate": "Bearer"}
-        if path in MODELS:
+        spec = model_at(path)
+        if spec is not None:
             if method != "POST":
                 return 405, {"code": 405, "message": "method not allowed"}, {"Allow": "POST"}
             # No body reads as an empty object (so: missing param); a body that is not JSON stays raw (invalid).
             submitted: Any = {} if not raw else raw if body is None else body
-            return sim._submit(path, query, submitted)
+            return sim._submit(spec, query, submitted)
         if path == SECRET_PATH and method == "GET":
             return 200, {"code": 200, "message": "success", "data": {"secret": sim.webhook_secret}}, {}
         if path.startswith(PREDICTIONS_PREFIX) and method == "GET":
@@ -528,6 +683,10 @@ class _Handler(SimulatorHandler):
 __all__ = [
     "DEFAULT_WEBHOOK_SECRET",
     "MODELS",
+    "ModelSpec",
     "WaveSpeedSimulator",
+    "input_error",
+    "model_at",
     "sign_webhook",
+    "submitted_fields",
 ]

@@ -5,7 +5,7 @@ long as the voice clip."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.providers.registry import PROVIDERS
@@ -17,4 +17,5 @@ def estimate_cost(
 ) -> Decimal:
     spec = PROVIDERS.model(provider, model)
     price = spec.price_for(options, settings.provider(provider).price_per_step(spec))
-    return (price * spec.billing.steps(audio_seconds)).quantize(Decimal("0.01"))
+    # Rounded up to the cent: an estimate (and the spend limits counting it) may say too much, never too little.
+    return (price * spec.billing.steps(audio_seconds)).quantize(Decimal("0.01"), rounding=ROUND_CEILING)

@@ -33,7 +33,7 @@ from avatar_pipeline.domain.errors import (
     ProviderOutcomeUnknownError,
     ProviderTransientError,
 )
-from avatar_pipeline.domain.model_choice import request_fields
+from avatar_pipeline.domain.model_choice import prompt_left_out, request_fields
 from avatar_pipeline.domain.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
 from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.domain.quota import (
@@ -264,10 +264,11 @@ def _moved_to(ctx: PipelineContext, task: Task, other: ProviderName, why: str) -
     spend limit when it is admitted there, even if the first provider's already was (a spend limit may count too
     much, never too little)."""
     seconds = (task.audio_ms or 0) / 1000
+    left_out = prompt_left_out(task, other)
     return move_to_line(
         task,
         other,
-        why=why,
+        why=f"{why}; {left_out}" if left_out else why,
         now=ctx.clock(),
         estimated_cost_usd=estimate_cost(other, task.model, seconds, ctx.settings, task.options),
     )

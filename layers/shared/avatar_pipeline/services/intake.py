@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.domain.errors import InputGoneError
-from avatar_pipeline.domain.model_choice import choose_model, unrunnable
+from avatar_pipeline.domain.model_choice import choose_model, prompt_left_out, unrunnable
 from avatar_pipeline.domain.models import JobOptions, MediaRole, PairSlot, ProviderName, S3Object, Task, TaskStatus
 from avatar_pipeline.domain.pairing import (
     AUDIO_EXTENSIONS,
@@ -299,8 +299,8 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     )
     place = line_note(ctx, provider, ctx.tasks.queue_length(provider), now)
     notes = [paired, f"{describe_model(provider, waiting.model, waiting.options)}, {place}", *passed_over]
-    if waiting.prompt and not PROVIDERS.model(provider, waiting.model).takes_prompt:
-        notes.append("its prompt is not sent: the model takes none")
+    if left_out := prompt_left_out(waiting, provider):
+        notes.append(left_out)
     return join_line(
         waiting,
         why="; ".join(notes),

@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # clean voice at 16-48 kHz); it proxies Kling, so Kling's published limits apply [inferred]: the defaults, with
 # image <= 10 MB and audio <= 5 MB ("MB" read as MiB).
 KLING_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * MIB)
-# Its own models take clips of up to 10 min; it documents no file limits for them, so Kling's are kept [inferred].
-LONG_CLIP_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=5 * MIB, max_audio_seconds=600.0)
+# Its own models take clips of up to 10 min, and it documents no file sizes for them: Kling's image limit, and room
+# for 10 min of audio at a high bitrate (a reseller of InfiniteTalk states 128 MB) [inferred].
+LONG_CLIP_LIMITS = InputLimits(max_image_bytes=10 * MIB, max_audio_bytes=50 * MIB, max_audio_seconds=600.0)
 # Third-party runs of Kling's v2 avatar model report 30-50 min for a 124 s clip: about 20 s per second (taken for
 # v1 too [inferred]).
 KLING_RENDER_SECONDS_PER_SECOND = 20.0

@@ -1,10 +1,11 @@
-"""WaveSpeedAI Kling v1 AI Avatar as a `VideoProvider`.
+"""WaveSpeedAI's talking-avatar models as a `VideoProvider`.
 
 Calls
 -----
 - submit: ``POST /api/v3/<model id>?webhook=<url>`` (e.g. ``kwaivgi/kling-v1-ai-avatar-standard``: the models are
   in the spec, ``providers/wavespeed/__init__.py``),
-  JSON ``{"image": url, "audio": url, "prompt"?: str}``.
+  JSON ``{"image": url, "audio": url, "prompt"?: str, **the model's fields}`` (InfiniteTalk's ``resolution`` and
+  ``seed``...: `SubmissionRequest.options`).
 - fetch: ``GET /api/v3/predictions/{id}/result``.
 Both answer with an envelope ``{"code": 200, "message": ..., "data": {prediction}}``; callbacks carry the bare
 prediction object.
@@ -133,7 +134,7 @@ class WaveSpeedEnvelope(BaseModel):
 
 
 class WaveSpeedProvider(HttpProvider):
-    """The WaveSpeedAI Kling v1 AI Avatar API (std and pro) behind the `VideoProvider` protocol."""
+    """WaveSpeedAI's model API (every model at its own path, one result path) behind the `VideoProvider` protocol."""
 
     name = "wavespeed"
     display_name = "WaveSpeed"

@@ -1,0 +1,126 @@
+"""End to end through the local stack, per model: each request shape WaveSpeed's models take, a clip over a model's
+limit, and a job routed along its list of providers when the first is unavailable."""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_CEILING, Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.e2e import E2E
+
+from avatar_local.simulators.faults import FaultPlan
+from avatar_local.simulators.media import make_sample_speech, probe_media
+from avatar_pipeline.domain.models import JobOptions, Task, TaskStatus
+
+pytestmark = pytest.mark.e2e
+
+
+def sent_for(e2e: E2E, job: str) -> list[dict[str, Any]]:
+    """What WaveSpeed's simulator was sent for `job` (its input links name the job's folder)."""
+    return [r for r in e2e.stack.simulator.submissions() if f"/{job}/" in r["json"]["image"]]
+
+
+def billed_seconds(task: Task) -> int:
+    assert task.audio_ms is not None
+    return math.ceil(task.audio_ms / 1000)
+
+
+def assert_real_video(e2e: E2E, task: Task, tmp_path: Path) -> None:
+    info = probe_media(e2e.client.download(task, tmp_path))
+    assert info.has_video and info.has_audio and abs(info.duration - e2e.samples.voice_seconds) <= 0.2
+
+
+@pytest.mark.parametrize(
+    ("job", "options", "path", "fields", "title"),
+    [
+        (
+            "e2e-kling-v2",
+            JobOptions(model="kling-v2-std", prompt="a calm presenter"),
+            "/api/v3/kwaivgi/kling-v2-ai-avatar-standard",
+            {"prompt": "a calm presenter"},
+            "Kling v2 AI Avatar (standard)",
+        ),
+        (
+            # OmniHuman takes no prompt: the job's is left out, as the task's reason says.
+            "e2e-omnihuman",
+            JobOptions(model="omnihuman-1.5", prompt="a calm presenter"),
+            "/api/v3/bytedance/avatar-omni-human-1.5",
+            {},
+            "OmniHuman 1.5",
+        ),
+        (
+            "e2e-infinitetalk-720p",
+            JobOptions(model="infinitetalk", options={"resolution": "720p", "seed": 7}),
+            "/api/v3/wavespeed-ai/infinitetalk",
+            {"resolution": "720p", "seed": 7},
+            "InfiniteTalk at 720p",
+        ),
+    ],
+    ids=["kling-v2", "omnihuman", "infinitetalk-720p"],
+)
+def test_each_wavespeed_request_shape_becomes_a_real_mp4_named_and_priced_by_its_model(
+    e2e: E2E, tmp_path: Path, job: str, options: JobOptions, path: str, fields: dict[str, Any], title: str
+) -> None:
+    # When a job names a WaveSpeed model (and its options) in its job.json
+    task = e2e.run(job, options=options)
+    # Then WaveSpeed was sent one request at the model's path, with exactly the fields that model takes
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    (sent,) = sent_for(e2e, job)
+    assert sent["path"] == path
+    assert {name: value for name, value in sent["json"].items() if name not in ("image", "audio")} == fields
+    assert_real_video(e2e, task, tmp_path)
+    # And the task and its one notification name the model and its estimated cost
+    assert (task.provider, task.model) == ("wavespeed", options.model)
+    (note,) = e2e.notifications(job, settle=4.0)
+    assert (note["body"]["model"], note["body"]["model_title"]) == (options.model, title)
+    seconds = billed_seconds(task)
+    expected = {
+        "kling-v2-std": Decimal("0.28") * math.ceil(seconds / 5),
+        "omnihuman-1.5": Decimal("0.16") * seconds,
+        "infinitetalk": Decimal("0.06") * max(seconds, 5),
+    }[task.model]
+    cents = expected.quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+    assert note["body"]["estimated_cost_usd"] == task.estimated_cost_usd == str(cents)
+    if task.model == "omnihuman-1.5":
+        assert any("its prompt is not sent" in step.reason for step in task.history)
+
+
+def test_a_clip_over_its_models_limit_is_rejected_naming_the_model_and_the_limit(e2e: E2E, tmp_path: Path) -> None:
+    # Given a 35 s voice clip, and fal's OmniHuman, which takes clips under 30 s at its default 1080p
+    voice = tmp_path / "voice.mp3"
+    voice.write_bytes(make_sample_speech(35.0))
+    fal_jobs = len(e2e.stack.fal_simulator.jobs())
+    # When it is uploaded for that model
+    e2e.client.submit(e2e.samples.face, voice, "e2e-over-limit", JobOptions(provider="fal", model="omnihuman-1.5"))
+    task = e2e.client.wait("e2e-over-limit", 30, interval=0.25)
+    # Then it is REJECTED naming the model, its resolution and the limit; nothing went to fal; one notification
+    assert task.status is TaskStatus.REJECTED
+    assert "the limit is 30 s for OmniHuman 1.5 at 1080p on fal.ai" in (task.reason or ""), task.reason
+    assert len(e2e.stack.fal_simulator.jobs()) == fal_jobs
+    (note,) = e2e.notifications("e2e-over-limit")
+    assert note["attributes"]["status"] == "REJECTED" and "OmniHuman 1.5 at 1080p" in note["body"]["reason"]
+
+
+def test_a_job_routed_from_an_unavailable_provider_moves_to_the_next_it_lists(e2e: E2E, tmp_path: Path) -> None:
+    # Given WaveSpeed turns every submission away (503: not taken), and a job listing WaveSpeed, then fal
+    e2e.faults(FaultPlan(processing_seconds=0.5, submit_error_rate=1.0, submit_error_status=503))
+    wavespeed_predictions = len(e2e.stack.simulator.predictions())
+    fal = e2e.stack.fal_simulator
+    fal_before = len(fal.jobs())
+    # When the job runs with Kling v2, which both offer
+    task = e2e.run("e2e-routed", options=JobOptions(model="kling-v2-std", providers=("wavespeed", "fal")))
+    # Then fal made it, once, and WaveSpeed has no prediction of it (none was paid there)
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert (task.provider, task.failed_over_from, task.model) == ("fal", "wavespeed", "kling-v2-std")
+    assert [job["model"] for job in fal.jobs()[fal_before:]] == ["fal-ai/kling-video/ai-avatar/v2/standard"]
+    assert len(e2e.stack.simulator.predictions()) == wavespeed_predictions
+    assert any("failing over to fal.ai" in step.reason for step in task.history)
+    assert_real_video(e2e, task, tmp_path)
+    # And the one notification names fal, the model, and fal's estimated cost
+    (note,) = e2e.notifications("e2e-routed", settle=4.0)
+    expected = (Decimal("0.0562") * billed_seconds(task)).quantize(Decimal("0.01"), rounding=ROUND_CEILING)
+    assert (note["body"]["provider"], note["body"]["model"]) == ("fal", "kling-v2-std")
+    assert note["body"]["estimated_cost_usd"] == str(expected)
