@@ -23,11 +23,15 @@ QUICK = FaultPlan(processing_seconds=0.5)
 
 
 # Module-scoped: moto's server shares its backends with the in-process mocks other tests start, so the stack must be
-# gone before they run.
+# gone before they run. Each module's stack has its own name: moto's backends outlive a stack, so a second stack of
+# the same name would meet the first one's tables.
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory: pytest.TempPathFactory) -> Iterator[E2E]:
+def e2e(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[E2E]:
     state = tmp_path_factory.mktemp("local-stack")
-    config = LocalStackConfig(state_dir=state, parameters=E2E_PARAMETERS, poll_interval_seconds=1.0, faults=QUICK)
+    module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    config = LocalStackConfig(
+        stack_name=f"e2e-{module}", state_dir=state, parameters=E2E_PARAMETERS, poll_interval_seconds=1.0, faults=QUICK
+    )
     stack = LocalStack(config)
     info = stack.start()
     samples_dir = state / "samples"
