@@ -49,7 +49,7 @@ def _task(number: int, now: datetime, *, finished: bool) -> Any:
         arrived=f"inbox/{job}/face.png",
         now=started,
         provider="wavespeed",
-        mode="std",
+        model="kling-v1-std",
         image=S3Object(bucket="media", key=f"inbox/{job}/face.png", etag="a" * 32, size=48_213, sequencer="0A1B"),
         audio=S3Object(bucket="media", key=f"inbox/{job}/voice.mp3", etag="b" * 32, size=80_113, sequencer="0A1C"),
     )
