@@ -16,6 +16,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from avatar_cli.client import PipelineClient, StackTarget, describe_transition
 from avatar_pipeline.domain.models import JobOptions, TaskStatus
 
@@ -80,13 +82,16 @@ def _submit(client: PipelineClient, args: argparse.Namespace) -> int:
         if not path.is_file():
             raise SystemExit(f"{path} is not a file")
     job = args.job or f"{face.stem}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
-    options = JobOptions(
-        prompt=args.prompt,
-        model=args.model,
-        mode=args.mode,
-        options=dict(args.option or []),
-        providers=tuple(args.provider) if args.provider else None,
-    )
+    try:
+        options = JobOptions(
+            prompt=args.prompt,
+            model=args.model,
+            mode=args.mode,
+            options=dict(args.option or []),
+            providers=tuple(args.provider) if args.provider else None,
+        )
+    except ValidationError as error:
+        raise SystemExit(f"not a valid job: {error}") from None
     for key in client.submit(face, audio, job, options):
         print(f"uploaded s3://{client.target.bucket}/{key}")
     print(f"job: {job}")
