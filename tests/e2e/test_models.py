@@ -12,7 +12,7 @@ import pytest
 from support.e2e import E2E
 
 from avatar_local.simulators.faults import FaultPlan
-from avatar_local.simulators.media import make_sample_speech, probe_media
+from avatar_local.simulators.media import make_sample_portrait, make_sample_speech, probe_media
 from avatar_pipeline.domain.models import JobOptions, Task, TaskStatus
 
 pytestmark = pytest.mark.e2e
@@ -86,6 +86,46 @@ def test_each_wavespeed_request_shape_becomes_a_real_mp4_named_and_priced_by_its
     assert note["body"]["estimated_cost_usd"] == task.estimated_cost_usd == str(cents)
     if task.model == "omnihuman-1.5":
         assert any("its prompt is not sent" in step.reason for step in task.history)
+
+
+def test_a_mask_named_in_job_json_goes_to_infinitetalk_as_a_link_of_its_own(e2e: E2E) -> None:
+    # Given a mask uploaded into the job's folder before the pair, and a job.json naming it for InfiniteTalk
+    assert e2e.stack.info is not None
+    e2e.stack.aws.client("s3").put_object(
+        Bucket=e2e.stack.info.bucket, Key="inbox/e2e-mask/face.mask.png", Body=make_sample_portrait()
+    )
+    # When the pair runs
+    task = e2e.run("e2e-mask", options=JobOptions(model="infinitetalk", options={"mask_image": "face.mask.png"}))
+    # Then the video was made, and WaveSpeed was sent the mask as a link to it (which it fetched), not as a name
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert task.mask is not None and task.mask.key == "inbox/e2e-mask/face.mask.png"
+    (sent,) = sent_for(e2e, "e2e-mask")
+    assert "/inbox/e2e-mask/face.mask.png?" in sent["json"]["mask_image"]
+    assert sent["json"]["mask_image"].startswith("http")
+
+
+def test_fals_infinitalk_is_told_the_frames_the_whole_voice_needs(e2e: E2E, tmp_path: Path) -> None:
+    # Given an 8 s voice clip: longer than the 145 frames (5.8 s) fal's InfiniTalk makes when not told otherwise
+    voice = tmp_path / "voice.mp3"
+    voice.write_bytes(make_sample_speech(8.0))
+    fal = e2e.stack.fal_simulator
+    before = len(fal.jobs())
+    # When it is uploaded for InfiniteTalk on fal at 720p
+    options = JobOptions(provider="fal", model="infinitetalk", options={"resolution": "720p"})
+    e2e.client.submit(e2e.samples.face, voice, "e2e-fal-infinitalk", options)
+    task = e2e.client.wait("e2e-fal-infinitalk", 60, interval=0.25)
+    # Then fal was asked for the voice's length in frames (25 a second), and the video lasts as long as the voice
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    (job,) = fal.jobs()[before:]
+    assert job["model"] == "fal-ai/infinitalk"
+    assert task.audio_ms is not None
+    assert job["input"]["num_frames"] == math.ceil(task.audio_ms / 1000 * 25)
+    assert job["input"]["resolution"] == "720p" and job["input"]["prompt"]
+    info = probe_media(e2e.client.download(task, tmp_path))
+    assert abs(info.duration - task.audio_ms / 1000) <= 0.2
+    # And it is priced at 720p's doubled rate, $0.40 a second
+    (note,) = e2e.notifications("e2e-fal-infinitalk", settle=4.0)
+    assert note["body"]["estimated_cost_usd"] == str(Decimal("0.40") * billed_seconds(task))
 
 
 def test_a_clip_over_its_models_limit_is_rejected_naming_the_model_and_the_limit(e2e: E2E, tmp_path: Path) -> None:

@@ -373,6 +373,12 @@ class FakeMediaStore:
             raise ValueError(f"s3://{bucket}/{key} is {len(data)} bytes, more than the {max_bytes} bytes allowed")
         return data
 
+    def describe(self, bucket: str, key: str) -> S3Object | None:
+        data = self.objects.get((bucket, key))
+        if data is None:
+            return None
+        return S3Object(bucket=bucket, key=key, etag=hashlib.md5(data).hexdigest(), size=len(data))  # noqa: S324
+
     def source(self, obj: S3Object) -> BytesSource:
         """The stored bytes; an upload no test stored is a valid sample of its kind (by extension), so tests about
         pairing need not carry media."""

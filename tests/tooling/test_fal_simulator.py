@@ -332,6 +332,27 @@ def test_result_is_the_model_output_with_a_real_mp4_as_long_as_the_audio(
     assert abs(info.duration - SPEECH_SECONDS) < 0.1
 
 
+@pytest.mark.parametrize(("num_frames", "seconds"), [(41, 41 / 25), (None, 145 / 25), (250, 6.0)])
+def test_infinitalk_makes_only_the_frames_it_is_told_so_the_video_may_stop_before_the_voice(
+    sim: FalSimulator, client: httpx.Client, tmp_path: Path, num_frames: int | None, seconds: float
+) -> None:
+    # Given a 6 s voice clip, and an InfiniTalk request for 41 frames, for none (its default: 145), or for 250
+    long_voice = Peer(make_sample_portrait(160, 200), make_sample_speech(6.0))
+    try:
+        frames = {} if num_frames is None else {"num_frames": num_frames}
+        body = inputs(long_voice, prompt="A person talks.", **frames)
+        answer = queued(submit(client, sim, body, model=INFINITALK))
+        # When it completes
+        assert wait_completed(client, answer["status_url"]).status_code == 200
+        video = client.get(answer["response_url"]).json()["video"]
+    finally:
+        long_voice.close()
+    # Then its video lasts num_frames at 25 a second (1.64 s, 5.8 s), or the whole voice when that is shorter
+    path = tmp_path / "out.mp4"
+    path.write_bytes(httpx.get(video["url"]).content)
+    assert abs(probe_media(path).duration - seconds) < 0.1
+
+
 def test_result_answers_404_after_the_scaled_retention_while_status_and_video_stay(
     make_sim: Callable[..., FalSimulator], peer: Peer, client: httpx.Client
 ) -> None:

@@ -171,6 +171,20 @@ def test_without_a_cost_limit_a_costly_pair_is_queued() -> None:
     assert outcome.action == "queued"
 
 
+def test_a_providers_kling_for_the_default_model_is_rejected_when_the_operator_does_not_allow_it() -> None:
+    # Given a stack that allows Kling v1 standard only (the default model), which fal does not run
+    w = make_world(settings={"ALLOWED_MODELS": "kling-v1-std"})
+    # When a job asks for fal alone (which would run its Kling v2 standard instead)
+    outcome = deliver(w, {"provider": "fal"})
+    # Then the pair is rejected, saying so, and nothing is sent or paid
+    assert_rejected_unpaid(
+        w,
+        outcome,
+        'fal.ai runs the default model kling-v1-std as "kling-v2-std" only, which this stack does not allow'
+        " (AllowedModels: kling-v1-std)",
+    )
+
+
 # ============================================================================================== failover targets
 
 

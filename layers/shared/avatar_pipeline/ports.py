@@ -125,6 +125,10 @@ class MediaStore(Protocol):
         """The whole object if it exists and is at most `max_bytes`; None if it does not exist."""
         ...
 
+    def describe(self, bucket: str, key: str) -> S3Object | None:
+        """The object as it is now (its ETag and size; nothing of it read), or None if it does not exist."""
+        ...
+
     def source(self, obj: S3Object) -> RandomAccessSource:
         """The object's bytes, read on demand (validation reads headers and tails, not whole files)."""
         ...

@@ -159,11 +159,19 @@ class ModelSpec:
     reports: Literal["duration", "seed"] = "duration"
     """The output's field besides ``video``: the video's ``duration`` in seconds, or the ``seed`` used."""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    # A model that makes as many frames as `num_frames` says, at this rate: the video stops there, voice or not.
+    frames_per_second: int | None = None
 
     @property
     def app(self) -> str:
         """owner/app: the part of the id that status, result and cancel URLs use."""
         return "/".join(self.endpoint_id.split("/")[:2])
+
+    def video_limit(self, arguments: Json) -> float | None:
+        """Seconds of video the request asks for at most (`num_frames`), or None when the voice decides."""
+        if self.frames_per_second is None:
+            return None
+        return int(arguments.get("num_frames", self.defaults["num_frames"])) / self.frames_per_second
 
     def audio_limit(self, arguments: Json) -> float | None:
         """Seconds of audio the model takes at most, or None for no limit the simulator enforces."""
@@ -191,6 +199,8 @@ MODELS: Final[dict[str, ModelSpec]] = {
             integers=("num_frames", "seed"),
             reports="seed",
             defaults={"num_frames": 145, "resolution": "480p", "seed": 42, "acceleration": "regular"},
+            # InfiniteTalk's reference code renders 25 frames a second (fal states no rate) [inferred].
+            frames_per_second=25,
         ),
     )
 }
@@ -790,7 +800,7 @@ class FalSimulator(SimulatorCore[_Job]):
         assert self._workdir is not None
         video = self._workdir / f"{job.id}.mp4"
         try:
-            render_avatar_video(image, audio, video)
+            render_avatar_video(image, audio, video, max_seconds=job.spec.video_limit(job.arguments))
         except MediaError as exc:
             if str(exc).startswith("audio"):
                 raise _unprocessable("audio_url", f"Failed to load the audio file: {exc}", "audio_load_error") from exc

@@ -100,8 +100,11 @@ def _wav_duration(path: Path) -> float:
     return frames / rate
 
 
-def render_avatar_video(image: bytes, audio: bytes, out_path: Path, *, max_side: int = 512) -> None:
-    """Write an MP4 (H.264 yuv420p + AAC, faststart) showing `image` for exactly as long as `audio` plays.
+def render_avatar_video(
+    image: bytes, audio: bytes, out_path: Path, *, max_side: int = 512, max_seconds: float | None = None
+) -> None:
+    """Write an MP4 (H.264 yuv420p + AAC, faststart) showing `image` for exactly as long as `audio` plays — or for
+    its first `max_seconds`, as a model told to make fewer frames than the voice needs does.
 
     The picture is scaled down (never up) so that its longer side is at most `max_side`, with both sides even.
     Raises `MediaError` when ffmpeg cannot decode either input or the result's length is off.
@@ -116,6 +119,8 @@ def render_avatar_video(image: bytes, audio: bytes, out_path: Path, *, max_side:
         audio_path.write_bytes(audio)
 
         decode = ["-vn", "-sn", "-dn", "-map", "0:a:0", "-c:a", "pcm_s16le", "-ar", "44100"]
+        if max_seconds is not None:
+            decode += ["-t", f"{max_seconds:.3f}"]
         _run_ffmpeg(["-i", str(audio_path), *decode, str(wav_path)], "audio")
         samples, sample_rate = _wav_samples(wav_path)
         duration = samples / sample_rate

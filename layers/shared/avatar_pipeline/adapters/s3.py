@@ -216,6 +216,15 @@ class S3MediaStore:
             raise ValueError(f"s3://{bucket}/{key} is more than the {max_bytes} bytes allowed")
         return bytes(data)
 
+    def describe(self, bucket: str, key: str) -> S3Object | None:
+        try:
+            head = self._s3.head_object(Bucket=bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+                return None
+            raise
+        return S3Object(bucket=bucket, key=key, etag=head["ETag"].strip('"'), size=head["ContentLength"])
+
     def source(self, obj: S3Object) -> S3RangeSource:
         return S3RangeSource(self._s3, obj)
 

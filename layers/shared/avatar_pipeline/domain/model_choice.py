@@ -54,9 +54,10 @@ def prompt_left_out(task: Task, provider: str) -> str | None:
 
 
 def request_fields(spec: ModelSpec, options: Mapping[str, OptionValue], audio_seconds: float) -> ModelOptions:
-    """The model's own fields of a submission: its fixed ones, the job's options, and its frame count where it has
-    one (as long as the voice clip)."""
-    fields: ModelOptions = {**spec.request_fields, **options}
+    """The model's own fields of a submission: its fixed ones, the job's options (but a mask, whose link goes as the
+    request's `mask_url`), and its frame count where it has one (as long as the voice clip)."""
+    masks = {option.name for option in spec.options if option.kind == "mask"}
+    fields: ModelOptions = {**spec.request_fields, **{k: v for k, v in options.items() if k not in masks}}
     if spec.frame_count is not None:
         fields[spec.frame_count.field] = spec.frame_count.for_seconds(audio_seconds)
     return fields

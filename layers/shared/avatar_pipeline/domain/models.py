@@ -166,6 +166,8 @@ class Task(BaseModel):
     prompt: str | None = None
     image: S3Object | None = None
     audio: S3Object | None = None
+    # The mask image the job's options name (a model's "mask" option), as checked with the pair.
+    mask: S3Object | None = None
     provider_task_id: str | None = None
     # The providers it may move to when its own turns it away (or its line is long), in the order tried: each one
     # the job and the operator allowed when the pair was checked, whose model takes these very files, within the
@@ -294,6 +296,8 @@ class SubmissionRequest(BaseModel):
     # The provider's name for the task's model (its spec's `model_id`).
     model_id: str
     webhook_url: str = Field(repr=False)
+    # A presigned link to the task's mask image, for a model that takes one (a secret, as the other links).
+    mask_url: str | None = Field(default=None, repr=False)
     # The model's own fields sent along with the inputs (its fixed fields, the job's options, a frame count):
     # nothing secret.
     options: ModelOptions = Field(default_factory=dict)

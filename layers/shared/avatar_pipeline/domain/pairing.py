@@ -3,6 +3,8 @@
 Two ways to name a pair (both under `inbox/`):
 - folder:    inbox/<job>/<any name>.png + inbox/<job>/<any name>.mp3 (+ optional inbox/<job>/job.json)
 - same stem: inbox/<job>.jpg + inbox/<job>.wav
+A folder job may also hold a mask for the models that take one (inbox/<job>/<any name>.mask.png, named in job.json's
+`options`): it is not one of the pair.
 Extensions are compared case-insensitively; the content itself is checked later by validation.
 """
 
@@ -20,7 +22,8 @@ OPTIONS_FILE_NAME = "job.json"
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png"})
 AUDIO_EXTENSIONS = frozenset({".mp3", ".wav", ".m4a", ".aac"})
 
-EntryKind = Literal["image", "audio", "options", "unsupported"]
+EntryKind = Literal["image", "audio", "options", "mask", "unsupported"]
+MASK_SUFFIXES = (".mask.png", ".mask.jpg", ".mask.jpeg")
 
 # A task id: the first 32 hex digits of a SHA-256 (content_id).
 TASK_ID_LENGTH = 32
@@ -57,6 +60,8 @@ def parse_inbox_key(key: str) -> InboxEntry | None:
     # file it is rejected with a notification saying so instead.
     if in_folder and file_name == OPTIONS_FILE_NAME:
         kind = "options"
+    elif in_folder and file_name.lower().endswith(MASK_SUFFIXES):
+        kind = "mask"
     elif extension in IMAGE_EXTENSIONS:
         kind = "image"
     elif extension in AUDIO_EXTENSIONS:

@@ -35,9 +35,10 @@ def join_line(
     audio_ms: int,
     failover_targets: tuple[ProviderName, ...],
     estimated_cost_usd: Decimal,
+    mask: S3Object | None = None,
 ) -> Task:
     """A checked pair joins its provider's line (QUEUED): its place is `now`, kept when the provider turns it away,
-    with what admission needs to know (its length, its estimated cost, whether it may fail over)."""
+    with what admission needs to know (its length, its estimated cost, whether it may fail over, its checked mask)."""
     return transition(
         task,
         S.QUEUED,
@@ -47,6 +48,7 @@ def join_line(
         audio_ms=audio_ms,
         failover_targets=failover_targets,
         estimated_cost_usd=str(estimated_cost_usd),
+        mask=mask,
     )
 
 

@@ -176,6 +176,19 @@ def validate_pair(
     return PairReport(image_problems + audio_problems, image_facts, audio_facts, image_bytes, audio_bytes)
 
 
+def validate_mask(
+    source: RandomAccessSource, mask: S3Object, provider: ProviderName, model: str, options: ModelOptions
+) -> list[str]:
+    """Why a mask image cannot go to `provider`'s `model` with the pair: the image rules apply to it too (it covers
+    the portrait). Empty when it can."""
+    limits = PROVIDERS.model(provider, model).limits_for(options)
+    who = f"{describe_model(provider, model, options)} on {display_name(provider)}"
+    problems, _, _ = _stage(
+        source, mask, limits.max_image_bytes, who, inspect_image, lambda facts, name: check_image(facts, name, limits)
+    )
+    return [f"the mask: {problem}" for problem in problems]
+
+
 def _stage(
     source: RandomAccessSource,
     obj: S3Object,

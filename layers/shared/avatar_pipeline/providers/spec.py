@@ -64,7 +64,7 @@ class BillingRule:
 
 
 OptionValue = str | int | bool
-OptionKind = Literal["choice", "integer", "boolean"]
+OptionKind = Literal["choice", "integer", "boolean", "mask"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,13 @@ class ModelOption:
             return None if value in self.choices else f"must be one of {', '.join(map(repr, self.choices))}"
         if self.kind == "boolean":
             return None if isinstance(value, bool) else "must be true or false"
+        if self.kind == "mask":
+            # The file itself is checked (it exists, it is an image) when the pair is.
+            return (
+                None
+                if isinstance(value, str) and value and "/" not in value
+                else "must name a file in the job's folder"
+            )
         if not isinstance(value, int) or isinstance(value, bool):
             return "must be a whole number"
         if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):

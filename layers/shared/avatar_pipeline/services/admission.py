@@ -398,7 +398,8 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     try:
         try:
             provider = ctx.provider_for(claimed)
-            changed = [obj.key for obj in (claimed.image, claimed.audio) if not ctx.media.unchanged(obj)]
+            inputs = (claimed.image, claimed.audio, *([claimed.mask] if claimed.mask else []))
+            changed = [obj.key for obj in inputs if not ctx.media.unchanged(obj)]
             if changed:
                 return _fail_inputs_changed(ctx, claimed, changed)
             fetch_until = ctx.clock() + ctx.settings.provider_fetch_window(claimed)
@@ -414,6 +415,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
                 model_id=model.model_id,
                 webhook_url=webhook_url(ctx, claimed),
                 options=request_fields(model, claimed.options, (claimed.audio_ms or 0) / 1000),
+                mask_url=ctx.media.presigned_get(claimed.mask, expiry).url if claimed.mask else None,
             )
         except ProviderError:
             raise

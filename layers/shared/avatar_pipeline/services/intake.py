@@ -17,6 +17,7 @@ from avatar_pipeline.domain.models import JobOptions, MediaRole, PairSlot, Provi
 from avatar_pipeline.domain.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
+    INBOX_PREFIX,
     consume,
     content_id,
     options_key,
@@ -60,9 +61,9 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
         logger.info("not an inbox upload; ignored", extra={"key": upload.key})
         return UploadOutcome("ignored")
     log_about(entry.job)
-    if entry.kind == "options":
-        # Read when its pair completes; upload job.json before (or with) the media files.
-        logger.info("job options noted", extra={"job": entry.job, "key": upload.key})
+    if entry.kind == "options" or entry.kind == "mask":
+        # Read when its pair completes; upload job.json (and a mask it names) before (or with) the media files.
+        logger.info("job options noted", extra={"job": entry.job, "key": upload.key, "kind": entry.kind})
         return UploadOutcome("ignored", job=entry.job)
     now = ctx.clock()
     if entry.kind == "unsupported":
@@ -277,7 +278,8 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         "inputs checked",
         extra={"image_bytes_read": report.image_bytes_read, "audio_bytes_read": report.audio_bytes_read},
     )
-    problems += report.problems
+    mask, mask_problems = _checked_mask(ctx, waiting)
+    problems += report.problems + mask_problems
     if problems:
         return end(waiting, TaskStatus.REJECTED, why="; ".join(problems), now=now)
     assert report.audio is not None  # accepted, so it was read
@@ -308,7 +310,28 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         audio_ms=round(seconds * 1000),
         failover_targets=targets,
         estimated_cost_usd=cost,
+        mask=mask,
     )
+
+
+def _checked_mask(ctx: PipelineContext, task: Task) -> tuple[S3Object | None, list[str]]:
+    """The mask image the job's options name (for a model with a mask option), checked as the image is; and why it
+    cannot be used. (None, []) when the job names none."""
+    model = PROVIDERS.model(task.provider, task.model)
+    option = next((o.name for o in model.options if o.kind == "mask" and o.name in task.options), None)
+    if option is None:
+        return None, []
+    file_name = str(task.options[option])
+    key = f"{INBOX_PREFIX}{task.job}/{file_name}"
+    entry = parse_inbox_key(key)
+    if entry is None or entry.kind != "mask":
+        return None, [f'options.{option} is "{file_name}": a mask\'s file name ends in .mask.png or .mask.jpg']
+    mask = ctx.media.describe(ctx.settings.media_bucket, key)
+    if mask is None:
+        return None, [f"options.{option} names {key}, which is not there: upload the mask before the pair"]
+    from avatar_pipeline.domain.validation import validate_mask
+
+    return mask, validate_mask(ctx.media.source(mask), mask, task.provider, task.model, task.options)
 
 
 def _failover_targets(
@@ -354,10 +377,15 @@ def _not_allowed(settings: Settings, options: JobOptions, task: Task) -> list[st
     if refused and options.model is None:
         chosen = f"job.json's mode {options.mode!r} means" if options.mode else "the default model (DefaultModel) is"
         refused = [f"{chosen} {task.model}: {refused[0]}", *refused[1:]]
-    if task.model not in settings.allowed_models and (options.model or options.mode):
+    if not refused and task.model not in settings.allowed_models:
+        # Asked for, or the provider's Kling of the default model's tier (fal runs no Kling v1).
+        chosen = (
+            f'job.json asks for model "{task.model}"'
+            if options.model or options.mode
+            else f'{display_name(task.provider)} runs the default model {settings.default_model} as "{task.model}" only'
+        )
         refused.append(
-            f'job.json asks for model "{task.model}", which this stack does not allow'
-            f" (AllowedModels: {', '.join(settings.allowed_models)})"
+            f"{chosen}, which this stack does not allow (AllowedModels: {', '.join(settings.allowed_models)})"
         )
     for provider in options.preference or ():
         if provider not in settings.allowed_providers:

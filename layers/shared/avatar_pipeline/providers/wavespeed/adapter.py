@@ -165,6 +165,8 @@ class WaveSpeedProvider(HttpProvider):
         inputs: dict[str, OptionValue] = {"image": request.image_url, "audio": request.audio_url}
         if request.prompt is not None:
             inputs["prompt"] = request.prompt
+        if request.mask_url is not None:
+            inputs["mask_image"] = request.mask_url
         body = with_model_fields(inputs, request, "WaveSpeed submit")
         url = self._base_url + MODEL_PATH.format(model_id=request.model_id)
         try:
