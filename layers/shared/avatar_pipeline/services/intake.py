@@ -346,19 +346,18 @@ def _failover_targets(
     assert task.image is not None
     assert task.audio is not None
     settings = ctx.settings
-    listed = options.preference is not None and len(options.preference) > 1
+    preference = options.preference or ()
+    listed = len(preference) > 1
     wants_failover = settings.allow_failover if options.failover is None else options.failover
-    candidates = (
-        options.preference[1:] if listed and options.preference else PROVIDERS.others(task.provider, task.model)
-    )
+    candidates = preference[1:] if listed else PROVIDERS.others(task.provider, task.model)
     targets: list[ProviderName] = []
     passed_over: list[str] = []
     for other in candidates if wants_failover or listed else ():
         why_not: str | None = None
         if not settings.may_fail_over_to(other):
             why_not = "the stack does not allow it"
-        elif unrunnable(other, task.model, task.options):
-            why_not = "; ".join(unrunnable(other, task.model, task.options))
+        elif cannot := unrunnable(other, task.model, task.options):
+            why_not = "; ".join(cannot)
         elif not fits(report, task.image, task.audio, other, task.model, task.options):
             why_not = "its limits do not fit these files"
         elif not settings.within_cost_limit(estimate_cost(other, task.model, seconds, settings, task.options)):
