@@ -1,7 +1,7 @@
 """`avatar` — submit a face and a voice clip, follow the job, fetch the video; or ask where a job stands.
 
     avatar submit FACE AUDIO [--job NAME] [--prompt TEXT] [--model NAME | --mode std|pro] [--option NAME=VALUE]...
-                  [--provider NAME]... [--wait] [--out DIR]
+                  [--mask FILE] [--provider NAME]... [--wait] [--out DIR]
     avatar status JOB [--json]
 
 The stack is the local one (.local/stack.json, written by `make up`) unless --stack-name names a deployed
@@ -92,7 +92,10 @@ def _submit(client: PipelineClient, args: argparse.Namespace) -> int:
         )
     except ValidationError as error:
         raise SystemExit(f"not a valid job: {error}") from None
-    for key in client.submit(face, audio, job, options):
+    mask = Path(args.mask) if args.mask else None
+    if mask is not None and not mask.is_file():
+        raise SystemExit(f"{mask} is not a file")
+    for key in client.submit(face, audio, job, options, mask):
         print(f"uploaded s3://{client.target.bucket}/{key}")
     print(f"job: {job}")
     if not args.wait:
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="one of the model's options, e.g. resolution=720p or seed=7 (repeatable)",
     )
+    submit.add_argument("--mask", help="a mask image for the models that take one (InfiniteTalk on WaveSpeed)")
     submit.add_argument(
         "--provider", action="append", help="a provider to use; repeat it to list several in order of preference"
     )

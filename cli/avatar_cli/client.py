@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from avatar_pipeline.adapters.dynamodb import DynamoTaskRepository
 from avatar_pipeline.domain.models import JobOptions, PairSlot, Task, Transition
-from avatar_pipeline.domain.pairing import INBOX_PREFIX, OPTIONS_FILE_NAME
+from avatar_pipeline.domain.pairing import INBOX_PREFIX, MASK_SUFFIXES, OPTIONS_FILE_NAME
 
 
 class StackTarget(BaseModel):
@@ -79,9 +79,19 @@ class PipelineClient:
         # Read-only use of the pipeline's own repository: one definition of how tasks are stored.
         self._tasks = DynamoTaskRepository(table, task_ttl=timedelta(days=1))
 
-    def submit(self, face: Path, audio: Path, job: str, options: JobOptions | None = None) -> list[str]:
-        """Upload a pair as a folder job (options first, so they are there when the pair completes)."""
+    def submit(
+        self, face: Path, audio: Path, job: str, options: JobOptions | None = None, mask: Path | None = None
+    ) -> list[str]:
+        """Upload a pair as a folder job (options and a mask first, so they are there when the pair completes). A
+        mask is uploaded under a mask's name (`<stem>.mask.png`) and named in the options as `mask_image`."""
         keys = []
+        if mask is not None:
+            name = mask.name if mask.name.lower().endswith(MASK_SUFFIXES) else f"{mask.stem}.mask{mask.suffix.lower()}"
+            key = f"{INBOX_PREFIX}{job}/{name}"
+            self._s3.upload_file(str(mask), self.target.bucket, key)
+            keys.append(key)
+            options = options or JobOptions()
+            options = options.model_copy(update={"options": {**options.options, "mask_image": name}})
         if options is not None and options.model_dump(exclude_defaults=True):
             key = f"{INBOX_PREFIX}{job}/{OPTIONS_FILE_NAME}"
             self._s3.put_object(Bucket=self.target.bucket, Key=key, Body=options.model_dump_json(exclude_defaults=True))

@@ -54,6 +54,17 @@ def test_model_options_and_providers_become_the_jobs_options_file(s3: Any, tmp_p
     }
 
 
+def test_a_mask_is_uploaded_under_a_masks_name_first_and_named_in_the_options(s3: Any, tmp_path: Path) -> None:
+    # Given a mask file named as any image
+    (tmp_path / "outline.png").write_bytes(b"png")
+    # When it is submitted with a pair for InfiniteTalk
+    keys = submit(tmp_path, "--model", "infinitetalk", "--mask", str(tmp_path / "outline.png"))
+    # Then it is in the job's folder under a mask's name, and job.json names it as the model's mask_image
+    assert keys == ["inbox/j/face.png", "inbox/j/job.json", "inbox/j/outline.mask.png", "inbox/j/voice.mp3"]
+    written = json.loads(s3.get_object(Bucket=BUCKET, Key="inbox/j/job.json")["Body"].read())
+    assert written == {"model": "infinitetalk", "options": {"mask_image": "outline.mask.png"}}
+
+
 def test_a_pair_submitted_without_choices_has_no_options_file(s3: Any, tmp_path: Path) -> None:
     # When a pair is submitted with no flag; Then only the pair is uploaded (the stack's defaults apply)
     assert submit(tmp_path) == ["inbox/j/face.png", "inbox/j/voice.mp3"]

@@ -258,6 +258,17 @@ def test_allowed_models_are_split_on_commas_or_whitespace(written: str) -> None:
     assert make_settings(ALLOWED_MODELS=written).allowed_models == ("kling-v1-std", "omnihuman-1.5")
 
 
+def test_fal_as_the_default_provider_runs_the_default_kling_model_as_its_own_kling_v2() -> None:
+    # Given fal.ai as the default provider with the default model, Kling v1 standard, which fal runs as Kling v2
+    settings = make_settings(DEFAULT_PROVIDER="fal")
+    # Then the settings stand (the functions start), and a job naming nothing gets fal's Kling v2 standard
+    w = make_world(settings={"DEFAULT_PROVIDER": "fal"})
+    assert settings.default_model == "kling-v1-std"
+    outcome = deliver(w, {})
+    assert outcome.action == "queued"
+    assert (the_task(w, outcome).provider, the_task(w, outcome).model) == ("fal", "kling-v2-std")
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -273,8 +284,13 @@ def test_allowed_models_are_split_on_commas_or_whitespace(written: str) -> None:
             {"ALLOWED_PROVIDERS": "cometapi"},
             "DEFAULT_PROVIDER (wavespeed) must be one of ALLOWED_PROVIDERS (cometapi)",
         ),
+        (
+            {"DEFAULT_PROVIDER": "fal", "ALLOWED_MODELS": "kling-v1-std"},
+            "DEFAULT_PROVIDER (fal) runs DEFAULT_MODEL (kling-v1-std) as kling-v2-std, which must be one of"
+            " ALLOWED_MODELS (kling-v1-std)",
+        ),
     ],
-    ids=["default-model", "model-of-another-provider", "default-provider"],
+    ids=["default-model", "model-of-another-provider", "default-provider", "run-as-a-model-not-allowed"],
 )
 def test_a_default_the_operator_does_not_allow_is_refused_with_a_clear_message(
     env: dict[str, str], message: str

@@ -91,7 +91,7 @@ def test_a_job_with_a_mask_is_checked_with_it_and_sends_it_as_its_own_link() -> 
         (
             {"model": "infinitetalk", "options": {"mask_image": "face.png"}},
             MASK,
-            'options.mask_image is "face.png": a mask\'s file name ends in .mask.png or .mask.jpg',
+            'options.mask_image is "face.png": a mask\'s file name ends in one of .mask.png, .mask.jpg, .mask.jpeg',
         ),
         (INFINITETALK, b"not an image at all", "the mask: face.mask.png"),
         (

@@ -170,7 +170,7 @@ def test_cometapis_price_is_the_operators_setting() -> None:
 def test_an_option_the_model_does_not_have_is_named_with_the_models_title_and_its_options() -> None:
     infinitetalk = PROVIDERS.model("wavespeed", "infinitetalk")
     assert infinitetalk.option_problems({"fps": 30}) == [
-        'InfiniteTalk has no option "fps" (its options: resolution, seed)'
+        'InfiniteTalk has no option "fps" (its options: resolution, seed, mask_image)'
     ]
     kling = PROVIDERS.model("wavespeed", "kling-v1-std")
     assert kling.option_problems({"seed": 7}) == [
@@ -236,7 +236,7 @@ def test_every_problem_of_the_options_is_given_at_once() -> None:
     assert problems == [
         "InfiniteTalk: option \"resolution\" must be one of '480p', '720p'",
         'InfiniteTalk: option "seed" must be from -1 to 2147483647',
-        'InfiniteTalk has no option "fps" (its options: resolution, seed)',
+        'InfiniteTalk has no option "fps" (its options: resolution, seed, mask_image)',
     ]
 
 

@@ -5,6 +5,7 @@ back. Run on the in-memory fakes, with a scripted provider for each of WaveSpeed
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from datetime import timedelta
@@ -288,6 +289,34 @@ def test_a_listed_provider_whose_model_does_not_take_the_options_is_passed_over_
     passed_over = task.reason.split("never moves to fal.ai: ", 1)[-1]
     assert "never moves to fal.ai: " in task.reason
     assert "InfiniteTalk" in passed_over and 'option "seed" must be from 0 to 2147483647' in passed_over
+
+
+def test_a_job_asking_for_failover_is_told_where_its_task_will_never_go(world: tuple[World, Providers]) -> None:
+    w, _ = world
+    # Given a job naming no list but asking for failover, with an option fal.ai's InfiniteTalk does not take
+    task = queued(w, "hal", {"model": "infinitetalk", "options": {"seed": -1}, "failover": True})
+    # Then it has no target, and the task says why fal.ai is none
+    assert task.failover_targets == ()
+    assert 'never moves to fal.ai: fal.ai\'s InfiniteTalk: option "seed" must be from 0' in (task.reason or "")
+
+
+def test_a_turned_away_task_does_not_move_to_a_target_that_no_longer_runs_its_model(
+    world: tuple[World, Providers],
+) -> None:
+    w, providers = world
+    # Given a task queued at WaveSpeed with fal.ai as its target for Kling v2 standard
+    task = queued(w, "ivy", {"providers": ["wavespeed", "fal"], "model": "kling-v2-std"})
+    assert task.failover_targets == ("fal",)
+    # When fal.ai no longer offers that model (a redeploy changed its catalog) and WaveSpeed turns the task away
+    fal = PROVIDERS["fal"]
+    without = dataclasses.replace(fal, models={k: v for k, v in fal.models.items() if k != "kling-v2-std"})
+    providers["wavespeed"].script_submit(ProviderTransientError("HTTP 503", code="503"))
+    with PROVIDERS.registered(without, replacing=True):
+        run_dispatcher(w)
+    # Then it goes back to its place in WaveSpeed's line: nothing was sent to fal.ai
+    after = current(w, task)
+    assert (after.status, after.provider, after.failed_over_from) == (S.QUEUED, "wavespeed", None)
+    assert providers["fal"].submit_count == 0
 
 
 def test_a_listed_provider_over_the_per_pair_cost_limit_is_passed_over_saying_so() -> None:

@@ -422,6 +422,26 @@ def test_a_record_stored_with_failover_allowed_reads_as_its_failover_target(
     assert Task.model_validate(stored).failover_targets == targets
 
 
+def test_a_record_stored_with_failover_allowed_after_it_moved_has_no_target_left() -> None:
+    # Given a task record from before failover_targets that had already failed over (a task moved once, then)
+    stored = make_task(S.QUEUED, provider="cometapi", failed_over_from="wavespeed").model_dump(mode="json")
+    stored |= {"failover_allowed": True}
+    del stored["failover_targets"]
+    # When it is read, then it may not move again: not back to WaveSpeed, nor anywhere
+    read = Task.model_validate(stored)
+    assert (read.failover_targets, read.targets_ahead) == ((), ())
+    with pytest.raises(ChangeRefusedError):
+        move_to_line(read, "wavespeed", why="back", now=SOON, estimated_cost_usd=Decimal("0.25"))
+
+
+def test_a_record_stored_with_a_mode_keeps_only_the_targets_offering_its_model() -> None:
+    # Given a WaveSpeed std task stored when fal offered a "std" too (its Kling v2), with both as targets
+    stored = make_task(S.QUEUED, failover_targets=("cometapi", "fal")).model_dump(mode="json") | {"mode": "std"}
+    del stored["model"], stored["options"]
+    # When it is read as Kling v1 standard, then fal.ai (which runs no Kling v1) is no longer a target
+    assert Task.model_validate(stored).failover_targets == ("cometapi",)
+
+
 @pytest.mark.parametrize(
     ("provider", "mode", "model"),
     [("wavespeed", "std", "kling-v1-std"), ("cometapi", "pro", "kling-v1-pro"), ("fal", "pro", "kling-v2-pro")],

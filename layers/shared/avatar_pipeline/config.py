@@ -11,7 +11,8 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
-from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, ModelName, ProviderName, Task
+from avatar_pipeline.domain.model_choice import choose_model
+from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, JobOptions, ModelName, ProviderName, Task
 from avatar_pipeline.domain.quota import QuotaLimits
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import ProviderSettings, ProviderSpec
@@ -166,10 +167,18 @@ class Settings(BaseModel):
                 f"DEFAULT_PROVIDER ({self.default_provider}) must be one of ALLOWED_PROVIDERS"
                 f" ({', '.join(self.allowed_providers)}): jobs that choose no provider get it"
             )
-        if self.default_model not in PROVIDERS[self.default_provider].models:
+        # A job naming nothing gets the default model, or (a Kling model the provider does not run) its Kling of the
+        # same tier: fal runs Kling v2 only.
+        runs = choose_model(JobOptions(), self.default_model, self.default_provider)
+        if runs not in PROVIDERS[self.default_provider].models:
             raise ValueError(
                 f"DEFAULT_MODEL ({self.default_model}) must be a model DEFAULT_PROVIDER ({self.default_provider})"
                 f" offers ({', '.join(PROVIDERS[self.default_provider].models)})"
+            )
+        if runs not in self.allowed_models:
+            raise ValueError(
+                f"DEFAULT_PROVIDER ({self.default_provider}) runs DEFAULT_MODEL ({self.default_model}) as {runs}, which"
+                f" must be one of ALLOWED_MODELS ({', '.join(self.allowed_models)}): jobs that choose nothing get it"
             )
         return self
 

@@ -209,26 +209,33 @@ class Task(BaseModel):
     @classmethod
     def _read_older_records(cls, data: Any) -> Any:
         """Records stored before `failover_targets` say `failover_allowed`: made when WaveSpeed and CometAPI were the
-        only providers, they mean the other of the two (the pair was checked against it). Records stored before
-        `model` name a Kling tier (`mode`): their provider's Kling avatar model of that tier."""
+        only providers, they mean the other of the two (the pair was checked against it) — none once the task had
+        moved (it moved once at most). Records stored before `model` name a Kling tier (`mode`): their provider's
+        Kling avatar model of that tier, and of their targets only those that offer it (fal offered a `std` then,
+        which was Kling v2)."""
         if not isinstance(data, dict) or not ({"failover_allowed", "mode"} & data.keys()):
             return data
         data = dict(data)
         if "failover_allowed" in data:
-            allowed = data.pop("failover_allowed")
+            allowed = data.pop("failover_allowed") and not data.get("failed_over_from")
             if allowed and "failover_targets" not in data:
                 data["failover_targets"] = tuple(_FIRST_TWO.get(data.get("provider"), ()))
         if "mode" in data:
             mode = data.pop("mode")
             version = _KLING_VERSION_BEFORE_MODELS.get(str(data.get("provider")), "v1")
-            data.setdefault("model", f"kling-{version}-{mode}")
+            model = data.setdefault("model", f"kling-{version}-{mode}")
+            offering = PROVIDERS.offering(model)
+            data["failover_targets"] = tuple(t for t in data.get("failover_targets") or () if t in offering)
         return data
 
     @property
     def targets_ahead(self) -> tuple[str, ...]:
-        """The failover targets it has not reached yet: those after its provider (it moves forward only)."""
+        """The failover targets it has not reached yet: those after its provider (it moves forward only); none for a
+        task that moved to a provider not among them (a record from before there were lists)."""
         targets = self.failover_targets
-        return targets[targets.index(self.provider) + 1 :] if self.provider in targets else targets
+        if self.provider in targets:
+            return targets[targets.index(self.provider) + 1 :]
+        return () if self.failed_over_from is not None else targets
 
     @property
     def needs_attention(self) -> bool:

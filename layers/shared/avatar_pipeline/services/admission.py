@@ -33,7 +33,7 @@ from avatar_pipeline.domain.errors import (
     ProviderOutcomeUnknownError,
     ProviderTransientError,
 )
-from avatar_pipeline.domain.model_choice import prompt_left_out, request_fields
+from avatar_pipeline.domain.model_choice import prompt_left_out, request_fields, unrunnable
 from avatar_pipeline.domain.models import ProviderName, ProviderQuota, SubmissionRequest, Task, TaskStatus
 from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.domain.quota import (
@@ -238,7 +238,7 @@ def _spill_over(ctx: PipelineContext, source: ProviderName, target: ProviderName
         waited = now - task.queued_at
         if waited < after:
             return None  # the rest of the line joined later
-        if target not in task.failover_targets or task.failed_over_from is not None:
+        if target not in task.targets_ahead or task.failed_over_from is not None or not _runs(target, task):
             continue
         if not _configured(ctx, target):
             return None
@@ -403,9 +403,9 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
             if changed:
                 return _fail_inputs_changed(ctx, claimed, changed)
             fetch_until = ctx.clock() + ctx.settings.provider_fetch_window(claimed)
-            image = ctx.media.presigned_get(claimed.image, expiry)
-            audio = ctx.media.presigned_get(claimed.audio, expiry)
-            _warn_if_links_die_early(claimed, min(image.expires_at, audio.expires_at), fetch_until)
+            links = [ctx.media.presigned_get(obj, expiry) for obj in inputs]
+            _warn_if_links_die_early(claimed, min(link.expires_at for link in links), fetch_until)
+            image, audio, *mask = links
             model = PROVIDERS.model(claimed.provider, claimed.model)
             request = SubmissionRequest(
                 task_id=claimed.task_id,
@@ -415,7 +415,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
                 model_id=model.model_id,
                 webhook_url=webhook_url(ctx, claimed),
                 options=request_fields(model, claimed.options, (claimed.audio_ms or 0) / 1000),
-                mask_url=ctx.media.presigned_get(claimed.mask, expiry).url if claimed.mask else None,
+                mask_url=mask[0].url if mask else None,
             )
         except ProviderError:
             raise
@@ -578,9 +578,17 @@ def _requeue(
 
 def _failover_target(ctx: PipelineContext, claimed: Task) -> ProviderName | None:
     """The provider a turned-away task moves to: the next of its failover targets (in the job's order of preference)
-    that the operator still allows and this function is configured for."""
-    targets = (other for other in claimed.targets_ahead if ctx.settings.may_fail_over_to(other))
+    that the operator still allows, still runs its model, and this function is configured for."""
+    targets = (
+        other for other in claimed.targets_ahead if ctx.settings.may_fail_over_to(other) and _runs(other, claimed)
+    )
     return next((other for other in targets if _configured(ctx, other)), None)
+
+
+def _runs(provider: ProviderName, task: Task) -> bool:
+    """Whether `provider` (still) runs the task's model with its options: checked when the pair was, and again at a
+    move, as a redeploy may have changed a provider's catalog since."""
+    return not unrunnable(provider, task.model, task.options)
 
 
 def _configured(ctx: PipelineContext, provider: ProviderName) -> bool:

@@ -18,6 +18,7 @@ from avatar_pipeline.domain.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
     INBOX_PREFIX,
+    MASK_SUFFIXES,
     consume,
     content_id,
     options_key,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 logger = Logger(child=True)
 
 MAX_OPTIONS_BYTES = 64 * 1024
+MASK_NAMING = f"a mask's file name ends in one of {', '.join(MASK_SUFFIXES)}"
 # S3's longest object key, in UTF-8 bytes.
 MAX_S3_KEY_BYTES = 1024
 
@@ -325,7 +327,7 @@ def _checked_mask(ctx: PipelineContext, task: Task) -> tuple[S3Object | None, li
     key = f"{INBOX_PREFIX}{task.job}/{file_name}"
     entry = parse_inbox_key(key)
     if entry is None or entry.kind != "mask":
-        return None, [f'options.{option} is "{file_name}": a mask\'s file name ends in .mask.png or .mask.jpg']
+        return None, [f'options.{option} is "{file_name}": {MASK_NAMING}']
     mask = ctx.media.describe(ctx.settings.media_bucket, key)
     if mask is None:
         return None, [f"options.{option} names {key}, which is not there: upload the mask before the pair"]
@@ -364,7 +366,8 @@ def _failover_targets(
             why_not = "it would cost more than the per-pair cost limit"
         if why_not is None:
             targets.append(other)
-        elif listed:
+        elif listed or options.failover:
+            # Named by the job (in its list, or by asking for failover): it is told where the task will never go.
             passed_over.append(f"never moves to {display_name(other)}: {why_not}")
     return tuple(targets), passed_over
 

@@ -41,8 +41,8 @@ KLING_RENDER_SECONDS_PER_SECOND = 20.0
 # Per started 5 s of video, the first 5 s always billed (the rule WaveSpeed's "per 5 s" model pages state).
 PER_5_SECONDS = BillingRule(step_seconds=5, minimum_seconds=5)
 SEED = ModelOption("seed", "integer", minimum=-1, maximum=2_147_483_647, default=-1)
-# An image of the same size as the portrait, white over the person to animate (a mask over the whole picture gives a
-# black video): a file of the job's folder named <any>.mask.png (or .jpg).
+# An image over the portrait, white over the person to animate (a mask over the whole picture gives a black video): a
+# file of the job's folder named <any>.mask.png (or .jpg).
 MASK = ModelOption("mask_image", "mask")
 RESOLUTION_480P_720P = ModelOption("resolution", "choice", choices=("480p", "720p"), default="480p")
 
