@@ -29,8 +29,10 @@ QUICK = FaultPlan(processing_seconds=0.5)
 def e2e(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[E2E]:
     state = tmp_path_factory.mktemp("local-stack")
     module = request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_").replace("_", "-")
+    # A module may set parameters of its own (STACK_PARAMETERS), over the fast ones.
+    parameters = E2E_PARAMETERS | getattr(request.module, "STACK_PARAMETERS", {})
     config = LocalStackConfig(
-        stack_name=f"e2e-{module}", state_dir=state, parameters=E2E_PARAMETERS, poll_interval_seconds=1.0, faults=QUICK
+        stack_name=f"e2e-{module}", state_dir=state, parameters=parameters, poll_interval_seconds=1.0, faults=QUICK
     )
     stack = LocalStack(config)
     info = stack.start()
