@@ -128,6 +128,22 @@ def test_fals_infinitalk_is_told_the_frames_the_whole_voice_needs(e2e: E2E, tmp_
     assert note["body"]["estimated_cost_usd"] == str(Decimal("0.40") * billed_seconds(task))
 
 
+def test_an_output_path_puts_the_video_where_it_says_and_a_hostile_one_is_refused(e2e: E2E) -> None:
+    # When a job asks for its video beside its inputs' layout, and another for one under inbox/
+    task = e2e.run("e2e-layout/amy", options=JobOptions(output_path="outputs/{input_dir}/{stem}-{task}.mp4"))
+    hostile = e2e.run("e2e-hostile", options=JobOptions(output_path="inbox/{job}/{task}.mp4"), timeout=30)
+    # Then the first video is where its template says, and nowhere else
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    assert task.output is not None and task.output.key == f"outputs/e2e-layout/amy/face-{task.task_id}.mp4"
+    assert e2e.stack.info is not None
+    s3 = e2e.stack.aws.client("s3")
+    assert s3.head_object(Bucket=e2e.stack.info.bucket, Key=task.output.key)["ContentLength"] > 0
+    # And the hostile one was refused before anything was sent, saying why
+    assert hostile.status is TaskStatus.REJECTED
+    assert "it must start with outputs/" in (hostile.reason or "")
+    assert not sent_for(e2e, "e2e-hostile")
+
+
 def test_a_clip_over_its_models_limit_is_rejected_naming_the_model_and_the_limit(e2e: E2E, tmp_path: Path) -> None:
     # Given a 35 s voice clip, and fal's OmniHuman, which takes clips under 30 s at its default 1080p
     voice = tmp_path / "voice.mp3"

@@ -749,6 +749,7 @@ def test_submit_environment_resolves_to_plain_strings(template: dict[str, Any], 
         "MAX_COST_PER_PAIR_USD": "0",
         "POLL_AFTER_SECONDS": "120",
         "DOWNLOAD_URL_EXPIRY_SECONDS": "86400",
+        "OUTPUT_PATH_TEMPLATE": "outputs/{job}/{task}.mp4",
     }
     assert all(type(name) is str and type(value) is str for name, value in environment.items())
 

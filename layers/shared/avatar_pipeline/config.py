@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validat
 
 from avatar_pipeline.domain.model_choice import choose_model
 from avatar_pipeline.domain.models import MAX_PRESIGNED_URL_SECONDS, JobOptions, ModelName, ProviderName, Task
+from avatar_pipeline.domain.output_keys import DEFAULT_TEMPLATE, template_problems
 from avatar_pipeline.domain.quota import QuotaLimits
 from avatar_pipeline.providers.registry import PROVIDERS
 from avatar_pipeline.providers.spec import ProviderSettings, ProviderSpec
@@ -98,6 +99,8 @@ class Settings(BaseModel):
         default_factory=lambda: default_output_hosts(), alias="ALLOWED_OUTPUT_HOSTS", min_length=1
     )
     task_ttl_days: int = Field(default=90, alias="TASK_TTL_DAYS", gt=0)
+    # Where videos go (domain/output_keys.py); a job's job.json may give its own.
+    output_path_template: str = Field(default=DEFAULT_TEMPLATE, alias="OUTPUT_PATH_TEMPLATE")
     # Each registered provider's own settings (its base URL, secrets, quota, prices), by name.
     providers: Mapping[str, SerializeAsAny[ProviderSettings]]
 
@@ -148,6 +151,13 @@ class Settings(BaseModel):
             **data,
             "providers": {name: _provider_settings(spec, data, given.get(name)) for name, spec in PROVIDERS.items()},
         }
+
+    @field_validator("output_path_template")
+    @classmethod
+    def _a_usable_template(cls, value: str) -> str:
+        if problems := template_problems(value):
+            raise ValueError(f"OUTPUT_PATH_TEMPLATE {value!r}: {'; '.join(problems)}")
+        return value
 
     @field_validator("allowed_output_hosts", "allowed_models", "allowed_providers", mode="before")
     @classmethod

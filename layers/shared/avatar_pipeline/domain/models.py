@@ -122,6 +122,8 @@ class JobOptions(BaseModel):
     # The providers to try, in order of preference: the pair goes to the first, and moves on only when the one
     # before provably did not take it (failover). One of `provider` and `providers`.
     providers: tuple[ProviderName, ...] | None = Field(default=None, min_length=1)
+    # Where its video goes: an output path template of its own (domain/output_keys.py), instead of the stack's.
+    output_path: str | None = Field(default=None, max_length=1024)
     # May the task move to another provider when this one is unavailable? (Default: the stack's setting.)
     failover: bool | None = None
 
@@ -168,6 +170,9 @@ class Task(BaseModel):
     audio: S3Object | None = None
     # The mask image the job's options name (a model's "mask" option), as checked with the pair.
     mask: S3Object | None = None
+    # Where its video goes, as its output key template gave it when the pair was checked (None in records from
+    # before templates: outputs/<job>/<task>.mp4).
+    output_key: str | None = None
     provider_task_id: str | None = None
     # The providers it may move to when its own turns it away (or its line is long), in the order tried: each one
     # the job and the operator allowed when the pair was checked, whose model takes these very files, within the

@@ -36,9 +36,11 @@ def join_line(
     failover_targets: tuple[ProviderName, ...],
     estimated_cost_usd: Decimal,
     mask: S3Object | None = None,
+    output_key: str | None = None,
 ) -> Task:
     """A checked pair joins its provider's line (QUEUED): its place is `now`, kept when the provider turns it away,
-    with what admission needs to know (its length, its estimated cost, whether it may fail over, its checked mask)."""
+    with what admission needs to know (its length, its estimated cost, whether it may fail over, its checked mask)
+    and where its video will go."""
     return transition(
         task,
         S.QUEUED,
@@ -49,6 +51,7 @@ def join_line(
         failover_targets=failover_targets,
         estimated_cost_usd=str(estimated_cost_usd),
         mask=mask,
+        output_key=output_key,
     )
 
 

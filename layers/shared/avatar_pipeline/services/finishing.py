@@ -11,6 +11,7 @@ from aws_lambda_powertools import Logger
 
 from avatar_pipeline.domain.errors import OutputCopyInterruptedError, OutputUnusableError
 from avatar_pipeline.domain.models import Notification, S3Object, Task, TaskOutcome, TaskStatus
+from avatar_pipeline.domain.output_keys import DEFAULT_TEMPLATE, render
 from avatar_pipeline.domain.task_changes import (
     claim_copy,
     claim_notification,
@@ -47,7 +48,8 @@ AnnounceAction = Literal["published", "skipped", "deferred"]
 
 
 def output_key(task: Task) -> str:
-    return f"outputs/{task.job}/{task.task_id}.mp4"
+    """Where the task's video goes: as its template gave it, or the default for records from before templates."""
+    return task.output_key or render(DEFAULT_TEMPLATE, task)
 
 
 def copy_backoff(attempt: int) -> timedelta:

@@ -14,6 +14,7 @@ from avatar_pipeline.config import Settings
 from avatar_pipeline.domain.errors import InputGoneError
 from avatar_pipeline.domain.model_choice import choose_model, prompt_left_out, unrunnable
 from avatar_pipeline.domain.models import JobOptions, MediaRole, PairSlot, ProviderName, S3Object, Task, TaskStatus
+from avatar_pipeline.domain.output_keys import key_problems, render, template_problems
 from avatar_pipeline.domain.pairing import (
     AUDIO_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -34,7 +35,6 @@ from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers.registry import PROVIDERS, describe_model, display_name
 from avatar_pipeline.services.admission import line_note
 from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
-from avatar_pipeline.services.finishing import output_key
 
 if TYPE_CHECKING:
     from avatar_pipeline.domain.validation import PairReport
@@ -43,8 +43,6 @@ logger = Logger(child=True)
 
 MAX_OPTIONS_BYTES = 64 * 1024
 MASK_NAMING = f"a mask's file name ends in one of {', '.join(MASK_SUFFIXES)}"
-# S3's longest object key, in UTF-8 bytes.
-MAX_S3_KEY_BYTES = 1024
 
 UploadAction = Literal["ignored", "waiting", "duplicate", "rejected", "queued"]
 
@@ -261,13 +259,9 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
     problems = [options_problem] if options_problem else []
     # Nothing beyond what the operator allows: such a pair is never checked, sent nor paid for.
     refused = _not_allowed(ctx.settings, options, waiting)
-    # Checked before anything is paid: S3 would refuse to store the video under a longer key.
-    video_key_bytes = len(output_key(waiting).encode())
-    if video_key_bytes > MAX_S3_KEY_BYTES:
-        problems.append(
-            f"the job name is too long: its video's key would be {video_key_bytes:,} bytes, over S3's limit of "
-            f"{MAX_S3_KEY_BYTES:,}"
-        )
+    # Checked before anything is paid: where the video will go (S3 would refuse a longer key).
+    video_key = render(options.output_path or ctx.settings.output_path_template, waiting) if not refused else ""
+    problems += key_problems(video_key) if video_key else []
     if refused:
         return end(waiting, TaskStatus.REJECTED, why="; ".join(problems + refused), now=now)
     # Loaded once a pair is complete: a cold start on a pair's first half never loads Pillow and mutagen.
@@ -313,6 +307,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         failover_targets=targets,
         estimated_cost_usd=cost,
         mask=mask,
+        output_key=video_key,
     )
 
 
@@ -389,6 +384,8 @@ def _not_allowed(settings: Settings, options: JobOptions, task: Task) -> list[st
         refused.append(
             f"{chosen}, which this stack does not allow (AllowedModels: {', '.join(settings.allowed_models)})"
         )
+    if options.output_path is not None and (wrong := template_problems(options.output_path)):
+        refused.append(f"job.json's output_path {options.output_path!r} cannot be used: {'; '.join(wrong)}")
     for provider in options.preference or ():
         if provider not in settings.allowed_providers:
             refused.append(
