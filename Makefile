@@ -14,7 +14,7 @@ SAM_STAMP := $(SAM_VENV)/.aws-sam-cli-$(SAM_CLI_VERSION)
 BUILD_DIR := .aws-sam/build
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help demo up chaos batch bench setup test test-unit test-template test-handlers test-e2e test-chaos test-tooling lint format typecheck hooks cfn-lint checkov iac-check build check-build validate rehearse deploy clean
+.PHONY: help demo up chaos batch bench schemas setup test test-unit test-template test-handlers test-e2e test-chaos test-tooling lint format typecheck hooks cfn-lint checkov iac-check build check-build validate rehearse deploy clean
 CHAOS_PAIRS ?= 200
 CHAOS_SEED ?= 1
 BATCH_PAIRS ?= 120
@@ -26,6 +26,7 @@ help:
 	@echo "make chaos      $(CHAOS_PAIRS) pairs through the local stack under injected faults; prints the harm done (all 0)"
 	@echo "make batch      $(BATCH_PAIRS) pairs at once, more than WaveSpeed's quota, at its limits with time $(BATCH_TIME_FACTOR)x; prints the figures"
 	@echo "make bench      performance against baselines (cold start, copy, poller, batch, CPU, cost); writes docs/performance.md"
+	@echo "make schemas    write the JSON Schema of the task state change events to schemas/ (a test checks it is current)"
 	@echo "make setup      create .venv with everything needed to develop and test"
 	@echo "make test       run the whole test suite: every tier below"
 	@echo "make test-unit      the domain and its adapters, on in-memory fakes and moto (tests/unit)"
@@ -66,6 +67,9 @@ chaos: setup
 
 batch: setup
 	$(BIN)/python -m avatar_local batch --pairs $(BATCH_PAIRS) --time-factor $(BATCH_TIME_FACTOR)
+
+schemas: setup
+	$(BIN)/python -c 'import json; from avatar_pipeline.domain.events import event_schema; print(json.dumps(event_schema(), indent=2))' > schemas/avatar-task-state-change.schema.json
 
 bench: setup
 	$(BIN)/python -m avatar_local.bench

@@ -73,6 +73,12 @@ ModelName = Annotated[str, BeforeValidator(_offered_model)]
 KlingTier = Literal["std", "pro"]
 # A model's options as a job gives them (job.json's `options`) and as they are sent.
 ModelOptions = dict[str, str | int | bool]
+# The app's own keys and values (job.json's `metadata`), echoed in the task's events and its notification, as
+# MediaConvert's userMetadata is: at most 20, short texts.
+AppMetadata = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]],
+    Field(max_length=20),
+]
 MediaRole = Literal["image", "audio"]
 
 
@@ -126,6 +132,7 @@ class JobOptions(BaseModel):
     output_path: str | None = Field(default=None, max_length=1024)
     # May the task move to another provider when this one is unavailable? (Default: the stack's setting.)
     failover: bool | None = None
+    metadata: AppMetadata = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_way_each(self) -> JobOptions:
@@ -173,6 +180,8 @@ class Task(BaseModel):
     # Where its video goes, as its output key template gave it when the pair was checked (None in records from
     # before templates: outputs/<job>/<task>.mp4).
     output_key: str | None = None
+    # The app's own keys and values from job.json, echoed back.
+    metadata: dict[str, str] = Field(default_factory=dict)
     provider_task_id: str | None = None
     # The providers it may move to when its own turns it away (or its line is long), in the order tried: each one
     # the job and the operator allowed when the pair was checked, whose model takes these very files, within the
@@ -354,6 +363,8 @@ class Notification(BaseModel):
     model_title: str | None = None
     provider_task_id: str | None = None
     estimated_cost_usd: str | None = None
+    # The app's own keys and values from job.json's `metadata`, echoed back.
+    metadata: dict[str, str] = Field(default_factory=dict)
     # Set when this notification overturns an earlier one for the same task (a video that arrived after the task
     # had timed out): the earlier status. Subscribers that act on endings should act on this one instead.
     corrects: TaskStatus | None = None

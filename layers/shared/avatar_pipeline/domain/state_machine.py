@@ -63,6 +63,7 @@ def begin(
     image: S3Object | None = None,
     audio: S3Object | None = None,
     prompt: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> Task:
     """The one way a task begins: WAITING_FOR_PAIR since its first file (`arrived`) landed, for `provider`'s `model`
     with the job's options for it, with the files it has so far."""
@@ -80,6 +81,7 @@ def begin(
         image=image,
         audio=audio,
         prompt=prompt,
+        metadata=metadata or {},
     )
 
 

@@ -196,6 +196,7 @@ def build_notification(ctx: PipelineContext, task: Task) -> Notification:
         model_title=describe_model(task.provider, task.model, task.options),
         provider_task_id=task.provider_task_id,
         estimated_cost_usd=task.estimated_cost_usd,
+        metadata=task.metadata,
         corrects=task.corrects,
         created_at=task.created_at,
         completed_at=ended_at,

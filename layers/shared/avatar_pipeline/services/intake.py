@@ -253,6 +253,7 @@ def _task_for_pair(ctx: PipelineContext, slot: PairSlot, task_id: str, *, now: d
         model=choose_model(options, ctx.settings.default_model, provider),
         options=options.options,
         prompt=options.prompt,
+        metadata=options.metadata,
         image=image,
         audio=audio,
     )
