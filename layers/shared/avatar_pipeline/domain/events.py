@@ -27,8 +27,11 @@ class TaskStateChange(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     schema_version: Literal["1"] = "1"
-    # "<task id>:<n>": the task's n-th move (1 is its first); the same on every delivery of that move.
+    # "<task id>:<sequence>": the same on every delivery of that move.
     event_id: str
+    # The move's place in the task's history (1 is its first). EventBridge keeps no order between events, so a
+    # consumer orders a task's events by it (and drops one older than the last it has seen).
+    sequence: int
     job: str
     task_id: str
     status: TaskStatus
@@ -59,6 +62,7 @@ def state_changes(before: Task | None, after: Task) -> list[TaskStateChange]:
     return [
         TaskStateChange(
             event_id=f"{after.task_id}:{number}",
+            sequence=number,
             job=after.job,
             task_id=after.task_id,
             status=move.to_status,
