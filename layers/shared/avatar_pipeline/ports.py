@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -22,6 +22,7 @@ from avatar_pipeline.domain.models import (
 )
 
 if TYPE_CHECKING:  # only named in annotations: who never validates media (webhook, finalize) never loads Pillow
+    from avatar_pipeline.domain.events import TaskStateChange
     from avatar_pipeline.domain.media_checks import RandomAccessSource
 
 
@@ -108,6 +109,12 @@ class TaskRepository(Protocol):
 
     def spent_on(self, day: str) -> Decimal:
         """The estimated spend admitted on that UTC day."""
+        ...
+
+
+class EventPublisher(Protocol):
+    def publish(self, changes: Sequence[TaskStateChange]) -> None:
+        """Put the task state change events on the bus, in order, or raise (none after a failed one is put)."""
         ...
 
 

@@ -11,6 +11,7 @@ the `in-flight` index is sparse: a poll reads what is due, never the table's his
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -51,6 +52,14 @@ def _from_item(item: dict[str, Any]) -> dict[str, Any]:
     if "next_check_at" in fields:
         fields["next_check_at"] = datetime.fromtimestamp(int(fields["next_check_at"]), UTC)
     return fields
+
+
+def task_from_image(image: Mapping[str, Any] | None) -> Task | None:
+    """A stream record's image (old or new) as the task it holds; None for no image, or another kind of item (a
+    pair slot, a provider's quota, a day's spend)."""
+    if not image or image.get("kind") != "task":
+        return None
+    return Task.model_validate(_from_item(dict(image)))
 
 
 class DynamoTaskRepository:

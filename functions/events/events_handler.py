@@ -1,0 +1,61 @@
+"""Task table stream → each task's moves as "Avatar Task State Change" events on the bus, in the stream's order.
+
+A record whose events cannot be put stops the batch there: it is reported as the batch's first failure, so Lambda
+retries from it (the records before it are not sent again) and no later move of the task goes out before it. A
+record that keeps failing goes, with the rest of its batch, to the failure queue (the mapping's on-failure
+destination). Redelivered events keep their `event_id`.
+"""
+
+import os
+from typing import Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, Field
+
+from avatar_pipeline.adapters.dynamodb import task_from_image
+from avatar_pipeline.adapters.eventbridge import EventBridgePublisher, EventPublishError
+from avatar_pipeline.services.announcing_events import publish_moves
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+class EventsSettings(BaseModel):
+    event_bus_name: str = Field(alias="EVENT_BUS_NAME", min_length=1)
+
+
+_publisher: EventBridgePublisher | None = None
+
+
+def _the_publisher() -> EventBridgePublisher:
+    """One per container, made on first use (its settings checked then, naming a missing variable)."""
+    global _publisher
+    if _publisher is None:
+        settings = EventsSettings.model_validate(os.environ)
+        _publisher = EventBridgePublisher(boto3.client("events"), settings.event_bus_name)
+    return _publisher
+
+
+@logger.inject_lambda_context(clear_state=True)
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    publisher = _the_publisher()
+    published = 0
+    for record in DynamoDBStreamEvent(event).records:
+        if record.dynamodb is None:
+            continue
+        before, after = task_from_image(record.dynamodb.old_image), task_from_image(record.dynamodb.new_image)
+        try:
+            published += publish_moves(publisher, before, after)
+        except EventPublishError as error:
+            logger.error("events not put; the batch is retried from this record", extra={"error": str(error)})
+            metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
+            return {"batchItemFailures": [{"itemIdentifier": record.dynamodb.sequence_number}]}
+    metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
+    return {"batchItemFailures": []}
