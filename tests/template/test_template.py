@@ -62,6 +62,7 @@ FUNCTIONS = {
     "WebhookFunction": ("functions/webhook/", "webhook_handler.lambda_handler"),
     "PollerFunction": ("functions/poller/", "poller_handler.lambda_handler"),
     "FinalizeFunction": ("functions/finalize/", "finalize_handler.lambda_handler"),
+    "EventsFunction": ("functions/events/", "events_handler.lambda_handler"),
 }
 
 
