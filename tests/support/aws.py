@@ -56,6 +56,7 @@ SECRET_IDS: dict[str, dict[str, str]] = {
         "LINK_SIGNER_SECRET_ID": "LinkSignerSecret",
     },
     "FinalizeFunction": {"LINK_SIGNER_SECRET_ID": "LinkSignerSecret"},
+    "EventsFunction": {},
 }
 
 
