@@ -10,6 +10,7 @@ from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from support.corpus import corpus, partner_for
@@ -59,6 +60,23 @@ def test_folder_job_becomes_a_real_mp4_with_one_notification(e2e: E2E, tmp_path:
     submissions = [r for r in e2e.stack.simulator.submissions() if "e2e-folder" in r["json"]["image"]]
     assert len(submissions) == 1 and "avatar-pro" in submissions[0]["path"]
     assert submissions[0]["json"]["prompt"] == "a calm presenter"
+
+
+def test_a_jobs_state_changes_arrive_on_the_bus_in_order_and_valid_against_the_schema(e2e: E2E) -> None:
+    # When a job runs to completion
+    task = e2e.run("e2e-events")
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    # Then an app's rule got one event per move of its task, each valid against the published schema
+    events = e2e.events("e2e-events", settle=4.0)
+    schema = json.loads((e2e.stack.config.root / "schemas" / "avatar-task-state-change.schema.json").read_text())
+    for event in events:
+        jsonschema.validate(event, schema)
+    details = sorted({e["detail"]["event_id"]: e["detail"] for e in events}.values(), key=lambda d: d["sequence"])
+    assert [d["sequence"] for d in details] == list(range(1, len(task.history) + 1))
+    # In the task's order, from its first file to its video, naming the video once it is there
+    assert [d["status"] for d in details] == [step.to_status.value for step in task.history]
+    assert details[-1]["status"] == "COMPLETED" and details[-1]["output"] == task.output.uri  # type: ignore[union-attr]
+    assert {e["resources"][0] for e in events} == {task.task_id}
 
 
 def test_same_stem_pair_completes(e2e: E2E) -> None:

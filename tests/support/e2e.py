@@ -27,6 +27,7 @@ class E2E:
     client: PipelineClient
     samples: Samples
     _notifications: list[dict[str, Any]] = field(default_factory=list)
+    _events: list[dict[str, Any]] = field(default_factory=list)
 
     def faults(self, plan: FaultPlan) -> None:
         self.stack.simulator.set_faults(plan)
@@ -35,6 +36,21 @@ class E2E:
         """Upload the sample pair as `job` and wait until its task has ended; returns the task."""
         self.client.submit(self.samples.face, self.samples.voice, job, options)
         return self.client.wait(job, timeout, interval=0.25)
+
+    def events(self, job: str, settle: float = 3.0) -> list[dict[str, Any]]:
+        """Every task state change event for `job` that reached the stack's rule queue (as an app's), as received,
+        after waiting `settle` seconds for late ones."""
+        assert self.stack.info is not None and self.stack.info.events_queue_url is not None
+        sqs = self.stack.aws.client("sqs")
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            batch = sqs.receive_message(
+                QueueUrl=self.stack.info.events_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            for message in batch.get("Messages", []):
+                self._events.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=self.stack.info.events_queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return [event for event in self._events if event["detail"]["job"] == job]
 
     def notifications(self, job: str, settle: float = 3.0) -> list[dict[str, Any]]:
         """Every notification for `job`, after waiting `settle` seconds for late duplicates."""

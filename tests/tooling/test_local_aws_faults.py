@@ -231,6 +231,32 @@ def test_sns_publish_error_rate_one_answers_internal_failure_to_publish_only(tmp
     assert get_item["kind"] == "connection_error"
 
 
+PUT_EVENTS: Call = (
+    "events",
+    "put_events",
+    {
+        "Entries": [
+            {"Source": "s", "DetailType": "d", "Detail": "{}"},
+            {"Source": "s", "DetailType": "d", "Detail": "{}"},
+        ]
+    },
+)
+
+
+def test_events_throttle_rate_one_answers_every_entry_throttled_without_reaching_the_bus(
+    tmp_path: Path, endpoint: str
+) -> None:
+    # Given a plan that throttles every PutEvents (the endpoint refuses connections: nothing may reach it)
+    plan = AwsFaultPlan(events_throttle_rate=1.0)
+    # When the child puts two events
+    process, outcomes = run_child(tmp_path, endpoint, plan, [PUT_EVENTS])
+    # Then the call is answered (a partial-failure answer, as EventBridge gives one), by the plan alone
+    assert process.returncode == 0, process.stderr
+    assert outcomes[0] == {"call": "put_events", "kind": "answered"}
+    notes = [line for line in process.stdout.splitlines() if line.startswith("chaos:")]
+    assert notes == ["chaos: events-throttled events.PutEvents"]
+
+
 def test_zero_rates_inject_nothing_and_every_call_reaches_the_endpoint(tmp_path: Path, endpoint: str) -> None:
     # Given a plan whose function-side rates are all 0 (crash operations listed, but never drawn)
     plan = AwsFaultPlan(

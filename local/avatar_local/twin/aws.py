@@ -338,6 +338,17 @@ def subscribe_queue(aws: EmbeddedAws, topic_arn: str, queue_name: str) -> str:
     return url
 
 
+def rule_queue(aws: EmbeddedAws, source: str, queue_name: str) -> str:
+    """A queue that receives every event of `source` on the default bus through a rule, as an app's would."""
+    sqs = aws.client("sqs")
+    url = sqs.create_queue(QueueName=queue_name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    events = aws.client("events")
+    events.put_rule(Name=queue_name, EventPattern=json.dumps({"source": [source]}))
+    events.put_targets(Rule=queue_name, Targets=[{"Id": "queue", "Arn": arn}])
+    return url
+
+
 def _generated_secret(props: Mapping[str, Any]) -> str:
     """What CloudFormation makes of GenerateSecretString with a GenerateStringKey: the template's JSON with a random
     string (letters and digits, as ExcludePunctuation asks) of PasswordLength (default 32) under that key."""

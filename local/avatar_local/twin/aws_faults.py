@@ -18,6 +18,7 @@ from typing import Any
 
 import botocore.session
 from botocore.awsrequest import AWSResponse
+from botocore.httpsession import URLLib3Session
 from pydantic import BaseModel, ConfigDict, Field
 
 from avatar_local.simulators.faults import Rate, SeededDecider
@@ -38,6 +39,11 @@ class AwsFaultPlan(BaseModel):
     """DynamoDB calls answered with ProvisionedThroughputExceededException (the SDK retries these itself)."""
     sns_publish_error_rate: Rate = 0.0
     """SNS Publish calls answered with HTTP 500 InternalFailure."""
+    events_throttle_rate: Rate = 0.0
+    """EventBridge PutEvents calls not put, every entry answered ThrottlingException (a partial-failure answer)."""
+    events_answer_lost_rate: Rate = 0.0
+    """PutEvents calls put on the bus, but answered as if every entry was throttled: the caller resends, and the
+    bus's targets get each event twice (with the same event id)."""
     crash_rate: Rate = 0.0
     crash_operations: tuple[str, ...] = ("s3.UploadPart",)
     """Calls (``service.Operation``) during which the worker process dies, at `crash_rate`."""
@@ -48,7 +54,14 @@ class AwsFaultPlan(BaseModel):
 
     @property
     def touches_functions(self) -> bool:
-        return any(rate > 0 for rate in (self.dynamodb_throttle_rate, self.sns_publish_error_rate, self.crash_rate))
+        rates = (
+            self.dynamodb_throttle_rate,
+            self.sns_publish_error_rate,
+            self.crash_rate,
+            self.events_throttle_rate,
+            self.events_answer_lost_rate,
+        )
+        return any(rate > 0 for rate in rates)
 
 
 def install(plan: AwsFaultPlan, function_name: str, worker_number: int) -> None:
@@ -68,6 +81,8 @@ def install(plan: AwsFaultPlan, function_name: str, worker_number: int) -> None:
         if service == "sns" and operation == "Publish" and decider.should(plan.sns_publish_error_rate):
             _note(f"sns-failed {service}.{operation}")
             return _sns_internal_failure(request.url)
+        if service == "eventbridge" and operation == "PutEvents":
+            return _put_events_fault(plan, decider, request)
         return None
 
     original_init = botocore.session.Session.__init__
@@ -77,6 +92,22 @@ def install(plan: AwsFaultPlan, function_name: str, worker_number: int) -> None:
         self.register("before-send", inject)
 
     botocore.session.Session.__init__ = init_with_faults  # type: ignore[method-assign]
+
+
+def _put_events_fault(plan: AwsFaultPlan, decider: SeededDecider, request: Any) -> AWSResponse | None:
+    """Throttle a PutEvents call (nothing put), or lose its answer (put, but answered throttled); None to let it
+    through."""
+    if decider.should(plan.events_answer_lost_rate):
+        URLLib3Session().send(request)  # put on the bus for real; the answer is what goes missing
+        _note("events-answer-lost events.PutEvents")
+    elif decider.should(plan.events_throttle_rate):
+        _note("events-throttled events.PutEvents")
+    else:
+        return None
+    entries = json.loads(request.body or b"{}").get("Entries", [])
+    failed = [{"ErrorCode": "ThrottlingException", "ErrorMessage": "Rate exceeded (injected)"}] * len(entries)
+    body = json.dumps({"FailedEntryCount": len(entries), "Entries": failed}).encode()
+    return _response(request.url, 200, "application/x-amz-json-1.1", body)
 
 
 def _note(what: str) -> None:

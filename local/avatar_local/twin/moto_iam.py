@@ -32,6 +32,7 @@ from moto.core.authorization import ActionAuthenticatorMixin
 from moto.core.exceptions import AccessDeniedError, JsonRESTError
 from moto.dynamodb.responses import DynamoHandler
 from moto.dynamodbstreams.responses import DynamoDBStreamsHandler
+from moto.events.responses import EventsHandler
 from moto.iam.access_control import S3IAMRequest
 from moto.secretsmanager.responses import SecretsManagerResponse
 from moto.sns.responses import SNSResponse
@@ -126,11 +127,21 @@ def _secret_resource(handler: SecretsManagerResponse) -> str:
         return _ANY
 
 
+def _bus_resource(handler: EventsHandler) -> str:
+    """The event bus a PutEvents puts on (each of ours names one), as an ARN: the default bus when none is named."""
+    entries = handler._get_param("Entries") or [{}]
+    bus = str(entries[0].get("EventBusName") or "default")
+    return (
+        bus if bus.startswith("arn:") else f"arn:aws:events:{handler.region}:{handler.current_account}:event-bus/{bus}"
+    )
+
+
 _RESOURCE_OF: dict[type, Callable[[Any], str]] = {
     DynamoHandler: _table_resource,
     DynamoDBStreamsHandler: _stream_resource,
     SNSResponse: _topic_resource,
     SecretsManagerResponse: _secret_resource,
+    EventsHandler: _bus_resource,
 }
 
 

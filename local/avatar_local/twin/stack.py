@@ -32,6 +32,7 @@ from avatar_local.twin.aws import (
     RoleSession,
     create_resources,
     create_roles,
+    rule_queue,
     secret_json,
     subscribe_queue,
 )
@@ -65,6 +66,10 @@ LOCAL_API_ID = "localapi"
 LOCAL_API_KEY = "local-simulator-key"
 
 
+# The pipeline's events, as an app's rule names their source (the product's domain/events.py EVENT_SOURCE).
+TASK_EVENTS_SOURCE = "org.avatar-pipeline.tasks"
+
+
 class StackInfo(BaseModel):
     """What a client needs to use the running stack; written to .local/stack.json."""
 
@@ -76,6 +81,8 @@ class StackInfo(BaseModel):
     webhook_base_url: str
     simulators: dict[str, str]
     notifications_queue_url: str
+    # Where the task state change events arrive, through a rule on the default bus (as an app's would).
+    events_queue_url: str | None = None
     async_failure_queue_url: str | None = None
     finalize_failure_queue_url: str | None = None
 
@@ -429,6 +436,7 @@ class LocalStack:
             notifications_queue_url=subscribe_queue(
                 self.aws, outputs["NotificationTopicArn"], f"{self.config.stack_name}-notifications"
             ),
+            events_queue_url=rule_queue(self.aws, TASK_EVENTS_SOURCE, f"{self.config.stack_name}-task-events"),
             async_failure_queue_url=outputs.get("AsyncFailureQueueUrl"),
             finalize_failure_queue_url=outputs.get("FinalizeFailureQueueUrl"),
         )
