@@ -86,6 +86,8 @@ def aws_faults(seed: int) -> AwsFaultPlan:
         seed=seed,
         dynamodb_throttle_rate=0.05,
         sns_publish_error_rate=0.2,
+        events_throttle_rate=0.1,
+        events_answer_lost_rate=0.1,
         crash_rate=0.1,
         crash_operations=("s3.UploadPart",),
         s3_duplicate_event_rate=0.2,
@@ -221,6 +223,31 @@ class NotificationLog:
                 self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
 
 
+class EventLog:
+    """Every task state change event the bus delivered to the stack's rule queue: the moves received, by task."""
+
+    def __init__(self, stack: LocalStack, info: StackInfo) -> None:
+        self._sqs = stack.aws.client("sqs")
+        self._queue_url = info.events_queue_url
+        self.sequences: dict[str, set[int]] = {}
+        self.received: Counter[str] = Counter()  # by event id: more than 1 is a delivery repeated
+
+    def drain(self) -> None:
+        while self._queue_url:
+            messages = self._sqs.receive_message(QueueUrl=self._queue_url, MaxNumberOfMessages=10).get("Messages", [])
+            if not messages:
+                return
+            for message in messages:
+                detail = json.loads(message["Body"])["detail"]
+                self.sequences.setdefault(detail["task_id"], set()).add(detail["sequence"])
+                self.received[detail["event_id"]] += 1
+                self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def missing(self, task: Task) -> int:
+        """How many of the task's moves no event was received for."""
+        return len(set(range(1, len(task.history) + 1)) - self.sequences.get(task.task_id, set()))
+
+
 def run_chaos(config: ChaosConfig, state_dir: Path | None = None, say: Callable[[str], None] = print) -> ChaosReport:
     drops = plan_drops(config)
     stack = LocalStack(
@@ -245,6 +272,7 @@ def run_chaos(config: ChaosConfig, state_dir: Path | None = None, say: Callable[
             )
         )
         notifications = NotificationLog(stack, info)
+        events = EventLog(stack, info)
         media = Media()
         s3 = stack.aws.client("s3")
         say(f"dropping {len(drops)} pairs ({_mix(drops)})…")
@@ -256,7 +284,8 @@ def run_chaos(config: ChaosConfig, state_dir: Path | None = None, say: Callable[
         outcomes = settle(client, drops, notifications, config.settle_timeout, say)
         time.sleep(LATE_DUPLICATE_WINDOW)
         notifications.drain()
-        rows = _count(stack, info, client, drops, outcomes, notifications)
+        events.drain()
+        rows = _count(stack, info, client, drops, outcomes, notifications, events)
         reasons = Counter(
             f"{task.status.value}: {_generic(task.reason or '')}"
             for tasks in outcomes.values()
@@ -326,6 +355,7 @@ def _count(
     drops: list[Drop],
     outcomes: dict[str, list[Task]],
     notifications: NotificationLog,
+    events: EventLog,
 ) -> list[Row]:
     tasks = [task for job_tasks in outcomes.values() for task in job_tasks]
     statuses = Counter(task.status for task in tasks)
@@ -358,6 +388,8 @@ def _count(
         Row("orphaned multipart uploads", orphaned_uploads, harm=True),
         Row("COMPLETED without a stored MP4", missing_videos, harm=True),
         Row("user uploads deleted", deleted_inputs, harm=True),
+        Row("state changes without an event", sum(events.missing(task) for task in tasks), harm=True),
+        Row("events received more than once (same id)", sum(n - 1 for n in events.received.values() if n > 1)),
         *_injected(stack),
         *_dead_letters(stack, info),
     ]
@@ -426,6 +458,8 @@ def _injected(stack: LocalStack) -> list[Row]:
         ),
         Row("injected: DynamoDB throttles", logged["throttled"]),
         Row("injected: SNS publish failures", logged["sns-failed"]),
+        Row("injected: PutEvents throttled", logged["events-throttled"]),
+        Row("injected: PutEvents answers lost", logged["events-answer-lost"]),
         Row("injected: functions dying mid-copy", logged["crashed"]),
         Row("injected: duplicate S3 events", stack.injected["s3-duplicate"]),
     ]
