@@ -596,28 +596,30 @@ def test_load_template_reports_unreadable_files(tmp_path: Path) -> None:
         load_template(tmp_path / "missing.yaml")
 
 
-def test_the_five_functions_and_their_handlers(specs: dict[str, FunctionSpec]) -> None:
+def test_the_six_functions_and_their_handlers(specs: dict[str, FunctionSpec]) -> None:
     expected = {
         # No SAM event: the media bucket's notification invokes submit (test_submit_is_triggered_by_inbox_uploads).
-        "SubmitFunction": ("functions/submit/", "submit_handler", [], 120),
+        "SubmitFunction": ("functions/submit/", "submit_handler", [], 120, 512),
         "DispatchFunction": (
             "functions/dispatch/",
             "dispatch_handler",
             [("LineChanged", "DynamoDB"), ("Wakeup", "SQS")],
             300,
+            512,
         ),
-        "WebhookFunction": ("functions/webhook/", "webhook_handler", [("ProviderCallback", "Api")], 29),
-        "PollerFunction": ("functions/poller/", "poller_handler", [("PollTick", "Schedule")], 300),
-        "FinalizeFunction": ("functions/finalize/", "finalize_handler", [("TaskStream", "DynamoDB")], 900),
+        "WebhookFunction": ("functions/webhook/", "webhook_handler", [("ProviderCallback", "Api")], 29, 512),
+        "PollerFunction": ("functions/poller/", "poller_handler", [("PollTick", "Schedule")], 300, 512),
+        "EventsFunction": ("functions/events/", "events_handler", [("TaskStream", "DynamoDB")], 60, 256),
+        "FinalizeFunction": ("functions/finalize/", "finalize_handler", [("TaskStream", "DynamoDB")], 900, 512),
     }
     assert list(specs) == list(expected)
-    for logical_id, (code_uri, module, events, timeout) in expected.items():
+    for logical_id, (code_uri, module, events, timeout, memory) in expected.items():
         spec = specs[logical_id]
         assert spec.code_uri == code_uri
         assert spec.handler == f"{module}.lambda_handler"
         assert (spec.module, spec.attribute) == (module, "lambda_handler")
         assert [(event.name, event.type) for event in spec.events] == events
-        assert (spec.runtime, spec.timeout, spec.memory_size) == ("python3.13", timeout, 512)
+        assert (spec.runtime, spec.timeout, spec.memory_size) == ("python3.13", timeout, memory)
         assert (ROOT / code_uri / f"{module}.py").is_file()
 
 
