@@ -231,6 +231,7 @@ class EventLog:
         self._queue_url = info.events_queue_url
         self.sequences: dict[str, set[int]] = {}
         self.received: Counter[str] = Counter()  # by event id: more than 1 is a delivery repeated
+        self.ids_of_move: dict[tuple[str, int], set[str]] = {}  # a repeated move must keep its id
 
     def drain(self) -> None:
         while self._queue_url:
@@ -241,6 +242,7 @@ class EventLog:
                 detail = json.loads(message["Body"])["detail"]
                 self.sequences.setdefault(detail["task_id"], set()).add(detail["sequence"])
                 self.received[detail["event_id"]] += 1
+                self.ids_of_move.setdefault((detail["task_id"], detail["sequence"]), set()).add(detail["event_id"])
                 self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
 
     def missing(self, task: Task) -> int:
@@ -390,6 +392,11 @@ def _count(
         Row("user uploads deleted", deleted_inputs, harm=True),
         Row("state changes without an event", sum(events.missing(task) for task in tasks), harm=True),
         Row("events received more than once (same id)", sum(n - 1 for n in events.received.values() if n > 1)),
+        Row(
+            "moves received under more than one id",
+            sum(1 for ids in events.ids_of_move.values() if len(ids) > 1),
+            harm=True,
+        ),
         *_injected(stack),
         *_dead_letters(stack, info),
     ]
