@@ -10,7 +10,6 @@ os.environ.update(
     {
         "POWERTOOLS_SERVICE_NAME": "avatar-pipeline",
         "POWERTOOLS_METRICS_NAMESPACE": "AvatarPipelineTests",
-        "POWERTOOLS_TRACE_DISABLED": "true",
     }
 )
 

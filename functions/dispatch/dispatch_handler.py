@@ -4,18 +4,19 @@ import json
 from datetime import timedelta
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent, SQSEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.config import SenderSettings
 from avatar_pipeline.domain.models import HOLDING_STATUSES, ProviderName, TaskStatus
+from avatar_pipeline.observability import trace_calls
 from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.wiring import pipeline
 
+trace_calls()
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
@@ -34,7 +35,6 @@ def _stream_changes(event: dict[str, Any]) -> tuple[dict[ProviderName, set[str]]
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     if event.get("Records") and event["Records"][0].get("eventSource") == "aws:sqs":

@@ -10,7 +10,7 @@ import os
 from typing import Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import DynamoDBStreamEvent
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -18,10 +18,11 @@ from pydantic import BaseModel, Field
 
 from avatar_pipeline.adapters.dynamodb import task_from_image
 from avatar_pipeline.adapters.eventbridge import EventBridgePublisher, EventPublishError
+from avatar_pipeline.observability import trace_calls, working_on
 from avatar_pipeline.services.announcing_events import publish_moves
 
+trace_calls()
 logger = Logger()
-tracer = Tracer()
 metrics = Metrics()
 
 
@@ -42,7 +43,6 @@ def _the_publisher() -> EventBridgePublisher:
 
 
 @logger.inject_lambda_context(clear_state=True)
-@tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     publisher = _the_publisher()
@@ -51,6 +51,8 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if record.dynamodb is None:
             continue
         before, after = task_from_image(record.dynamodb.old_image), task_from_image(record.dynamodb.new_image)
+        if after is not None:
+            working_on(after.job, after.task_id)
         try:
             published += publish_moves(publisher, before, after)
         except EventPublishError as error:

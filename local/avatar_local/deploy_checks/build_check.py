@@ -484,13 +484,12 @@ def run_probe(
 
 
 def probe_environment(spec_environment: dict[str, Any]) -> dict[str, str]:
-    """What the handler sees at import: the template's literal variables, a Region, tracing off (no daemon)."""
+    """What the handler sees at import: the template's literal variables and a Region."""
     environment = {name: value for name, value in spec_environment.items() if isinstance(value, str)}
     environment.update(
         {
             "AWS_REGION": "us-east-1",
             "AWS_DEFAULT_REGION": "us-east-1",
-            "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_DEV": "false",
         }
     )

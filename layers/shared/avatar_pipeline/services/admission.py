@@ -54,9 +54,10 @@ from avatar_pipeline.domain.task_changes import (
     move_to_line,
     record_news,
 )
+from avatar_pipeline.observability import working_on
 from avatar_pipeline.ports import Charge, ConflictError, SpendLimitReachedError
 from avatar_pipeline.providers.registry import PROVIDERS, display_name
-from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
+from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext
 
 logger = Logger(child=True)
 
@@ -159,7 +160,7 @@ def dispatch(
         task = _first_in_line(ctx, provider, joined) or _spill_over_to(ctx, provider, now)
         if task is None:
             break
-        log_about(task.job, task.task_id)
+        working_on(task.job, task.task_id)
         charge = _charge_for(ctx, task, now)
         if ended := _end_if_never_sendable(ctx, task, charge):
             report.actions[ended] += 1
@@ -195,7 +196,7 @@ def dispatch(
         if ctx.tasks.queue_head(provider, 1):
             ctx.waker.wake(provider, ctx.clock())
             report.waiting = "this invocation ran out of time; the line goes on in the next"
-    log_about(None)
+    working_on(None)
     return report
 
 
@@ -389,7 +390,7 @@ def submit_claimed(ctx: PipelineContext, claimed: Task) -> SubmitAction:
     The claim (SUBMITTING with a lease) was written before this call, so a crash here can never lead to a blind
     second POST: only an answer proving the provider did not take the task makes sending it again safe.
     """
-    log_about(claimed.job, claimed.task_id)
+    working_on(claimed.job, claimed.task_id)
     assert claimed.image is not None
     assert claimed.audio is not None
     name = display_name(claimed.provider)

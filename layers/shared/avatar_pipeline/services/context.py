@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.logging.exceptions import OrphanedChildLoggerError
 
 from avatar_pipeline.config import Settings
 from avatar_pipeline.domain.callback_tokens import CallbackTokens
@@ -30,20 +29,6 @@ from avatar_pipeline.ports import (
 logger = Logger(child=True)
 
 MAX_WRITE_ATTEMPTS = 5
-
-
-def log_about(job: str | None, task_id: str | None = None) -> None:
-    """From here on (until the handler's next invocation, or the next call), every log line names the job and task;
-    with no job, no line does.
-
-    Powertools loggers of one service share their keys, so the handler's lines carry them too.
-    """
-    try:
-        logger.remove_keys(["job", "task_id"])
-        if job is not None:
-            logger.append_keys(job=job, **({"task_id": task_id} if task_id else {}))
-    except OrphanedChildLoggerError:
-        pass  # no handler's logger in this process (a script or a unit test): nothing to enrich
 
 
 class UnknownTaskError(LookupError):

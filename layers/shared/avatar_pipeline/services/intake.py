@@ -31,10 +31,11 @@ from avatar_pipeline.domain.pairing import (
 from avatar_pipeline.domain.pricing import estimate_cost
 from avatar_pipeline.domain.state_machine import begin
 from avatar_pipeline.domain.task_changes import end, join_line
+from avatar_pipeline.observability import working_on
 from avatar_pipeline.ports import ConflictError
 from avatar_pipeline.providers.registry import PROVIDERS, describe_model, display_name
 from avatar_pipeline.services.admission import line_note
-from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext, log_about
+from avatar_pipeline.services.context import MAX_WRITE_ATTEMPTS, PipelineContext
 
 if TYPE_CHECKING:
     from avatar_pipeline.domain.validation import PairReport
@@ -60,7 +61,7 @@ def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
     if entry is None:
         logger.info("not an inbox upload; ignored", extra={"key": upload.key})
         return UploadOutcome("ignored")
-    log_about(entry.job)
+    working_on(entry.job)
     if entry.kind == "options" or entry.kind == "mask":
         # Read when its pair completes; upload job.json (and a mask it names) before (or with) the media files.
         logger.info("job options noted", extra={"job": entry.job, "key": upload.key, "kind": entry.kind})
@@ -146,7 +147,7 @@ def cut_pair(ctx: PipelineContext, slot: PairSlot, *, last_chance: bool = False)
     now = ctx.clock()
     deadline = now + timedelta(seconds=ctx.settings.max_pair_wait_seconds)
     task_id = _task_id_for(ctx, slot)
-    log_about(slot.job, task_id)
+    working_on(slot.job, task_id)
     if task_id is None:
         ctx.update_slot(slot.job, lambda current: consume(current, halves, now, deadline) if current else None)
         logger.info("these files already made a task; nothing new to submit", extra={"job": slot.job})

@@ -24,10 +24,11 @@ from avatar_pipeline.domain.task_changes import (
     stop_watching,
     video_ready,
 )
+from avatar_pipeline.observability import working_on
 from avatar_pipeline.ports import ConflictError, VideoProvider
 from avatar_pipeline.providers.registry import PROVIDERS, describe_failure, display_name
 from avatar_pipeline.services.admission import dispatch, reconcile
-from avatar_pipeline.services.context import PipelineContext, UnknownTaskError, log_about
+from avatar_pipeline.services.context import PipelineContext, UnknownTaskError
 from avatar_pipeline.services.finishing import FINALIZE_GRACE, announce, copy_backoff, output_key
 
 logger = Logger(child=True)
@@ -203,7 +204,7 @@ def _existing_task(ctx: PipelineContext, task_id: str) -> Task:
 
 def _record_callback_news(ctx: PipelineContext, task: Task, provider_name: str, news: ProviderJob) -> NewsAction:
     _check_addressee(task, provider_name)
-    log_about(task.job, task.task_id)
+    working_on(task.job, task.task_id)
     if news.external_id is not None and news.external_id != task.task_id:
         # The provider's own record says this task belongs to another of ours: a leaked or misused token.
         raise CallbackMismatchError(
@@ -253,14 +254,14 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
         if time_left() < POLL_SAFETY_MARGIN:
             report.stopped_early = True
             break
-        log_about(job, task_id)
+        working_on(job, task_id)
         try:
             report.actions[check()] += 1
         except Exception:
             # One bad record must not starve the others; it stays due and is tried again next poll.
             logger.exception("poll of one record failed")
             report.actions["error"] += 1
-    log_about(None)
+    working_on(None)
     return report
 
 
