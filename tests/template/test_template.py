@@ -222,6 +222,29 @@ def test_handler_module_exists_once_written(function: str, expected: tuple[str, 
     assert (code_dir / f"{module}.py").is_file()
 
 
+def test_opentelemetry_is_only_there_when_its_layer_is_given(template: dict[str, Any]) -> None:
+    """Given OpenTelemetryLayerArn, then every function gets the ADOT layer after the shared one, its wrapper, httpx
+    traced (the provider calls) and the Application Signals policy; left empty, none of it (Lambda's traces only)."""
+    glob = template["Globals"]["Function"]
+    on_if = {"Ref": "AWS::NoValue"}
+    assert glob["Layers"][1] == {"Fn::If": ["HasOpenTelemetry", {"Ref": "OpenTelemetryLayerArn"}, on_if]}
+    env = glob["Environment"]["Variables"]
+    assert env["AWS_LAMBDA_EXEC_WRAPPER"] == {"Fn::If": ["HasOpenTelemetry", "/opt/otel-instrument", on_if]}
+    disabled = [name.strip() for name in env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"]["Fn::If"][1].split(",")]
+    assert "httpx" not in disabled and {"urllib3", "logging", "requests"} <= set(disabled)
+    assert template["Conditions"]["HasOpenTelemetry"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "OpenTelemetryLayerArn"}, ""]}]
+    }
+    assert template["Parameters"]["OpenTelemetryLayerArn"]["Default"] == ""
+    for function in FUNCTIONS:
+        policies = template["Resources"][function]["Properties"]["Policies"]
+        conditional = [p for p in policies if isinstance(p, dict) and "Fn::If" in p]
+        assert len(conditional) == 1, function
+        condition, policy, otherwise = conditional[0]["Fn::If"]
+        assert condition == "HasOpenTelemetry" and otherwise == on_if
+        assert policy["Fn::Sub"].endswith(":iam::aws:policy/CloudWatchLambdaApplicationSignalsExecutionRolePolicy")
+
+
 def test_handler_modules_have_unique_names() -> None:
     """Given all handlers share one import path in tests, then no two handler modules share a name."""
     modules = [handler.rsplit(".", 1)[0] for _, handler in FUNCTIONS.values()]
@@ -234,7 +257,7 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
     assert glob["Runtime"] == "python3.13"
     assert glob["Architectures"] == ["arm64"]
     assert glob["Tracing"] == "Active"
-    assert glob["Layers"] == [{"Ref": "SharedLayer"}]
+    assert glob["Layers"][0] == {"Ref": "SharedLayer"}
     env = glob["Environment"]["Variables"]
     assert env["TASK_TABLE_NAME"] == {"Ref": "TaskTable"}
     # Each function is told the bucket itself: submit by the computed name (the bucket's notification names submit,
@@ -1029,8 +1052,10 @@ def test_policies_are_scoped_no_wildcard_actions_on_wildcard_resources(resources
 
 
 def policy_templates(resources: dict[str, Any], function: str) -> list[tuple[str, Any]]:
-    """(SAM policy template, its parameters) of each of the function's policies."""
-    return [(name, value) for policy in props(resources, function)["Policies"] for name, value in policy.items()]
+    """(SAM policy template, its parameters) of each of the function's policies, but the ADOT layer's managed policy
+    (test_opentelemetry_is_only_there_when_its_layer_is_given)."""
+    policies = [policy for policy in props(resources, function)["Policies"] if "Fn::If" not in policy]
+    return [(name, value) for policy in policies for name, value in policy.items()]
 
 
 def readable_secrets(resources: dict[str, Any], function: str) -> list[str]:

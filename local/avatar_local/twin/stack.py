@@ -280,14 +280,13 @@ class LocalStack:
             "AWS_DEFAULT_REGION": self.config.region,
             **self.roles[spec.logical_id].credentials.environment(),
             "AWS_LAMBDA_FUNCTION_NAME": f"{self.config.stack_name}-{spec.logical_id}",
-            "POWERTOOLS_TRACE_DISABLED": "true",  # no X-Ray daemon on this machine
             "PYTHONDONTWRITEBYTECODE": "1",
             # The fal simulator's CA, trusted as Lambda trusts the public CAs (httpx reads it).
             "SSL_CERT_FILE": str(self._fal_ca_file),
         }
         code_paths = (
             str(self.config.root / spec.code_uri),
-            *(str(self.config.root / path) for path in layer_content_dirs(self.template, spec)),
+            *(str(self.config.root / path) for path in layer_content_dirs(self.template, spec, resolver)),
         )
         return FunctionRuntime(
             name=spec.logical_id,

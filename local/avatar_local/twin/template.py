@@ -828,15 +828,19 @@ def function_by_id(template: Mapping[str, Any], logical_id: str) -> FunctionSpec
     raise TemplateError(f"no {SERVERLESS_FUNCTION} called {logical_id} in the template")
 
 
-def layer_content_dirs(template: Mapping[str, Any], function: FunctionSpec) -> list[str]:
+def layer_content_dirs(
+    template: Mapping[str, Any], function: FunctionSpec, resolver: Resolver | None = None
+) -> list[str]:
     """The ContentUri of each of the function's layers, in order (globals' layers first).
 
     Only layers defined in the template as AWS::Serverless::LayerVersion (referenced with ``!Ref``) can be run
-    locally; a layer ARN or any other kind of layer raises :class:`TemplateError`.
+    locally; a layer ARN or any other kind of layer raises :class:`TemplateError`. A layer under ``Fn::If`` is the
+    branch the stack's conditions choose (`resolver`); without a resolver, its branches that name one of the
+    template's layers.
     """
     resources = template.get("Resources") or {}
     directories = []
-    for layer in function.layers:
+    for layer in _chosen_layers(function.layers, resources, resolver):
         where = f"function {function.logical_id} layer {layer!r}"
         logical_id = _ref_target(layer, where)
         resource = resources.get(logical_id)
@@ -847,6 +851,25 @@ def layer_content_dirs(template: Mapping[str, Any], function: FunctionSpec) -> l
             raise TemplateError(f"{where}: ContentUri must be a local path string, got {content_uri!r}")
         directories.append(content_uri)
     return directories
+
+
+def _chosen_layers(layers: list[Any], resources: Mapping[str, Any], resolver: Resolver | None) -> Iterator[Any]:
+    for layer in layers:
+        branches = layer.get("Fn::If") if isinstance(layer, dict) and len(layer) == 1 else None
+        if not (isinstance(branches, list) and len(branches) == 3 and isinstance(branches[0], str)):
+            yield layer
+        elif resolver is not None:
+            chosen = branches[1] if resolver.condition(branches[0]) else branches[2]
+            if chosen != {"Ref": "AWS::NoValue"}:
+                yield chosen
+        else:
+            yield from (branch for branch in branches[1:] if _names_template_layer(branch, resources))
+
+
+def _names_template_layer(value: Any, resources: Mapping[str, Any]) -> bool:
+    target = value.get("Ref") if isinstance(value, dict) else None
+    resource = resources.get(target) if isinstance(target, str) else None
+    return isinstance(resource, dict) and resource.get("Type") == SERVERLESS_LAYER
 
 
 # ------------------------------------------------------------------------------------------------------ schedule
