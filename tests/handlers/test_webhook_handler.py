@@ -14,6 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 import boto3
+import httpx
 import pytest
 import respx
 from handlers.helpers import (
@@ -156,6 +157,36 @@ def test_signed_completion_moves_the_task_to_output_ready(submitted_task: Task):
     task = stored(submitted_task.task_id)
     assert task.status is TaskStatus.OUTPUT_READY
     assert task.provider_output_url == OUTPUT_URL
+
+
+def test_a_wavespeed_callback_builds_no_storage_notification_or_http_client(
+    submitted_task: Task, monkeypatch: pytest.MonkeyPatch
+):
+    # Given a fresh container (its pipeline not built yet), counting the AWS clients and HTTP clients it makes
+    wiring.pipeline.cache_clear()
+    services: list[str] = []
+    http_clients: list[object] = []
+    make_client, make_http = boto3.session.Session.client, httpx.Client.__init__
+
+    def counting_client(self: boto3.session.Session, service_name: str, *args: Any, **kwargs: Any) -> Any:
+        services.append(service_name)
+        return make_client(self, service_name, *args, **kwargs)
+
+    def counting_http(self: httpx.Client, *args: Any, **kwargs: Any) -> None:
+        http_clients.append(self)
+        make_http(self, *args, **kwargs)
+
+    monkeypatch.setattr(boto3.session.Session, "client", counting_client)
+    monkeypatch.setattr(httpx.Client, "__init__", counting_http)
+
+    # When WaveSpeed's signed completion callback arrives
+    answer = callback(submitted_task.task_id, completed())
+
+    # Then it is recorded with the task table, the delivery log and the webhook secret alone: no S3, SNS or SQS
+    # client, and no outgoing HTTP client (the signature is checked locally)
+    assert answer == RECORDED
+    assert sorted(set(services)) == ["dynamodb", "secretsmanager"]
+    assert http_clients == []
 
 
 def test_two_secrets_are_valid_at_once_while_rotating(submitted_task: Task, stack: Stack):
