@@ -11,7 +11,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.config import SenderSettings
 from avatar_pipeline.domain.models import HOLDING_STATUSES, ProviderName, TaskStatus
-from avatar_pipeline.observability import trace_calls
+from avatar_pipeline.observability import forgets_work, trace_calls
 from avatar_pipeline.services.admission import on_line_changes
 from avatar_pipeline.wiring import pipeline
 
@@ -34,6 +34,7 @@ def _stream_changes(event: dict[str, Any]) -> tuple[dict[ProviderName, set[str]]
     return released, lines
 
 
+@forgets_work
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

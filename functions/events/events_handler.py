@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from avatar_pipeline.adapters.dynamodb import task_from_image
 from avatar_pipeline.adapters.eventbridge import EventBridgePublisher, EventPublishError
-from avatar_pipeline.observability import trace_calls, working_on
+from avatar_pipeline.observability import forgets_work, trace_calls, working_on
 from avatar_pipeline.services.announcing_events import publish_moves
 
 trace_calls()
@@ -42,6 +42,7 @@ def _the_publisher() -> EventBridgePublisher:
     return _publisher
 
 
+@forgets_work
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
@@ -51,8 +52,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         if record.dynamodb is None:
             continue
         before, after = task_from_image(record.dynamodb.old_image), task_from_image(record.dynamodb.new_image)
-        if after is not None:
-            working_on(after.job, after.task_id)
+        working_on(after.job if after else None, after.task_id if after else None)
         try:
             published += publish_moves(publisher, before, after)
         except EventPublishError as error:

@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.domain.models import TaskStatus
-from avatar_pipeline.observability import trace_calls, working_on
+from avatar_pipeline.observability import forgets_work, trace_calls, working_on
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.finishing import announce, finalize_output
 from avatar_pipeline.wiring import pipeline
@@ -57,6 +57,7 @@ def _finish(task_id: str, status: TaskStatus, lambda_context: LambdaContext) -> 
     return "ignored"
 
 
+@forgets_work
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, str]]]:

@@ -9,7 +9,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.config import SenderSettings
-from avatar_pipeline.observability import trace_calls
+from avatar_pipeline.observability import forgets_work, trace_calls
 from avatar_pipeline.services.tracking import poll
 from avatar_pipeline.wiring import pipeline
 
@@ -18,6 +18,7 @@ logger = Logger()
 metrics = Metrics()
 
 
+@forgets_work
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.EVENT_BRIDGE, clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.data_classes import S3Event, event_source
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from avatar_pipeline.domain.models import S3Object
-from avatar_pipeline.observability import trace_calls
+from avatar_pipeline.observability import forgets_work, trace_calls
 from avatar_pipeline.services.intake import handle_upload
 from avatar_pipeline.wiring import pipeline
 
@@ -17,6 +17,7 @@ logger = Logger()
 metrics = Metrics()
 
 
+@forgets_work
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 @event_source(data_class=S3Event)

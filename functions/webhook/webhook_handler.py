@@ -23,7 +23,7 @@ from avatar_pipeline.domain.errors import (
     WebhookPayloadError,
 )
 from avatar_pipeline.domain.pairing import is_task_id
-from avatar_pipeline.observability import trace_calls, working_on
+from avatar_pipeline.observability import forgets_work, trace_calls, working_on
 from avatar_pipeline.services.context import UnknownTaskError
 from avatar_pipeline.services.tracking import UnknownProviderError, receive_callback
 from avatar_pipeline.wiring import DELIVERY_IDEMPOTENCY, pipeline
@@ -83,6 +83,7 @@ def provider_callback(event: APIGatewayProxyEvent) -> dict[str, Any]:
     return _answer(HTTPStatus.ACCEPTED if action == "deferred" else HTTPStatus.OK, action)
 
 
+@forgets_work
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:

@@ -9,7 +9,10 @@ of the X-Ray SDK) is imported.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.exceptions import OrphanedChildLoggerError
@@ -20,6 +23,9 @@ logger = Logger(child=True)
 OTEL_WRAPPER = "/opt/otel-instrument"
 
 WORK_KEYS = ("job", "task_id")
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def working_on(job: str | None, task_id: str | None = None) -> None:
@@ -35,6 +41,20 @@ def working_on(job: str | None, task_id: str | None = None) -> None:
             logger.append_keys(**work)
     except OrphanedChildLoggerError:
         pass  # no handler's logger in this process (a script or a unit test): nothing to enrich
+
+
+def forgets_work(handler: Callable[P, R]) -> Callable[P, R]:
+    """The handler's work is forgotten when it returns: the next invocation's own span starts before the handler runs
+    (and before the logger's keys are cleared), so it would otherwise name this invocation's task."""
+
+    @functools.wraps(handler)
+    def invocation(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            working_on(None)
+
+    return invocation
 
 
 def current_work() -> dict[str, str]:

@@ -148,6 +148,7 @@ def dispatch(
     limits = ctx.settings.quota_limits(provider)
     conflicts = 0
     while time_left() >= SUBMIT_TIME_BUDGET:
+        working_on(None)  # the line's own reads are no task's
         now = ctx.clock()
         stored = ctx.tasks.get_quota(provider)
         quota = stored or ProviderQuota(provider=provider)
