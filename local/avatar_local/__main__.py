@@ -29,6 +29,8 @@ def _say(message: str) -> None:
 
 def up(stack: LocalStack) -> int:
     info = stack.start()
+    traces = stack.config.local_dir / "traces"
+    traced = f"\nspans: {traces}/" if stack.config.parameters.get("OpenTelemetryLayerArn") else ""
     stopping = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C, or a service manager's stop
         signal.signal(signum, lambda *_: stopping.set())
@@ -38,7 +40,7 @@ def up(stack: LocalStack) -> int:
         "\ndrop a pair into the inbox, for example:\n"
         f"  AWS_ENDPOINT_URL={info.aws_endpoint_url} aws s3 cp face.png s3://{info.bucket}/inbox/me/face.png\n"
         "or use the CLI:  .venv/bin/avatar submit face.png voice.mp3 --wait\n"
-        f"function logs: {stack.config.local_dir / 'logs'}/\nCtrl-C stops it."
+        f"function logs: {stack.config.local_dir / 'logs'}/{traced}\nCtrl-C stops it."
     )
     while not stopping.wait(0.5):
         pass
@@ -50,7 +52,7 @@ def up(stack: LocalStack) -> int:
 
 def demo(stack: LocalStack) -> int:
     started = time.monotonic()
-    _say("starting the local stack (embedded AWS, WaveSpeed simulator, the four functions)…")
+    _say("starting the local stack (embedded AWS, the provider simulators, the template's functions)…")
     info = stack.start()
     try:
         samples = stack.config.local_dir / "samples"
@@ -97,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avatar_local")
     parser.add_argument("command", choices=["up", "demo", "chaos", "batch"])
     parser.add_argument("--state-dir", type=Path, help="where stack.json, logs and outputs go (default .local/)")
+    parser.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a template parameter for up and demo (repeatable), e.g. OpenTelemetryLayerArn=<ADOT layer ARN>",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "chaos":
         return chaos.main(rest, state_dir=args.state_dir)
@@ -104,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         return batch.main(rest, state_dir=args.state_dir)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    stack = LocalStack(LocalStackConfig(state_dir=args.state_dir))
+    if malformed := [given for given in args.parameter if "=" not in given]:
+        parser.error(f"--parameter takes NAME=VALUE, got {', '.join(malformed)}")
+    config = LocalStackConfig(state_dir=args.state_dir)
+    config.parameters.update(given.split("=", 1) for given in args.parameter)
+    stack = LocalStack(config)
     return up(stack) if args.command == "up" else demo(stack)
 
 

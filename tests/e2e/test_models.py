@@ -1,8 +1,12 @@
 """End to end through the local stack, per model: each request shape WaveSpeed's models take, a clip over a model's
-limit, and a job routed along its list of providers when the first is unavailable."""
+limit, and a job routed along its list of providers when the first is unavailable.
+
+This module's stack also runs as a deployment given `OpenTelemetryLayerArn` would: every function under the ADOT
+layer's wrapper (the local runtime's stand-in, twin/otel_layer.py), its spans written to the stack's traces/."""
 
 from __future__ import annotations
 
+import json
 import math
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
@@ -16,6 +20,11 @@ from avatar_local.simulators.media import make_sample_portrait, make_sample_spee
 from avatar_pipeline.domain.models import JobOptions, Task, TaskStatus
 
 pytestmark = pytest.mark.e2e
+
+ADOT_LAYER = "arn:aws:lambda:us-east-1:615299751070:layer:AWSOpenTelemetryDistroPython:29"
+STACK_PARAMETERS = {"OpenTelemetryLayerArn": ADOT_LAYER}
+# What a signed link or a callback URL would leak into a span.
+SECRET_PARTS = ("token=", "X-Amz-Signature", "X-Amz-Credential", "Signature=")
 
 
 def sent_for(e2e: E2E, job: str) -> list[dict[str, Any]]:
@@ -180,3 +189,50 @@ def test_a_job_routed_from_an_unavailable_provider_moves_to_the_next_it_lists(e2
     expected = (Decimal("0.0562") * billed_seconds(task)).quantize(Decimal("0.01"), rounding=ROUND_CEILING)
     assert (note["body"]["provider"], note["body"]["model"]) == ("fal", "kling-v2-std")
     assert note["body"]["estimated_cost_usd"] == str(expected)
+
+
+def spans_of(e2e: E2E) -> dict[str, list[dict[str, Any]]]:
+    """Each function's spans so far, as the local ADOT stand-in wrote them (a JSON object a line)."""
+    traces = e2e.stack.config.local_dir / "traces"
+    return {
+        path.stem.removesuffix("Function"): [json.loads(line) for line in path.read_text().splitlines()]
+        for path in sorted(traces.glob("*.jsonl"))
+    }
+
+
+def url_of(span: dict[str, Any]) -> str:
+    """The URL an httpx span called ("" for other spans), under either semantic convention's name."""
+    return str(span["attributes"].get("url.full") or span["attributes"].get("http.url") or "")
+
+
+def test_a_task_can_be_followed_call_by_call_across_the_functions(e2e: E2E) -> None:
+    # Given the stack's functions run under the OpenTelemetry layer's wrapper
+    # When a job runs to its end
+    task = e2e.run("e2e-traced")
+    assert task.status is TaskStatus.COMPLETED, task.reason
+    e2e.notifications("e2e-traced", settle=4.0)
+
+    # Then each function's calls for the task are spans naming it: the AWS calls of submit, the webhook, finalize
+    # and the events function, and the provider calls: the submission to WaveSpeed (by the dispatcher, or by the
+    # poller, whose pass starts with the lines, when its tick comes first) and the video's download by finalize
+    spans = {name: [s for s in found if s["attributes"].get("avatar.task_id") == task.task_id]
+             for name, found in spans_of(e2e).items()}  # fmt: skip
+    assert {"Submit", "Webhook", "Finalize", "Events"} <= {name for name, found in spans.items() if found}
+    submitted_by = [
+        name
+        for name in ("Dispatch", "Poller")
+        for span in spans.get(name, [])
+        if url_of(span).endswith("/api/v3/kwaivgi/kling-v1-ai-avatar-standard")
+    ]
+    assert len(submitted_by) == 1, submitted_by
+    downloads = [url_of(span) for span in spans["Finalize"] if url_of(span).endswith(".mp4")]
+    assert [url.startswith(e2e.stack.simulator.base_url) for url in downloads] == [True]
+    services = {s["attributes"].get("rpc.service") for found in spans.values() for s in found}
+    # (Secrets Manager's too, unless an earlier task's read is still cached)
+    assert {"DynamoDB", "S3", "SNS", "EventBridge"} <= services, services
+    # And every span of the webhook and of finalize, which work on one task at a time, names a task
+    for name in ("Webhook", "Finalize"):
+        assert all("avatar.task_id" in s["attributes"] for s in spans_of(e2e)[name]), name
+    # And no span of any function holds a signed link's signature or a callback's token
+    everything = json.dumps(spans_of(e2e))
+    assert not [part for part in SECRET_PARTS if part in everything]

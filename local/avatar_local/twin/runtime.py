@@ -20,9 +20,11 @@ import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from multiprocessing.context import SpawnProcess
+from pathlib import Path
 from typing import Any
 
 from avatar_local.twin.aws_faults import AwsFaultPlan, install
+from avatar_local.twin.otel_layer import start_tracing
 
 
 class InvocationError(Exception):
@@ -41,6 +43,7 @@ class FunctionRuntime:
     timeout_seconds: int
     memory_mb: int
     log_path: str | None = None  # the function's "CloudWatch log group": its stdout and stderr
+    spans_path: str | None = None  # where its spans go when it runs under the ADOT layer's wrapper (otel_layer.py)
     faults: AwsFaultPlan = field(default_factory=AwsFaultPlan)
 
 
@@ -101,6 +104,8 @@ def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses
     install(runtime.faults, runtime.name, number)
     calls: Counter[str] = Counter()
     _count_aws_calls(calls)
+    if runtime.spans_path:
+        start_tracing(Path(runtime.spans_path), runtime.environment)
     for path in reversed(runtime.code_paths):
         sys.path.insert(0, path)
     handler = getattr(__import__(runtime.module, fromlist=[runtime.attribute]), runtime.attribute)

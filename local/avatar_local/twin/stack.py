@@ -37,6 +37,7 @@ from avatar_local.twin.aws import (
     subscribe_queue,
 )
 from avatar_local.twin.aws_faults import AwsFaultPlan
+from avatar_local.twin.otel_layer import OTEL_WRAPPER
 from avatar_local.twin.runtime import FunctionPool, FunctionRuntime
 from avatar_local.twin.sam_transform import transform
 from avatar_local.twin.template import (
@@ -297,6 +298,9 @@ class LocalStack:
             timeout_seconds=spec.timeout,
             memory_mb=spec.memory_size,
             log_path=str(self.config.local_dir / "logs" / f"{spec.logical_id}.log"),
+            spans_path=str(self.config.local_dir / "traces" / f"{spec.logical_id}.jsonl")
+            if environment.get("AWS_LAMBDA_EXEC_WRAPPER") == OTEL_WRAPPER
+            else None,
             faults=self.config.aws_faults,
         )
 

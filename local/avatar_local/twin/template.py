@@ -27,6 +27,8 @@ from typing import Any, Final
 
 from cfnlint.decode import decode_str
 
+from avatar_local.twin.otel_layer import is_adot_layer
+
 __all__ = [
     "NO_VALUE",
     "PSEUDO_PARAMETERS",
@@ -834,9 +836,9 @@ def layer_content_dirs(
     """The ContentUri of each of the function's layers, in order (globals' layers first).
 
     Only layers defined in the template as AWS::Serverless::LayerVersion (referenced with ``!Ref``) can be run
-    locally; a layer ARN or any other kind of layer raises :class:`TemplateError`. A layer under ``Fn::If`` is the
-    branch the stack's conditions choose (`resolver`); without a resolver, its branches that name one of the
-    template's layers.
+    locally; a layer ARN or any other kind of layer raises :class:`TemplateError`, but AWS's OpenTelemetry layer, which
+    the local runtime provides itself. A layer under ``Fn::If`` is the branch the stack's conditions choose
+    (`resolver`); without a resolver, its branches that name one of the template's layers.
     """
     resources = template.get("Resources") or {}
     directories = []
@@ -860,7 +862,8 @@ def _chosen_layers(layers: list[Any], resources: Mapping[str, Any], resolver: Re
             yield layer
         elif resolver is not None:
             chosen = branches[1] if resolver.condition(branches[0]) else branches[2]
-            if chosen != {"Ref": "AWS::NoValue"}:
+            # AWS's OpenTelemetry layer is the local runtime's own (twin/otel_layer.py), not a directory.
+            if chosen != {"Ref": "AWS::NoValue"} and not is_adot_layer(resolver.resolve(chosen)):
                 yield chosen
         else:
             yield from (branch for branch in branches[1:] if _names_template_layer(branch, resources))
