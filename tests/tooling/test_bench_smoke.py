@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import site
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from support.mp4 import real_mp4
 
-from avatar_local.bench import finalize_copy, poll_child, report
+from avatar_local.bench import coldstart, finalize_copy, poll_child, report
 from avatar_local.bench.__main__ import main as bench_main
-from avatar_local.bench.common import MIB, Figure, Section, lambda_environment
-from avatar_local.bench.task_cost import TaskUsage, cost_of
+from avatar_local.bench.common import MIB, Figure, Section, function_ids, lambda_environment
+from avatar_local.bench.task_cost import TaskUsage, cost_of, first_invocation_figures, first_invocations
 from avatar_pipeline.domain.mp4_stream import Mp4StreamCheck
 
 
@@ -55,6 +57,107 @@ def test_a_function_environment_is_the_templates_plus_lambdas_own() -> None:
         spec["environment"]
     )
     assert spec["memory_mb"] > 0
+
+
+def test_the_cold_start_measures_every_function_of_the_template_in_its_own_environment() -> None:
+    # Given the template's six functions
+    functions = function_ids()
+    assert set(functions) == {
+        "SubmitFunction",
+        "WebhookFunction",
+        "PollerFunction",
+        "FinalizeFunction",
+        "DispatchFunction",
+        "EventsFunction",
+    }
+
+    # When each one's Lambda environment is resolved
+    specs = {name: lambda_environment(name) for name in functions}
+
+    # Then each names its own module and code directory, and the variables its handler reads are set
+    for name, spec in specs.items():
+        short = name.removesuffix("Function").lower()
+        assert spec["module"] == f"{short}_handler"
+        assert Path(spec["code_dir"]).name == short
+        assert (Path(spec["code_dir"]) / f"{short}_handler.py").is_file()
+    assert specs["EventsFunction"]["environment"]["EVENT_BUS_NAME"]
+    # A queue's Ref is its URL, as CloudFormation resolves it
+    wakeups = specs["DispatchFunction"]["environment"]["WAKEUP_QUEUE_URL"]
+    assert wakeups.startswith("https://sqs.us-east-1.amazonaws.com/123456789012/")
+
+
+def test_an_import_is_timed_and_names_the_heavy_packages_it_pulled_in(tmp_path: Path) -> None:
+    # Given a handler that imports a (stand-in) httpx at module level, and one that imports nothing heavy
+    (tmp_path / "httpx.py").write_text("")
+    (tmp_path / "eager_handler.py").write_text("import httpx\n")
+    (tmp_path / "lazy_handler.py").write_text("def lambda_handler(event, context):\n    import httpx\n")
+    env = {"PATH": os.environ.get("PATH", "")}
+
+    # When each is imported in a fresh interpreter, as the cold start imports a handler
+    eager = coldstart._import("eager_handler", [tmp_path], env)
+    lazy = coldstart._import("lazy_handler", [tmp_path], env)
+
+    # Then both are timed, and only the eager one is said to import httpx
+    assert eager["ms"] > 0 and lazy["ms"] > 0
+    assert eager["lazy"] == ["httpx"]
+    assert lazy["lazy"] == []
+
+
+def test_the_floor_is_boto3_pydantic_and_powertools_logger_and_metrics_only(tmp_path: Path) -> None:
+    # Given the floor's module, on a path with this machine's packages
+    (tmp_path / f"{coldstart.FLOOR}.py").write_text(coldstart._FLOOR_MODULE)
+    paths = [tmp_path, *(Path(p) for p in site.getsitepackages())]
+    env = {"PATH": os.environ.get("PATH", ""), **lambda_environment("FinalizeFunction")["environment"]}
+
+    # When it is imported as a handler is
+    result = coldstart._import(coldstart.FLOOR, paths, env)
+
+    # Then it imports none of what only some paths need (httpx) nor anything of tracing, and its row says so
+    assert result["lazy"] == []
+    assert "Tracer" not in coldstart._FLOOR_MODULE
+    assert coldstart.FLOOR_LABEL == "import boto3, pydantic and Powertools' Logger and Metrics only"
+
+
+def _invocation(cpu_ms: float, *calls: str, wall_ms: float | None = None) -> dict[str, object]:
+    return {"cpu_ms": cpu_ms, "wall_ms": wall_ms or cpu_ms * 2, "aws_calls": dict.fromkeys(calls, 1), "ok": True}
+
+
+def test_a_first_invocation_is_set_against_the_later_ones_that_went_the_same_way() -> None:
+    # Given a submit worker whose first invocation recorded half a pair (reading its secret, then cached), then cut
+    # a task (another path) and went on alternating; a webhook that ran once; a function that never ran
+    half, pair = ("dynamodb.GetItem", "dynamodb.PutItem"), ("dynamodb.GetItem", "dynamodb.TransactWriteItems")
+    every = {
+        "SubmitFunction": [
+            _invocation(70.0, *half, "secrets-manager.GetSecretValue"),
+            _invocation(130.0, *pair),
+            _invocation(6.0, *half),
+            _invocation(15.0, *pair),
+            _invocation(5.0, *half),
+            _invocation(16.0, *pair),
+        ],
+        "WebhookFunction": [_invocation(140.0, "dynamodb.UpdateItem")],
+        "EventsFunction": [],
+    }
+
+    # When the first invocations are picked out
+    found = first_invocations(every)
+    figures = {figure.measure: figure for figure in first_invocation_figures("5. Handler CPU per task", every)}
+
+    # Then submit's first is set against its later half-pair invocations only (its secret read aside)
+    assert set(found) == {"SubmitFunction", "WebhookFunction"}
+    assert [i["cpu_ms"] for i in found["SubmitFunction"]["warm"]] == [6.0, 5.0]
+    assert len(found["SubmitFunction"]["later"]) == 5
+    submit = figures["first invocation of submit"]
+    assert (submit.value, submit.baseline, submit.repeats) == (70.0, 5.5, 1)
+    assert submit.target == "" and submit.met is None  # informative
+    assert "1 Secrets Manager read(s)" in submit.note
+    assert "adapters" in submit.note and "imports deferred" in submit.note
+    assert "wall 140 ms against 11 ms warm" in submit.note
+    # ...and the first run of its other path, which paid for that path's first use, is named
+    assert "130 ms against 16 ms warm" in submit.note
+    # A function that ran once has its row, without a baseline
+    assert figures["first invocation of webhook"].baseline is None
+    assert "no baseline" in figures["first invocation of webhook"].note
 
 
 def test_a_tasks_cost_adds_up_what_it_used() -> None:
@@ -113,6 +216,13 @@ def test_a_tiny_batch_and_task_run_through_the_local_stack_meet_their_targets(
     assert "| 4 | submit requests answered 429 | 0 requests | — | — | < 5% of 3 | yes | 1 |" in printed
     assert "| 4 | pairs COMPLETED with a stored MP4 (of 3) | 3 pairs | — | — | 3 | yes | 1 |" in printed
     assert "| 5 | CPU in submit + webhook + finalize, one task |" in printed
+    # Each function has its first invocation's row (the poller's first tick comes as the stack starts), informative
+    rows = {line.split(" | ")[1]: line for line in printed.splitlines() if line.startswith("| 5 | first invocation")}
+    functions = ("submit", "dispatch", "webhook", "poller", "events", "finalize")
+    assert set(rows) == {f"first invocation of {function}" for function in functions}
+    assert all(row.endswith("| — | — | 1 |") for row in rows.values())
+    # The warm-up task and the one measured each upload a half pair first: submit's first has its baseline
+    assert "its warm invocations on the same path (median of 1)" in rows["first invocation of submit"]
     assert "| 6 | AWS per 10 s video" in printed
     # Every target met but perhaps the batch's ratio: 3 pairs' 1-minute bound is dwarfed by the stack's start-up
     # (tests/chaos/test_batch_run.py and `make batch` hold the ratio, at sizes where it means something).

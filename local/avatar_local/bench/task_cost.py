@@ -4,15 +4,20 @@ Tasks go one at a time through the local stack (template.yaml's functions, the W
 10 s video). The local runtime records, for every invocation, its wall time, the worker's CPU time and the AWS
 requests its SDK sent; a task's figures are those of the submit, webhook and finalize invocations it caused (the
 poller runs on a schedule whatever the traffic: its cost is a fixed monthly one, estimated apart). The first task warms
-every worker up and is not counted. Its cost: those measured durations at each function's memory size, the counted
+every worker up and is not counted. Each function's first invocation in its worker, wherever it falls, is set against
+its warm invocations on the same path: the work Lambda's first invocation of an execution environment does besides
+the cold start's imports. Its cost: those measured durations at each function's memory size, the counted
 requests, the log bytes each function wrote, at AWS's public prices (us-east-1, arm64, on-demand); next to it, the
 provider's price for the same 10 s clip.
 """
 
 from __future__ import annotations
 
+import compileall
 import json
 import math
+import multiprocessing
+import shutil
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,7 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from avatar_local.bench.common import Figure, Section, median, run_child
+from avatar_local.bench.common import ROOT, Figure, Section, median, run_child
 
 CLIP_SECONDS = 10.0
 PER_TASK_FUNCTIONS = ("SubmitFunction", "WebhookFunction", "FinalizeFunction")
@@ -41,6 +46,9 @@ LOGS_INGESTED_GB = 0.50
 XRAY_TRACE_RECORDED = 5.00 / 1e6
 SECONDS_PER_MONTH = 30 * 24 * 3600
 
+# A path's first run is named in its function's note when it took more than this many times its warm runs' CPU.
+OTHER_PATH_SHOWN = 2.0
+
 _S3_WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload", "ListMultipartUploads",
               "AbortMultipartUpload", "CopyObject", "ListObjectsV2"}  # fmt: skip
 
@@ -52,7 +60,7 @@ class TaskUsage:
 
     @property
     def cpu_ms(self) -> float:
-        return sum(i["cpu_ms"] for calls in self.invocations.values() for i in calls)
+        return float(sum(i["cpu_ms"] for calls in self.invocations.values() for i in calls))
 
     def calls(self) -> Counter[str]:
         total: Counter[str] = Counter()
@@ -80,6 +88,23 @@ print(json.dumps({"cpu_ms": cpu[len(cpu) // 2]}))
 """
 
 
+def _code_with_bytecode(workdir: Path) -> Path:
+    """A copy of what the stack runs (template.yaml, functions/, the layer's package) with its bytecode compiled.
+
+    Lambda's layer ships its bytecode (layers/shared/bytecode-compiler); the working tree's may be stale or missing
+    (PYTHONDONTWRITEBYTECODE), and then every module a first invocation imports lazily would be compiled in it.
+    """
+    root = workdir / "code"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    root.mkdir(parents=True)
+    shutil.copy2(ROOT / "template.yaml", root / "template.yaml")
+    shutil.copytree(ROOT / "functions", root / "functions", ignore=ignore)
+    shutil.copytree(ROOT / "layers/shared/avatar_pipeline", root / "layers/shared/avatar_pipeline", ignore=ignore)
+    if not compileall.compile_dir(root, quiet=1):
+        raise RuntimeError(f"the pipeline's code in {root} does not compile")
+    return root
+
+
 def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[str, Any]:
     import logging
 
@@ -98,10 +123,18 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
                 "MaxRenderSeconds": "3600",
             },
             state_dir=workdir / "cost",
+            root=_code_with_bytecode(workdir),
+            # One execution environment per function: its invocations are recorded in the order it ran them, so the
+            # first record is its first invocation (see first_invocations).
+            workers_per_function=1,
         )
     )
+    others = {p.pid for p in multiprocessing.active_children()}  # not this stack's workers
     info = stack.start()
     try:
+        # Every handler imported before the first upload: a first invocation's wall time is then its own, not
+        # slowed by the other functions' workers still importing on the same CPUs.
+        stack.wait_until_warm()
         client = PipelineClient(
             StackTarget(
                 bucket=info.bucket, table=info.table, region=info.region, aws_endpoint_url=info.aws_endpoint_url
@@ -151,6 +184,13 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
             )
             final_item = raw["Item"]
         bare = run_child(["-c", _BARE_CALLS, info.aws_endpoint_url, info.table])
+        # Every invocation of the run, per function, in the order its one worker ran them (the warm-up task's too):
+        # a worker runs one invocation at a time and the pool records each as it ends.
+        every = {
+            name: [{"wall_ms": r.wall_ms, "cpu_ms": r.cpu_ms, "aws_calls": r.aws_calls, "ok": r.ok} for r in pool.usage]
+            for name, pool in stack.pools.items()
+        }
+        _check_one_worker_each(list(stack.pools), others)
         poller = [r for r in stack.pools["PollerFunction"].usage if r.ok]
         memory = {name: pool.runtime.memory_mb for name, pool in stack.pools.items()}
     finally:
@@ -163,7 +203,88 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
         "task_item_bytes": len(json.dumps(final_item)),
         "idle_poll_ms": median([r.wall_ms for r in poller[1:]]) if len(poller) > 1 else 0.0,
         "memory_mb": memory,
+        "every_invocation": every,
     }
+
+
+def _check_one_worker_each(functions: list[str], others: set[int | None]) -> None:
+    """Each function ran in one worker, its first (number 0): the pool numbers the worker that replaces a dead one
+    next, and a replacement's invocations would follow the first worker's in the records, cold again. `others`: the
+    child processes there were before the stack started."""
+    children = multiprocessing.active_children()
+    alive = sorted(p.name for p in children if p.pid not in others and p.name.startswith("lambda-"))
+    expected = sorted(f"lambda-{name}-0" for name in functions)
+    if alive != expected:
+        raise AssertionError(f"one worker per function, never replaced, expected: {expected}, not {alive}")
+
+
+def _path(invocation: dict[str, Any]) -> frozenset[str]:
+    """Which way through the handler an invocation went, told by the kinds of AWS request it sent. Secrets Manager
+    reads are left out: a secret is read on first use and then served from its cache."""
+    return frozenset(call for call in invocation["aws_calls"] if not call.startswith("secrets-manager."))
+
+
+def first_invocations(every: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """For each function that ran (`every`: its invocations in the order its one worker ran them), its first
+    invocation, the later ones that went the same way through the handler (its warm baseline: a submit that records
+    half a pair is not set against one that cuts a task), every later one, and the first run of each other path with
+    that path's later runs (those pay for what their path builds on first use too)."""
+    answer: dict[str, dict[str, Any]] = {}
+    for name, invocations in every.items():
+        if not invocations:
+            continue
+        first, later = invocations[0], invocations[1:]
+        by_path: dict[frozenset[str], list[dict[str, Any]]] = {}
+        for invocation in later:
+            by_path.setdefault(_path(invocation), []).append(invocation)
+        answer[name] = {
+            "first": first,
+            "warm": by_path.pop(_path(first), []),
+            "later": later,
+            "other_paths": [(runs[0], runs[1:]) for runs in by_path.values()],
+        }
+    return answer
+
+
+def first_invocation_figures(title: str, every: dict[str, list[dict[str, Any]]]) -> list[Figure]:
+    """Informative rows: the CPU of each function's first invocation in its worker against its warm ones."""
+    figures = []
+    for name, found in first_invocations(every).items():
+        first, warm, later = found["first"], found["warm"], found["later"]
+        short = name.removesuffix("Function").lower()
+        secrets = sum(n for call, n in first["aws_calls"].items() if call.startswith("secrets-manager."))
+        parts = [
+            f"wall {first['wall_ms']:.0f} ms"
+            + (f" against {median([i['wall_ms'] for i in warm]):.0f} ms warm" if warm else ""),
+            "the excess is what the worker does once: the adapters it uses built on first use (SDK clients, "
+            "provider clients, settings) and the imports deferred to the paths that need them"
+            + (f", and {secrets} Secrets Manager read(s), cached afterwards" if secrets else ""),
+        ]
+        if not warm:
+            parts.append("no later invocation went the same way: no baseline")
+        if later:
+            parts.append(f"against all {len(later)} later ones: {median([i['cpu_ms'] for i in later]):.0f} ms")
+        # Another path's first run pays for what that path builds on first use: named where that shows.
+        others = []
+        for run, runs in found["other_paths"]:
+            warm_ms = median([i["cpu_ms"] for i in runs]) if runs else None
+            if warm_ms is not None and run["cpu_ms"] > OTHER_PATH_SHOWN * warm_ms:
+                others.append(f"{run['cpu_ms']:.0f} ms against {warm_ms:.0f} ms warm")
+        if others:
+            parts.append(f"the first run of another path costs more too: {'; '.join(others)}")
+        figures.append(
+            Figure(
+                title,
+                f"first invocation of {short}",
+                first["cpu_ms"],
+                "ms",
+                1,
+                baseline=median([i["cpu_ms"] for i in warm]) if warm else None,
+                baseline_label=f"its warm invocations on the same path (median of {len(warm)})",
+                note="informative: CPU time; " + "; ".join(parts),
+            )
+        )
+    return figures
 
 
 def cost_of(task: TaskUsage, memory_mb: dict[str, int], task_item_bytes: int) -> dict[str, float]:
@@ -235,12 +356,18 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
             + f"; video {run['video_bytes'] / 1024:.0f} KiB (its bytes cost well under a millisecond)",
         )
     )
+    cpu.figures += first_invocation_figures(cpu.title, run["every_invocation"])
     cpu.method = (
         f"{len(tasks)} tasks one after another through the local stack (one worker per function, no faults), each "
         f"a 480\u00d7640 PNG and a {CLIP_SECONDS:g} s MP3 rendered by the simulator into a {CLIP_SECONDS:g} s MP4, "
         f"after a warm-up task that is not counted. The local runtime measures each invocation's CPU time "
         f"(`time.process_time` of its worker) and counts the AWS requests its SDK sent; the baseline's GetItem CPU is "
-        f"measured in a fresh process against the same embedded AWS (median of 200, after 20 warm-up calls)."
+        f"measured in a fresh process against the same embedded AWS (median of 200, after 20 warm-up calls). "
+        f"First invocations: each function's worker imports its handler when it starts (section 1 measures that), "
+        f"before the first upload; its first invocation, whenever it came (the warm-up task's, or the poller's first "
+        f"tick as the stack starts), is set against the median of its later invocations in the run that went the "
+        f"same way through the handler (the same kinds of AWS request, Secrets Manager reads aside); the stack runs "
+        f"a copy of the code with its bytecode compiled, as the layer ships it."
     )
     cost = Section("cost", "6. AWS cost per video")
     costs = [cost_of(t, run["memory_mb"], run["task_item_bytes"]) for t in tasks]
