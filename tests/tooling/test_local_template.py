@@ -625,9 +625,40 @@ def test_the_six_functions_and_their_handlers(specs: dict[str, FunctionSpec]) ->
 
 def test_every_function_runs_with_the_shared_layer(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
     for spec in specs.values():
-        assert spec.layers == [{"Ref": "SharedLayer"}]
+        assert spec.layers[0] == {"Ref": "SharedLayer"}
         assert layer_content_dirs(template, spec) == ["layers/shared"]
     assert (ROOT / "layers/shared/avatar_pipeline").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("layer_arn", "runs"),
+    [
+        ("", True),  # no OpenTelemetry: the conditional layer is dropped
+        ("arn:aws:lambda:us-east-1:615299751070:layer:AWSOpenTelemetryDistroPython:29", True),  # the runtime's own
+        ("arn:aws:lambda:us-east-1:123456789012:layer:SomeoneElses:3", False),
+    ],
+    ids=["none", "adot", "foreign"],
+)
+def test_the_opentelemetry_layer_is_the_local_runtimes_own_and_no_other_layer_arn_runs(
+    template: dict[str, Any], specs: dict[str, FunctionSpec], layer_arn: str, runs: bool
+) -> None:
+    # Given the stack's OpenTelemetryLayerArn
+    resolver = Resolver(
+        template,
+        stack_name=STACK,
+        region=REGION,
+        account_id=ACCOUNT,
+        parameters={"OpenTelemetryLayerArn": layer_arn},
+        resource_values=RESOURCE_VALUES,
+    )
+    for spec in specs.values():
+        # When the local stack picks the function's layers by the template's conditions
+        # Then AWS's OpenTelemetry layer needs no directory (the local runtime stands in for it), another ARN can't run
+        if runs:
+            assert layer_content_dirs(template, spec, resolver) == ["layers/shared"]
+        else:
+            with pytest.raises(TemplateError, match="is not an AWS::Serverless::LayerVersion of this template"):
+                layer_content_dirs(template, spec, resolver)
 
 
 def test_function_by_id(template: dict[str, Any]) -> None:
