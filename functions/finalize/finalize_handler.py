@@ -1,8 +1,10 @@
 """Task table stream → copy a ready video into outputs/, and publish each ended task's one notification.
 
-A record that fails is reported as the batch's failure, so Lambda retries from it (with BatchSize 1, the record
-alone); after the mapping's retries it goes to the failure queue. Written out rather than with Powertools' batch
-utility, whose import (its parser models of every event source) was a third of this function's cold start.
+A record that fails after others were handled is reported as the batch's failure, so Lambda retries from it; when the
+first fails (with BatchSize 1, any), the invocation fails, as Powertools' batch utility made it, so finalize's errors
+alarm sees it. After the mapping's retries the record goes to the failure queue. Written out rather than with
+Powertools' batch utility, whose import (its parser models of every event source) was a third of this function's
+cold start.
 """
 
 from datetime import timedelta
@@ -32,9 +34,9 @@ def handle_record(record: DynamoDBRecord, lambda_context: LambdaContext) -> str:
     image = record.dynamodb.new_image if record.dynamodb else {}
     task_id = image.get("task_id")
     status = image.get("status")
+    working_on(image.get("job"), task_id)
     if not task_id or status is None:
         return "ignored"
-    working_on(image.get("job"), task_id)
     try:
         return _finish(task_id, TaskStatus(status), lambda_context)
     except UnknownTaskError:
@@ -61,10 +63,12 @@ def _finish(task_id: str, status: TaskStatus, lambda_context: LambdaContext) -> 
 @logger.inject_lambda_context(clear_state=True)
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, list[dict[str, str]]]:
-    for record in DynamoDBStreamEvent(event).records:
+    for position, record in enumerate(DynamoDBStreamEvent(event).records):
         try:
             handle_record(record, context)
         except Exception:
+            if position == 0:
+                raise  # nothing of the batch done: the invocation fails (the errors alarm sees it) and is retried whole
             logger.exception("stream record not handled; the batch is retried from it")
             sequence_number = record.dynamodb.sequence_number if record.dynamodb else None
             return {"batchItemFailures": [{"itemIdentifier": sequence_number or ""}]}

@@ -230,9 +230,18 @@ def test_a_task_can_be_followed_call_by_call_across_the_functions(e2e: E2E) -> N
     services = {s["attributes"].get("rpc.service") for found in spans.values() for s in found}
     # (Secrets Manager's too, unless an earlier task's read is still cached)
     assert {"DynamoDB", "S3", "SNS", "EventBridge"} <= services, services
-    # And every span of the webhook and of finalize, which work on one task at a time, names a task
+    # And every call of the webhook and of finalize, which work on one task at a time, names a task (their
+    # invocations' own spans start before the task is known)
     for name in ("Webhook", "Finalize"):
-        assert all("avatar.task_id" in s["attributes"] for s in spans_of(e2e)[name]), name
+        calls = [s for s in spans_of(e2e)[name] if s["kind"] != "SpanKind.SERVER"]
+        assert calls and all("avatar.task_id" in s["attributes"] for s in calls), name
+    # And a copy's parts, uploaded by threads of their own, are in the trace of the invocation that copies
+    copy_traces = {s["context"]["trace_id"] for s in spans["Finalize"] if url_of(s).endswith(".mp4")}
+    part_traces = {s["context"]["trace_id"] for s in spans["Finalize"] if s["name"] == "S3.UploadPart"}
+    assert part_traces and part_traces <= copy_traces
+    # And the webhook's invocation spans record the callback's route without its query (its token)
+    targets = [s["attributes"].get("http.target") for s in spans_of(e2e)["Webhook"] if s["kind"] == "SpanKind.SERVER"]
+    assert targets and set(targets) == {"/webhooks/{provider}"}
     # And no span of any function holds a signed link's signature or a callback's token
     everything = json.dumps(spans_of(e2e))
     assert not [part for part in SECRET_PARTS if part in everything]

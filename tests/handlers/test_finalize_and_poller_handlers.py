@@ -256,6 +256,31 @@ def test_sample_stream_event_is_accepted_and_a_vanished_task_is_skipped(stack: S
     assert pipeline().tasks.get("0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e01") is None
 
 
+def test_a_failing_record_fails_the_invocation_unless_records_before_it_were_handled(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given finishing a task fails (say, DynamoDB answers with an error), and two stream records: one about a task
+    # that is not in the table (handled: skipped), then one about a task whose finishing fails
+    import finalize_handler
+
+    def failing(task_id: str, *_: Any) -> str:
+        if task_id == "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e02":
+            raise RuntimeError("DynamoDB is unavailable")
+        return "ignored"
+
+    monkeypatch.setattr(finalize_handler, "_finish", failing)
+    handled, failing_record = sample("finalize_output_ready.json"), sample("finalize_output_ready.json")
+    failing_record["Records"][0]["dynamodb"]["NewImage"]["task_id"] = {"S": "0e0e0e0e0e0e0e0e0e0e0e0e0e0e0e02"}
+    failing_record["Records"][0]["dynamodb"]["SequenceNumber"] = "222"
+    # When the failing record comes first, then the invocation fails (as Powertools' batch utility made it): the
+    # function's errors alarm counts it, and Lambda retries the batch
+    with pytest.raises(RuntimeError, match="DynamoDB is unavailable"):
+        finalize(failing_record, FakeLambdaContext())
+    # And when it comes after a handled record, it alone is reported, so Lambda retries from it
+    both = {"Records": handled["Records"] + failing_record["Records"]}
+    assert finalize(both, FakeLambdaContext()) == {"batchItemFailures": [{"itemIdentifier": "222"}]}
+
+
 def test_poller_reports_how_long_the_most_overdue_task_waited(
     submitted_task: Task, provider_http: respx.MockRouter, capsys: pytest.CaptureFixture[str]
 ) -> None:

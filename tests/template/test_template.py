@@ -227,11 +227,20 @@ def test_opentelemetry_is_only_there_when_its_layer_is_given(template: dict[str,
     traced (the provider calls) and the Application Signals policy; left empty, none of it (Lambda's traces only)."""
     glob = template["Globals"]["Function"]
     on_if = {"Ref": "AWS::NoValue"}
-    assert glob["Layers"][1] == {"Fn::If": ["HasOpenTelemetry", {"Ref": "OpenTelemetryLayerArn"}, on_if]}
+    # (first: a later layer's files win, and the shared layer's are the ones the pipeline is tested with)
+    assert glob["Layers"] == [
+        {"Fn::If": ["HasOpenTelemetry", {"Ref": "OpenTelemetryLayerArn"}, on_if]},
+        {"Ref": "SharedLayer"},
+    ]
     env = glob["Environment"]["Variables"]
     assert env["AWS_LAMBDA_EXEC_WRAPPER"] == {"Fn::If": ["HasOpenTelemetry", "/opt/otel-instrument", on_if]}
-    disabled = [name.strip() for name in env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"]["Fn::If"][1].split(",")]
-    assert "httpx" not in disabled and {"urllib3", "logging", "requests"} <= set(disabled)
+    condition, joined, otherwise = env["OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"]["Fn::If"]
+    separator, disabled = joined["Fn::Join"]
+    # bare commas: the layer's wrapper script tests the variable unquoted, so a space would break its test
+    assert (condition, separator, otherwise) == ("HasOpenTelemetry", ",", on_if)
+    assert all(name and not any(c.isspace() for c in name) for name in disabled)
+    assert "httpx" not in disabled and "botocore" not in disabled
+    assert {"urllib3", "logging", "requests", "threading"} <= set(disabled)
     assert template["Conditions"]["HasOpenTelemetry"] == {
         "Fn::Not": [{"Fn::Equals": [{"Ref": "OpenTelemetryLayerArn"}, ""]}]
     }
@@ -257,7 +266,7 @@ def test_globals_runtime_tracing_layer_and_environment(template: dict[str, Any])
     assert glob["Runtime"] == "python3.13"
     assert glob["Architectures"] == ["arm64"]
     assert glob["Tracing"] == "Active"
-    assert glob["Layers"][0] == {"Ref": "SharedLayer"}
+    assert glob["Layers"][-1] == {"Ref": "SharedLayer"}
     env = glob["Environment"]["Variables"]
     assert env["TASK_TABLE_NAME"] == {"Ref": "TaskTable"}
     # Each function is told the bucket itself: submit by the computed name (the bucket's notification names submit,

@@ -625,7 +625,7 @@ def test_the_six_functions_and_their_handlers(specs: dict[str, FunctionSpec]) ->
 
 def test_every_function_runs_with_the_shared_layer(template: dict[str, Any], specs: dict[str, FunctionSpec]) -> None:
     for spec in specs.values():
-        assert spec.layers[0] == {"Ref": "SharedLayer"}
+        assert spec.layers[-1] == {"Ref": "SharedLayer"}
         assert layer_content_dirs(template, spec) == ["layers/shared"]
     assert (ROOT / "layers/shared/avatar_pipeline").is_dir()
 

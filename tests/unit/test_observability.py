@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from avatar_pipeline.adapters import otel_spans
 from avatar_pipeline.adapters.otel_spans import stamp_spans
 from avatar_pipeline.observability import OTEL_WRAPPER, current_work, trace_calls, working_on
 
@@ -188,6 +189,42 @@ def test_a_query_string_given_when_the_span_starts_is_dropped() -> None:
     # Then the exported span keeps no token
     (exported,) = exporter.get_finished_spans()
     assert (exported.attributes or {})["http.target"] == "/webhooks/wavespeed"
+
+
+@pytest.mark.parametrize("how", ["set_attribute", "set_attributes"])
+def test_a_query_string_recorded_after_the_span_started_is_dropped_too(how: str) -> None:
+    # Given the exporting processor comes first and the stamper after it, as under the ADOT wrapper
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    assert stamp_spans(provider) is True
+    # When an invocation span records the callback's target (and its token) once the handler has returned, as the
+    # ADOT layer's own copy of the Lambda instrumentation does for an API Gateway event
+    with provider.get_tracer("opentelemetry.instrumentation.aws_lambda").start_as_current_span("webhook") as span:
+        if how == "set_attribute":
+            span.set_attribute("http.target", CALLBACK)
+        else:
+            span.set_attributes({"http.target": CALLBACK, "http.method": "POST"})
+    provider.force_flush()
+    # Then the exported span keeps no token, and the other attributes as set
+    (exported,) = exporter.get_finished_spans()
+    assert (exported.attributes or {})["http.target"] == "/webhooks/wavespeed"
+    assert how == "set_attribute" or (exported.attributes or {})["http.method"] == "POST"
+
+
+def test_a_span_that_cannot_be_stamped_is_still_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given reading the work in hand fails (say, another thread changing the logger's keys meanwhile)
+    def broken() -> dict[str, str]:
+        raise KeyError("task_id")
+
+    monkeypatch.setattr(otel_spans, "current_work", broken)
+    provider, exporter = TracerProvider(), InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stamp_spans(provider)
+    # When a span starts and ends
+    with provider.get_tracer("test").start_as_current_span("call"):
+        pass
+    # Then the call it records went on, and the span was recorded, unstamped
+    assert [span.name for span in exporter.get_finished_spans()] == ["call"]
 
 
 # --- stamp_spans / trace_calls ---------------------------------------------------------------------------------

@@ -63,7 +63,7 @@ def current_work() -> dict[str, str]:
         keys = logger.get_current_keys()
     except OrphanedChildLoggerError:
         return {}
-    return {key: str(keys[key]) for key in WORK_KEYS if keys.get(key)}
+    return {key: str(value) for key in WORK_KEYS if (value := keys.get(key))}
 
 
 def trace_calls() -> bool:

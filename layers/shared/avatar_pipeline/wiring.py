@@ -43,17 +43,23 @@ S3_CONFIG = Config(signature_version="s3v4")
 AdapterT = TypeVar("AdapterT")
 
 
+# One lock for every build: the adapters share one boto3 session, which is not safe to make clients from at once.
+_BUILDING = threading.RLock()
+
+
 class _BuiltOnFirstUse(Generic[AdapterT]):
-    """Stands in for an adapter: builds it when one of its attributes is first asked for, then hands them over."""
+    """Stands in for an adapter: builds it when one of its public attributes is first asked for, then hands them over.
+    A build that raises is tried again on the next use."""
 
     def __init__(self, build: Callable[[], AdapterT]) -> None:
         self._build: Callable[[], AdapterT] | None = build
         self._built: AdapterT | None = None
-        self._lock = threading.Lock()  # finalize's copy threads may be the first to reach an adapter
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # only the adapter's interface is handed over (not copy's or pickle's probes)
+            raise AttributeError(name)
         if self._build is not None:
-            with self._lock:
+            with _BUILDING:
                 if self._build is not None:
                     self._built, self._build = self._build(), None
         return getattr(self._built, name)

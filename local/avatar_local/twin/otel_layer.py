@@ -9,11 +9,15 @@ as a JSON line to the function's trace file, where Lambda's X-Ray daemon would t
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
+from urllib.parse import urlencode
+
+Handler = Callable[[Any, Any], Any]
 
 # Not imported from the layer's observability module: the worker imports this module before it has the function's
 # environment, and the layer's module-level logger would be made for the wrong service.
@@ -26,9 +30,10 @@ def is_adot_layer(arn: object) -> bool:
     return isinstance(arn, str) and bool(_ADOT_LAYER.match(arn))
 
 
-def start_tracing(spans_path: Path, environment: Mapping[str, str]) -> None:
+def start_tracing(spans_path: Path, environment: Mapping[str, str]) -> Callable[[Handler], Handler]:
     """What the wrapper does in the worker, before the handler's import: the SDK's tracer provider as the global one,
-    writing every span to `spans_path`, and botocore and httpx instrumented unless the environment disables them."""
+    writing every span to `spans_path`, and botocore and httpx instrumented unless the environment disables them.
+    Returns what wraps the handler, once imported, as the layer's Lambda instrumentation does."""
     from opentelemetry import trace
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -60,3 +65,23 @@ def start_tracing(spans_path: Path, environment: Mapping[str, str]) -> None:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
         HTTPXClientInstrumentor().instrument()
+    return functools.partial(_in_invocation_span, service)
+
+
+def _in_invocation_span(function_name: str, handler: Handler) -> Handler:
+    """Each invocation in a server span of its own, as the ADOT layer's copy of OpenTelemetry's Lambda instrumentation
+    makes it: started before the handler runs, and, for an API Gateway request, its target (query string and all)
+    recorded once the handler has returned."""
+    from opentelemetry import trace
+
+    tracer = trace.get_tracer("opentelemetry.instrumentation.aws_lambda")
+
+    def invocation(event: Any, context: Any) -> Any:
+        with tracer.start_as_current_span(function_name, kind=trace.SpanKind.SERVER) as span:
+            result = handler(event, context)
+            if isinstance(event, dict) and isinstance(event.get("resource"), str):
+                query = event.get("queryStringParameters")
+                span.set_attribute("http.target", event["resource"] + (f"?{urlencode(query)}" if query else ""))
+            return result
+
+    return invocation

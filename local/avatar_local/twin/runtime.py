@@ -104,11 +104,12 @@ def _worker_main(runtime: FunctionRuntime, number: int, requests: Any, responses
     install(runtime.faults, runtime.name, number)
     calls: Counter[str] = Counter()
     _count_aws_calls(calls)
-    if runtime.spans_path:
-        start_tracing(Path(runtime.spans_path), runtime.environment)
+    in_invocation_span = start_tracing(Path(runtime.spans_path), runtime.environment) if runtime.spans_path else None
     for path in reversed(runtime.code_paths):
         sys.path.insert(0, path)
     handler = getattr(__import__(runtime.module, fromlist=[runtime.attribute]), runtime.attribute)
+    if in_invocation_span:
+        handler = in_invocation_span(handler)
     responses.put(("ready", os.getpid()))
     while True:
         message = requests.get()

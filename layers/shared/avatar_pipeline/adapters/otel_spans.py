@@ -7,9 +7,13 @@ layer: the shared layer ships none of it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.util.types import AttributeValue
 
 from avatar_pipeline.observability import current_work
 
@@ -17,23 +21,33 @@ from avatar_pipeline.observability import current_work
 ATTRIBUTE_PREFIX = "avatar."
 # Attributes that may hold a whole URL or its query: a presigned link's signature, a provider CDN's token, a
 # callback's token. Their query strings are dropped (what remains names the host and path).
-URL_ATTRIBUTES = ("url.full", "http.url", "http.target", "url.query")
+URL_ATTRIBUTES = frozenset({"url.full", "http.url", "http.target", "url.query"})
+
+logger = logging.getLogger(__name__)
 
 
-def without_query(value: str) -> str:
-    return value.split("?", 1)[0] if "?" in value else value
+def scrubbed(key: str, value: AttributeValue) -> AttributeValue:
+    """The attribute's value as it may be recorded: a URL without its query string, no query at all."""
+    if key not in URL_ATTRIBUTES or not isinstance(value, str) or not value:
+        return value
+    return "" if key == "url.query" else value.split("?", 1)[0]
 
 
 class TaskSpanStamper(SpanProcessor):
-    """Adds `avatar.job` and `avatar.task_id` to each span as it starts, and strips query strings from its URLs."""
+    """Adds `avatar.job` and `avatar.task_id` to each span as it starts, and keeps query strings out of its URLs: those
+    it starts with, and those set later (the ADOT layer's Lambda instrumentation records an API Gateway request's
+    target, query and all, once the handler has returned, when a span's processors are no longer asked)."""
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
-        for key, name in current_work().items():
-            span.set_attribute(ATTRIBUTE_PREFIX + key, name)
-        for key in URL_ATTRIBUTES:
-            recorded = (span.attributes or {}).get(key)
-            if isinstance(recorded, str) and recorded and (key == "url.query" or "?" in recorded):
-                span.set_attribute(key, "" if key == "url.query" else without_query(recorded))
+        try:
+            for key, name in current_work().items():
+                span.set_attribute(ATTRIBUTE_PREFIX + key, name)
+            for key, value in dict(span.attributes or {}).items():
+                if (clean := scrubbed(key, value)) != value:
+                    span.set_attribute(key, clean)
+            _scrub_later_attributes(span)
+        except Exception:  # a span is never worth failing the call it records
+            logger.exception("span not stamped")
 
     def on_end(self, span: ReadableSpan) -> None:
         pass
@@ -43,6 +57,20 @@ class TaskSpanStamper(SpanProcessor):
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         return True
+
+
+def _scrub_later_attributes(span: Span) -> None:
+    """Route the span's own attribute setters through `scrubbed` (the SDK asks no processor about later ones)."""
+    set_attribute, set_attributes = span.set_attribute, span.set_attributes
+
+    def set_one(key: str, value: AttributeValue) -> None:
+        set_attribute(key, scrubbed(key, value))
+
+    def set_many(attributes: Mapping[str, AttributeValue]) -> None:
+        set_attributes({key: scrubbed(key, value) for key, value in attributes.items()})
+
+    span.set_attribute = set_one  # type: ignore[method-assign]
+    span.set_attributes = set_many  # type: ignore[method-assign]
 
 
 def stamp_spans(provider: trace.TracerProvider | None = None) -> bool:

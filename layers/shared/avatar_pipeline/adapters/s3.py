@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import threading
@@ -342,7 +343,9 @@ class S3MediaStore:
         body = [b"".join(chunks)]
         chunks.clear()
         number = len(parts) + len(uploading) + 1
-        uploading.append(uploader.submit(self._upload_part, bucket, key, upload_id, number, body))
+        # In the caller's context: a tracer's current span (the parts' calls belong to the copy's trace).
+        in_context = contextvars.copy_context().run
+        uploading.append(uploader.submit(in_context, self._upload_part, bucket, key, upload_id, number, body))
 
     def _upload_part(self, bucket: str, key: str, upload_id: str, number: int, chunks: list[bytes]) -> dict[str, Any]:
         # `_next_part` hands the part over joined already (one item: joining it again returns it, copying nothing).

@@ -58,10 +58,10 @@ class UploadOutcome:
 def handle_upload(ctx: PipelineContext, upload: S3Object) -> UploadOutcome:
     """One object landed under inbox/: record it, and if it completes a pair, cut and submit one task."""
     entry = parse_inbox_key(upload.key)
+    working_on(entry.job if entry else None)
     if entry is None:
         logger.info("not an inbox upload; ignored", extra={"key": upload.key})
         return UploadOutcome("ignored")
-    working_on(entry.job)
     if entry.kind == "options" or entry.kind == "mask":
         # Read when its pair completes; upload job.json (and a mask it names) before (or with) the media files.
         logger.info("job options noted", extra={"job": entry.job, "key": upload.key, "kind": entry.kind})

@@ -240,6 +240,8 @@ def poll(ctx: PipelineContext, time_left: Callable[[], timedelta]) -> PollReport
         except Exception:
             logger.exception("dispatching from the line failed", extra={"provider": provider})
             report.actions["error"] += 1
+        finally:
+            working_on(None)  # a dispatch that failed mid-task left it named
     now = ctx.clock()
     tasks, slots = ctx.tasks.due(now, MAX_DUE_PER_POLL)
     due_since = [task.next_check_at for task in tasks if task.next_check_at is not None]
