@@ -20,13 +20,15 @@ from avatar_local.bench.common import MIB, ROOT, Section
 from avatar_local.bench.report import markdown, table
 
 COMMAND = "make bench"
+# In the order they run; "snapstart" (7) measures nothing: it is computed from "cold" (1) and "cost" (5) of the run.
+SECTIONS = ["cold", "copy", "poll", "batch", "cost", "snapstart"]
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m avatar_local.bench", description=__doc__)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md", help="where the table goes")
     parser.add_argument("--no-write", action="store_true", help="print the table only")
-    parser.add_argument("--only", action="append", choices=["cold", "copy", "poll", "batch", "cost"], default=None)
+    parser.add_argument("--only", action="append", choices=SECTIONS, default=None)
     parser.add_argument("--repeats", type=int, default=5, help="repeats of the cheap measurements")
     # Imports take a few hundred ms on a machine others share: more rounds steady the medians.
     parser.add_argument("--cold-repeats", type=int, default=11, help="rounds of imports for the cold start")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeats, args.cold_repeats, args.copy_repeats, args.copy_mib = 1, 1, 1, (6, 12)
         args.finished, args.in_flight, args.pairs, args.render_seconds, args.tasks = 200, 5, 3, 60.0, 1
-    only = set(args.only or ["cold", "copy", "poll", "batch", "cost"])
+    only = set(args.only or SECTIONS)
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -84,6 +86,13 @@ def main(argv: list[str] | None = None) -> int:
 
             say("5./6. handler CPU and AWS cost per task")
             sections.extend(task_cost.measure(args.tasks, workdir, say))
+        if "snapstart" in only:
+            from avatar_local.bench import snapstart
+
+            say("7. SnapStart (estimate), from sections 1 and 5 of this run")
+            estimate = snapstart.estimate(sections, say)
+            if estimate is not None:
+                sections.append(estimate)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started

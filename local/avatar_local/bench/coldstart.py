@@ -8,6 +8,11 @@ must not be found by an import. The environment is the function's, resolved from
 Lambda runtime sets. A first round compiles the bytecode and is not counted: the figures are imports from bytecode, as
 the layer ships its modules' cpython-313 bytecode (see `no_bytecode` for what a layer without it costs).
 
+The tracing decision, measured on one representative handler (webhook's) in the same rounds: its import under what the
+ADOT layer's wrapper sets up first (the optional call-level spans of `OpenTelemetryLayerArn`), and its import followed
+by Powertools' `Tracer()` on the X-Ray SDK (as the handlers traced until issue 19); each package set installed into a
+directory of its own, after the layer's on the path, as a second layer would be.
+
 The layer's size is that of the real artifact: layers/shared/Makefile run into a temporary ARTIFACTS_DIR, as
 `sam build` runs it (arm64 wheels for CPython 3.13), summing the files' sizes.
 """
@@ -25,6 +30,18 @@ from pathlib import Path
 from typing import Any
 
 from avatar_local.bench.common import MIB, ROOT, Figure, Section, function_ids, lambda_environment, median, run_child
+
+# The handler the tracing rows import: the one a caller waits on (the provider's callback), and a typical one.
+TRACED_FUNCTION = "WebhookFunction"
+# Any version of AWS's layer: the template then sets the wrapper and its variables (the local runtime's stand-in too).
+ADOT_LAYER_ARN = "arn:aws:lambda:us-east-1:615299751070:layer:AWSOpenTelemetryDistroPython:29"
+# What the ADOT layer brings that the wrapper sets up before the handler: pinned as requirements-dev.txt pins them.
+ADOT_PACKAGES = ("opentelemetry-sdk", "opentelemetry-instrumentation-botocore", "opentelemetry-instrumentation-httpx")
+# Powertools' Tracer as the handlers had it (the `tracer` extra): the X-Ray SDK, its latest 2.x.
+XRAY_SDK = "aws-xray-sdk==2.15.0"
+XRAY_END_OF_SUPPORT = "2027-02-25"
+OTEL_LAYER_STAND_IN = ROOT / "local/avatar_local/twin/otel_layer.py"
+_PARTS = (" setup", " handler", " after")  # a traced import's parts, keyed in a round as its whole is, plus these
 
 TARGET_RATIO = 1.5
 # What the Lambda Python runtime ships itself (boto3 and its dependencies); a layer copy of any of them shadows it.
@@ -62,6 +79,53 @@ print(json.dumps({"ms": elapsed, "modules": len(sys.modules), "lazy": lazy}))
 """
 
 
+# A handler imported with tracing set up as Lambda would: "adot", the ADOT wrapper's work first (the local stand-in's
+# `start_tracing`, loaded from its file so no package of the local tooling is imported; spans would go to /dev/null),
+# then the handler, wrapped in what start_tracing returns (if anything); "xray", the handler, then Powertools'
+# Tracer() as the handlers had it (auto-patch on). "ms" counts all of it; the facts say the tracing was really on (a
+# Tracer that finds itself outside Lambda disables itself).
+_IMPORT_TRACED = """
+import json, os, sys, time
+sys.path[:0] = json.loads(sys.argv[2])
+module, how = sys.argv[1], sys.argv[3]
+started = time.perf_counter()
+if how == "adot":
+    import importlib.util, pathlib
+    spec = importlib.util.spec_from_file_location("bench_otel_layer", sys.argv[5])
+    layer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(layer)
+    wrap = layer.start_tracing(pathlib.Path(os.devnull), os.environ)
+set_up = time.perf_counter()
+handler = __import__(module)
+if how == "adot" and callable(wrap):  # the stand-in's invocation span around the handler, as the layer's
+    wrap(getattr(handler, os.environ.get("_HANDLER", ".lambda_handler").rsplit(".", 1)[1]))
+imported = time.perf_counter()
+if how == "xray":
+    from aws_lambda_powertools import Tracer
+    tracer = Tracer()
+ended = time.perf_counter()
+facts = {}
+if how == "adot":
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
+    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+    facts = {
+        "provider": type(trace.get_tracer_provider()).__name__,
+        "instrumented": [name for name, cls in (("botocore", BotocoreInstrumentor), ("httpx", HTTPXClientInstrumentor))
+                         if cls().is_instrumented_by_opentelemetry],
+        "stamped": "avatar_pipeline.adapters.otel_spans" in sys.modules,
+        "sdk_file": sys.modules["opentelemetry.sdk.trace"].__file__,
+    }
+elif how == "xray":
+    from aws_xray_sdk.core import patcher
+    facts = {"disabled": bool(tracer.disabled), "patched": sorted(getattr(patcher, "_PATCHED_MODULES", ())),
+             "sdk_file": patcher.__file__}
+lazy = [name for name in json.loads(sys.argv[4]) if name in sys.modules]
+print(json.dumps({"ms": (ended - started) * 1000, "setup_ms": (set_up - started) * 1000,
+                  "handler_ms": (imported - set_up) * 1000, "after_ms": (ended - imported) * 1000,
+                  "lazy": lazy, **facts}))
+"""
+
 _NO_PYCACHE = shutil.ignore_patterns("__pycache__")
 
 
@@ -70,6 +134,12 @@ def _pinned(requirement: str) -> str:
         if re.match(rf"^{requirement}==", line.strip()):
             return line.strip()
     return requirement
+
+
+def _installed_version(distribution: str) -> str:
+    from importlib.metadata import version
+
+    return version(distribution)
 
 
 def _pip(*args: str) -> None:
@@ -97,6 +167,29 @@ def prepare(workdir: Path, code_dirs: dict[str, Path]) -> dict[str, Path]:
     dirs["floor"].mkdir()
     (dirs["floor"] / f"{FLOOR}.py").write_text(_FLOOR_MODULE)
     return dirs
+
+
+def prepare_tracing(workdir: Path) -> dict[str, Path]:
+    """The tracing packages, each set in a directory of its own: "adot", the OpenTelemetry SDK and the botocore and
+    httpx instrumentations (what the ADOT layer's wrapper sets up); "xray", the X-Ray SDK Powertools' Tracer needs
+    (without botocore, its other dependency: the layer has it)."""
+    adot, xray = workdir / "adot" / "python", workdir / "xray-sdk" / "python"
+    _pip("--only-binary=:all:", "--target", str(adot), *(_pinned(name) for name in ADOT_PACKAGES))
+    _pip("--only-binary=:all:", "--no-deps", "--target", str(xray), XRAY_SDK, f"wrapt=={_installed_version('wrapt')}")
+    return {"adot": adot, "xray": xray}
+
+
+def _import_traced(module: str, paths: list[Path], env: dict[str, str], how: str) -> dict[str, Any]:
+    """Import `module` in a fresh interpreter with tracing set up as `how` ("adot" or "xray") says: {"ms": all of it,
+    "setup_ms": the wrapper's work before the import, "after_ms": the Tracer's after it, "lazy": as `_import`'s, and
+    what shows the tracing was on}."""
+    args = ["-I", "-S", "-c", _IMPORT_TRACED, module, json.dumps([str(p) for p in paths]), how, json.dumps(LAZY)]
+    answer = run_child([*args, str(OTEL_LAYER_STAND_IN)], env=env)
+    if how == "adot" and not (answer["stamped"] and answer["provider"] == "TracerProvider"):
+        raise RuntimeError(f"{module} imported without the OpenTelemetry SDK's tracing on: {answer}")
+    if how == "xray" and answer["disabled"]:
+        raise RuntimeError(f"{module}'s Tracer() disabled itself: the environment does not look like Lambda's")
+    return answer
 
 
 def _import(module: str, paths: list[Path], env: dict[str, str], *, no_bytecode: bool = False) -> dict[str, Any]:
@@ -138,6 +231,66 @@ def layer_size(workdir: Path) -> dict[str, float]:
     }
 
 
+def _paired(rounds: list[dict[str, float]], key: str, base: str) -> float:
+    """The median of each round's `key` less its `base`: both measured in the same round, so what slowed one slowed
+    the other."""
+    return median([r[key] - r[base] for r in rounds])
+
+
+def _tracing_figures(
+    title: str,
+    module: str,
+    rounds: list[dict[str, float]],
+    facts: dict[str, dict[str, Any]],
+    boto3_ms: float,
+    traced: str,
+) -> list[Figure]:
+    """The tracing decision's rows: the handler under the ADOT wrapper's setup, and with the X-Ray SDK's Tracer."""
+    repeats = len(rounds)
+    adot, xray = facts["adot"], facts["xray"]
+
+    def extra(answer: dict[str, Any]) -> str:
+        loaded = [name for name in answer["lazy"] if name not in ("opentelemetry", "aws_xray_sdk")]
+        return f"; {' and '.join(loaded)} loaded too, which the handler alone defers" if loaded else ""
+
+    def part(key: str) -> float:
+        return median([r[key] for r in rounds])
+
+    adot_ms = median([r["adot"] for r in rounds])
+    xray_ms = median([r["xray"] for r in rounds])
+    return [
+        Figure(
+            title,
+            f"import `{module}` under the ADOT layer's wrapper (OpenTelemetry SDK, botocore and httpx instrumented)",
+            adot_ms,
+            "ms",
+            repeats,
+            baseline=boto3_ms,
+            baseline_label="`import boto3`",
+            note=f"informative, a lower bound: {_paired(rounds, 'adot', traced):+.0f} ms over `{module}` alone (same "
+            f"rounds): setting up the SDK and instrumenting {' and '.join(adot['instrumented'])} took "
+            f"{part('adot setup'):.0f} ms, then the import {part('adot handler'):.0f} ms (botocore and more already "
+            f"loaded){extra(adot)}. What OpenTelemetryLayerArn adds to each cold start; the real layer's wrapper "
+            "(opentelemetry-instrument) also loads AWS's distro and configurator, looks up every instrumentation's "
+            "entry points and sets up its exporter: more than this",
+        ),
+        Figure(
+            title,
+            f"import `{module}`, then Powertools' `Tracer()` on the X-Ray SDK, as the handlers had it",
+            xray_ms,
+            "ms",
+            repeats,
+            baseline=boto3_ms,
+            baseline_label="`import boto3`",
+            note=f"informative: {_paired(rounds, 'xray', traced):+.0f} ms over `{module}` alone (same rounds); "
+            f"`Tracer()` took {part('xray after'):.0f} ms after the import (auto-patch: "
+            f"{', '.join(xray['patched']) or 'nothing'}){extra(xray)}. What the default (Lambda's active tracing, no "
+            f"SDK in the function) saves at each cold start; the X-Ray SDK for Python's support ends "
+            f"{XRAY_END_OF_SUPPORT}",
+        ),
+    ]
+
+
 def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytecode_repeats: int = 0) -> Section:
     started = time.monotonic()
     section = Section("cold", "1. Cold start")
@@ -145,6 +298,17 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
     functions = function_ids()
     specs = {logical_id: lambda_environment(logical_id) for logical_id in functions}
     dirs = prepare(workdir, {logical_id: Path(spec["code_dir"]) for logical_id, spec in specs.items()})
+    say("cold start: installing the OpenTelemetry SDK and instrumentations, and the X-Ray SDK, each apart…")
+    tracing_dirs = prepare_tracing(workdir)
+    traced = TRACED_FUNCTION
+    # The function's environment as the template sets it when OpenTelemetryLayerArn is given (the wrapper, the
+    # instrumentations it disables); for the Tracer, Lambda's as it is (Powertools disables tracing outside Lambda).
+    adot_parameters = {"OpenTelemetryLayerArn": ADOT_LAYER_ARN}
+    tracing_envs = {
+        "adot": lambda_environment(traced, extra_parameters=adot_parameters)["environment"],
+        "xray": {k: v for k, v in specs[traced]["environment"].items() if k != "POWERTOOLS_TRACE_DISABLED"},
+    }
+    tracing_facts: dict[str, dict[str, Any]] = {}  # "adot"/"xray" -> the last round's answer
     names = {logical_id: spec["module"] for logical_id, spec in specs.items()}
     baseline_env = specs["SubmitFunction"]["environment"]
     lazy: dict[str, list[str]] = {}  # function -> the LAZY packages its handler imported (the last round's)
@@ -159,6 +323,16 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
             times[logical_id], lazy[logical_id] = float(result["ms"]), list(result["lazy"])
         floor_env = specs["FinalizeFunction"]["environment"]
         times[FLOOR] = _import_ms(FLOOR, [dirs["floor"], dirs["layer"], dirs["runtime"]], floor_env)
+        for how, env in tracing_envs.items():
+            paths = [dirs[traced], dirs["layer"], tracing_dirs[how], dirs["runtime"]]
+            tracing_facts[how] = _import_traced(names[traced], paths, env, how)
+            if not tracing_facts[how]["sdk_file"].startswith(str(tracing_dirs[how])):
+                raise RuntimeError(
+                    f"{how}: the SDK imported is not the one installed: {tracing_facts[how]['sdk_file']}"
+                )
+            times[how] = tracing_facts[how]["ms"]
+            for part in _PARTS:  # not printed per round
+                times[f"{how}{part}"] = tracing_facts[how][f"{part.strip()}_ms"]
         return times
 
     one_round()  # compiles the bytecode; not counted
@@ -167,7 +341,9 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
         rounds.append(one_round())
         say(
             f"  round {number + 1}/{repeats}: "
-            + ", ".join(f"{k.removesuffix('Function')} {v:.0f} ms" for k, v in rounds[-1].items())
+            + ", ".join(
+                f"{k.removesuffix('Function')} {v:.0f} ms" for k, v in rounds[-1].items() if not k.endswith(_PARTS)
+            )
         )
     boto3_ms = median([r["boto3"] for r in rounds])
     floor_ms = median([r[FLOOR] for r in rounds])
@@ -208,6 +384,14 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
             ),
         )
     )
+    section.figures += _tracing_figures(section.title, names[traced], rounds, tracing_facts, boto3_ms, traced)
+    section.data = {
+        "import_ms": {logical_id: median([r[logical_id] for r in rounds]) for logical_id in functions},
+        "memory_mb": {logical_id: int(spec["memory_mb"]) for logical_id, spec in specs.items()},
+        "modules": dict(names),
+        "boto3_ms": boto3_ms,
+        "repeats": repeats,
+    }
     if no_bytecode_repeats:
         # A layer without bytecode, as it shipped before layers/shared/bytecode-compiler: Lambda's /opt is read-only,
         # so every module would be compiled again at each cold start.
@@ -251,13 +435,21 @@ def measure(repeats: int, workdir: Path, say: Callable[[str], None], *, no_bytec
             decimals=1,
         )
     )
+    wrapper = tracing_envs["adot"]["AWS_LAMBDA_EXEC_WRAPPER"]
     section.method = (
         f"Each handler module imported in a fresh `python -I -S` whose path is only what Lambda's would be (function "
         f"code, the layer's requirements installed for this machine, the runtime's {_pinned('boto3')}) and whose "
         f"environment is the function's from template.yaml plus Lambda's own variables; bytecode compiled by a first "
         f"round that is not counted (the layer ships its cpython-313 bytecode: layers/shared/bytecode-compiler); "
         f"{repeats} rounds, each importing boto3, then the handler of each of the template's {len(functions)} "
-        f"functions, then the floor (a module importing only boto3, pydantic and Powertools' Logger and Metrics). "
+        f"functions, then the floor (a module importing only boto3, pydantic and Powertools' Logger and Metrics), "
+        f"then {names[traced]} twice more with tracing: under the ADOT layer's wrapper (the template's environment "
+        f"with OpenTelemetryLayerArn set, AWS_LAMBDA_EXEC_WRAPPER={wrapper} among it; before the import, "
+        f"counted, the local stand-in's start_tracing: the SDK's TracerProvider with a span processor writing to "
+        f"/dev/null, BotocoreInstrumentor and HTTPXClientInstrumentor instrumented; "
+        f"{', '.join(_pinned(name) for name in ADOT_PACKAGES)} installed apart, after the layer on the path), "
+        f"and followed by Powertools' `Tracer()` (auto-patch, the function's Lambda environment; {XRAY_SDK} "
+        f"installed apart, after the layer). "
         f"A row's note names any of {', '.join(LAZY)} its handler imported (they should load only on the paths "
         f"that use them). The layer's size: layers/shared/Makefile "
         f"run into a temporary ARTIFACTS_DIR (as `sam build` does), files' sizes summed."

@@ -57,6 +57,8 @@ class Section:
     figures: list[Figure] = field(default_factory=list)
     method: str = ""
     seconds: float = 0.0
+    # What a later section computes from this one's measurements (e.g. section 7 from sections 1 and 5): not printed.
+    data: dict[str, Any] = field(default_factory=dict)
 
 
 def median(values: Sequence[float]) -> float:

@@ -2,13 +2,14 @@
 
 Tasks go one at a time through the local stack (template.yaml's functions, the WaveSpeed simulator rendering a real
 10 s video). The local runtime records, for every invocation, its wall time, the worker's CPU time and the AWS
-requests its SDK sent; a task's figures are those of the submit, webhook and finalize invocations it caused (the
-poller runs on a schedule whatever the traffic: its cost is a fixed monthly one, estimated apart). The first task warms
-every worker up and is not counted. Each function's first invocation in its worker, wherever it falls, is set against
-its warm invocations on the same path: the work Lambda's first invocation of an execution environment does besides
-the cold start's imports. Its cost: those measured durations at each function's memory size, the counted
-requests, the log bytes each function wrote, at AWS's public prices (us-east-1, arm64, on-demand); next to it, the
-provider's price for the same 10 s clip.
+requests its SDK sent; a task's figures are those of the invocations it caused of every function but the poller
+(PER_TASK_FUNCTIONS: submit, dispatch, webhook, events, finalize; the poller runs on a schedule whatever the traffic:
+its cost is a fixed monthly one, estimated apart). The first task warms every worker up and is not counted. Each
+function's first invocation in its worker, wherever it falls, is set against its warm invocations on the same path:
+the work Lambda's first invocation of an execution environment does besides the cold start's imports. Its cost: those
+measured durations at each function's memory size, the counted requests, the events put on the bus, the log bytes
+each function wrote, at AWS's public prices (us-east-1, arm64, on-demand); next to it, the provider's price for the
+same 10 s clip.
 """
 
 from __future__ import annotations
@@ -29,7 +30,15 @@ from typing import Any
 from avatar_local.bench.common import ROOT, Figure, Section, median, run_child
 
 CLIP_SECONDS = 10.0
-PER_TASK_FUNCTIONS = ("SubmitFunction", "WebhookFunction", "FinalizeFunction")
+# Every function a task invokes (the template's order): all but the poller, which runs on its schedule.
+PER_TASK_FUNCTIONS = ("SubmitFunction", "DispatchFunction", "WebhookFunction", "EventsFunction", "FinalizeFunction")
+
+
+def short_name(logical_id: str) -> str:
+    return logical_id.removesuffix("Function").lower()
+
+
+PER_TASK_NAMES = ", ".join(short_name(name) for name in PER_TASK_FUNCTIONS)
 
 # Public prices, us-east-1 (checked 2025): https://aws.amazon.com/<service>/pricing/
 LAMBDA_GB_SECOND_ARM = 0.0000133334
@@ -40,6 +49,7 @@ S3_WRITE_REQUEST = 0.005 / 1000  # PUT, COPY, POST, LIST
 S3_READ_REQUEST = 0.0004 / 1000  # GET and the rest
 S3_GB_MONTH = 0.023
 SNS_PUBLISH = 0.50 / 1e6
+EVENTBRIDGE_EVENT = 1.00 / 1e6  # custom events put on a bus, each 64 KB chunk one
 SECRETS_CALL = 0.05 / 10_000
 API_GATEWAY_REST_REQUEST = 3.50 / 1e6
 LOGS_INGESTED_GB = 0.50
@@ -57,6 +67,9 @@ _S3_WRITES = {"PutObject", "CreateMultipartUpload", "UploadPart", "CompleteMulti
 class TaskUsage:
     invocations: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # function -> its invocations
     log_bytes: dict[str, int] = field(default_factory=dict)
+    # Events the events function put on the bus (its EventsPublished metric); None: not found in its log, and then
+    # each PutEvents request is counted as one event.
+    events_put: int | None = None
 
     @property
     def cpu_ms(self) -> float:
@@ -86,6 +99,26 @@ for _ in range(200):
 cpu.sort()
 print(json.dumps({"cpu_ms": cpu[len(cpu) // 2]}))
 """
+
+
+def events_published(log: Path, start: int) -> int | None:
+    """The events the events function put on the bus, from the `EventsPublished` metric it logs (CloudWatch's
+    embedded metric format, a JSON line) in its log after byte `start`; None if it logged none."""
+    if not log.exists():
+        return None
+    with log.open("rb") as file:
+        file.seek(start)
+        text = file.read().decode("utf-8", errors="replace")
+    found = None
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and "_aws" in record and "EventsPublished" in record:
+            value = record["EventsPublished"]  # a list when the invocation added the metric more than once
+            found = (found or 0) + int(sum(value) if isinstance(value, list) else value)
+    return found
 
 
 def _code_with_bytecode(workdir: Path) -> Path:
@@ -172,11 +205,12 @@ def _run_tasks(count: int, workdir: Path, say: Callable[[str], None]) -> dict[st
                     {"wall_ms": r.wall_ms, "cpu_ms": r.cpu_ms, "aws_calls": r.aws_calls, "ok": r.ok} for r in records
                 ]
                 usage.log_bytes[name] = (logs[name].stat().st_size if logs[name].exists() else 0) - sizes[name]
+            usage.events_put = events_published(logs["EventsFunction"], sizes["EventsFunction"])
             if number == 0:
                 say(f"  warm-up task: {usage.cpu_ms:.0f} ms CPU (not counted)")
                 continue
             tasks.append(usage)
-            say(f"  task {number}/{count}: {usage.cpu_ms:.0f} ms CPU in submit + webhook + finalize")
+            say(f"  task {number}/{count}: {usage.cpu_ms:.0f} ms CPU in {PER_TASK_NAMES}")
             assert latest.output is not None
             video_bytes = latest.output.size
             raw = stack.aws.client("dynamodb").get_item(
@@ -311,12 +345,14 @@ def cost_of(task: TaskUsage, memory_mb: dict[str, int], task_item_bytes: int) ->
     s3_writes += 2
     s3_reads += 3
     webhooks = len(task.invocations.get("WebhookFunction", []))
+    events_put = task.events_put if task.events_put is not None else calls["eventbridge.PutEvents"]
     return {
         "Lambda duration": lambda_gb_s * LAMBDA_GB_SECOND_ARM,
         "Lambda requests": invocations * LAMBDA_REQUEST,
         "DynamoDB": dynamodb_writes * DYNAMODB_WRITE_UNIT + dynamodb_reads * DYNAMODB_READ_UNIT,
         "S3 requests": s3_writes * S3_WRITE_REQUEST + s3_reads * S3_READ_REQUEST,
         "SNS": calls["sns.Publish"] * SNS_PUBLISH,
+        "EventBridge": events_put * EVENTBRIDGE_EVENT,
         "Secrets Manager": calls["secrets-manager.GetSecretValue"] * SECRETS_CALL,
         "API Gateway": webhooks * API_GATEWAY_REST_REQUEST,
         "CloudWatch Logs": sum(task.log_bytes.values()) / 1024**3 * LOGS_INGESTED_GB,
@@ -341,7 +377,7 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
     cpu.figures.append(
         Figure(
             cpu.title,
-            "CPU in submit + webhook + finalize, one task",
+            f"CPU in the functions a task invokes ({PER_TASK_NAMES}), one task",
             median([t.cpu_ms for t in tasks]),
             "ms",
             len(tasks),
@@ -349,18 +385,20 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
             baseline_label=f"the same number of bare boto3 calls ({calls_per_task:.0f} \u00d7 a GetItem's "
             f"{run['bare_get_item_cpu_ms']:.2f} ms)",
             note="; ".join(
-                f"{name.removesuffix('Function').lower()} {per_function[name]:.0f} ms in {invocations[name]:.0f} "
-                f"invocation(s)"
+                f"{short_name(name)} {per_function[name]:.0f} ms in {invocations[name]:g} invocation(s)"
                 for name in PER_TASK_FUNCTIONS
             )
             + f"; video {run['video_bytes'] / 1024:.0f} KiB (its bytes cost well under a millisecond)",
         )
     )
     cpu.figures += first_invocation_figures(cpu.title, run["every_invocation"])
+    # For section 7 (SnapStart): how often a task invokes each function, and each one's memory.
+    cpu.data = {"invocations_per_task": invocations, "memory_mb": dict(run["memory_mb"]), "tasks": len(tasks)}
     cpu.method = (
         f"{len(tasks)} tasks one after another through the local stack (one worker per function, no faults), each "
         f"a 480\u00d7640 PNG and a {CLIP_SECONDS:g} s MP3 rendered by the simulator into a {CLIP_SECONDS:g} s MP4, "
-        f"after a warm-up task that is not counted. The local runtime measures each invocation's CPU time "
+        f"after a warm-up task that is not counted; a task's figures are the invocations of {PER_TASK_NAMES} it "
+        f"caused (the poller's are a fixed cost, section 6). The local runtime measures each invocation's CPU time "
         f"(`time.process_time` of its worker) and counts the AWS requests its SDK sent; the baseline's GetItem CPU is "
         f"measured in a fresh process against the same embedded AWS (median of 200, after 20 warm-up calls). "
         f"First invocations: each function's worker imports its handler when it starts (section 1 measures that), "
@@ -380,7 +418,7 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
     cost.figures.append(
         Figure(
             cost.title,
-            f"AWS per {CLIP_SECONDS:g} s video (submit, webhook, finalize, storage requests, notification)",
+            f"AWS per {CLIP_SECONDS:g} s video ({PER_TASK_NAMES}; storage requests, notification, bus events)",
             total,
             "USD",
             len(tasks),
@@ -412,18 +450,17 @@ def measure(count: int, workdir: Path, say: Callable[[str], None]) -> tuple[Sect
             decimals=4,
         )
     )
-    cost.method = " ".join(
-        [
-            "From the tasks of section 5: each invocation's measured wall time (rounded up to the ms) \u00d7 its",
-            "function's MemorySize from template.yaml at Lambda's arm64 price, one request each; DynamoDB on-demand",
-            f"units from the counted requests (the task item is {run['task_item_bytes']:,} bytes: 1 WRU per started",
-            "KB in the table and each of 2 GSIs, an upper bound; transactions twice); S3 requests counted, plus the",
-            "user's 2 uploads, the provider's 2 input downloads and 1 download of the video; SNS publishes; Secrets",
-            "Manager calls (cached 5 min); one API Gateway REST request per webhook; CloudWatch Logs ingestion of the",
-            "bytes each function logged; X-Ray as if every invocation were traced. us-east-1 public prices (2025),",
-            "free tiers ignored. Durations are local (embedded AWS, simulator on loopback): real DynamoDB, S3 and",
-            "provider round trips differ.",
-        ]
+    cost.method = (
+        f"From the tasks of section 5, the invocations of {PER_TASK_NAMES} each caused: each invocation's measured "
+        "wall time (rounded up to the ms) \u00d7 its function's MemorySize from template.yaml at Lambda's arm64 price, "
+        "one request each; DynamoDB on-demand units from the counted requests (the task item is "
+        f"{run['task_item_bytes']:,} bytes: 1 WRU per started KB in the table and each of 2 GSIs, an upper bound; "
+        "transactions twice); S3 requests counted, plus the user's 2 uploads, the provider's 2 input downloads and 1 "
+        "download of the video; SNS publishes; the events put on the bus (the events function's EventsPublished "
+        "metric in its log); Secrets Manager calls (cached 5 min); one API Gateway REST request per webhook; "
+        "CloudWatch Logs ingestion of the bytes each function logged; X-Ray as if every invocation were traced. "
+        "us-east-1 public prices (2025), free tiers ignored. Durations are local (embedded AWS, simulator on "
+        "loopback): real DynamoDB, S3 and provider round trips differ."
     )
     cpu.seconds = cost.seconds = (time.monotonic() - started) / 2
     return cpu, cost
