@@ -391,6 +391,9 @@ def test_the_table_names_the_command_the_figures_and_what_was_missed() -> None:
     assert "| 1 | import `x` | 300 ms | 150 ms: boto3 | 2.00\u00d7 | ≤ 1.5 | **no** | 5 |" in text
     assert "Targets missed: 1" in text
     assert "| 1 | layer | 55.5 MiB | — | — | — | — | 1 |" in text
+    # And the decisions the figures inform follow the table, before the notes
+    assert text.index("## Decisions these figures inform") < text.index("## Notes per figure")
+    assert "### Tracing: Lambda's own, and OpenTelemetry on request" in text and "### SnapStart: not adopted" in text
 
 
 def test_a_tiny_batch_and_task_run_through_the_local_stack_meet_their_targets(

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from avatar_local.bench.common import Figure, Section
 
 HEADER = ("#", "measure", "median", "baseline (same run)", "ratio", "target", "met", "n")
+# What the figures decided, written by hand (it names rows, not numbers, so it holds from run to run).
+DECISIONS = Path(__file__).with_name("decisions.md")
 
 
 def _number(value: float, figure: Figure) -> str:
@@ -78,6 +81,7 @@ def markdown(sections: Sequence[Section], *, command: str, seconds: float, machi
         f"**Targets missed: {len(missed)}**" + (":" if missed else "."),
     ]
     parts += [f"- {s.title.split('.')[0]}. {f.measure}: {_number(f.value, f)} (target {f.target})" for s, f in missed]
+    parts += ["", DECISIONS.read_text(encoding="utf-8").rstrip()]
     parts += ["", "## Notes per figure", ""]
     for section in sections:
         for figure in section.figures:

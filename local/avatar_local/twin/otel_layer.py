@@ -60,7 +60,7 @@ def start_tracing(spans_path: Path, environment: Mapping[str, str]) -> Callable[
     if "botocore" not in disabled:
         from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
 
-        BotocoreInstrumentor().instrument()
+        BotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]
     if "httpx" not in disabled:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
