@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import site
+import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -428,3 +430,16 @@ def test_a_tiny_batch_and_task_run_through_the_local_stack_meet_their_targets(
     # (tests/chaos/test_batch_run.py and `make batch` hold the ratio, at sizes where it means something).
     missed = [line for line in printed.splitlines() if "**no**" in line]
     assert all(line.startswith("| 4 | first upload to last stored video |") for line in missed), missed
+
+
+def test_what_every_measured_child_imports_holds_nothing_of_the_local_stack() -> None:
+    # Given a measured child process imports the bench's common module (the copy child does, then copies a video)
+    # When that module is imported in a fresh interpreter
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, avatar_local.bench.common; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    # Then neither the local stack's modules nor moto came with it: they would count in the child's memory and time
+    assert "avatar_local.twin" not in loaded and "moto" not in loaded

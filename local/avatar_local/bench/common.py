@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from avatar_local.twin.aws import OPERATOR
-
 MIB = 1024 * 1024
 ROOT = Path(__file__).resolve().parents[3]
 REGION = "us-east-1"
@@ -112,6 +110,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 / 1024
 
 
+def operator_environment() -> dict[str, str]:
+    """The embedded AWS's operator credentials, imported here only: the twin's modules (moto and all) must not count
+    in a measured child's imports and memory."""
+    from avatar_local.twin.aws import OPERATOR
+
+    return OPERATOR.environment()
+
+
 def lambda_environment(logical_id: str, *, extra_parameters: Mapping[str, str] | None = None) -> dict[str, Any]:
     """What Lambda gives the function `logical_id` of template.yaml: its resolved environment, the variables the
     Lambda runtime sets itself, its module, code directory, layer directories and memory size.
@@ -155,7 +161,7 @@ def lambda_environment(logical_id: str, *, extra_parameters: Mapping[str, str] |
         "AWS_EXECUTION_ENV": "AWS_Lambda_python3.13",
         "LAMBDA_TASK_ROOT": str(code_dir),
         "_HANDLER": spec.handler,
-        **OPERATOR.environment(),
+        **operator_environment(),
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
     }
     return {
