@@ -1,7 +1,8 @@
 """Task table stream → each task's moves as "Avatar Task State Change" events on the bus, in the stream's order.
 
 A record whose events cannot be put stops the batch there: it is reported as the batch's first failure, so Lambda
-retries from it (the records before it are not sent again) and no later move of the task goes out before it. A
+retries from it (the records before it are not sent again) and no later move of the task goes out before it; when it
+is the batch's first record, the invocation fails instead, so the function's errors alarm sees it. A
 record that keeps failing goes, with the rest of its batch, to the failure queue (the mapping's on-failure
 destination). Redelivered events keep their `event_id`.
 """
@@ -48,7 +49,7 @@ def _the_publisher() -> EventBridgePublisher:
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     publisher = _the_publisher()
     published = 0
-    for record in DynamoDBStreamEvent(event).records:
+    for position, record in enumerate(DynamoDBStreamEvent(event).records):
         if record.dynamodb is None:
             continue
         before, after = task_from_image(record.dynamodb.old_image), task_from_image(record.dynamodb.new_image)
@@ -56,8 +57,10 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
         try:
             published += publish_moves(publisher, before, after)
         except EventPublishError as error:
-            logger.error("events not put; the batch is retried from this record", extra={"error": str(error)})
             metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
+            if position == 0:
+                raise  # nothing of the batch done: the invocation fails (the errors alarm sees it), retried whole
+            logger.error("events not put; the batch is retried from this record", extra={"error": str(error)})
             return {"batchItemFailures": [{"itemIdentifier": record.dynamodb.sequence_number}]}
     metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=published)
     return {"batchItemFailures": []}

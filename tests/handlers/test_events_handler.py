@@ -16,6 +16,7 @@ from handlers.helpers import MP3_BYTES, PNG_BYTES, TaskStream, deliver_upload
 from support.aws import REGION, Stack
 from support.events import FakeLambdaContext
 
+from avatar_pipeline.adapters.eventbridge import EventPublishError
 from avatar_pipeline.domain.events import DETAIL_TYPE, EVENT_SOURCE
 
 SCHEMA = json.loads(
@@ -97,4 +98,27 @@ def test_a_put_that_fails_stops_the_batch_at_its_record(
     assert handle(records) == {
         "batchItemFailures": [{"itemIdentifier": first_with_a_task["dynamodb"]["SequenceNumber"]}]
     }
+    assert received(consumer) == []
+
+
+def test_a_put_that_fails_on_the_batchs_first_record_fails_the_invocation(
+    stack: Stack, task_stream: TaskStream, consumer: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deliver_upload(stack, "inbox/dee/face.png", PNG_BYTES)
+    deliver_upload(stack, "inbox/dee/voice.mp3", MP3_BYTES)
+    # Given a batch that starts with a record of a task, and a bus that refuses every put
+    records = task_stream.read()
+    first_with_a_task = next(
+        i for i, r in enumerate(records) if r["dynamodb"]["NewImage"].get("kind", {}).get("S") == "task"
+    )
+    publisher = events_handler._the_publisher()
+
+    def refuse(Entries: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"FailedEntryCount": len(Entries), "Entries": [{"ErrorCode": "AccessDeniedException"}] * len(Entries)}
+
+    monkeypatch.setattr(publisher._events, "put_events", refuse)
+    # When the batch is handled, then nothing of it was done: the invocation fails (Lambda retries the whole batch,
+    # and the function's errors alarm counts it)
+    with pytest.raises(EventPublishError):
+        handle(records[first_with_a_task:])
     assert received(consumer) == []
