@@ -13,7 +13,9 @@ import pytest
 
 from avatar_local.deploy_checks.build_check import (
     BuildCheckError,
+    Report,
     Target,
+    _probe_findings,
     bytecode_header_problem,
     check_build,
     elf_machine,
@@ -388,3 +390,32 @@ def test_target_bytecode_the_target_would_not_use_fails(synthetic: Synthetic, he
         f"Shared: 1 cpython-313 bytecode files CPython 3.13 aarch64 (glibc 2.34) would not use as they are "
         f"(e.g. python/fastlib/__pycache__/__init__.cpython-313.pyc: {problem})"
     ]
+
+
+@pytest.mark.parametrize(
+    ("module", "error", "fails"),
+    [
+        ("avatar_pipeline.adapters.otel_spans", "ModuleNotFoundError: No module named 'opentelemetry'", False),
+        ("avatar_pipeline.adapters.otel_spans", "ModuleNotFoundError: No module named 'httpx'", True),
+        ("avatar_pipeline.adapters.otel_spans", "SyntaxError: invalid syntax", True),
+        ("avatar_pipeline.adapters.s3", "ModuleNotFoundError: No module named 'opentelemetry'", True),
+    ],
+    ids=["otel-spans-without-the-adot-layer", "otel-spans-missing-else", "otel-spans-broken", "another-module"],
+)
+def test_only_a_module_meant_for_the_adot_layer_may_miss_what_that_layer_brings(
+    module: str, error: str, fails: bool
+) -> None:
+    # Given the layer's probe could not import a module
+    report = Report()
+    result = {
+        "errors": [{"module": module, "error": error, "traceback": ""}],
+        "unavailable": [],
+        "origins": {"elsewhere": [], "build": [], "stdlib": []},
+        "blocked": [],
+        "runtime_provided": [],
+        "substituted": [],
+    }
+    # When its findings are reported
+    _probe_findings(report, "SharedLayer", result, [])
+    # Then only otel_spans without opentelemetry (AWS's OpenTelemetry layer brings it) is not a failure
+    assert bool(report.failures) is fails

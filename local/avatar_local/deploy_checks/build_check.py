@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from avatar_local.twin.template import FunctionSpec, TemplateError, functions, layer_content_dirs, load_template
+from avatar_local.twin.template import FunctionSpec, TemplateError, functions, load_template, template_layers
 
 ROOT: Final = Path(__file__).resolve().parents[3]
 PROBE: Final = Path(__file__).with_name("build_probe.py")
@@ -395,12 +395,12 @@ def built_functions(build_dir: Path, source_template: Path) -> list[BuiltFunctio
     for logical_id, spec in source_specs.items():
         built_spec = built_specs[logical_id]
         try:  # only the template's own layers (!Ref to an AWS::Serverless::LayerVersion) can be checked
-            built_layers, source_layers = layer_content_dirs(built, built_spec), layer_content_dirs(source, spec)
+            built_layers, source_layers = template_layers(built, built_spec), template_layers(source, spec)
         except TemplateError as error:
             raise BuildCheckError(str(error)) from error
         layers = tuple(
-            (ref["Ref"], build_dir / built_uri, source_template.parent / source_uri)
-            for ref, built_uri, source_uri in zip(built_spec.layers, built_layers, source_layers, strict=True)
+            (layer_id, build_dir / built_uri, source_template.parent / source_uri)
+            for (layer_id, built_uri), (_, source_uri) in zip(built_layers, source_layers, strict=True)
         )
         result.append(
             BuiltFunction(
@@ -516,8 +516,19 @@ def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB" if size >= 100_000 else f"{size / 1000:.1f} kB"
 
 
+# Modules of the layer that only run with another layer beside it, and the package that layer brings: their import
+# may fail for want of that package alone (the handlers import them only when that layer's wrapper runs them).
+NEEDS_ANOTHER_LAYER: Final = {
+    "avatar_pipeline.adapters.otel_spans": ("opentelemetry", "AWS's OpenTelemetry layer (OpenTelemetryLayerArn)"),
+}
+
+
 def _probe_findings(report: Report, what: str, result: dict[str, Any], dists: Sequence[Distribution]) -> None:
     for error in result["errors"]:
+        package, layer = NEEDS_ANOTHER_LAYER.get(error["module"], (None, None))
+        if package and error["error"] == f"ModuleNotFoundError: No module named '{package}'":
+            report.say(f"  {error['module']} needs {package}, which {layer} brings: not imported here")
+            continue
         report.fail(f"{what}: importing {error['module']} failed: {error['error']}")
         report.say("\n".join("       " + line for line in error["traceback"].strip().splitlines()[-12:]))
     for entry in result["unavailable"]:

@@ -46,6 +46,7 @@ __all__ = [
     "load_template",
     "merge_globals",
     "schedule_interval_seconds",
+    "template_layers",
 ]
 
 SERVERLESS_FUNCTION: Final = "AWS::Serverless::Function"
@@ -833,7 +834,14 @@ def function_by_id(template: Mapping[str, Any], logical_id: str) -> FunctionSpec
 def layer_content_dirs(
     template: Mapping[str, Any], function: FunctionSpec, resolver: Resolver | None = None
 ) -> list[str]:
-    """The ContentUri of each of the function's layers, in order (globals' layers first).
+    """The ContentUri of each of the function's layers, in order (globals' layers first): see `template_layers`."""
+    return [content_uri for _, content_uri in template_layers(template, function, resolver)]
+
+
+def template_layers(
+    template: Mapping[str, Any], function: FunctionSpec, resolver: Resolver | None = None
+) -> list[tuple[str, str]]:
+    """(logical id, ContentUri) of each of the function's layers, in order (globals' layers first).
 
     Only layers defined in the template as AWS::Serverless::LayerVersion (referenced with ``!Ref``) can be run
     locally; a layer ARN or any other kind of layer raises :class:`TemplateError`, but AWS's OpenTelemetry layer, which
@@ -841,7 +849,7 @@ def layer_content_dirs(
     (`resolver`); without a resolver, its branches that name one of the template's layers.
     """
     resources = template.get("Resources") or {}
-    directories = []
+    layers = []
     for layer in _chosen_layers(function.layers, resources, resolver):
         where = f"function {function.logical_id} layer {layer!r}"
         logical_id = _ref_target(layer, where)
@@ -851,8 +859,8 @@ def layer_content_dirs(
         content_uri = (resource.get("Properties") or {}).get("ContentUri")
         if not isinstance(content_uri, str):
             raise TemplateError(f"{where}: ContentUri must be a local path string, got {content_uri!r}")
-        directories.append(content_uri)
-    return directories
+        layers.append((logical_id, content_uri))
+    return layers
 
 
 def _chosen_layers(layers: list[Any], resources: Mapping[str, Any], resolver: Resolver | None) -> Iterator[Any]:
