@@ -80,19 +80,23 @@ def test_a_redelivered_batch_repeats_the_same_event_ids(stack: Stack, task_strea
     assert {e["detail"]["event_id"] for e in received(consumer)} == first
 
 
-def test_a_put_that_fails_stops_the_batch_at_its_record(
-    stack: Stack, task_stream: TaskStream, consumer: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    deliver_upload(stack, "inbox/cy/face.png", PNG_BYTES)
-    deliver_upload(stack, "inbox/cy/voice.mp3", MP3_BYTES)
-    records = task_stream.read()
-    # Given the bus refuses every put
-    publisher = events_handler._the_publisher()
+@pytest.fixture
+def refusing_bus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bus refuses every put (as it would the function's role without events:PutEvents)."""
 
     def refuse(Entries: list[dict[str, Any]]) -> dict[str, Any]:
         return {"FailedEntryCount": len(Entries), "Entries": [{"ErrorCode": "AccessDeniedException"}] * len(Entries)}
 
-    monkeypatch.setattr(publisher._events, "put_events", refuse)
+    monkeypatch.setattr(events_handler._the_publisher()._events, "put_events", refuse)
+
+
+def test_a_put_that_fails_stops_the_batch_at_its_record(
+    stack: Stack, task_stream: TaskStream, consumer: str, refusing_bus: None
+) -> None:
+    deliver_upload(stack, "inbox/cy/face.png", PNG_BYTES)
+    deliver_upload(stack, "inbox/cy/voice.mp3", MP3_BYTES)
+    records = task_stream.read()
+    # Given the bus refuses every put (refusing_bus)
     # When the batch is handled, then the first record with events is the batch's failure (Lambda retries from it)
     first_with_a_task = next(r for r in records if r["dynamodb"].get("NewImage", {}).get("kind", {}).get("S") == "task")
     assert handle(records) == {
@@ -102,21 +106,15 @@ def test_a_put_that_fails_stops_the_batch_at_its_record(
 
 
 def test_a_put_that_fails_on_the_batchs_first_record_fails_the_invocation(
-    stack: Stack, task_stream: TaskStream, consumer: str, monkeypatch: pytest.MonkeyPatch
+    stack: Stack, task_stream: TaskStream, consumer: str, refusing_bus: None
 ) -> None:
     deliver_upload(stack, "inbox/dee/face.png", PNG_BYTES)
     deliver_upload(stack, "inbox/dee/voice.mp3", MP3_BYTES)
-    # Given a batch that starts with a record of a task, and a bus that refuses every put
+    # Given a batch that starts with a record of a task, and a bus that refuses every put (refusing_bus)
     records = task_stream.read()
     first_with_a_task = next(
         i for i, r in enumerate(records) if r["dynamodb"]["NewImage"].get("kind", {}).get("S") == "task"
     )
-    publisher = events_handler._the_publisher()
-
-    def refuse(Entries: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"FailedEntryCount": len(Entries), "Entries": [{"ErrorCode": "AccessDeniedException"}] * len(Entries)}
-
-    monkeypatch.setattr(publisher._events, "put_events", refuse)
     # When the batch is handled, then nothing of it was done: the invocation fails (Lambda retries the whole batch,
     # and the function's errors alarm counts it)
     with pytest.raises(EventPublishError):

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace import Span, SpanProcessor
 from opentelemetry.util.types import AttributeValue
 
 from avatar_pipeline.observability import current_work
@@ -34,9 +34,11 @@ def scrubbed(key: str, value: AttributeValue) -> AttributeValue:
 
 
 class TaskSpanStamper(SpanProcessor):
-    """Adds `avatar.job` and `avatar.task_id` to each span as it starts, and keeps query strings out of its URLs: those
-    it starts with, and those set later (the ADOT layer's Lambda instrumentation records an API Gateway request's
-    target, query and all, once the handler has returned, when a span's processors are no longer asked)."""
+    """Acts only as a span starts (the base class's end, shutdown and flush do nothing, as nothing is held here).
+
+    Adds `avatar.job` and `avatar.task_id` to each span as it starts, and keeps query strings out of its URLs: those
+        it starts with, and those set later (the ADOT layer's Lambda instrumentation records an API Gateway request's
+        target, query and all, once the handler has returned, when a span's processors are no longer asked)."""
 
     def on_start(self, span: Span, parent_context: otel_context.Context | None = None) -> None:
         try:
@@ -48,15 +50,6 @@ class TaskSpanStamper(SpanProcessor):
             _scrub_later_attributes(span)
         except Exception:  # a span is never worth failing the call it records
             logger.exception("span not stamped")
-
-    def on_end(self, span: ReadableSpan) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return True
 
 
 def _scrub_later_attributes(span: Span) -> None:
