@@ -80,6 +80,15 @@ def test_a_redelivered_batch_repeats_the_same_event_ids(stack: Stack, task_strea
     assert {e["detail"]["event_id"] for e in received(consumer)} == first
 
 
+def pair_records(stack: Stack, task_stream: TaskStream, job: str) -> tuple[list[dict[str, Any]], int]:
+    """The stream records a pair uploaded to `job` makes, and where the first record of a task is among them."""
+    deliver_upload(stack, f"inbox/{job}/face.png", PNG_BYTES)
+    deliver_upload(stack, f"inbox/{job}/voice.mp3", MP3_BYTES)
+    records = task_stream.read()
+    kinds = [record["dynamodb"].get("NewImage", {}).get("kind", {}).get("S") for record in records]
+    return records, kinds.index("task")
+
+
 @pytest.fixture
 def refusing_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bus refuses every put (as it would the function's role without events:PutEvents)."""
@@ -93,14 +102,11 @@ def refusing_bus(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_put_that_fails_stops_the_batch_at_its_record(
     stack: Stack, task_stream: TaskStream, consumer: str, refusing_bus: None
 ) -> None:
-    deliver_upload(stack, "inbox/cy/face.png", PNG_BYTES)
-    deliver_upload(stack, "inbox/cy/voice.mp3", MP3_BYTES)
-    records = task_stream.read()
-    # Given the bus refuses every put (refusing_bus)
+    # Given a pair's stream records, and the bus refuses every put (refusing_bus)
+    records, first_with_a_task = pair_records(stack, task_stream, "cy")
     # When the batch is handled, then the first record with events is the batch's failure (Lambda retries from it)
-    first_with_a_task = next(r for r in records if r["dynamodb"].get("NewImage", {}).get("kind", {}).get("S") == "task")
     assert handle(records) == {
-        "batchItemFailures": [{"itemIdentifier": first_with_a_task["dynamodb"]["SequenceNumber"]}]
+        "batchItemFailures": [{"itemIdentifier": records[first_with_a_task]["dynamodb"]["SequenceNumber"]}]
     }
     assert received(consumer) == []
 
@@ -108,13 +114,8 @@ def test_a_put_that_fails_stops_the_batch_at_its_record(
 def test_a_put_that_fails_on_the_batchs_first_record_fails_the_invocation(
     stack: Stack, task_stream: TaskStream, consumer: str, refusing_bus: None
 ) -> None:
-    deliver_upload(stack, "inbox/dee/face.png", PNG_BYTES)
-    deliver_upload(stack, "inbox/dee/voice.mp3", MP3_BYTES)
     # Given a batch that starts with a record of a task, and a bus that refuses every put (refusing_bus)
-    records = task_stream.read()
-    first_with_a_task = next(
-        i for i, r in enumerate(records) if r["dynamodb"]["NewImage"].get("kind", {}).get("S") == "task"
-    )
+    records, first_with_a_task = pair_records(stack, task_stream, "dee")
     # When the batch is handled, then nothing of it was done: the invocation fails (Lambda retries the whole batch,
     # and the function's errors alarm counts it)
     with pytest.raises(EventPublishError):
